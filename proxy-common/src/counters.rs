@@ -1,0 +1,44 @@
+//! Named counters: every verdict and every drop reason of the kernel programs.
+//! The enum discriminant is the index in the `VIPR_COUNTERS` per-CPU array.
+
+macro_rules! counters {
+    ($($variant:ident => $name:literal,)*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $($variant,)* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+            /// Stable name used in metrics and CLI output.
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+            /// Drop reasons start with `drop_`; everything else is a verdict.
+            pub fn is_drop(self) -> bool {
+                self.name().as_bytes().starts_with(b"drop_")
+            }
+        }
+    };
+}
+
+counters! {
+    PassNotIpv4 => "pass_not_ipv4",
+    PassFragment => "pass_fragment",
+    PassOtherProtocol => "pass_other_protocol",
+    PassNotService => "pass_not_service",
+    PassNotTranslated => "pass_not_translated",
+    DnatNew => "dnat_new",
+    DnatEstablished => "dnat_established",
+    DnatReselected => "dnat_reselected",
+    RevNat => "rev_nat",
+    RejectTcpRst => "reject_tcp_rst",
+    RejectIcmpUnreachable => "reject_icmp_unreachable",
+    DropTruncated => "drop_truncated",
+    DropBadIpHeader => "drop_bad_ip_header",
+    DropMissingSlot => "drop_missing_slot",
+    DropMissingBackend => "drop_missing_backend",
+    DropConntrackFull => "drop_conntrack_full",
+    DropRewriteFailed => "drop_rewrite_failed",
+    DropRejectFailed => "drop_reject_failed",
+}

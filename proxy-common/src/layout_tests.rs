@@ -1,0 +1,57 @@
+//! The kernel side reads these structs by offset; a change here is a change of ABI.
+use crate::*;
+use core::mem::{offset_of, size_of};
+use core::net::Ipv4Addr;
+
+#[test]
+fn service_key_layout() {
+    assert_eq!(size_of::<ServiceKey>(), 8);
+    assert_eq!(offset_of!(ServiceKey, addr), 0);
+    assert_eq!(offset_of!(ServiceKey, port), 4);
+    assert_eq!(offset_of!(ServiceKey, proto), 6);
+    assert_eq!(size_of::<ServiceValue>(), 8);
+    assert_eq!(offset_of!(ServiceValue, backend_count), 4);
+}
+
+#[test]
+fn slot_backend_layout() {
+    assert_eq!(size_of::<SlotKey>(), 8);
+    assert_eq!(offset_of!(SlotKey, slot), 4);
+    assert_eq!(size_of::<BackendValue>(), 8);
+    assert_eq!(offset_of!(BackendValue, port), 4);
+    assert_eq!(offset_of!(BackendValue, proto), 6);
+}
+
+#[test]
+fn conntrack_layout() {
+    assert_eq!(size_of::<CtKey>(), 16);
+    assert_eq!(offset_of!(CtKey, dst_addr), 4);
+    assert_eq!(offset_of!(CtKey, src_port), 8);
+    assert_eq!(offset_of!(CtKey, dst_port), 10);
+    assert_eq!(offset_of!(CtKey, proto), 12);
+    assert_eq!(offset_of!(CtKey, direction), 13);
+    assert_eq!(size_of::<CtValue>(), 12);
+    assert_eq!(offset_of!(CtValue, nat_port), 8);
+}
+
+#[test]
+fn fields_hold_wire_byte_order() {
+    let key = ServiceKey::new(Ipv4Addr::new(10, 96, 0, 1), 8080, IPPROTO_TCP);
+    // The bytes in memory are the bytes on the wire.
+    assert_eq!(key.addr.to_ne_bytes(), [10, 96, 0, 1]);
+    assert_eq!(key.port.to_ne_bytes(), [0x1f, 0x90]);
+    assert_eq!(key.ip(), Ipv4Addr::new(10, 96, 0, 1));
+    assert_eq!(key.port(), 8080);
+}
+
+#[test]
+fn counter_names_are_unique_and_indexed_in_order() {
+    for (i, c) in Counter::ALL.iter().enumerate() {
+        assert_eq!(*c as u32, i as u32);
+        for other in &Counter::ALL[i + 1..] {
+            assert_ne!(c.name(), other.name());
+        }
+    }
+    assert!(Counter::DropTruncated.is_drop());
+    assert!(!Counter::DnatNew.is_drop());
+}

@@ -1,0 +1,36 @@
+//! The one definition of everything the kernel programs and the agent share:
+//! map names, map key/value layouts, counters, and load-time globals.
+//!
+//! Byte order: every address and port field holds the bytes exactly as they
+//! appear on the wire (network byte order), so the kernel side copies them
+//! straight from packet headers. Use the constructors here from userspace;
+//! they do the conversion.
+#![no_std]
+
+pub mod counters;
+pub mod maps;
+
+pub use counters::Counter;
+pub use maps::*;
+
+/// IANA protocol numbers vipr load-balances.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMP: u8 = 1;
+
+/// Names of the kernel programs, as the ELF object exports them.
+pub mod programs {
+    /// TC ingress of a pod's host-side interface: packets the pod sends.
+    pub const FROM_POD: &str = "vipr_from_pod";
+    /// TC egress of a pod's host-side interface: packets about to enter the pod.
+    pub const TO_POD: &str = "vipr_to_pod";
+}
+
+/// Names of globals the agent sets when it loads the object.
+pub mod globals {
+    /// `u32`: seed of the flow hash that picks a backend.
+    pub const HASH_SEED: &str = "HASH_SEED";
+}
+
+#[cfg(test)]
+mod layout_tests;

@@ -1,0 +1,7 @@
+//! vipr: a Kubernetes Service proxy with an eBPF datapath.
+//!
+//! Data flows one way: `source` → `model` → `plan` → `datapath`.
+//! See ARCHITECTURE.md for the map of the code.
+pub mod model;
+pub mod plan;
+pub mod source;

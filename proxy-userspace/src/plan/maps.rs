@@ -1,0 +1,27 @@
+//! Map contents as plain data: what the planner wants and what the datapath holds.
+
+use std::collections::BTreeMap;
+
+use proxy_common::{BackendValue, ServiceKey, ServiceValue, SlotKey};
+
+/// The full contents of the three service maps. Built by the planner from the
+/// model (desired), or read back from the kernel (applied).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapContents {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub slots: BTreeMap<SlotKey, u32>,
+    pub backends: BTreeMap<u32, BackendValue>,
+}
+
+/// One write to one map. A diff is an ordered list of these, safe to apply in
+/// order while packets flow: a slot never points at a missing backend and a
+/// service's count never covers a missing slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    UpsertBackend(u32, BackendValue),
+    UpsertSlot(SlotKey, u32),
+    UpsertService(ServiceKey, ServiceValue),
+    DeleteService(ServiceKey),
+    DeleteSlot(SlotKey),
+    DeleteBackend(u32),
+}
