@@ -2,6 +2,11 @@
 //!
 //! Data flows one way: `source` → `model` → `plan` → `datapath`.
 //! See ARCHITECTURE.md for the map of the code.
+pub mod agent;
+pub mod datapath;
+pub mod healthz;
+pub mod inspect;
 pub mod model;
 pub mod plan;
 pub mod source;
+pub mod sync;

@@ -1,1 +1,463 @@
-//! (in progress)
+//! End-to-end tests: real `vipr run` agents in network namespaces emulating two
+//! Kubernetes nodes, real TCP/UDP servers and clients in pod namespaces.
+//!
+//! Require root and the built agent (`VIPR_BIN`, else `target/debug/vipr`).
+//! Run with `--test-threads=1`: the agents share the kernel's BPF state.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use vipr_tests::demo::{self, BACKENDS, CLIENTS, DemoCluster};
+use vipr_tests::echo::{self, ClientError, EchoServer, TcpSession};
+use vipr_tests::netns::{self, Topology};
+
+const REQ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the agent may take to apply a manifest change.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives in the workspace")
+        .to_owned()
+}
+
+fn vipr_bin() -> PathBuf {
+    let bin = std::env::var_os("VIPR_BIN")
+        .map_or_else(|| workspace_root().join("target/debug/vipr"), PathBuf::from);
+    assert!(
+        bin.is_file(),
+        "vipr binary not found at {}: build it first (`cargo build -p proxy-userspace`) \
+         or point VIPR_BIN at it",
+        bin.display()
+    );
+    bin
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("vipr-e2e-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running demo cluster with its own copy of the manifests.
+/// Field order matters: the cluster stops before its manifests go away.
+struct Env {
+    cluster: DemoCluster,
+    _manifests: TempDir,
+}
+
+impl std::ops::Deref for Env {
+    type Target = DemoCluster;
+    fn deref(&self) -> &DemoCluster {
+        &self.cluster
+    }
+}
+
+fn start(tag: &str) -> Env {
+    let bin = vipr_bin();
+    if let Ok(cleaned) = demo::cleanup_dead_runs(&bin)
+        && !cleaned.is_empty()
+    {
+        eprintln!("cleaned up leftovers of killed runs: {cleaned:?}");
+    }
+    let manifests = TempDir::new(tag);
+    demo::prepare_manifests(&manifests.0, Some(&workspace_root().join("examples")))
+        .expect("prepare manifests");
+    let cluster = DemoCluster::start(&bin, &manifests.0).unwrap_or_else(|e| panic!("{e:#}"));
+    Env {
+        cluster,
+        _manifests: manifests,
+    }
+}
+
+fn tcp(env: &Env, pod: &str) -> Result<String, ClientError> {
+    echo::tcp_request(&env.netns(pod), demo::http_addr(), REQ_TIMEOUT)
+}
+
+/// Sends `n` TCP requests from `pod` to the ClusterIP; counts per backend.
+fn tcp_counts(env: &Env, pod: &str, n: usize) -> Result<BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for i in 0..n {
+        let name = tcp(env, pod).with_context(|| format!("request {i} from {pod}"))?;
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// Waits until `n` consecutive requests from `client` avoid `backend`.
+fn wait_backend_gone(env: &Env, backend: &str, n: usize) -> bool {
+    let mut clean = 0;
+    demo::wait_until(APPLY_TIMEOUT, || {
+        while clean < n {
+            match tcp(env, "client") {
+                Ok(name) if name != backend => clean += 1,
+                _ => {
+                    clean = 0;
+                    return false;
+                }
+            }
+        }
+        true
+    })
+}
+
+/// Waits until a request from `client` reaches `backend`.
+fn wait_backend_seen(env: &Env, backend: &str) -> bool {
+    demo::wait_until(APPLY_TIMEOUT, || {
+        (0..10).any(|_| tcp(env, "client").is_ok_and(|n| n == backend))
+    })
+}
+
+fn all_backend_names() -> Vec<&'static str> {
+    BACKENDS.iter().map(|b| b.name).collect()
+}
+
+fn assert_nothing_left(prefix: &str, pins: &[PathBuf]) {
+    let ns: Vec<_> = netns::list_netns()
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    assert!(ns.is_empty(), "namespaces left behind: {ns:?}");
+    let links: Vec<_> = netns::list_root_links()
+        .expect("ip link")
+        .into_iter()
+        .filter(|l| l.starts_with(prefix))
+        .collect();
+    assert!(links.is_empty(), "links left behind: {links:?}");
+    for pin in pins {
+        assert!(!pin.exists(), "pin directory {} left behind", pin.display());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Harness self-test (no vipr).
+
+#[test]
+fn harness_pod_to_pod_without_vipr() -> Result<()> {
+    let prefix;
+    {
+        let mut topo = Topology::new()?;
+        prefix = topo.prefix().to_owned();
+        topo.add_node("node1")?.add_node("node2")?;
+        topo.add_pod("node1", "a", "10.244.1.11")?
+            .add_pod("node1", "b", "10.244.1.12")?
+            .add_pod("node2", "c", "10.244.2.11")?;
+        assert_eq!(topo.pod_interface_glob(), "vp*");
+        let servers = ["a", "b", "c"]
+            .iter()
+            .map(|p| EchoServer::start(&topo.netns(p)?, p, Some(8080), Some(5353)))
+            .collect::<Result<Vec<_>>>()?;
+        topo.set_tx_checksum_offload("a", false)?;
+        topo.set_tx_checksum_offload("c", false)?;
+        let before: Vec<_> = ["a", "b", "c", "node1", "node2"]
+            .iter()
+            .map(|p| topo.snmp_checksum_errors(p))
+            .collect::<Result<_>>()?;
+        for (from, to, ip) in [
+            ("a", "b", "10.244.1.12"),
+            ("a", "c", "10.244.2.11"),
+            ("c", "a", "10.244.1.11"),
+            ("b", "c", "10.244.2.11"),
+        ] {
+            let ip: IpAddr = ip.parse()?;
+            let addr = SocketAddr::new(ip, 8080);
+            let r = echo::tcp_request_full(&topo.netns(from)?, addr, REQ_TIMEOUT)
+                .with_context(|| format!("tcp {from} -> {to}"))?;
+            assert_eq!(r.name, to);
+            assert_eq!(r.local.ip(), IpAddr::V4(topo.pod_ip(from)?));
+            let mut session = TcpSession::connect(&topo.netns(from)?, addr, REQ_TIMEOUT)?;
+            for _ in 0..3 {
+                assert_eq!(session.request()?, to);
+            }
+            let (name, src) =
+                echo::udp_request(&topo.netns(from)?, SocketAddr::new(ip, 5353), REQ_TIMEOUT)
+                    .with_context(|| format!("udp {from} -> {to}"))?;
+            assert_eq!((name.as_str(), src), (to, SocketAddr::new(ip, 5353)));
+        }
+        // The server saw the client's own pod address.
+        let seen = servers[2].peers();
+        assert!(
+            seen.iter().any(|p| p.ip() == IpAddr::V4(topo.pod_ip("a").unwrap())),
+            "c saw {seen:?}"
+        );
+        assert_eq!(servers[2].tcp_connections(), 4);
+        // Nothing listens on 9999: RST, reported as refused, quickly.
+        let t = Instant::now();
+        let err = echo::tcp_request(
+            &topo.netns("a")?,
+            "10.244.2.11:9999".parse()?,
+            REQ_TIMEOUT,
+        )
+        .expect_err("nothing listens on 9999");
+        assert!(err.is_refused(), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(1));
+        let err = echo::udp_connected_request(
+            &topo.netns("a")?,
+            "10.244.2.11:9999".parse()?,
+            REQ_TIMEOUT,
+        )
+        .expect_err("nothing listens on udp 9999");
+        assert!(err.is_refused(), "{err}");
+        // An address nobody answers: timeout.
+        let err = echo::tcp_request(
+            &topo.netns("a")?,
+            "10.244.2.99:8080".parse()?,
+            Duration::from_millis(300),
+        )
+        .expect_err("nobody at 10.244.2.99");
+        assert!(err.is_timeout(), "{err}");
+        let after: Vec<_> = ["a", "b", "c", "node1", "node2"]
+            .iter()
+            .map(|p| topo.snmp_checksum_errors(p))
+            .collect::<Result<_>>()?;
+        assert_eq!(before, after, "checksum errors appeared");
+        // A process in a node netns keeps the mount namespace (sees host paths).
+        let mut child = topo.spawn_in("node1", "sleep", &["30"])?;
+        assert!(child.try_wait()?.is_none());
+        let out = topo.command_in("node1", "ip")?.args(["-o", "addr"]).output()?;
+        assert!(String::from_utf8_lossy(&out.stdout).contains("172.30.0.1/24"));
+        drop(child);
+        drop(servers);
+    }
+    assert_nothing_left(&prefix, &[]);
+    Ok(())
+}
+
+#[test]
+fn harness_parses_snmp() -> Result<()> {
+    let text = "Tcp: RtoAlgorithm InErrs InCsumErrors\nTcp: 1 5 7\n\
+                Udp: InDatagrams InCsumErrors\nUdp: 3 9\n";
+    assert_eq!(netns::snmp_field(text, "Tcp", "InCsumErrors")?, 7);
+    assert_eq!(netns::snmp_field(text, "Udp", "InCsumErrors")?, 9);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// With vipr.
+
+#[test]
+fn every_backend_gets_connections() -> Result<()> {
+    let env = start("every-backend");
+    let counts = env.run_demo(60)?;
+    for b in BACKENDS {
+        assert!(
+            counts.get(b.name).copied().unwrap_or(0) > 0,
+            "{} got no connections: {counts:?}",
+            b.name
+        );
+    }
+    assert_eq!(counts.values().sum::<usize>(), 60);
+    let served = env.tcp_connections();
+    assert_eq!(served.values().sum::<usize>(), 60, "{served:?}");
+    Ok(())
+}
+
+#[test]
+fn replies_come_from_the_cluster_ip() -> Result<()> {
+    let env = start("reply-source");
+    let client_ip = CLIENTS[0].1;
+    for _ in 0..10 {
+        let r = echo::tcp_request_full(&env.netns("client"), demo::http_addr(), REQ_TIMEOUT)?;
+        assert_eq!(r.peer, demo::http_addr());
+        assert_eq!(r.local.ip(), IpAddr::V4(client_ip));
+        let (name, from) = echo::udp_request(&env.netns("client"), demo::dns_addr(), REQ_TIMEOUT)?;
+        assert!(demo::backend(&name).is_some(), "unexpected reply {name:?}");
+        assert_eq!(from, demo::dns_addr(), "UDP reply from {from}, not the ClusterIP");
+    }
+    // The backends saw the client's own address (no masquerade for pod → ClusterIP).
+    for b in BACKENDS {
+        for peer in env.server(b.name).peers() {
+            assert_eq!(peer.ip(), IpAddr::V4(client_ip), "{} saw {peer}", b.name);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn long_lived_session_stays_on_its_backend() -> Result<()> {
+    let env = start("session");
+    let mut session = TcpSession::connect(&env.netns("client"), demo::http_addr(), REQ_TIMEOUT)?;
+    let mine = session.request()?;
+    let other = all_backend_names()
+        .into_iter()
+        .find(|n| *n != mine)
+        .expect("three backends");
+    // Remove another endpoint.
+    let remaining: Vec<_> = all_backend_names()
+        .into_iter()
+        .filter(|n| *n != other)
+        .collect();
+    env.set_endpoints(&remaining)?;
+    assert!(wait_backend_gone(&env, other, 20), "{other} still gets traffic");
+    for _ in 0..5 {
+        assert_eq!(session.request()?, mine);
+    }
+    // Add it back.
+    env.set_endpoints(&all_backend_names())?;
+    assert!(wait_backend_seen(&env, other), "{other} never came back");
+    for _ in 0..5 {
+        assert_eq!(session.request()?, mine);
+    }
+    assert!(env.server(&mine).tcp_requests() >= 11);
+    Ok(())
+}
+
+#[test]
+fn removed_endpoint_gets_no_new_connections() -> Result<()> {
+    let env = start("removed");
+    env.set_endpoints(&["echo-1", "echo-3"])?;
+    assert!(wait_backend_gone(&env, "echo-2", 20), "echo-2 still gets traffic");
+    let before = env.server("echo-2").tcp_connections();
+    let counts = tcp_counts(&env, "client", 40)?;
+    assert!(!counts.contains_key("echo-2"), "{counts:?}");
+    assert!(counts.contains_key("echo-1") && counts.contains_key("echo-3"), "{counts:?}");
+    assert_eq!(env.server("echo-2").tcp_connections(), before);
+    // UDP flows avoid it too.
+    for _ in 0..20 {
+        let (name, _) = echo::udp_request(&env.netns("client"), demo::dns_addr(), REQ_TIMEOUT)?;
+        assert_ne!(name, "echo-2");
+    }
+    // Adding it back makes it reachable again.
+    env.set_endpoints(&all_backend_names())?;
+    assert!(wait_backend_seen(&env, "echo-2"), "echo-2 never came back");
+    Ok(())
+}
+
+#[test]
+fn backend_on_the_other_node_both_ways() -> Result<()> {
+    let env = start("cross-node");
+    // node1 → node2
+    let counts = tcp_counts(&env, "client", 60)?;
+    assert!(counts.contains_key("echo-3"), "client never reached echo-3: {counts:?}");
+    env.set_endpoints(&["echo-3"])?;
+    assert!(wait_backend_gone(&env, "echo-1", 5) && wait_backend_gone(&env, "echo-2", 20));
+    for _ in 0..5 {
+        let (name, from) =
+            echo::udp_request(&env.netns("client"), demo::dns_addr(), REQ_TIMEOUT)?;
+        assert_eq!((name.as_str(), from), ("echo-3", demo::dns_addr()));
+    }
+    // node2 → node1
+    env.set_endpoints(&["echo-1", "echo-2"])?;
+    assert!(demo::wait_until(APPLY_TIMEOUT, || {
+        tcp(&env, "client2").is_ok_and(|n| n != "echo-3")
+            && tcp(&env, "client2").is_ok_and(|n| n != "echo-3")
+    }));
+    let counts = tcp_counts(&env, "client2", 40)?;
+    assert!(
+        counts.contains_key("echo-1") && counts.contains_key("echo-2") && counts.len() == 2,
+        "client2: {counts:?}"
+    );
+    for _ in 0..5 {
+        let (name, from) =
+            echo::udp_request(&env.netns("client2"), demo::dns_addr(), REQ_TIMEOUT)?;
+        assert!(name == "echo-1" || name == "echo-2", "{name}");
+        assert_eq!(from, demo::dns_addr());
+    }
+    Ok(())
+}
+
+#[test]
+fn service_without_endpoints_is_refused_at_once() -> Result<()> {
+    let env = start("empty");
+    let client = env.netns("client");
+    let t = Instant::now();
+    let err = echo::tcp_request(&client, demo::empty_http_addr(), Duration::from_secs(3))
+        .expect_err("demo/empty has no endpoints");
+    assert!(err.is_refused(), "expected connection refused, got: {err}");
+    assert!(t.elapsed() < Duration::from_secs(1), "refusal took {:?}", t.elapsed());
+    // demo/echo going to zero endpoints: TCP refused, UDP ICMP unreachable.
+    env.set_endpoints(&[])?;
+    assert!(
+        demo::wait_until(APPLY_TIMEOUT, || {
+            echo::tcp_request(&client, demo::http_addr(), Duration::from_millis(500))
+                .is_err_and(|e| e.is_refused())
+        }),
+        "TCP to demo/echo without endpoints was not refused"
+    );
+    let t = Instant::now();
+    let err = echo::udp_connected_request(&client, demo::dns_addr(), Duration::from_secs(2))
+        .expect_err("demo/echo has no endpoints");
+    assert!(err.is_refused(), "expected ECONNREFUSED on UDP, got: {err}");
+    assert!(t.elapsed() < Duration::from_secs(1), "refusal took {:?}", t.elapsed());
+    // And 0 → N works again for both (UDP must not stay stuck).
+    env.set_endpoints(&all_backend_names())?;
+    assert!(demo::wait_until(APPLY_TIMEOUT, || tcp(&env, "client").is_ok()));
+    assert!(demo::wait_until(APPLY_TIMEOUT, || {
+        echo::udp_connected_request(&client, demo::dns_addr(), Duration::from_millis(500)).is_ok()
+    }));
+    Ok(())
+}
+
+#[test]
+fn checksums_hold_without_tx_offload() -> Result<()> {
+    let env = start("checksums");
+    let topo = env.topology();
+    let pods: Vec<&str> = BACKENDS
+        .iter()
+        .map(|b| b.name)
+        .chain(CLIENTS.iter().map(|c| c.0))
+        .collect();
+    for p in &pods {
+        topo.set_tx_checksum_offload(p, false)?;
+    }
+    let watched: Vec<&str> = pods.iter().copied().chain(demo::NODES).collect();
+    let read = || -> Result<Vec<_>> {
+        watched
+            .iter()
+            .map(|p| topo.snmp_checksum_errors(p))
+            .collect()
+    };
+    let before = read()?;
+    for client in ["client", "client2"] {
+        let mut seen = BTreeMap::new();
+        for _ in 0..15 {
+            *seen.entry(tcp(&env, client)?).or_insert(0) += 1;
+            let (name, from) = echo::udp_request(&env.netns(client), demo::dns_addr(), REQ_TIMEOUT)?;
+            assert_eq!(from, demo::dns_addr());
+            *seen.entry(name).or_insert(0) += 1;
+        }
+        let mut session = TcpSession::connect(&env.netns(client), demo::http_addr(), REQ_TIMEOUT)?;
+        for _ in 0..5 {
+            session.request()?;
+        }
+        assert!(seen.len() >= 2, "{client} reached only {seen:?}");
+    }
+    let after = read()?;
+    for ((name, b), a) in watched.iter().zip(&before).zip(&after) {
+        assert_eq!(b, a, "checksum errors in {name}: before {b:?}, after {a:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn teardown_leaves_nothing_behind() -> Result<()> {
+    let env = start("teardown");
+    tcp(&env, "client")?;
+    let prefix = env.prefix();
+    let pins = env.pin_dirs();
+    assert!(pins.iter().all(|p| p.exists()), "agents pinned nothing in {pins:?}");
+    let Env {
+        cluster,
+        _manifests,
+    } = env;
+    cluster.shutdown()?;
+    assert_nothing_left(&prefix, &pins);
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! Pure conversion of Kubernetes `Service`s and `EndpointSlice`s into the
+//! frontends and backends vipr programs, with kube-proxy's semantics for
+//! ClusterIP, IPv4, TCP and UDP.
+//!
+//! Three steps, each pure except the last which keeps history:
+//! - [`convert_service`] / [`convert_slice`]: validate one object, normalise it;
+//! - [`build_model`]: join slices to services and pick backends per frontend;
+//! - [`ModelBuilder`]: remembers the last valid version of every object so an
+//!   invalid update never un-programs what was working.
+
+mod build;
+mod builder;
+mod error;
+mod service;
+mod slice;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+pub use build::build_model;
+pub use builder::{ModelBuilder, ModelOptions};
+pub use error::ConversionError;
+pub use service::{ServiceModel, ServicePortModel, convert_service};
+pub use slice::{EndpointModel, SliceModel, SlicePortModel, convert_slice};
+
+/// Label naming the proxy that should handle a Service (absent: the default proxy).
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Label the control plane puts on headless Services' objects.
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// Label joining an EndpointSlice to its Service (same namespace).
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+/// The two object kinds the model reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+        })
+    }
+}
+
+/// Identity of an input object: kind + namespace/name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Load-balanced transport protocols.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as the maps store it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => proxy_common::IPPROTO_TCP,
+            Protocol::Udp => proxy_common::IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Endpoint conditions with the API's defaults applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conditions {
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Conditions {
+    /// kube-proxy defaults: ready unset ⇒ true, serving unset ⇒ ready, terminating unset ⇒ false.
+    pub fn from_api(ready: Option<bool>, serving: Option<bool>, terminating: Option<bool>) -> Self {
+        let ready = ready.unwrap_or(true);
+        Self {
+            ready,
+            serving: serving.unwrap_or(ready),
+            terminating: terminating.unwrap_or(false),
+        }
+    }
+
+    /// Preference when the same endpoint appears twice: ready, then
+    /// serving-terminating, then anything else.
+    pub(crate) fn rank(self) -> u8 {
+        if self.ready {
+            2
+        } else if self.serving && self.terminating {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// A frontend's identity: where clients send packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrontendKey {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)
+    }
+}
+
+/// One endpoint behind a frontend; the protocol is the frontend's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub conditions: Conditions,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+    /// `kind/namespace/name` of the endpoint's targetRef, for humans.
+    pub target: Option<String>,
+}
+
+/// A (cluster IP, port, protocol) of a Service with every endpoint known for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub key: FrontendKey,
+    /// Owning Service (namespace/name) and the name of its port ("" if unnamed).
+    pub service: ObjectRef,
+    pub port_name: String,
+    /// All known endpoints, any condition, sorted by (ip, port), no duplicates.
+    /// Non-active ones stay known so established flows to them keep working.
+    pub backends: Vec<Backend>,
+}
+
+impl Frontend {
+    /// Backends for NEW connections (kube-proxy semantics): the ready ones;
+    /// if none, the serving-and-terminating ones; else none (the datapath rejects).
+    /// Keeps the (ip, port) order of `backends`.
+    pub fn active_backends(&self) -> Vec<&Backend> {
+        let ready: Vec<&Backend> = self
+            .backends
+            .iter()
+            .filter(|b| b.conditions.ready)
+            .collect();
+        if !ready.is_empty() {
+            return ready;
+        }
+        self.backends
+            .iter()
+            .filter(|b| b.conditions.serving && b.conditions.terminating)
+            .collect()
+    }
+}
+
+/// Why a valid object (or part of one) produces no frontend or backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// `clusterIP: None`.
+    Headless,
+    /// Carries the `service.kubernetes.io/headless` label.
+    HeadlessLabel,
+    ExternalName,
+    /// Labelled for another proxy (the label's value).
+    OtherProxy(String),
+    /// No cluster IP allocated (manifests written without one).
+    NoClusterIp,
+    Ipv6ClusterIp(String),
+    /// Service port with protocol SCTP (its index in spec.ports).
+    Sctp {
+        port_index: usize,
+    },
+    /// EndpointSlice address types other than IPv4 (IPv6, FQDN).
+    AddressType(String),
+    /// EndpointSlice without the `kubernetes.io/service-name` label.
+    NoServiceNameLabel,
+    /// Another Service (sorted first by namespace/name) already owns this frontend.
+    FrontendConflict {
+        key: FrontendKey,
+        owner: ObjectRef,
+    },
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::Headless => write!(f, "headless (clusterIP None)"),
+            SkipReason::HeadlessLabel => write!(f, "labelled {LABEL_HEADLESS}"),
+            SkipReason::ExternalName => write!(f, "type ExternalName"),
+            SkipReason::OtherProxy(p) => write!(f, "handled by proxy {p:?}"),
+            SkipReason::NoClusterIp => write!(f, "no cluster IP allocated"),
+            SkipReason::Ipv6ClusterIp(ip) => write!(f, "IPv6 cluster IP {ip} not supported"),
+            SkipReason::Sctp { port_index } => {
+                write!(f, "spec.ports[{port_index}]: SCTP not supported")
+            }
+            SkipReason::AddressType(t) => write!(f, "addressType {t} not supported"),
+            SkipReason::NoServiceNameLabel => write!(f, "no {LABEL_SERVICE_NAME} label"),
+            SkipReason::FrontendConflict { key, owner } => {
+                write!(f, "frontend {key} already used by {owner}")
+            }
+        }
+    }
+}
+
+/// A skipped object or part of one, reported but not an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub object: ObjectRef,
+    pub reason: SkipReason,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.reason)
+    }
+}
+
+/// What the cluster wants, independent of how the datapath programs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    pub frontends: BTreeMap<FrontendKey, Frontend>,
+    /// Sorted by object, then in discovery order.
+    pub skipped: Vec<Skipped>,
+    /// Objects whose current version is invalid and whose last valid version is used.
+    pub stale: Vec<ObjectRef>,
+}
+
+impl Model {
+    pub fn frontend(&self, ip: Ipv4Addr, port: u16, protocol: Protocol) -> Option<&Frontend> {
+        self.frontends.get(&FrontendKey { ip, port, protocol })
+    }
+
+    /// How many IPv6 cluster IPs were skipped.
+    pub fn ipv6_skipped(&self) -> usize {
+        self.skipped
+            .iter()
+            .filter(|s| matches!(s.reason, SkipReason::Ipv6ClusterIp(_)))
+            .count()
+    }
+}

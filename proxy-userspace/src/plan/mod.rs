@@ -1,1 +1,15 @@
+//! Pure planning: model → desired map contents → ordered diff against what
+//! the kernel holds.
 pub mod maps;
+
+mod diff;
+mod dump;
+mod ids;
+mod planner;
+#[cfg(test)]
+mod tests;
+
+pub use diff::{apply_op, check_consistency, diff};
+pub use dump::dump_text;
+pub use maps::{MapContents, MapOp};
+pub use planner::Planner;

@@ -1,0 +1,43 @@
+//! Map and global definitions; layouts and names come from proxy-common.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use proxy_common::{
+    BackendValue, Counter, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_CONNTRACK, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
+};
+
+#[map(name = "VIPR_SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(DEFAULT_MAX_SERVICES, 0);
+
+#[map(name = "VIPR_SLOTS")]
+pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(DEFAULT_MAX_SLOTS, 0);
+
+#[map(name = "VIPR_BACKENDS")]
+pub static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(DEFAULT_MAX_BACKENDS, 0);
+
+#[map(name = "VIPR_CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_MAX_CONNTRACK, 0);
+
+#[map(name = "VIPR_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+/// Seed of the backend-choice hash, set by the agent at load time so that
+/// flow placement cannot be predicted from outside.
+#[unsafe(no_mangle)]
+static HASH_SEED: u32 = 0;
+
+#[inline(always)]
+pub fn hash_seed() -> u32 {
+    // Volatile: the value is patched into .rodata at load time, after compilation.
+    unsafe { core::ptr::read_volatile(&HASH_SEED) }
+}
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other writer can race with this increment.
+        unsafe { *slot += 1 };
+    }
+}

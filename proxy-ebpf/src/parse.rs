@@ -1,0 +1,117 @@
+//! Header parsing with direct packet access. Produces the flow tuple the
+//! other modules work on, or a named reason why the packet is not one.
+use aya_ebpf::programs::TcContext;
+use core::mem::{offset_of, size_of};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use proxy_common::{Counter, IPPROTO_TCP, IPPROTO_UDP};
+
+pub const ETH_LEN: usize = size_of::<EthHdr>();
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const IPV4_MIN_HDR_LEN: usize = size_of::<Ipv4Hdr>();
+/// "More fragments" flag and fragment offset bits of `frags`.
+const IP_MF_AND_OFFSET: u16 = 0x3fff;
+pub const TCP_FLAG_FIN: u8 = 0x01;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+/// Byte offset of the flags within the TCP header.
+const TCP_FLAGS_OFF: usize = 13;
+
+/// Offsets of the fields the NAT code rewrites.
+pub const IP_CSUM_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, check);
+pub const IP_SRC_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, src_addr);
+pub const IP_DST_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, dst_addr);
+pub const TCP_CSUM_OFF: usize = offset_of!(TcpHdr, check);
+pub const UDP_CSUM_OFF: usize = offset_of!(UdpHdr, check);
+
+/// An IPv4 TCP or UDP packet; addresses and ports in wire byte order.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    /// TCP flags byte, 0 for UDP.
+    pub tcp_flags: u8,
+    /// Offset of the L4 header from the start of the frame.
+    pub l4_off: usize,
+}
+
+impl Flow {
+    /// A TCP SYN without ACK: the first packet of a new connection.
+    #[inline(always)]
+    pub fn is_tcp_syn(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    }
+
+    #[inline(always)]
+    pub fn l4_csum_off(&self) -> usize {
+        self.l4_off
+            + if self.proto == IPPROTO_TCP {
+                TCP_CSUM_OFF
+            } else {
+                UDP_CSUM_OFF
+            }
+    }
+}
+
+/// Why a packet is not a flow vipr translates. `Pass*` reasons let it through
+/// untouched; `Drop*` reasons drop it.
+pub type NotAFlow = Counter;
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+pub fn parse_flow(ctx: &TcContext) -> Result<Flow, NotAFlow> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassNotIpv4)?;
+    // Read the ethertype as bytes: network-types models it as an enum, and an
+    // unknown value must not be materialised as one.
+    let ether_type: [u8; 2] =
+        unsafe { *((eth as *const u8).add(offset_of!(EthHdr, ether_type)) as *const [u8; 2]) };
+    if ether_type != ETHERTYPE_IPV4 {
+        return Err(Counter::PassNotIpv4);
+    }
+    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(Counter::DropTruncated)?;
+    let (vihl, frags, src_addr, dst_addr) =
+        unsafe { ((*ip).vihl, (*ip).frags, (*ip).src_addr, (*ip).dst_addr) };
+    let proto: u8 = unsafe { *((ip as *const u8).add(offset_of!(Ipv4Hdr, proto))) };
+    // Masked so the verifier sees a bounded header length (at most 60).
+    let ihl = ((vihl & 0x0f) as usize) << 2;
+    if vihl >> 4 != 4 || ihl < IPV4_MIN_HDR_LEN {
+        return Err(Counter::DropBadIpHeader);
+    }
+    if u16::from_be_bytes(frags) & IP_MF_AND_OFFSET != 0 {
+        return Err(Counter::PassFragment);
+    }
+    let l4_off = ETH_LEN + ihl;
+    let (src_port, dst_port, tcp_flags) = match proto {
+        IPPROTO_TCP => {
+            let tcp: *const TcpHdr = ptr_at(ctx, l4_off).ok_or(Counter::DropTruncated)?;
+            let flags = unsafe { *((tcp as *const u8).add(TCP_FLAGS_OFF)) };
+            unsafe { ((*tcp).source, (*tcp).dest, flags) }
+        }
+        IPPROTO_UDP => {
+            let udp: *const UdpHdr = ptr_at(ctx, l4_off).ok_or(Counter::DropTruncated)?;
+            unsafe { ((*udp).src, (*udp).dst, 0) }
+        }
+        _ => return Err(Counter::PassOtherProtocol),
+    };
+    Ok(Flow {
+        src_addr: u32::from_ne_bytes(src_addr),
+        dst_addr: u32::from_ne_bytes(dst_addr),
+        src_port: u16::from_ne_bytes(src_port),
+        dst_port: u16::from_ne_bytes(dst_port),
+        proto,
+        tcp_flags,
+        l4_off,
+    })
+}

@@ -1,0 +1,213 @@
+//! Attaching the programs to pod interfaces: TCX where the kernel has it,
+//! clsact otherwise. Which one is decided by trying TCX once, not by the
+//! kernel version. TCX links are pinned so they outlive the agent; clsact
+//! filters stay attached by themselves and are found again by name.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions, qdisc_add_clsact, qdisc_detach_program},
+};
+use proxy_common::programs;
+use tracing::{info, warn};
+
+use super::{Datapath, DatapathError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Tcx,
+    Clsact,
+}
+
+const HOOKS: [(&str, TcAttachType, &str); 2] = [
+    (programs::FROM_POD, TcAttachType::Ingress, "ingress"),
+    (programs::TO_POD, TcAttachType::Egress, "egress"),
+];
+
+/// Tracks which interfaces carry our programs.
+pub struct Attacher {
+    mode: Option<AttachMode>,
+    link_dir: PathBuf,
+    /// Interface name → ifindex it had when attached.
+    attached: BTreeMap<String, u32>,
+}
+
+impl Attacher {
+    pub fn new(pin_dir: &Path) -> Self {
+        Self {
+            mode: None,
+            link_dir: pin_dir.join("links"),
+            attached: BTreeMap::new(),
+        }
+    }
+
+    pub fn mode(&self) -> Option<AttachMode> {
+        self.mode
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.attached.iter().map(|(n, i)| (n.as_str(), *i))
+    }
+
+    /// Brings the set of attached interfaces in line with `present`
+    /// (name → ifindex of the interfaces that match the configured globs).
+    pub fn reconcile(
+        &mut self,
+        datapath: &mut Datapath,
+        present: &BTreeMap<String, u32>,
+    ) -> Vec<DatapathError> {
+        let gone: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(name, index)| present.get(*name) != Some(index))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            info!(interface = %name, "interface gone; forgetting it");
+            self.attached.remove(&name);
+            self.remove_link_pins(&name);
+        }
+        let mut errors = Vec::new();
+        for (name, index) in present {
+            if self.attached.contains_key(name) {
+                continue;
+            }
+            match self.attach(datapath, name) {
+                Ok(()) => {
+                    info!(interface = %name, mode = ?self.mode, "attached");
+                    self.attached.insert(name.clone(), *index);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        errors
+    }
+
+    fn attach(&mut self, datapath: &mut Datapath, interface: &str) -> Result<(), DatapathError> {
+        if self.mode.is_none() {
+            self.mode = Some(self.probe_tcx(datapath, interface)?);
+            return Ok(());
+        }
+        match self.mode {
+            Some(AttachMode::Tcx) => self.attach_tcx(datapath, interface),
+            _ => attach_clsact(datapath, interface),
+        }
+    }
+
+    /// Attaches to the first interface with TCX; if the kernel refuses, with clsact.
+    fn probe_tcx(
+        &mut self,
+        datapath: &mut Datapath,
+        interface: &str,
+    ) -> Result<AttachMode, DatapathError> {
+        match self.attach_tcx(datapath, interface) {
+            Ok(()) => {
+                info!("kernel supports TCX: attaching with BPF links");
+                Ok(AttachMode::Tcx)
+            }
+            Err(e) => {
+                warn!(error = %e, "TCX attach failed: falling back to clsact");
+                attach_clsact(datapath, interface)?;
+                Ok(AttachMode::Clsact)
+            }
+        }
+    }
+
+    fn link_pin(&self, interface: &str, direction: &str) -> PathBuf {
+        self.link_dir.join(format!("{interface}-{direction}"))
+    }
+
+    fn attach_tcx(&mut self, datapath: &mut Datapath, interface: &str) -> Result<(), DatapathError> {
+        std::fs::create_dir_all(&self.link_dir).map_err(|source| DatapathError::Pins {
+            path: self.link_dir.display().to_string(),
+            source,
+        })?;
+        for (name, attach_type, direction) in HOOKS {
+            let pin = self.link_pin(interface, direction);
+            let program = datapath.program(name)?;
+            // A link pinned by an earlier agent gets the new program atomically,
+            // so packets never see a moment without one.
+            if pin.exists() {
+                if replace_pinned(program, &pin).is_ok() {
+                    continue;
+                }
+                let _ = std::fs::remove_file(&pin);
+            }
+            let id = program
+                .attach_with_options(
+                    interface,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| interface_error(interface, e))?;
+            let link = program
+                .take_link(id)
+                .map_err(|e| interface_error(interface, e))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| interface_error(interface, e))?;
+            fd_link.pin(&pin).map_err(|e| interface_error(interface, e))?;
+        }
+        Ok(())
+    }
+
+    fn remove_link_pins(&self, interface: &str) {
+        for (_, _, direction) in HOOKS {
+            let _ = std::fs::remove_file(self.link_pin(interface, direction));
+        }
+    }
+}
+
+fn replace_pinned(program: &mut SchedClassifier, pin: &Path) -> Result<(), DatapathError> {
+    let pinned = PinnedLink::from_pin(pin).map_err(|e| interface_error("pinned link", e))?;
+    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+        .map_err(|e| interface_error("pinned link", e))?;
+    let id = program
+        .attach_to_link(link)
+        .map_err(|e| interface_error("pinned link", e))?;
+    // The pin keeps the link alive; our handle may go.
+    drop(program.take_link(id));
+    Ok(())
+}
+
+fn attach_clsact(datapath: &mut Datapath, interface: &str) -> Result<(), DatapathError> {
+    // EEXIST when the qdisc is already there is fine.
+    let _ = qdisc_add_clsact(interface);
+    for (name, attach_type, _) in HOOKS {
+        // Replace what an earlier agent left attached.
+        let _ = qdisc_detach_program(interface, attach_type, name);
+        let program = datapath.program(name)?;
+        let id = program
+            .attach_with_options(interface, attach_type, TcAttachOptions::Netlink(Default::default()))
+            .map_err(|e| interface_error(interface, e))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| interface_error(interface, e))?;
+        // Dropping the handle would detach the filter; it must outlive the agent.
+        std::mem::forget(link);
+    }
+    Ok(())
+}
+
+fn interface_error(interface: &str, error: impl std::fmt::Display) -> DatapathError {
+    DatapathError::Interface {
+        interface: interface.to_string(),
+        message: error.to_string(),
+    }
+}
+
+/// Detaches clsact filters vipr left on any interface of this network
+/// namespace. TCX links go with their pins (see `cleanup_pins`).
+pub fn cleanup_attachments(interfaces: impl IntoIterator<Item = String>) -> usize {
+    let mut removed = 0;
+    for interface in interfaces {
+        for (name, attach_type, _) in HOOKS {
+            if qdisc_detach_program(&interface, attach_type, name).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}

@@ -1,0 +1,102 @@
+//! [`ServiceMaps`] on the real BPF maps.
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use proxy_common::{BackendValue, Counter, ServiceKey, ServiceValue, SlotKey, maps};
+
+use super::{Datapath, DatapathError, ServiceMaps};
+use crate::plan::maps::{MapContents, MapOp};
+
+pub struct KernelMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    slots: HashMap<MapData, SlotKey, u32>,
+    backends: HashMap<MapData, u32, BackendValue>,
+}
+
+fn take<T>(datapath: &mut Datapath, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = datapath
+        .ebpf
+        .take_map(name)
+        .ok_or(DatapathError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+/// Deleting what is not there is success: the desired state holds.
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+impl KernelMaps {
+    pub fn take(datapath: &mut Datapath) -> Result<Self, DatapathError> {
+        Ok(Self {
+            services: take(datapath, maps::SERVICES)?,
+            slots: take(datapath, maps::SLOTS)?,
+            backends: take(datapath, maps::BACKENDS)?,
+        })
+    }
+}
+
+impl ServiceMaps for KernelMaps {
+    fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
+        match op {
+            MapOp::UpsertBackend(id, b) => self
+                .backends
+                .insert(id, b, 0)
+                .map_err(map_err(maps::BACKENDS)),
+            MapOp::UpsertSlot(k, id) => self.slots.insert(k, id, 0).map_err(map_err(maps::SLOTS)),
+            MapOp::UpsertService(k, v) => self
+                .services
+                .insert(k, v, 0)
+                .map_err(map_err(maps::SERVICES)),
+            MapOp::DeleteService(k) => {
+                ignore_missing(self.services.remove(k)).map_err(map_err(maps::SERVICES))
+            }
+            MapOp::DeleteSlot(k) => {
+                ignore_missing(self.slots.remove(k)).map_err(map_err(maps::SLOTS))
+            }
+            MapOp::DeleteBackend(id) => {
+                ignore_missing(self.backends.remove(id)).map_err(map_err(maps::BACKENDS))
+            }
+        }
+    }
+
+    fn dump(&self) -> Result<MapContents, DatapathError> {
+        let mut contents = MapContents::default();
+        for entry in self.services.iter() {
+            let (k, v) = entry.map_err(map_err(maps::SERVICES))?;
+            contents.services.insert(k, v);
+        }
+        for entry in self.slots.iter() {
+            let (k, v) = entry.map_err(map_err(maps::SLOTS))?;
+            contents.slots.insert(k, v);
+        }
+        for entry in self.backends.iter() {
+            let (k, v) = entry.map_err(map_err(maps::BACKENDS))?;
+            contents.backends.insert(k, v);
+        }
+        Ok(contents)
+    }
+}
+
+/// Sums the per-CPU counters; returns (counter, total) in enum order.
+pub fn read_counters(
+    counters: &PerCpuArray<MapData, u64>,
+) -> Result<Vec<(Counter, u64)>, DatapathError> {
+    Counter::ALL
+        .iter()
+        .map(|&c| {
+            let per_cpu = counters
+                .get(&(c as u32), 0)
+                .map_err(map_err(maps::COUNTERS))?;
+            Ok((c, per_cpu.iter().sum()))
+        })
+        .collect()
+}

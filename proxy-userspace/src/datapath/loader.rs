@@ -1,0 +1,108 @@
+//! Loading the embedded object with its maps pinned under a bpffs directory,
+//! so that maps (and with them established flows) survive agent restarts.
+use std::path::{Path, PathBuf};
+
+use aya::{Ebpf, EbpfLoader, include_bytes_aligned, programs::SchedClassifier};
+use proxy_common::{globals, maps, programs};
+
+use super::DatapathError;
+
+/// The kernel programs, built by build.rs from proxy-ebpf.
+pub static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
+
+/// Runtime knobs written into the object at load time.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// bpffs directory that holds this agent's pins.
+    pub pin_dir: PathBuf,
+    pub hash_seed: u32,
+    pub max_services: u32,
+    pub max_backends: u32,
+    pub max_slots: u32,
+    pub max_conntrack: u32,
+}
+
+impl LoadOptions {
+    pub fn new(pin_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            pin_dir: pin_dir.into(),
+            hash_seed: std::process::id().wrapping_mul(0x9e37_79b9) ^ seed_from_clock(),
+            max_services: maps::DEFAULT_MAX_SERVICES,
+            max_backends: maps::DEFAULT_MAX_BACKENDS,
+            max_slots: maps::DEFAULT_MAX_SLOTS,
+            max_conntrack: maps::DEFAULT_MAX_CONNTRACK,
+        }
+    }
+}
+
+fn seed_from_clock() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+/// The loaded object: programs ready to attach, maps pinned.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    pub pin_dir: PathBuf,
+}
+
+impl Datapath {
+    pub fn load(options: &LoadOptions) -> Result<Self, DatapathError> {
+        let map_dir = options.pin_dir.join("maps");
+        std::fs::create_dir_all(&map_dir).map_err(|source| DatapathError::Pins {
+            path: map_dir.display().to_string(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&map_dir)
+            .override_global(globals::HASH_SEED, &options.hash_seed, true)
+            .map_max_entries(maps::SERVICES, options.max_services)
+            .map_max_entries(maps::BACKENDS, options.max_backends)
+            .map_max_entries(maps::SLOTS, options.max_slots)
+            .map_max_entries(maps::CONNTRACK, options.max_conntrack)
+            .load(OBJECT)?;
+        for name in [programs::FROM_POD, programs::TO_POD] {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: options.pin_dir.clone(),
+        })
+    }
+
+    pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        program(&mut self.ebpf, name)
+    }
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
+    program
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// Removes the pin directory (maps and links). Removing a link pin detaches
+/// its program once nothing else holds the link.
+pub fn cleanup_pins(pin_dir: &Path) -> Result<(), DatapathError> {
+    match std::fs::remove_dir_all(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DatapathError::Pins {
+            path: pin_dir.display().to_string(),
+            source,
+        }),
+    }
+}

@@ -1,0 +1,53 @@
+//! The only code that touches the kernel: load the programs, attach them,
+//! pin what must outlive the agent, and write the service maps.
+//!
+//! Everything above this module works on [`MapContents`]/[`MapOp`] data; the
+//! [`ServiceMaps`] trait is the seam, with a kernel implementation and an
+//! in-memory fake for tests.
+
+mod attach;
+mod fake;
+mod interfaces;
+mod kernel;
+mod loader;
+
+pub use attach::{AttachMode, Attacher, cleanup_attachments};
+pub use fake::FakeMaps;
+pub use interfaces::{InterfaceSelector, all_interfaces};
+pub use kernel::{KernelMaps, read_counters};
+pub use loader::{Datapath, LoadOptions, OBJECT, cleanup_pins};
+
+use crate::plan::maps::{MapContents, MapOp};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("interface {interface}: {message}")]
+    Interface { interface: String, message: String },
+    #[error("bpffs directory {path}: {source}")]
+    Pins {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Write access to the service maps, so the sync loop can run against the
+/// kernel or against a fake.
+pub trait ServiceMaps {
+    fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError>;
+    /// Reads back everything currently in the maps.
+    fn dump(&self) -> Result<MapContents, DatapathError>;
+}

@@ -1,0 +1,82 @@
+//! Reading a running (or stopped) agent's pinned maps: `vipr dump`, and
+//! `vipr cleanup`.
+use std::path::Path;
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use comfy_table::Table;
+use proxy_common::{Counter, maps};
+
+use crate::{
+    datapath::{DatapathError, all_interfaces, cleanup_attachments, cleanup_pins, read_counters},
+    plan::{MapContents, dump_text},
+};
+
+fn open(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
+    MapData::from_pin(pin_dir.join("maps").join(name))
+        .map_err(|source| DatapathError::Map { name, source })
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    name: &'static str,
+    map: Map,
+) -> Result<T, DatapathError> {
+    T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}
+
+/// The service maps as pinned under `pin_dir`.
+pub fn pinned_contents(pin_dir: &Path) -> Result<MapContents, DatapathError> {
+    let services: HashMap<_, proxy_common::ServiceKey, proxy_common::ServiceValue> =
+        typed(maps::SERVICES, Map::HashMap(open(pin_dir, maps::SERVICES)?))?;
+    let slots: HashMap<_, proxy_common::SlotKey, u32> =
+        typed(maps::SLOTS, Map::HashMap(open(pin_dir, maps::SLOTS)?))?;
+    let backends: HashMap<_, u32, proxy_common::BackendValue> =
+        typed(maps::BACKENDS, Map::HashMap(open(pin_dir, maps::BACKENDS)?))?;
+    let mut contents = MapContents::default();
+    let err = |name| move |source| DatapathError::Map { name, source };
+    for entry in services.iter() {
+        let (k, v) = entry.map_err(err(maps::SERVICES))?;
+        contents.services.insert(k, v);
+    }
+    for entry in slots.iter() {
+        let (k, v) = entry.map_err(err(maps::SLOTS))?;
+        contents.slots.insert(k, v);
+    }
+    for entry in backends.iter() {
+        let (k, v) = entry.map_err(err(maps::BACKENDS))?;
+        contents.backends.insert(k, v);
+    }
+    Ok(contents)
+}
+
+/// Counter totals as pinned under `pin_dir`.
+pub fn pinned_counters(pin_dir: &Path) -> Result<Vec<(Counter, u64)>, DatapathError> {
+    let counters: PerCpuArray<_, u64> = typed(
+        maps::COUNTERS,
+        Map::PerCpuArray(open(pin_dir, maps::COUNTERS)?),
+    )?;
+    read_counters(&counters)
+}
+
+/// Human-readable report of maps and non-zero counters.
+pub fn dump(pin_dir: &Path) -> Result<String, DatapathError> {
+    let mut out = dump_text(&pinned_contents(pin_dir)?);
+    let mut table = Table::new();
+    table.set_header(vec!["counter", "packets"]);
+    for (counter, value) in pinned_counters(pin_dir)? {
+        if value != 0 {
+            table.add_row(vec![counter.name().to_string(), value.to_string()]);
+        }
+    }
+    out.push('\n');
+    out.push_str(&table.to_string());
+    out.push('\n');
+    Ok(out)
+}
+
+/// Detaches vipr's programs from every interface of this network namespace
+/// and removes the pins. Safe to run when nothing is there.
+pub fn cleanup(pin_dir: &Path) -> Result<usize, DatapathError> {
+    let detached = cleanup_attachments(all_interfaces()?.into_keys());
+    cleanup_pins(pin_dir)?;
+    Ok(detached)
+}

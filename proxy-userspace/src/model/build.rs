@@ -1,0 +1,123 @@
+//! Joins valid Services and EndpointSlices into frontends with backends.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::net::Ipv4Addr;
+
+use super::{
+    Backend, Frontend, FrontendKey, Model, ServiceModel, ServicePortModel, SkipReason, Skipped,
+    SliceModel,
+};
+
+/// Builds the model from already validated objects. Pure and independent of
+/// input order: services and slices are visited sorted by namespace/name.
+pub fn build_model<'a>(
+    services: impl IntoIterator<Item = &'a ServiceModel>,
+    slices: impl IntoIterator<Item = &'a SliceModel>,
+) -> Model {
+    let mut model = Model::default();
+    let mut services: Vec<&ServiceModel> = services.into_iter().collect();
+    services.sort_by(|a, b| a.object.cmp(&b.object));
+
+    // (namespace, service name) → its slices, sorted by slice name.
+    let mut by_service: BTreeMap<(&str, &str), Vec<&SliceModel>> = BTreeMap::new();
+    for slice in slices {
+        model
+            .skipped
+            .extend(slice.skipped.iter().map(|reason| Skipped {
+                object: slice.object.clone(),
+                reason: reason.clone(),
+            }));
+        if let Some(service) = &slice.service {
+            by_service
+                .entry((&slice.object.namespace, service))
+                .or_default()
+                .push(slice);
+        }
+    }
+    for slices in by_service.values_mut() {
+        slices.sort_by(|a, b| a.object.cmp(&b.object));
+    }
+
+    for svc in services {
+        model
+            .skipped
+            .extend(svc.skipped.iter().map(|reason| Skipped {
+                object: svc.object.clone(),
+                reason: reason.clone(),
+            }));
+        let slices = by_service
+            .get(&(svc.object.namespace.as_str(), svc.object.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for port in &svc.ports {
+            let backends = backends_for(port, slices);
+            for &ip in &svc.cluster_ips {
+                let key = FrontendKey {
+                    ip,
+                    port: port.port,
+                    protocol: port.protocol,
+                };
+                match model.frontends.entry(key) {
+                    // Only reachable with hand-written manifests: the API server
+                    // never hands out a cluster IP twice.
+                    Entry::Occupied(owner) => model.skipped.push(Skipped {
+                        object: svc.object.clone(),
+                        reason: SkipReason::FrontendConflict {
+                            key,
+                            owner: owner.get().service.clone(),
+                        },
+                    }),
+                    Entry::Vacant(slot) => {
+                        slot.insert(Frontend {
+                            key,
+                            service: svc.object.clone(),
+                            port_name: port.name.clone(),
+                            backends: backends.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    model.skipped.sort_by(|a, b| a.object.cmp(&b.object));
+    model
+}
+
+/// Every endpoint serving `port`: the slice port with the same name and
+/// protocol gives the target port (this is how named targetPorts resolve).
+/// Duplicates (same ip and port, e.g. while slices are rebalanced) keep the
+/// best condition: ready, then serving-terminating, then the first slice's.
+fn backends_for(port: &ServicePortModel, slices: &[&SliceModel]) -> Vec<Backend> {
+    let mut out: BTreeMap<(Ipv4Addr, u16), Backend> = BTreeMap::new();
+    for slice in slices {
+        let Some(sp) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let backend = Backend {
+                ip: ep.ip,
+                port: sp.port,
+                conditions: ep.conditions,
+                node_name: ep.node_name.clone(),
+                zone: ep.zone.clone(),
+                target: ep.target.clone(),
+            };
+            match out.entry((ep.ip, sp.port)) {
+                Entry::Vacant(v) => {
+                    v.insert(backend);
+                }
+                Entry::Occupied(mut o) => {
+                    if backend.conditions.rank() > o.get().conditions.rank() {
+                        o.insert(backend);
+                    }
+                }
+            }
+        }
+    }
+    out.into_values().collect()
+}

@@ -1,0 +1,141 @@
+//! Validation and normalisation of one discovery/v1 `EndpointSlice`.
+
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::service::{label_skip, object_ref, parse_protocol, valid_port};
+use super::{
+    Conditions, ConversionError, Kind, LABEL_SERVICE_NAME, ModelOptions, ObjectRef, Protocol,
+    SkipReason,
+};
+
+/// A valid EndpointSlice reduced to what the proxy needs. A skipped slice has
+/// no service, ports or endpoints, and says why in `skipped`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceModel {
+    pub object: ObjectRef,
+    /// Value of the `kubernetes.io/service-name` label (same namespace).
+    pub service: Option<String>,
+    /// TCP and UDP ports with a port number; others cannot match a Service port.
+    pub ports: Vec<SlicePortModel>,
+    pub endpoints: Vec<EndpointModel>,
+    pub skipped: Vec<SkipReason>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePortModel {
+    /// "" when unnamed; equals the Service port's name it serves.
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointModel {
+    /// `addresses[0]`: the API says addresses are fungible and kube-proxy uses the first.
+    pub ip: Ipv4Addr,
+    pub conditions: Conditions,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+    pub target: Option<String>,
+}
+
+/// Validates `slice` and reduces it to a [`SliceModel`]. Pure.
+pub fn convert_slice(
+    slice: &EndpointSlice,
+    opts: &ModelOptions,
+) -> Result<SliceModel, ConversionError> {
+    let object = object_ref(Kind::EndpointSlice, &slice.metadata)?;
+    let skipped = |reason| SliceModel {
+        object: object.clone(),
+        service: None,
+        ports: Vec::new(),
+        endpoints: Vec::new(),
+        skipped: vec![reason],
+    };
+    if let Some(reason) = label_skip(&slice.metadata, opts) {
+        return Ok(skipped(reason));
+    }
+    let err = |field: String, message: String| ConversionError::new(&object, field, message);
+    match slice.address_type.as_str() {
+        "IPv4" => {}
+        "IPv6" | "FQDN" => return Ok(skipped(SkipReason::AddressType(slice.address_type.clone()))),
+        other => {
+            return Err(err(
+                "addressType".into(),
+                format!("{other:?} is not a valid address type"),
+            ));
+        }
+    }
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME));
+    let Some(service) = service.filter(|s| !s.is_empty()) else {
+        return Ok(skipped(SkipReason::NoServiceNameLabel));
+    };
+
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let protocol = match parse_protocol(p.protocol.as_deref().unwrap_or("TCP")) {
+            Ok(Some(protocol)) => protocol,
+            Ok(None) => continue,
+            Err(message) => return Err(err(format!("ports[{i}].protocol"), message)),
+        };
+        // A nil port means "all ports"; kube-proxy cannot use it either.
+        let Some(raw) = p.port else { continue };
+        let port = valid_port(raw).ok_or_else(|| {
+            err(
+                format!("ports[{i}].port"),
+                format!("{raw} is not a valid port"),
+            )
+        })?;
+        ports.push(SlicePortModel {
+            name: p.name.clone().unwrap_or_default(),
+            port,
+            protocol,
+        });
+    }
+
+    let mut endpoints = Vec::new();
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        let Some(raw) = ep.addresses.first() else {
+            return Err(err(
+                format!("endpoints[{i}].addresses"),
+                "must contain at least one address".into(),
+            ));
+        };
+        let ip = raw.parse::<Ipv4Addr>().map_err(|_| {
+            err(
+                format!("endpoints[{i}].addresses[0]"),
+                format!("{raw:?} is not a valid IPv4 address"),
+            )
+        })?;
+        let c = ep.conditions.as_ref();
+        endpoints.push(EndpointModel {
+            ip,
+            conditions: Conditions::from_api(
+                c.and_then(|c| c.ready),
+                c.and_then(|c| c.serving),
+                c.and_then(|c| c.terminating),
+            ),
+            node_name: ep.node_name.clone(),
+            zone: ep.zone.clone(),
+            target: ep.target_ref.as_ref().map(|t| {
+                let kind = t.kind.as_deref().unwrap_or("");
+                let ns = t.namespace.as_deref().unwrap_or(&object.namespace);
+                let name = t.name.as_deref().unwrap_or("");
+                format!("{kind}/{ns}/{name}")
+            }),
+        });
+    }
+    Ok(SliceModel {
+        object: object.clone(),
+        service: Some(service.clone()),
+        ports,
+        endpoints,
+        skipped: Vec::new(),
+    })
+}

@@ -1,0 +1,96 @@
+//! Stable small-integer ids for map keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Hands out ids `1..`, lowest free first; 0 is never used (reads as "unset").
+///
+/// An id released in one round (see [`IdTable::retain`]) is quarantined and
+/// becomes free only at the next round: the diff of the round that releases
+/// it still deletes the old user's entries, and must not also write a new
+/// user's entries under the same id (the old frontend would briefly send
+/// traffic to the new user's backends).
+#[derive(Clone, Debug)]
+pub(crate) struct IdTable<K> {
+    ids: BTreeMap<K, u32>,
+    /// Ids below `next` that nobody holds.
+    free: BTreeSet<u32>,
+    quarantine: BTreeSet<u32>,
+    next: u32,
+}
+
+impl<K> Default for IdTable<K> {
+    fn default() -> Self {
+        Self {
+            ids: BTreeMap::new(),
+            free: BTreeSet::new(),
+            quarantine: BTreeSet::new(),
+            next: 1,
+        }
+    }
+}
+
+impl<K: Ord + Clone> IdTable<K> {
+    /// Rebuilds a table from (key, id) pairs read back from the kernel. A
+    /// key or id seen twice keeps its first pairing; the other ids are
+    /// quarantined so the next round does not reuse them while still mapped.
+    pub fn restore(pairs: impl IntoIterator<Item = (K, u32)>) -> Self {
+        let mut table = Self::default();
+        let mut held = BTreeSet::new();
+        let mut orphans = BTreeSet::new();
+        for (key, id) in pairs {
+            if id == 0 {
+                continue;
+            }
+            if held.contains(&id) || table.ids.contains_key(&key) {
+                orphans.insert(id);
+                continue;
+            }
+            held.insert(id);
+            table.ids.insert(key, id);
+        }
+        orphans.retain(|id| !held.contains(id));
+        let max = held.iter().chain(&orphans).max().copied().unwrap_or(0);
+        table.next = max.saturating_add(1);
+        table.free = (1..table.next)
+            .filter(|id| !held.contains(id) && !orphans.contains(id))
+            .collect();
+        table.quarantine = orphans;
+        table
+    }
+
+    pub fn get(&self, key: &K) -> Option<u32> {
+        self.ids.get(key).copied()
+    }
+
+    /// Starts a round: frees last round's quarantine, then releases (into
+    /// quarantine) the ids of keys for which `keep` is false.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.free.append(&mut self.quarantine);
+        let quarantine = &mut self.quarantine;
+        self.ids.retain(|key, id| {
+            let kept = keep(key);
+            if !kept {
+                quarantine.insert(*id);
+            }
+            kept
+        });
+    }
+
+    /// The key's id, allocating the lowest free one if needed. `None` only
+    /// when all 2^32-1 ids are taken.
+    pub fn get_or_alloc(&mut self, key: &K) -> Option<u32> {
+        if let Some(id) = self.get(key) {
+            return Some(id);
+        }
+        let id = match self.free.pop_first() {
+            Some(id) => id,
+            None => {
+                let id = self.next;
+                self.next = self.next.checked_add(1)?;
+                id
+            }
+        };
+        self.ids.insert(key.clone(), id);
+        Some(id)
+    }
+}
