@@ -209,10 +209,7 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|e| e == "yaml" || e == "yml")
-        })
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
     Ok(files)
@@ -311,7 +308,10 @@ fn split_docs(text: &str) -> Vec<&str> {
         pos += line.len();
     }
     docs.push(&text[start..]);
-    docs.retain(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')));
+    docs.retain(|d| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
     docs
 }
 
@@ -477,7 +477,9 @@ impl DemoCluster {
     }
 
     pub fn topology(&self) -> &Topology {
-        self.topology.as_ref().expect("topology exists until teardown")
+        self.topology
+            .as_ref()
+            .expect("topology exists until teardown")
     }
 
     /// Netns name of a node or pod.
@@ -537,7 +539,11 @@ impl DemoCluster {
         let mut s = String::new();
         for a in &self.agents {
             let text = fs::read_to_string(&a.log).unwrap_or_else(|e| format!("<{e}>"));
-            s.push_str(&format!("===== vipr on {} ({}) =====\n{text}\n", a.node, a.log.display()));
+            s.push_str(&format!(
+                "===== vipr on {} ({}) =====\n{text}\n",
+                a.node,
+                a.log.display()
+            ));
         }
         s
     }
@@ -578,7 +584,10 @@ impl DemoCluster {
         }
         for a in &self.agents {
             let mut cmd = netns::command_in(&a.netns, &self.vipr_bin);
-            cmd.arg("cleanup").arg("--bpffs").arg(&a.bpffs).env("RUST_LOG", "info");
+            cmd.arg("cleanup")
+                .arg("--bpffs")
+                .arg(&a.bpffs)
+                .env("RUST_LOG", "info");
             match cmd.output() {
                 Ok(o) if o.status.success() => {}
                 Ok(o) => errors.push(format!(
@@ -598,7 +607,10 @@ impl DemoCluster {
         }
         for a in &self.agents {
             if a.bpffs.exists() {
-                errors.push(format!("pin dir {} left behind; removing it", a.bpffs.display()));
+                errors.push(format!(
+                    "pin dir {} left behind; removing it",
+                    a.bpffs.display()
+                ));
                 let _ = fs::remove_dir_all(&a.bpffs);
             }
         }

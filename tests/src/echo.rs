@@ -110,7 +110,11 @@ impl EchoServer {
 
     /// Source addresses of TCP connections and UDP datagrams, as the server saw them.
     pub fn peers(&self) -> Vec<SocketAddr> {
-        self.stats.peers.lock().map(|p| p.clone()).unwrap_or_default()
+        self.stats
+            .peers
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
     }
 
     /// Stops the server and waits for its threads (also done on drop).
@@ -161,7 +165,9 @@ fn tcp_accept_loop(
                     c.push(handle);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(5))
+            }
             Err(_) => thread::sleep(POLL),
         }
     }
@@ -183,7 +189,11 @@ fn serve_tcp(mut stream: TcpStream, stop: &AtomicBool, stats: &Stats, reply: &[u
                     stats.tcp_requests.fetch_add(1, Ordering::SeqCst);
                 }
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return,
         }
     }
@@ -193,14 +203,12 @@ fn serve_tcp(mut stream: TcpStream, stop: &AtomicBool, stats: &Stats, reply: &[u
 fn udp_loop(sock: &UdpSocket, stop: &AtomicBool, stats: &Stats, reply: &[u8]) {
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::SeqCst) {
-        match sock.recv_from(&mut buf) {
-            Ok((_, peer)) => {
-                record_peer(stats, peer);
-                if sock.send_to(reply, peer).is_ok() {
-                    stats.udp_requests.fetch_add(1, Ordering::SeqCst);
-                }
+        // Errors are read timeouts (to look at `stop`) or transient.
+        if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+            record_peer(stats, peer);
+            if sock.send_to(reply, peer).is_ok() {
+                stats.udp_requests.fetch_add(1, Ordering::SeqCst);
             }
-            Err(_) => {}
         }
     }
 }
@@ -323,7 +331,11 @@ pub fn tcp_request_full(
 }
 
 /// Like [`tcp_request_full`], returning only the name of the pod that answered.
-pub fn tcp_request(netns: &str, addr: SocketAddr, timeout: Duration) -> Result<String, ClientError> {
+pub fn tcp_request(
+    netns: &str,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<String, ClientError> {
     tcp_request_full(netns, addr, timeout).map(|r| r.name)
 }
 
@@ -374,7 +386,10 @@ impl Drop for TcpSession {
 
 fn udp_socket(netns: &str) -> Result<UdpSocket, ClientError> {
     in_netns(netns, || {
-        Ok(UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?)
+        Ok(UdpSocket::bind(SocketAddrV4::new(
+            Ipv4Addr::UNSPECIFIED,
+            0,
+        ))?)
     })
 }
 

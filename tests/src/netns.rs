@@ -211,19 +211,30 @@ pub struct CsumErrors {
 
 /// Reads `InCsumErrors` of `Tcp` and `Udp` from /proc/thread-self/net/snmp in `netns`.
 pub fn snmp_checksum_errors(netns: &str) -> Result<CsumErrors> {
-    let text = run_in(netns, || std::fs::read_to_string("/proc/thread-self/net/snmp"))?
-        .context("read snmp")?;
+    let text = snmp_text(netns)?;
     Ok(CsumErrors {
         tcp: snmp_field(&text, "Tcp", "InCsumErrors")?,
         udp: snmp_field(&text, "Udp", "InCsumErrors")?,
     })
 }
 
+/// The text of /proc/thread-self/net/snmp as seen from inside `netns`.
+pub fn snmp_text(netns: &str) -> Result<String> {
+    run_in(netns, || {
+        std::fs::read_to_string("/proc/thread-self/net/snmp")
+    })?
+    .context("read snmp")
+}
+
 /// Looks a field up in /proc/net/snmp format (header line, then value line).
 pub fn snmp_field(text: &str, group: &str, field: &str) -> Result<u64> {
     let tag = format!("{group}:");
-    let mut lines = text.lines().filter(|l| l.split_whitespace().next() == Some(&tag));
-    let header = lines.next().with_context(|| format!("no {group} in snmp"))?;
+    let mut lines = text
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(&tag));
+    let header = lines
+        .next()
+        .with_context(|| format!("no {group} in snmp"))?;
     let values = lines.next().with_context(|| format!("no {group} values"))?;
     let idx = header
         .split_whitespace()
@@ -376,7 +387,15 @@ impl Topology {
         sysctl(&netns, "net/ipv4/ip_forward", "1")?;
         // Lets proxy ARP answer for the pods' gateway address (it needs a route
         // to the target through another interface).
-        ip(&["-n", &netns, "route", "add", &format!("{POD_GATEWAY}/32"), "dev", "lo"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "route",
+            "add",
+            &format!("{POD_GATEWAY}/32"),
+            "dev",
+            "lo",
+        ])?;
         let ul_if = format!("n{index}");
         ip(&[
             "-n",
@@ -392,9 +411,26 @@ impl Topology {
             "netns",
             &netns,
         ])?;
-        ip(&["-n", &self.underlay, "link", "set", &ul_if, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            &self.underlay,
+            "link",
+            "set",
+            &ul_if,
+            "master",
+            "br0",
+            "up",
+        ])?;
         let addr = Self::underlay_ip(index);
-        ip(&["-n", &netns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
         for other in &self.nodes {
             let other_addr = Self::underlay_ip(other.index).to_string();
@@ -448,11 +484,7 @@ impl Topology {
             "-n", &node_ns, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
             "netns", &netns,
         ])?;
-        sysctl(
-            &node_ns,
-            &format!("net/ipv4/conf/{host_if}/proxy_arp"),
-            "1",
-        )?;
+        sysctl(&node_ns, &format!("net/ipv4/conf/{host_if}/proxy_arp"), "1")?;
         sysctl(
             &node_ns,
             &format!("net/ipv4/neigh/{host_if}/proxy_delay"),
@@ -468,7 +500,15 @@ impl Topology {
             "dev",
             &host_if,
         ])?;
-        ip(&["-n", &netns, "addr", "add", &format!("{pod_ip}/32"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{pod_ip}/32"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
         let gw = POD_GATEWAY.to_string();
         ip(&["-n", &netns, "route", "add", &gw, "dev", "eth0"])?;

@@ -86,6 +86,15 @@ fn start(tag: &str) -> Env {
     }
 }
 
+/// Runs `test` against a fresh demo cluster; on failure prints the agent logs.
+fn with_cluster(tag: &str, test: impl FnOnce(&Env) -> Result<()>) {
+    let env = start(tag);
+    if let Err(e) = test(&env) {
+        eprintln!("{}", env.logs());
+        panic!("{e:?}");
+    }
+}
+
 fn tcp(env: &Env, pod: &str) -> Result<String, ClientError> {
     echo::tcp_request(&env.netns(pod), demo::http_addr(), REQ_TIMEOUT)
 }
@@ -166,6 +175,18 @@ fn harness_pod_to_pod_without_vipr() -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         topo.set_tx_checksum_offload("a", false)?;
         topo.set_tx_checksum_offload("c", false)?;
+        let out = topo
+            .command_in("a", "ethtool")?
+            .args(["-k", "eth0"])
+            .output()?;
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("tx-checksumming: off"),
+            "ethtool -K had no effect"
+        );
+        let udp_in = || -> Result<u64> {
+            netns::snmp_field(&netns::snmp_text(&topo.netns("c")?)?, "Udp", "InDatagrams")
+        };
+        let c_udp_before = udp_in()?;
         let before: Vec<_> = ["a", "b", "c", "node1", "node2"]
             .iter()
             .map(|p| topo.snmp_checksum_errors(p))
@@ -191,21 +212,20 @@ fn harness_pod_to_pod_without_vipr() -> Result<()> {
                     .with_context(|| format!("udp {from} -> {to}"))?;
             assert_eq!((name.as_str(), src), (to, SocketAddr::new(ip, 5353)));
         }
+        // The counters are per namespace: c received two requests and one reply.
+        assert_eq!(udp_in()? - c_udp_before, 3);
         // The server saw the client's own pod address.
         let seen = servers[2].peers();
         assert!(
-            seen.iter().any(|p| p.ip() == IpAddr::V4(topo.pod_ip("a").unwrap())),
+            seen.iter()
+                .any(|p| p.ip() == IpAddr::V4(topo.pod_ip("a").unwrap())),
             "c saw {seen:?}"
         );
         assert_eq!(servers[2].tcp_connections(), 4);
         // Nothing listens on 9999: RST, reported as refused, quickly.
         let t = Instant::now();
-        let err = echo::tcp_request(
-            &topo.netns("a")?,
-            "10.244.2.11:9999".parse()?,
-            REQ_TIMEOUT,
-        )
-        .expect_err("nothing listens on 9999");
+        let err = echo::tcp_request(&topo.netns("a")?, "10.244.2.11:9999".parse()?, REQ_TIMEOUT)
+            .expect_err("nothing listens on 9999");
         assert!(err.is_refused(), "{err}");
         assert!(t.elapsed() < Duration::from_secs(1));
         let err = echo::udp_connected_request(
@@ -215,13 +235,13 @@ fn harness_pod_to_pod_without_vipr() -> Result<()> {
         )
         .expect_err("nothing listens on udp 9999");
         assert!(err.is_refused(), "{err}");
-        // An address nobody answers: timeout.
-        let err = echo::tcp_request(
+        // Unconnected UDP socket: the ICMP error is not reported, so it is a timeout.
+        let err = echo::udp_request(
             &topo.netns("a")?,
-            "10.244.2.99:8080".parse()?,
+            "10.244.2.11:9999".parse()?,
             Duration::from_millis(300),
         )
-        .expect_err("nobody at 10.244.2.99");
+        .expect_err("nothing listens on udp 9999");
         assert!(err.is_timeout(), "{err}");
         let after: Vec<_> = ["a", "b", "c", "node1", "node2"]
             .iter()
@@ -231,7 +251,10 @@ fn harness_pod_to_pod_without_vipr() -> Result<()> {
         // A process in a node netns keeps the mount namespace (sees host paths).
         let mut child = topo.spawn_in("node1", "sleep", &["30"])?;
         assert!(child.try_wait()?.is_none());
-        let out = topo.command_in("node1", "ip")?.args(["-o", "addr"]).output()?;
+        let out = topo
+            .command_in("node1", "ip")?
+            .args(["-o", "addr"])
+            .output()?;
         assert!(String::from_utf8_lossy(&out.stdout).contains("172.30.0.1/24"));
         drop(child);
         drop(servers);
@@ -253,197 +276,233 @@ fn harness_parses_snmp() -> Result<()> {
 // With vipr.
 
 #[test]
-fn every_backend_gets_connections() -> Result<()> {
-    let env = start("every-backend");
-    let counts = env.run_demo(60)?;
-    for b in BACKENDS {
+fn every_backend_gets_connections() {
+    with_cluster("every-backend", |env| {
+        let counts = env.run_demo(60)?;
+        for b in BACKENDS {
+            assert!(
+                counts.get(b.name).copied().unwrap_or(0) > 0,
+                "{} got no connections: {counts:?}",
+                b.name
+            );
+        }
+        assert_eq!(counts.values().sum::<usize>(), 60);
+        let served = env.tcp_connections();
+        assert_eq!(served.values().sum::<usize>(), 60, "{served:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn replies_come_from_the_cluster_ip() {
+    with_cluster("reply-source", |env| {
+        let client_ip = CLIENTS[0].1;
+        for _ in 0..10 {
+            let r = echo::tcp_request_full(&env.netns("client"), demo::http_addr(), REQ_TIMEOUT)?;
+            assert_eq!(r.peer, demo::http_addr());
+            assert_eq!(r.local.ip(), IpAddr::V4(client_ip));
+            let (name, from) =
+                echo::udp_request(&env.netns("client"), demo::dns_addr(), REQ_TIMEOUT)?;
+            assert!(demo::backend(&name).is_some(), "unexpected reply {name:?}");
+            assert_eq!(
+                from,
+                demo::dns_addr(),
+                "UDP reply from {from}, not the ClusterIP"
+            );
+        }
+        // The backends saw the client's own address (no masquerade for pod → ClusterIP).
+        for b in BACKENDS {
+            for peer in env.server(b.name).peers() {
+                assert_eq!(peer.ip(), IpAddr::V4(client_ip), "{} saw {peer}", b.name);
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn long_lived_session_stays_on_its_backend() {
+    with_cluster("session", |env| {
+        let mut session =
+            TcpSession::connect(&env.netns("client"), demo::http_addr(), REQ_TIMEOUT)?;
+        let mine = session.request()?;
+        let other = all_backend_names()
+            .into_iter()
+            .find(|n| *n != mine)
+            .expect("three backends");
+        // Remove another endpoint.
+        let remaining: Vec<_> = all_backend_names()
+            .into_iter()
+            .filter(|n| *n != other)
+            .collect();
+        env.set_endpoints(&remaining)?;
         assert!(
-            counts.get(b.name).copied().unwrap_or(0) > 0,
-            "{} got no connections: {counts:?}",
-            b.name
+            wait_backend_gone(env, other, 20),
+            "{other} still gets traffic"
         );
-    }
-    assert_eq!(counts.values().sum::<usize>(), 60);
-    let served = env.tcp_connections();
-    assert_eq!(served.values().sum::<usize>(), 60, "{served:?}");
-    Ok(())
-}
-
-#[test]
-fn replies_come_from_the_cluster_ip() -> Result<()> {
-    let env = start("reply-source");
-    let client_ip = CLIENTS[0].1;
-    for _ in 0..10 {
-        let r = echo::tcp_request_full(&env.netns("client"), demo::http_addr(), REQ_TIMEOUT)?;
-        assert_eq!(r.peer, demo::http_addr());
-        assert_eq!(r.local.ip(), IpAddr::V4(client_ip));
-        let (name, from) = echo::udp_request(&env.netns("client"), demo::dns_addr(), REQ_TIMEOUT)?;
-        assert!(demo::backend(&name).is_some(), "unexpected reply {name:?}");
-        assert_eq!(from, demo::dns_addr(), "UDP reply from {from}, not the ClusterIP");
-    }
-    // The backends saw the client's own address (no masquerade for pod → ClusterIP).
-    for b in BACKENDS {
-        for peer in env.server(b.name).peers() {
-            assert_eq!(peer.ip(), IpAddr::V4(client_ip), "{} saw {peer}", b.name);
-        }
-    }
-    Ok(())
-}
-
-#[test]
-fn long_lived_session_stays_on_its_backend() -> Result<()> {
-    let env = start("session");
-    let mut session = TcpSession::connect(&env.netns("client"), demo::http_addr(), REQ_TIMEOUT)?;
-    let mine = session.request()?;
-    let other = all_backend_names()
-        .into_iter()
-        .find(|n| *n != mine)
-        .expect("three backends");
-    // Remove another endpoint.
-    let remaining: Vec<_> = all_backend_names()
-        .into_iter()
-        .filter(|n| *n != other)
-        .collect();
-    env.set_endpoints(&remaining)?;
-    assert!(wait_backend_gone(&env, other, 20), "{other} still gets traffic");
-    for _ in 0..5 {
-        assert_eq!(session.request()?, mine);
-    }
-    // Add it back.
-    env.set_endpoints(&all_backend_names())?;
-    assert!(wait_backend_seen(&env, other), "{other} never came back");
-    for _ in 0..5 {
-        assert_eq!(session.request()?, mine);
-    }
-    assert!(env.server(&mine).tcp_requests() >= 11);
-    Ok(())
-}
-
-#[test]
-fn removed_endpoint_gets_no_new_connections() -> Result<()> {
-    let env = start("removed");
-    env.set_endpoints(&["echo-1", "echo-3"])?;
-    assert!(wait_backend_gone(&env, "echo-2", 20), "echo-2 still gets traffic");
-    let before = env.server("echo-2").tcp_connections();
-    let counts = tcp_counts(&env, "client", 40)?;
-    assert!(!counts.contains_key("echo-2"), "{counts:?}");
-    assert!(counts.contains_key("echo-1") && counts.contains_key("echo-3"), "{counts:?}");
-    assert_eq!(env.server("echo-2").tcp_connections(), before);
-    // UDP flows avoid it too.
-    for _ in 0..20 {
-        let (name, _) = echo::udp_request(&env.netns("client"), demo::dns_addr(), REQ_TIMEOUT)?;
-        assert_ne!(name, "echo-2");
-    }
-    // Adding it back makes it reachable again.
-    env.set_endpoints(&all_backend_names())?;
-    assert!(wait_backend_seen(&env, "echo-2"), "echo-2 never came back");
-    Ok(())
-}
-
-#[test]
-fn backend_on_the_other_node_both_ways() -> Result<()> {
-    let env = start("cross-node");
-    // node1 → node2
-    let counts = tcp_counts(&env, "client", 60)?;
-    assert!(counts.contains_key("echo-3"), "client never reached echo-3: {counts:?}");
-    env.set_endpoints(&["echo-3"])?;
-    assert!(wait_backend_gone(&env, "echo-1", 5) && wait_backend_gone(&env, "echo-2", 20));
-    for _ in 0..5 {
-        let (name, from) =
-            echo::udp_request(&env.netns("client"), demo::dns_addr(), REQ_TIMEOUT)?;
-        assert_eq!((name.as_str(), from), ("echo-3", demo::dns_addr()));
-    }
-    // node2 → node1
-    env.set_endpoints(&["echo-1", "echo-2"])?;
-    assert!(demo::wait_until(APPLY_TIMEOUT, || {
-        tcp(&env, "client2").is_ok_and(|n| n != "echo-3")
-            && tcp(&env, "client2").is_ok_and(|n| n != "echo-3")
-    }));
-    let counts = tcp_counts(&env, "client2", 40)?;
-    assert!(
-        counts.contains_key("echo-1") && counts.contains_key("echo-2") && counts.len() == 2,
-        "client2: {counts:?}"
-    );
-    for _ in 0..5 {
-        let (name, from) =
-            echo::udp_request(&env.netns("client2"), demo::dns_addr(), REQ_TIMEOUT)?;
-        assert!(name == "echo-1" || name == "echo-2", "{name}");
-        assert_eq!(from, demo::dns_addr());
-    }
-    Ok(())
-}
-
-#[test]
-fn service_without_endpoints_is_refused_at_once() -> Result<()> {
-    let env = start("empty");
-    let client = env.netns("client");
-    let t = Instant::now();
-    let err = echo::tcp_request(&client, demo::empty_http_addr(), Duration::from_secs(3))
-        .expect_err("demo/empty has no endpoints");
-    assert!(err.is_refused(), "expected connection refused, got: {err}");
-    assert!(t.elapsed() < Duration::from_secs(1), "refusal took {:?}", t.elapsed());
-    // demo/echo going to zero endpoints: TCP refused, UDP ICMP unreachable.
-    env.set_endpoints(&[])?;
-    assert!(
-        demo::wait_until(APPLY_TIMEOUT, || {
-            echo::tcp_request(&client, demo::http_addr(), Duration::from_millis(500))
-                .is_err_and(|e| e.is_refused())
-        }),
-        "TCP to demo/echo without endpoints was not refused"
-    );
-    let t = Instant::now();
-    let err = echo::udp_connected_request(&client, demo::dns_addr(), Duration::from_secs(2))
-        .expect_err("demo/echo has no endpoints");
-    assert!(err.is_refused(), "expected ECONNREFUSED on UDP, got: {err}");
-    assert!(t.elapsed() < Duration::from_secs(1), "refusal took {:?}", t.elapsed());
-    // And 0 → N works again for both (UDP must not stay stuck).
-    env.set_endpoints(&all_backend_names())?;
-    assert!(demo::wait_until(APPLY_TIMEOUT, || tcp(&env, "client").is_ok()));
-    assert!(demo::wait_until(APPLY_TIMEOUT, || {
-        echo::udp_connected_request(&client, demo::dns_addr(), Duration::from_millis(500)).is_ok()
-    }));
-    Ok(())
-}
-
-#[test]
-fn checksums_hold_without_tx_offload() -> Result<()> {
-    let env = start("checksums");
-    let topo = env.topology();
-    let pods: Vec<&str> = BACKENDS
-        .iter()
-        .map(|b| b.name)
-        .chain(CLIENTS.iter().map(|c| c.0))
-        .collect();
-    for p in &pods {
-        topo.set_tx_checksum_offload(p, false)?;
-    }
-    let watched: Vec<&str> = pods.iter().copied().chain(demo::NODES).collect();
-    let read = || -> Result<Vec<_>> {
-        watched
-            .iter()
-            .map(|p| topo.snmp_checksum_errors(p))
-            .collect()
-    };
-    let before = read()?;
-    for client in ["client", "client2"] {
-        let mut seen = BTreeMap::new();
-        for _ in 0..15 {
-            *seen.entry(tcp(&env, client)?).or_insert(0) += 1;
-            let (name, from) = echo::udp_request(&env.netns(client), demo::dns_addr(), REQ_TIMEOUT)?;
-            assert_eq!(from, demo::dns_addr());
-            *seen.entry(name).or_insert(0) += 1;
-        }
-        let mut session = TcpSession::connect(&env.netns(client), demo::http_addr(), REQ_TIMEOUT)?;
         for _ in 0..5 {
-            session.request()?;
+            assert_eq!(session.request()?, mine);
         }
-        assert!(seen.len() >= 2, "{client} reached only {seen:?}");
-    }
-    let after = read()?;
-    for ((name, b), a) in watched.iter().zip(&before).zip(&after) {
-        assert_eq!(b, a, "checksum errors in {name}: before {b:?}, after {a:?}");
-    }
-    Ok(())
+        // Add it back.
+        env.set_endpoints(&all_backend_names())?;
+        assert!(wait_backend_seen(env, other), "{other} never came back");
+        for _ in 0..5 {
+            assert_eq!(session.request()?, mine);
+        }
+        assert!(env.server(&mine).tcp_requests() >= 11);
+        Ok(())
+    });
+}
+
+#[test]
+fn removed_endpoint_gets_no_new_connections() {
+    with_cluster("removed", |env| {
+        env.set_endpoints(&["echo-1", "echo-3"])?;
+        assert!(
+            wait_backend_gone(env, "echo-2", 20),
+            "echo-2 still gets traffic"
+        );
+        let before = env.server("echo-2").tcp_connections();
+        let counts = tcp_counts(env, "client", 40)?;
+        assert!(!counts.contains_key("echo-2"), "{counts:?}");
+        assert!(
+            counts.contains_key("echo-1") && counts.contains_key("echo-3"),
+            "{counts:?}"
+        );
+        assert_eq!(env.server("echo-2").tcp_connections(), before);
+        // UDP flows avoid it too.
+        for _ in 0..20 {
+            let (name, _) = echo::udp_request(&env.netns("client"), demo::dns_addr(), REQ_TIMEOUT)?;
+            assert_ne!(name, "echo-2");
+        }
+        // Adding it back makes it reachable again.
+        env.set_endpoints(&all_backend_names())?;
+        assert!(wait_backend_seen(env, "echo-2"), "echo-2 never came back");
+        Ok(())
+    });
+}
+
+#[test]
+fn backend_on_the_other_node_both_ways() {
+    with_cluster("cross-node", |env| {
+        // node1 → node2
+        let counts = tcp_counts(env, "client", 60)?;
+        assert!(
+            counts.contains_key("echo-3"),
+            "client never reached echo-3: {counts:?}"
+        );
+        env.set_endpoints(&["echo-3"])?;
+        assert!(wait_backend_gone(env, "echo-1", 5) && wait_backend_gone(env, "echo-2", 20));
+        for _ in 0..5 {
+            let (name, from) =
+                echo::udp_request(&env.netns("client"), demo::dns_addr(), REQ_TIMEOUT)?;
+            assert_eq!((name.as_str(), from), ("echo-3", demo::dns_addr()));
+        }
+        // node2 → node1
+        env.set_endpoints(&["echo-1", "echo-2"])?;
+        assert!(demo::wait_until(APPLY_TIMEOUT, || {
+            tcp(env, "client2").is_ok_and(|n| n != "echo-3")
+                && tcp(env, "client2").is_ok_and(|n| n != "echo-3")
+        }));
+        let counts = tcp_counts(env, "client2", 40)?;
+        assert!(
+            counts.contains_key("echo-1") && counts.contains_key("echo-2") && counts.len() == 2,
+            "client2: {counts:?}"
+        );
+        for _ in 0..5 {
+            let (name, from) =
+                echo::udp_request(&env.netns("client2"), demo::dns_addr(), REQ_TIMEOUT)?;
+            assert!(name == "echo-1" || name == "echo-2", "{name}");
+            assert_eq!(from, demo::dns_addr());
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn service_without_endpoints_is_refused_at_once() {
+    with_cluster("empty", |env| {
+        let client = env.netns("client");
+        let t = Instant::now();
+        let err = echo::tcp_request(&client, demo::empty_http_addr(), Duration::from_secs(3))
+            .expect_err("demo/empty has no endpoints");
+        assert!(err.is_refused(), "expected connection refused, got: {err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "refusal took {:?}",
+            t.elapsed()
+        );
+        // demo/echo going to zero endpoints: TCP refused, UDP ICMP unreachable.
+        env.set_endpoints(&[])?;
+        assert!(
+            demo::wait_until(APPLY_TIMEOUT, || {
+                echo::tcp_request(&client, demo::http_addr(), Duration::from_millis(500))
+                    .is_err_and(|e| e.is_refused())
+            }),
+            "TCP to demo/echo without endpoints was not refused"
+        );
+        let t = Instant::now();
+        let err = echo::udp_connected_request(&client, demo::dns_addr(), Duration::from_secs(2))
+            .expect_err("demo/echo has no endpoints");
+        assert!(err.is_refused(), "expected ECONNREFUSED on UDP, got: {err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "refusal took {:?}",
+            t.elapsed()
+        );
+        // And 0 → N works again for both (UDP must not stay stuck).
+        env.set_endpoints(&all_backend_names())?;
+        assert!(demo::wait_until(APPLY_TIMEOUT, || tcp(env, "client").is_ok()));
+        assert!(demo::wait_until(APPLY_TIMEOUT, || {
+            echo::udp_connected_request(&client, demo::dns_addr(), Duration::from_millis(500))
+                .is_ok()
+        }));
+        Ok(())
+    });
+}
+
+#[test]
+fn checksums_hold_without_tx_offload() {
+    with_cluster("checksums", |env| {
+        let topo = env.topology();
+        let pods: Vec<&str> = BACKENDS
+            .iter()
+            .map(|b| b.name)
+            .chain(CLIENTS.iter().map(|c| c.0))
+            .collect();
+        for p in &pods {
+            topo.set_tx_checksum_offload(p, false)?;
+        }
+        let watched: Vec<&str> = pods.iter().copied().chain(demo::NODES).collect();
+        let read = || -> Result<Vec<_>> {
+            watched
+                .iter()
+                .map(|p| topo.snmp_checksum_errors(p))
+                .collect()
+        };
+        let before = read()?;
+        for client in ["client", "client2"] {
+            let mut seen = BTreeMap::new();
+            for _ in 0..15 {
+                *seen.entry(tcp(env, client)?).or_insert(0) += 1;
+                let (name, from) =
+                    echo::udp_request(&env.netns(client), demo::dns_addr(), REQ_TIMEOUT)?;
+                assert_eq!(from, demo::dns_addr());
+                *seen.entry(name).or_insert(0) += 1;
+            }
+            let mut session =
+                TcpSession::connect(&env.netns(client), demo::http_addr(), REQ_TIMEOUT)?;
+            for _ in 0..5 {
+                session.request()?;
+            }
+            assert!(seen.len() >= 2, "{client} reached only {seen:?}");
+        }
+        let after = read()?;
+        for ((name, b), a) in watched.iter().zip(&before).zip(&after) {
+            assert_eq!(b, a, "checksum errors in {name}: before {b:?}, after {a:?}");
+        }
+        Ok(())
+    });
 }
 
 #[test]
@@ -452,7 +511,10 @@ fn teardown_leaves_nothing_behind() -> Result<()> {
     tcp(&env, "client")?;
     let prefix = env.prefix();
     let pins = env.pin_dirs();
-    assert!(pins.iter().all(|p| p.exists()), "agents pinned nothing in {pins:?}");
+    assert!(
+        pins.iter().all(|p| p.exists()),
+        "agents pinned nothing in {pins:?}"
+    );
     let Env {
         cluster,
         _manifests,

@@ -50,6 +50,7 @@ pub struct Datapath {
 
 impl Datapath {
     pub fn load(options: &LoadOptions) -> Result<Self, DatapathError> {
+        ensure_bpffs(&options.pin_dir)?;
         let map_dir = options.pin_dir.join("maps");
         std::fs::create_dir_all(&map_dir).map_err(|source| DatapathError::Pins {
             path: map_dir.display().to_string(),
@@ -105,4 +106,34 @@ pub fn cleanup_pins(pin_dir: &Path) -> Result<(), DatapathError> {
             source,
         }),
     }
+}
+
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// Mounts bpffs at /sys/fs/bpf when the pins go there and nothing is mounted
+/// yet, as a fresh host (or a container with /sys bind-mounted) may have it.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), DatapathError> {
+    let root = Path::new(BPFFS_ROOT);
+    if !pin_dir.starts_with(root) {
+        return Ok(());
+    }
+    let pins_error = |source: std::io::Error| DatapathError::Pins {
+        path: BPFFS_ROOT.to_string(),
+        source,
+    };
+    let is_bpffs = nix::sys::statfs::statfs(root)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        .map_err(|e| pins_error(e.into()))?;
+    if !is_bpffs {
+        tracing::info!("mounting bpffs at {BPFFS_ROOT}");
+        nix::mount::mount(
+            Some("bpffs"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| pins_error(e.into()))?;
+    }
+    Ok(())
 }

@@ -1,1 +1,406 @@
+//! Planner ids, diff ordering and the text dump.
 
+use std::net::Ipv4Addr;
+
+use proxy_common::{BackendValue, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey};
+
+use super::*;
+use crate::model::{Backend, Conditions, Frontend, FrontendKey, Kind, Model, ObjectRef, Protocol};
+
+const READY: Conditions = Conditions {
+    ready: true,
+    serving: true,
+    terminating: false,
+};
+const TERMINATING: Conditions = Conditions {
+    ready: false,
+    serving: true,
+    terminating: true,
+};
+const GONE: Conditions = Conditions {
+    ready: false,
+    serving: false,
+    terminating: true,
+};
+
+/// A frontend `10.96.0.<svc>:80/tcp` whose backends are `10.0.0.<b>:8080`.
+type Spec<'a> = (u8, &'a [(u8, Conditions)]);
+
+fn model(specs: &[Spec]) -> Model {
+    model_proto(specs, Protocol::Tcp)
+}
+
+fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
+    let mut m = Model::default();
+    for &(svc, backends) in specs {
+        let key = FrontendKey {
+            ip: Ipv4Addr::new(10, 96, 0, svc),
+            port: 80,
+            protocol,
+        };
+        let mut backends: Vec<Backend> = backends
+            .iter()
+            .map(|&(b, conditions)| Backend {
+                ip: Ipv4Addr::new(10, 0, 0, b),
+                port: 8080,
+                conditions,
+                node_name: None,
+                zone: None,
+                target: None,
+            })
+            .collect();
+        backends.sort_by_key(|b| (b.ip, b.port));
+        let service = ObjectRef {
+            kind: Kind::Service,
+            namespace: "default".into(),
+            name: format!("s{svc}"),
+        };
+        m.frontends.insert(
+            key,
+            Frontend {
+                key,
+                service,
+                port_name: String::new(),
+                backends,
+            },
+        );
+    }
+    m
+}
+
+fn svc_key(svc: u8) -> ServiceKey {
+    ServiceKey::new(Ipv4Addr::new(10, 96, 0, svc), 80, IPPROTO_TCP)
+}
+
+fn backend(b: u8) -> BackendValue {
+    BackendValue::new(Ipv4Addr::new(10, 0, 0, b), 8080, IPPROTO_TCP)
+}
+
+/// Applies `ops` one at a time, checking the ordering invariant after each.
+fn apply_checked(applied: &MapContents, ops: &[MapOp]) -> MapContents {
+    let mut maps = applied.clone();
+    assert_eq!(
+        check_consistency(&maps),
+        Vec::<String>::new(),
+        "start state"
+    );
+    for (i, op) in ops.iter().enumerate() {
+        apply_op(&mut maps, op);
+        let problems = check_consistency(&maps);
+        assert!(
+            problems.is_empty(),
+            "after op {i} {op:?}: {problems:?}\nops: {ops:#?}"
+        );
+    }
+    maps
+}
+
+#[test]
+fn desired_contents_follow_endpoint_states() {
+    let m = model(&[
+        (10, &[(3, READY), (1, READY), (2, TERMINATING)]),
+        (20, &[(2, TERMINATING), (4, GONE)]),
+        (30, &[]),
+    ]);
+    let maps = Planner::new().desired(&m);
+    let want = "\
+svc 10.96.0.10:80/tcp id=1 count=2
+svc 10.96.0.20:80/tcp id=2 count=1
+svc 10.96.0.30:80/tcp id=3 count=0
+slot 1/0 -> 1
+slot 1/1 -> 3
+slot 2/0 -> 2
+backend 1 10.0.0.1:8080/tcp
+backend 2 10.0.0.2:8080/tcp
+backend 3 10.0.0.3:8080/tcp
+backend 4 10.0.0.4:8080/tcp
+";
+    assert_eq!(dump_text(&maps), want);
+}
+
+#[test]
+fn same_address_and_port_with_tcp_and_udp_are_distinct() {
+    let mut m = model(&[(10, &[(1, READY)])]);
+    m.frontends
+        .extend(model_proto(&[(10, &[(1, READY)])], Protocol::Udp).frontends);
+    let maps = Planner::new().desired(&m);
+    assert_eq!(maps.services.len(), 2);
+    assert_eq!(maps.backends.len(), 2);
+    assert!(dump_text(&maps).contains("backend 2 10.0.0.1:8080/udp\n"));
+    let udp = ServiceKey::new(Ipv4Addr::new(10, 96, 0, 10), 80, IPPROTO_UDP);
+    assert!(maps.services.contains_key(&udp));
+}
+
+#[test]
+fn ids_are_stable_while_keys_exist() {
+    let mut planner = Planner::new();
+    let first = planner.desired(&model(&[
+        (10, &[(1, READY), (2, READY)]),
+        (20, &[(2, READY)]),
+    ]));
+    assert_eq!(
+        first,
+        planner.desired(&model(&[
+            (10, &[(1, READY), (2, READY)]),
+            (20, &[(2, READY)])
+        ]))
+    );
+    // New service and backend sorted before the others: existing ids do not move.
+    let second = planner.desired(&model(&[
+        (5, &[(0, READY)]),
+        (10, &[(1, READY), (2, READY)]),
+        (20, &[(2, READY)]),
+    ]));
+    assert_eq!(
+        second.services[&svc_key(10)].service_id,
+        first.services[&svc_key(10)].service_id
+    );
+    assert_eq!(
+        second.services[&svc_key(20)].service_id,
+        first.services[&svc_key(20)].service_id
+    );
+    assert_eq!(second.services[&svc_key(5)].service_id, 3);
+    assert_eq!(planner.backend_id(&backend(2)), Some(2));
+    assert_eq!(planner.backend_id(&backend(0)), Some(3));
+    assert!(!second.services.values().any(|v| v.service_id == 0));
+    assert!(!second.backends.contains_key(&0));
+}
+
+#[test]
+fn freed_ids_are_reused_lowest_first_from_the_next_sync() {
+    let mut planner = Planner::new();
+    planner.desired(&model(&[
+        (10, &[(1, READY)]),
+        (20, &[(2, READY)]),
+        (30, &[(3, READY)]),
+        (40, &[(4, READY)]),
+    ]));
+    // 20 and 30 go; in the same sync 50 arrives and must not take their ids yet.
+    let m = planner.desired(&model(&[
+        (10, &[(1, READY)]),
+        (40, &[(4, READY)]),
+        (50, &[(5, READY)]),
+    ]));
+    assert_eq!(m.services[&svc_key(50)].service_id, 5);
+    assert_eq!(planner.backend_id(&backend(5)), Some(5));
+    // Next sync: the lowest freed ids (2, then 3) are handed out again.
+    let m = planner.desired(&model(&[
+        (10, &[(1, READY)]),
+        (40, &[(4, READY)]),
+        (50, &[(5, READY)]),
+        (60, &[(6, READY)]),
+        (70, &[(7, READY)]),
+    ]));
+    assert_eq!(m.services[&svc_key(60)].service_id, 2);
+    assert_eq!(m.services[&svc_key(70)].service_id, 3);
+    assert_eq!(planner.backend_id(&backend(6)), Some(2));
+    assert_eq!(planner.backend_id(&backend(7)), Some(3));
+    assert_eq!(m.services[&svc_key(50)].service_id, 5);
+}
+
+#[test]
+fn restore_keeps_ids_and_gives_an_empty_diff() {
+    let history = [
+        model(&[
+            (10, &[(1, READY), (2, READY)]),
+            (20, &[(3, READY)]),
+            (30, &[(4, READY)]),
+        ]),
+        model(&[
+            (10, &[(2, READY), (5, TERMINATING)]),
+            (30, &[(4, READY), (6, READY)]),
+        ]),
+    ];
+    let mut planner = Planner::new();
+    let mut applied = MapContents::default();
+    for m in &history {
+        applied = planner.desired(m);
+    }
+    let mut restored = Planner::restore(&applied);
+    let again = restored.desired(&history[1]);
+    assert_eq!(again, applied);
+    assert!(diff(&applied, &again).is_empty());
+    // New keys after restore take the lowest gaps left by the history.
+    let next = history[1].clone();
+    let mut next = next;
+    next.frontends
+        .extend(model(&[(40, &[(7, READY)])]).frontends);
+    let grown = restored.desired(&next);
+    assert_eq!(grown.services[&svc_key(40)].service_id, 2);
+    assert_eq!(restored.backend_id(&backend(7)), Some(1));
+    assert_eq!(grown.services[&svc_key(10)], applied.services[&svc_key(10)]);
+}
+
+#[test]
+fn restore_from_inconsistent_maps_quarantines_duplicate_ids() {
+    let mut applied = MapContents::default();
+    applied.services.insert(
+        svc_key(10),
+        ServiceValue {
+            service_id: 1,
+            backend_count: 0,
+            flags: 0,
+        },
+    );
+    applied.services.insert(
+        svc_key(20),
+        ServiceValue {
+            service_id: 1,
+            backend_count: 0,
+            flags: 0,
+        },
+    );
+    applied.backends.insert(4, backend(1));
+    applied.backends.insert(2, backend(1));
+    let mut planner = Planner::restore(&applied);
+    let desired = planner.desired(&model(&[(10, &[(1, READY)]), (20, &[(1, READY)])]));
+    let ids: Vec<u32> = desired.services.values().map(|v| v.service_id).collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1], "each service gets its own id");
+    assert_eq!(desired.backends.len(), 1);
+    apply_checked(&applied, &diff(&applied, &desired));
+}
+
+#[test]
+fn one_endpoint_change_touches_only_its_service() {
+    let mut planner = Planner::new();
+    let before = planner.desired(&model(&[
+        (10, &[(1, READY), (2, READY)]),
+        (20, &[(3, READY)]),
+    ]));
+    let after = planner.desired(&model(&[
+        (10, &[(1, READY), (2, READY), (9, READY)]),
+        (20, &[(3, READY)]),
+    ]));
+    let s10 = before.services[&svc_key(10)].service_id;
+    assert_eq!(
+        diff(&before, &after),
+        [
+            MapOp::UpsertBackend(4, backend(9)),
+            MapOp::UpsertSlot(
+                SlotKey {
+                    service_id: s10,
+                    slot: 2
+                },
+                4
+            ),
+            MapOp::UpsertService(
+                svc_key(10),
+                ServiceValue {
+                    service_id: s10,
+                    backend_count: 3,
+                    flags: 0
+                }
+            ),
+        ]
+    );
+    // Removing it again: count first, then the trailing slot, then the backend.
+    assert_eq!(
+        diff(&after, &before),
+        [
+            MapOp::UpsertService(
+                svc_key(10),
+                ServiceValue {
+                    service_id: s10,
+                    backend_count: 2,
+                    flags: 0
+                }
+            ),
+            MapOp::DeleteSlot(SlotKey {
+                service_id: s10,
+                slot: 2
+            }),
+            MapOp::DeleteBackend(4),
+        ]
+    );
+    // A pod turning terminating: the backend entry stays, only slots and count change.
+    let terminating = planner.desired(&model(&[
+        (10, &[(1, READY), (2, TERMINATING)]),
+        (20, &[(3, READY)]),
+    ]));
+    let ops = diff(&before, &terminating);
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(
+        matches!(ops[0], MapOp::UpsertService(k, v) if k == svc_key(10) && v.backend_count == 1)
+    );
+    assert!(matches!(ops[1], MapOp::DeleteSlot(k) if k.service_id == s10 && k.slot == 1));
+}
+
+/// A small deterministic generator, so the walk below needs no extra crates.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn every_prefix_of_every_diff_is_consistent() {
+    let mut rng = Lcg(42);
+    let mut planner = Planner::new();
+    let mut applied = MapContents::default();
+    let states = [READY, READY, TERMINATING, GONE];
+    for round in 0..300 {
+        // Up to 6 services, each with up to 6 of 10 backends in random states;
+        // every 50 rounds everything goes away.
+        let mut specs: Vec<(u8, Vec<(u8, Conditions)>)> = Vec::new();
+        if round % 50 != 49 {
+            for svc in 1..=6u8 {
+                if rng.next(4) == 0 {
+                    continue;
+                }
+                let backends =
+                    (0..rng.next(7)).map(|_| (rng.next(10) as u8, states[rng.next(4) as usize]));
+                let mut backends: Vec<(u8, Conditions)> = backends.collect();
+                backends.sort_by_key(|b| b.0);
+                backends.dedup_by_key(|b| b.0);
+                specs.push((svc, backends));
+            }
+        }
+        let specs: Vec<Spec> = specs.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+        let desired = planner.desired(&model(&specs));
+        assert_eq!(check_consistency(&desired), Vec::<String>::new());
+        let ops = diff(&applied, &desired);
+        applied = apply_checked(&applied, &ops);
+        assert_eq!(applied, desired, "round {round}");
+        assert!(diff(&applied, &desired).is_empty());
+    }
+}
+
+#[test]
+fn diff_reaches_any_target_from_any_consistent_start() {
+    // Different planners give clashing ids: the diff must still be safe.
+    let a = Planner::new().desired(&model(&[
+        (10, &[(1, READY), (2, READY), (3, READY)]),
+        (20, &[(4, READY)]),
+    ]));
+    let b = Planner::new().desired(&model(&[
+        (20, &[(5, READY), (6, READY)]),
+        (30, &[(1, READY)]),
+    ]));
+    for (from, to) in [
+        (&a, &b),
+        (&b, &a),
+        (&a, &MapContents::default()),
+        (&MapContents::default(), &b),
+    ] {
+        assert_eq!(&apply_checked(from, &diff(from, to)), to);
+    }
+}
+
+#[test]
+fn checker_catches_bad_orders() {
+    // The checker itself must be able to fail, or the tests above prove nothing.
+    let maps = Planner::new().desired(&model(&[(10, &[(1, READY)])]));
+    let mut no_slot = maps.clone();
+    no_slot.slots.clear();
+    assert_eq!(check_consistency(&no_slot).len(), 1);
+    let mut no_backend = maps;
+    no_backend.backends.clear();
+    assert_eq!(check_consistency(&no_backend).len(), 1);
+}
