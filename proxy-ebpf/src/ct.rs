@@ -34,7 +34,12 @@ pub fn lookup(key: &CtKey) -> Option<CtValue> {
 
 /// Records both directions of a translated flow.
 #[inline(always)]
-pub fn record(flow: &Flow, backend_id: u32, backend_addr: u32, backend_port: u16) -> Result<(), i32> {
+pub fn record(
+    flow: &Flow,
+    backend_id: u32,
+    backend_addr: u32,
+    backend_port: u16,
+) -> Result<(), i32> {
     let forward = CtValue {
         backend_id,
         nat_addr: backend_addr,

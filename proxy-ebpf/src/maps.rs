@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    BackendValue, Counter, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_CONNTRACK, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
+    BackendValue, Counter, CtKey, CtValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK,
+    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS, ServiceKey, ServiceValue, SlotKey,
 };
 
 #[map(name = "VIPR_SERVICES")]

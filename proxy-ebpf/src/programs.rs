@@ -57,7 +57,13 @@ fn to_service(ctx: &TcContext, flow: &Flow) -> i32 {
             if let Some(backend) = lookup_backend(entry.backend_id) {
                 // The id may have been reused for another endpoint since.
                 if backend.addr == entry.nat_addr && backend.port == entry.nat_port {
-                    return translate(ctx, flow, backend.addr, backend.port, Counter::DnatEstablished);
+                    return translate(
+                        ctx,
+                        flow,
+                        backend.addr,
+                        backend.port,
+                        Counter::DnatEstablished,
+                    );
                 }
             }
         }
@@ -103,7 +109,10 @@ fn refuse(ctx: &TcContext, flow: &Flow) -> i32 {
     let (sent, counter) = if flow.proto == IPPROTO_TCP {
         (reject::tcp_reset(ctx, flow), Counter::RejectTcpRst)
     } else {
-        (reject::icmp_port_unreachable(ctx, flow), Counter::RejectIcmpUnreachable)
+        (
+            reject::icmp_port_unreachable(ctx, flow),
+            Counter::RejectIcmpUnreachable,
+        )
     };
     match sent {
         Ok(action) => {

@@ -46,7 +46,12 @@ fn sum_words(bytes: &[u8], start: usize, len: usize) -> u32 {
 /// Writes an Ethernet header with the addresses swapped and an IPv4 header
 /// from the service back to the client.
 #[inline(always)]
-fn write_reply_headers(ctx: &TcContext, frame: &mut [u8], flow: &Flow, proto: u8) -> Result<(), i64> {
+fn write_reply_headers(
+    ctx: &TcContext,
+    frame: &mut [u8],
+    flow: &Flow,
+    proto: u8,
+) -> Result<(), i64> {
     let macs: [u8; 12] = ctx.load(0)?;
     frame[0..6].copy_from_slice(&macs[6..12]);
     frame[6..12].copy_from_slice(&macs[0..6]);
@@ -95,8 +100,11 @@ pub fn tcp_reset(ctx: &TcContext, flow: &Flow) -> Result<i32, i64> {
     let (reply_seq, reply_ack, flags) = if flow.tcp_flags & TCP_FLAG_ACK != 0 {
         (u32::from_be_bytes(ack), 0, TCP_FLAG_RST)
     } else {
-        let syn_fin = (flow.tcp_flags & TCP_FLAG_SYN != 0) as u32 + (flow.tcp_flags & TCP_FLAG_FIN != 0) as u32;
-        let acked = u32::from_be_bytes(seq).wrapping_add(payload).wrapping_add(syn_fin);
+        let syn_fin = (flow.tcp_flags & TCP_FLAG_SYN != 0) as u32
+            + (flow.tcp_flags & TCP_FLAG_FIN != 0) as u32;
+        let acked = u32::from_be_bytes(seq)
+            .wrapping_add(payload)
+            .wrapping_add(syn_fin);
         (0, acked, TCP_FLAG_RST | TCP_FLAG_ACK)
     };
 

@@ -15,9 +15,7 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    datapath::{
-        Attacher, Datapath, DatapathError, InterfaceSelector, KernelMaps, LoadOptions,
-    },
+    datapath::{Attacher, Datapath, DatapathError, InterfaceSelector, KernelMaps, LoadOptions},
     healthz::Health,
     model::{ModelBuilder, ModelOptions},
     source::manifests::ManifestDir,
@@ -84,8 +82,7 @@ pub fn run(config: &AgentConfig, health: &Health, stop: &AtomicBool) -> Result<(
 
         match manifests.poll() {
             Ok(Some(snapshot)) => {
-                let (model, errors) =
-                    builder.update(&snapshot.services, &snapshot.endpoint_slices);
+                let (model, errors) = builder.update(&snapshot.services, &snapshot.endpoint_slices);
                 for error in &errors {
                     warn!(%error, "invalid object; keeping its last valid version");
                 }

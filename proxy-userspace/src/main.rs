@@ -12,7 +12,11 @@ use vipr::{
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/vipr";
 
 #[derive(Parser)]
-#[command(name = "vipr", version, about = "Kubernetes Service proxy with an eBPF datapath")]
+#[command(
+    name = "vipr",
+    version,
+    about = "Kubernetes Service proxy with an eBPF datapath"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -377,6 +377,9 @@ pub struct DemoCluster {
 impl DemoCluster {
     /// Builds the topology, starts the echo servers and the agents, and waits
     /// until every agent's /healthz answers 200 (at most 60 s).
+    ///
+    /// The agents are stopped when the calling thread exits: keep the cluster
+    /// on the thread that started it.
     pub fn start(vipr_bin: &Path, manifests_dir: &Path) -> Result<Self> {
         ensure!(
             vipr_bin.is_file(),
@@ -434,8 +437,12 @@ impl DemoCluster {
             let log = self.work_dir.join(format!("vipr-{node}.log"));
             let out = File::create(&log)?;
             let err = out.try_clone()?;
-            let mut cmd = netns::command_in(&netns, &self.vipr_bin);
-            cmd.arg("run")
+            // setpriv: the agent gets SIGTERM if the thread that started it dies
+            // (a killed test run), instead of lingering with its programs attached.
+            let mut cmd = netns::command_in(&netns, "setpriv");
+            cmd.args(["--pdeathsig", "TERM", "--"])
+                .arg(&self.vipr_bin)
+                .arg("run")
                 .arg("--manifests")
                 .arg(&self.manifests_dir)
                 .args(["--node-name", node])
@@ -642,6 +649,23 @@ impl Drop for DemoCluster {
 /// their pin directories under /sys/fs/bpf (through `vipr cleanup`, then removal).
 pub fn cleanup_dead_runs(vipr_bin: &Path) -> Result<Vec<String>> {
     let mut cleaned = netns::cleanup_dead_runs()?;
+    let tmp = std::env::temp_dir();
+    for entry in fs::read_dir(&tmp)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let dead = name
+            .strip_suffix("-demo")
+            .and_then(|r| r.strip_prefix(netns::NAME_PREFIX))
+            .and_then(|r| r.split('x').next())
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if dead && fs::remove_dir_all(entry.path()).is_ok() {
+            cleaned.push(entry.path().display().to_string());
+        }
+    }
     let Ok(entries) = fs::read_dir("/sys/fs/bpf") else {
         return Ok(cleaned);
     };

@@ -253,8 +253,10 @@ impl Harness {
         backends: &[(u32, Ipv4Addr, u16)],
     ) -> anyhow::Result<()> {
         for (slot, (id, ip, port)) in backends.iter().enumerate() {
-            self.maps
-                .apply(&MapOp::UpsertBackend(*id, BackendValue::new(*ip, *port, proto)))?;
+            self.maps.apply(&MapOp::UpsertBackend(
+                *id,
+                BackendValue::new(*ip, *port, proto),
+            ))?;
             self.maps.apply(&MapOp::UpsertSlot(
                 SlotKey {
                     service_id,

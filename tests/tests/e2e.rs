@@ -523,3 +523,42 @@ fn teardown_leaves_nothing_behind() -> Result<()> {
     assert_nothing_left(&prefix, &pins);
     Ok(())
 }
+
+#[test]
+fn manifests_match_the_demo_and_rewrite_cleanly() -> Result<()> {
+    let dir = TempDir::new("manifests");
+    demo::prepare_manifests(&dir.0, Some(&workspace_root().join("examples")))?;
+    let all: String = std::fs::read_dir(&dir.0)?
+        .map(|e| std::fs::read_to_string(e?.path()).map_err(Into::into))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    for needle in [
+        demo::CLUSTER_IP.to_string(),
+        demo::EMPTY_CLUSTER_IP.to_string(),
+    ]
+    .into_iter()
+    .chain(BACKENDS.iter().map(|b| b.ip.to_string()))
+    {
+        assert!(all.contains(&needle), "manifests do not mention {needle}");
+    }
+    demo::set_echo_endpoints(&dir.0, &[BACKENDS[0]])?;
+    let mut slices = 0;
+    for entry in std::fs::read_dir(&dir.0)? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        slices += text.matches("kubernetes.io/service-name: echo").count();
+    }
+    assert_eq!(
+        slices, 1,
+        "exactly one EndpointSlice of demo/echo must remain"
+    );
+    let ours = std::fs::read_to_string(dir.0.join(demo::ECHO_ENDPOINTS_FILE))?;
+    assert!(ours.contains("10.244.1.11") && !ours.contains("10.244.1.12"));
+    let all_after: String = std::fs::read_dir(&dir.0)?
+        .map(|e| std::fs::read_to_string(e?.path()).map_err(Into::into))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    assert!(
+        all_after.contains("clusterIP: 10.96.0.10") && all_after.contains("clusterIP: 10.96.0.20")
+    );
+    Ok(())
+}

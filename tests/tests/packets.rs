@@ -3,9 +3,12 @@
 use std::net::Ipv4Addr;
 
 use etherparse::{Icmpv4Type, Ipv4Header, SlicedPacket, TransportSlice};
-use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, programs::{FROM_POD, TO_POD}};
-use vipr::plan::MapOp;
+use proxy_common::{
+    IPPROTO_TCP, IPPROTO_UDP,
+    programs::{FROM_POD, TO_POD},
+};
 use vipr::datapath::ServiceMaps;
+use vipr::plan::MapOp;
 use vipr_tests::packet::*;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -15,14 +18,19 @@ const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
 
 fn to_vip(port: u16) -> Tuple {
-    Tuple { src: (CLIENT, 40_000), dst: (VIP, port) }
+    Tuple {
+        src: (CLIENT, 40_000),
+        dst: (VIP, port),
+    }
 }
 
 /// VIP:80/tcp and VIP:53/udp → POD_A; EMPTY_VIP:80/tcp and :53/udp with no backends.
 fn harness() -> Harness {
     let mut h = Harness::new().expect("load programs (needs root)");
-    h.add_service(1, (VIP, 80), IPPROTO_TCP, &[(1, POD_A, 8080)]).unwrap();
-    h.add_service(2, (VIP, 53), IPPROTO_UDP, &[(2, POD_A, 5353)]).unwrap();
+    h.add_service(1, (VIP, 80), IPPROTO_TCP, &[(1, POD_A, 8080)])
+        .unwrap();
+    h.add_service(2, (VIP, 53), IPPROTO_UDP, &[(2, POD_A, 5353)])
+        .unwrap();
     h.add_service(3, (EMPTY_VIP, 80), IPPROTO_TCP, &[]).unwrap();
     h.add_service(4, (EMPTY_VIP, 53), IPPROTO_UDP, &[]).unwrap();
     h
@@ -50,7 +58,12 @@ fn check(h: &mut Harness, case: Case) {
         Expect::Unchanged => assert_eq!(run.output, case.input, "{}: output", case.name),
         Expect::Exactly(expected) => {
             assert_eq!(run.output, expected, "{}: output", case.name);
-            assert_eq!(checksum_errors(&run.output), Vec::<String>::new(), "{}", case.name);
+            assert_eq!(
+                checksum_errors(&run.output),
+                Vec::<String>::new(),
+                "{}",
+                case.name
+            );
         }
     }
 }
@@ -73,15 +86,39 @@ fn forward_reply_and_passthrough_table() {
             program: FROM_POD,
             input: tcp(to_vip(80), 8, false, true, b"GET /"),
             verdict: TC_ACT_OK,
-            output: Expect::Exactly(tcp(dnat(to_vip(80), (POD_A, 8080)), 8, false, true, b"GET /")),
+            output: Expect::Exactly(tcp(
+                dnat(to_vip(80), (POD_A, 8080)),
+                8,
+                false,
+                true,
+                b"GET /",
+            )),
             counted: &[("dnat_established", 1)],
         },
         Case {
             name: "the backend's reply gets the service address back",
             program: TO_POD,
-            input: tcp(Tuple { src: (POD_A, 8080), dst: (CLIENT, 40_000) }, 99, true, true, b""),
+            input: tcp(
+                Tuple {
+                    src: (POD_A, 8080),
+                    dst: (CLIENT, 40_000),
+                },
+                99,
+                true,
+                true,
+                b"",
+            ),
             verdict: TC_ACT_OK,
-            output: Expect::Exactly(tcp(Tuple { src: (VIP, 80), dst: (CLIENT, 40_000) }, 99, true, true, b"")),
+            output: Expect::Exactly(tcp(
+                Tuple {
+                    src: (VIP, 80),
+                    dst: (CLIENT, 40_000),
+                },
+                99,
+                true,
+                true,
+                b"",
+            )),
             counted: &[("rev_nat", 1)],
         },
         Case {
@@ -95,10 +132,19 @@ fn forward_reply_and_passthrough_table() {
         Case {
             name: "a udp checksum of zero stays zero",
             program: FROM_POD,
-            input: udp_without_checksum(Tuple { src: (CLIENT, 40_001), ..to_vip(53) }, b"q"),
+            input: udp_without_checksum(
+                Tuple {
+                    src: (CLIENT, 40_001),
+                    ..to_vip(53)
+                },
+                b"q",
+            ),
             verdict: TC_ACT_OK,
             output: Expect::Exactly(udp_without_checksum(
-                Tuple { src: (CLIENT, 40_001), dst: (POD_A, 5353) },
+                Tuple {
+                    src: (CLIENT, 40_001),
+                    dst: (POD_A, 5353),
+                },
                 b"q",
             )),
             counted: &[("dnat_new", 1)],
@@ -106,7 +152,16 @@ fn forward_reply_and_passthrough_table() {
         Case {
             name: "traffic to a non-service address passes untouched",
             program: FROM_POD,
-            input: tcp(Tuple { src: (CLIENT, 40_000), dst: (POD_B, 8080) }, 1, true, false, b""),
+            input: tcp(
+                Tuple {
+                    src: (CLIENT, 40_000),
+                    dst: (POD_B, 8080),
+                },
+                1,
+                true,
+                false,
+                b"",
+            ),
             verdict: TC_ACT_OK,
             output: Expect::Unchanged,
             counted: &[("pass_not_service", 1)],
@@ -122,7 +177,16 @@ fn forward_reply_and_passthrough_table() {
         Case {
             name: "replies of untranslated flows pass the egress program",
             program: TO_POD,
-            input: tcp(Tuple { src: (POD_B, 8080), dst: (CLIENT, 40_000) }, 1, true, true, b""),
+            input: tcp(
+                Tuple {
+                    src: (POD_B, 8080),
+                    dst: (CLIENT, 40_000),
+                },
+                1,
+                true,
+                true,
+                b"",
+            ),
             verdict: TC_ACT_OK,
             output: Expect::Unchanged,
             counted: &[("pass_not_translated", 1)],
@@ -130,10 +194,19 @@ fn forward_reply_and_passthrough_table() {
         Case {
             name: "IPv4 options do not hide the ports",
             program: FROM_POD,
-            input: tcp_with_ip_options(Tuple { src: (CLIENT, 40_002), ..to_vip(80) }, 5),
+            input: tcp_with_ip_options(
+                Tuple {
+                    src: (CLIENT, 40_002),
+                    ..to_vip(80)
+                },
+                5,
+            ),
             verdict: TC_ACT_OK,
             output: Expect::Exactly(tcp_with_ip_options(
-                Tuple { src: (CLIENT, 40_002), dst: (POD_A, 8080) },
+                Tuple {
+                    src: (CLIENT, 40_002),
+                    dst: (POD_A, 8080),
+                },
                 5,
             )),
             counted: &[("dnat_new", 1)],
@@ -180,10 +253,22 @@ fn malformed_packets_are_dropped_and_counted() {
     let cases = [
         // (A frame cut inside the IPv4 header cannot be tested here:
         // BPF_PROG_TEST_RUN itself refuses it with EINVAL.)
-        ("tcp header cut short", full[..14 + 20 + 10].to_vec(), "drop_truncated"),
-        ("udp header cut short", udp(to_vip(53), b"")[..14 + 20 + 4].to_vec(), "drop_truncated"),
+        (
+            "tcp header cut short",
+            full[..14 + 20 + 10].to_vec(),
+            "drop_truncated",
+        ),
+        (
+            "udp header cut short",
+            udp(to_vip(53), b"")[..14 + 20 + 4].to_vec(),
+            "drop_truncated",
+        ),
         ("ihl below 5", bad_ihl, "drop_bad_ip_header"),
-        ("version 6 in an IPv4 frame", bad_version, "drop_bad_ip_header"),
+        (
+            "version 6 in an IPv4 frame",
+            bad_version,
+            "drop_bad_ip_header",
+        ),
     ];
     for (name, input, counter) in cases {
         let run = h.run(FROM_POD, &input).unwrap();
@@ -195,17 +280,30 @@ fn malformed_packets_are_dropped_and_counted() {
 #[test]
 fn tcp_to_a_service_without_endpoints_gets_a_reset() {
     let mut h = harness();
-    let syn = tcp(Tuple { src: (CLIENT, 40_000), dst: (EMPTY_VIP, 80) }, 1000, true, false, b"");
+    let syn = tcp(
+        Tuple {
+            src: (CLIENT, 40_000),
+            dst: (EMPTY_VIP, 80),
+        },
+        1000,
+        true,
+        false,
+        b"",
+    );
     let run = h.run(FROM_POD, &syn).unwrap();
     assert_eq!(run.verdict, TC_ACT_REDIRECT);
     assert_eq!(run.counted, vec![("reject_tcp_rst", 1)]);
     assert_eq!(checksum_errors(&run.output), Vec::<String>::new());
     assert_eq!(&run.output[0..6], &CLIENT_MAC, "sent back to the client");
     let packet = SlicedPacket::from_ethernet(&run.output).unwrap();
-    let Some(etherparse::NetSlice::Ipv4(ip)) = packet.net else { panic!("not ipv4") };
+    let Some(etherparse::NetSlice::Ipv4(ip)) = packet.net else {
+        panic!("not ipv4")
+    };
     assert_eq!(ip.header().source_addr(), EMPTY_VIP);
     assert_eq!(ip.header().destination_addr(), CLIENT);
-    let Some(TransportSlice::Tcp(tcp)) = packet.transport else { panic!("not tcp") };
+    let Some(TransportSlice::Tcp(tcp)) = packet.transport else {
+        panic!("not tcp")
+    };
     assert!(tcp.rst() && tcp.ack(), "RST|ACK for a segment without ACK");
     assert_eq!((tcp.source_port(), tcp.destination_port()), (80, 40_000));
     assert_eq!(tcp.acknowledgment_number(), 1001, "acknowledges the SYN");
@@ -215,10 +313,25 @@ fn tcp_to_a_service_without_endpoints_gets_a_reset() {
 fn udp_to_a_service_without_endpoints_gets_port_unreachable() {
     let mut h = harness();
     for (name, input) in [
-        ("plain", udp(Tuple { src: (CLIENT, 40_000), dst: (EMPTY_VIP, 53) }, b"query")),
+        (
+            "plain",
+            udp(
+                Tuple {
+                    src: (CLIENT, 40_000),
+                    dst: (EMPTY_VIP, 53),
+                },
+                b"query",
+            ),
+        ),
         ("with options", {
             // Same datagram behind a 24-byte IP header.
-            let plain = udp(Tuple { src: (CLIENT, 40_000), dst: (EMPTY_VIP, 53) }, b"query");
+            let plain = udp(
+                Tuple {
+                    src: (CLIENT, 40_000),
+                    dst: (EMPTY_VIP, 53),
+                },
+                b"query",
+            );
             let mut f = plain[..14].to_vec();
             let mut ip = plain[14..34].to_vec();
             ip[0] = 0x46;
@@ -236,11 +349,17 @@ fn udp_to_a_service_without_endpoints_gets_port_unreachable() {
         assert_eq!(run.counted, vec![("reject_icmp_unreachable", 1)], "{name}");
         assert_eq!(checksum_errors(&run.output), Vec::<String>::new(), "{name}");
         let packet = SlicedPacket::from_ethernet(&run.output).unwrap();
-        let Some(TransportSlice::Icmpv4(icmp)) = packet.transport else { panic!("{name}: not icmp") };
-        assert!(matches!(
-            icmp.icmp_type(),
-            Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)
-        ), "{name}: {:?}", icmp.icmp_type());
+        let Some(TransportSlice::Icmpv4(icmp)) = packet.transport else {
+            panic!("{name}: not icmp")
+        };
+        assert!(
+            matches!(
+                icmp.icmp_type(),
+                Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)
+            ),
+            "{name}: {:?}",
+            icmp.icmp_type()
+        );
         // The quote names the original flow, so the client's socket gets the error.
         let (quoted, rest) = Ipv4Header::from_slice(icmp.payload()).unwrap();
         assert_eq!(Ipv4Addr::from(quoted.source), CLIENT, "{name}");
@@ -258,24 +377,62 @@ fn new_syn_on_a_reused_tuple_chooses_again_and_stale_backends_are_replaced() {
     assert_eq!(again.counted, vec![("dnat_reselected", 1)]);
 
     // The backend goes away and another takes its place: the flow moves.
-    h.maps.apply(&MapOp::UpsertBackend(5, proxy_common::BackendValue::new(POD_B, 8080, IPPROTO_TCP))).unwrap();
-    h.maps.apply(&MapOp::UpsertSlot(proxy_common::SlotKey { service_id: 1, slot: 0 }, 5)).unwrap();
+    h.maps
+        .apply(&MapOp::UpsertBackend(
+            5,
+            proxy_common::BackendValue::new(POD_B, 8080, IPPROTO_TCP),
+        ))
+        .unwrap();
+    h.maps
+        .apply(&MapOp::UpsertSlot(
+            proxy_common::SlotKey {
+                service_id: 1,
+                slot: 0,
+            },
+            5,
+        ))
+        .unwrap();
     h.maps.apply(&MapOp::DeleteBackend(1)).unwrap();
     let moved = h.run(FROM_POD, &tcp(t, 2, false, true, b"x")).unwrap();
     assert_eq!(moved.counted, vec![("dnat_reselected", 1)]);
-    assert_eq!(moved.output, tcp(Tuple { dst: (POD_B, 8080), ..t }, 2, false, true, b"x"));
+    assert_eq!(
+        moved.output,
+        tcp(
+            Tuple {
+                dst: (POD_B, 8080),
+                ..t
+            },
+            2,
+            false,
+            true,
+            b"x"
+        )
+    );
 }
 
 #[test]
 fn flows_spread_over_every_backend() {
     let mut h = Harness::new().unwrap();
-    let backends: Vec<(u32, Ipv4Addr, u16)> =
-        (1..=3).map(|i| (i, Ipv4Addr::new(10, 244, 1, 10 + i as u8), 8080)).collect();
+    let backends: Vec<(u32, Ipv4Addr, u16)> = (1..=3)
+        .map(|i| (i, Ipv4Addr::new(10, 244, 1, 10 + i as u8), 8080))
+        .collect();
     h.add_service(1, (VIP, 80), IPPROTO_TCP, &backends).unwrap();
     let mut hits = [0usize; 3];
     for port in 0..300u16 {
         let run = h
-            .run(FROM_POD, &tcp(Tuple { src: (CLIENT, 30_000 + port), dst: (VIP, 80) }, 1, true, false, b""))
+            .run(
+                FROM_POD,
+                &tcp(
+                    Tuple {
+                        src: (CLIENT, 30_000 + port),
+                        dst: (VIP, 80),
+                    },
+                    1,
+                    true,
+                    false,
+                    b"",
+                ),
+            )
             .unwrap();
         let chosen = run.output[14 + 19];
         hits[(chosen - 11) as usize] += 1;

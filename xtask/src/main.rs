@@ -1,1 +1,200 @@
-fn main() {}
+//! Project tasks: `cargo xtask <setup|build-ebpf|demo|test|bench>`.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (idempotent, quick when present).
+    Setup,
+    /// Build the kernel programs (and the agent that embeds them).
+    BuildEbpf,
+    /// Build, start a two-node demo cluster in network namespaces, send requests, tear down.
+    Demo {
+        /// Number of TCP requests to send through the ClusterIP.
+        #[arg(long, default_value_t = 12)]
+        requests: usize,
+    },
+    /// Run every test: unit, golden, packet (BPF_PROG_TEST_RUN) and end-to-end.
+    Test {
+        /// Also run cargo fmt --check and clippy -D warnings first.
+        #[arg(long)]
+        lint: bool,
+    },
+    /// Measure the kernel programs' cost per packet (BPF_PROG_TEST_RUN).
+    Bench {
+        /// Service counts to measure at.
+        #[arg(long, value_delimiter = ',', default_values_t = [1u32, 100_000])]
+        services: Vec<u32>,
+        /// Rounds per figure (median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => {
+            setup::run()?;
+            build_agent(&root)?;
+            let object = find_object(&root)?;
+            println!(
+                "kernel object: {} ({} bytes)",
+                object.display(),
+                std::fs::metadata(&object)?.len()
+            );
+            Ok(())
+        }
+        Task::Demo { requests } => {
+            require_root()?;
+            setup::run()?;
+            let vipr = build_agent(&root)?;
+            let examples = root.join("examples");
+            cargo_run_tool(
+                &root,
+                "vipr-demo",
+                &[
+                    vipr.as_os_str(),
+                    examples.as_os_str(),
+                    requests.to_string().as_ref(),
+                ],
+            )
+        }
+        Task::Test { lint } => {
+            require_root()?;
+            setup::run()?;
+            if lint {
+                cargo(&root, &["fmt", "--all", "--check"])?;
+                cargo(
+                    &root,
+                    &[
+                        "clippy",
+                        "--workspace",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ],
+                )?;
+            }
+            let vipr = build_agent(&root)?;
+            // Pure and unit tests in parallel; the kernel-facing tests share
+            // kernel state and run one at a time.
+            cargo(&root, &["test", "--workspace", "--exclude", "vipr-tests"])?;
+            let status = Command::new(env_cargo())
+                .current_dir(&root)
+                .env("VIPR_BIN", &vipr)
+                .args(["test", "-p", "vipr-tests", "--", "--test-threads=1"])
+                .status()?;
+            if !status.success() {
+                bail!("kernel-facing tests failed");
+            }
+            Ok(())
+        }
+        Task::Bench { services, rounds } => {
+            require_root()?;
+            setup::run()?;
+            let counts: Vec<String> = services.iter().map(u32::to_string).collect();
+            let counts = counts.join(",");
+            cargo_run_tool(
+                &root,
+                "vipr-bench",
+                &[counts.as_ref(), rounds.to_string().as_ref()],
+            )
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn env_cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(env_cargo())
+        .current_dir(root)
+        .args(args)
+        .status()
+        .with_context(|| format!("cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs one of the test crate's tools. The dev profile is enough: what they
+/// measure is kernel time.
+fn cargo_run_tool(root: &Path, bin: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+    let status = Command::new(env_cargo())
+        .current_dir(root)
+        .args(["run", "--quiet", "-p", "vipr-tests", "--bin", bin, "--"])
+        .args(args)
+        .status()?;
+    if !status.success() {
+        bail!("{bin} failed");
+    }
+    Ok(())
+}
+
+/// Builds the `vipr` binary (its build script builds the kernel object).
+fn build_agent(root: &Path) -> anyhow::Result<PathBuf> {
+    cargo(root, &["build", "-p", "proxy-userspace"])?;
+    Ok(root.join("target/debug/vipr"))
+}
+
+fn find_object(root: &Path) -> anyhow::Result<PathBuf> {
+    let build = root.join("target/debug/build");
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(&build)? {
+        let candidate = entry?.path().join("out/proxy-ebpf");
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            let modified = meta.modified()?;
+            if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+                newest = Some((modified, candidate));
+            }
+        }
+    }
+    newest
+        .map(|(_, p)| p)
+        .context("no kernel object under target/debug/build")
+}
+
+fn require_root() -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!("this task loads BPF programs and creates network namespaces: run it as root");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // /proc/self/status "Uid:" real uid; avoids a libc dependency for one call.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}

@@ -121,7 +121,11 @@ impl Attacher {
         self.link_dir.join(format!("{interface}-{direction}"))
     }
 
-    fn attach_tcx(&mut self, datapath: &mut Datapath, interface: &str) -> Result<(), DatapathError> {
+    fn attach_tcx(
+        &mut self,
+        datapath: &mut Datapath,
+        interface: &str,
+    ) -> Result<(), DatapathError> {
         std::fs::create_dir_all(&self.link_dir).map_err(|source| DatapathError::Pins {
             path: self.link_dir.display().to_string(),
             source,
@@ -148,7 +152,9 @@ impl Attacher {
                 .take_link(id)
                 .map_err(|e| interface_error(interface, e))?;
             let fd_link = FdLink::try_from(link).map_err(|e| interface_error(interface, e))?;
-            fd_link.pin(&pin).map_err(|e| interface_error(interface, e))?;
+            fd_link
+                .pin(&pin)
+                .map_err(|e| interface_error(interface, e))?;
         }
         Ok(())
     }
@@ -180,7 +186,11 @@ fn attach_clsact(datapath: &mut Datapath, interface: &str) -> Result<(), Datapat
         let _ = qdisc_detach_program(interface, attach_type, name);
         let program = datapath.program(name)?;
         let id = program
-            .attach_with_options(interface, attach_type, TcAttachOptions::Netlink(Default::default()))
+            .attach_with_options(
+                interface,
+                attach_type,
+                TcAttachOptions::Netlink(Default::default()),
+            )
             .map_err(|e| interface_error(interface, e))?;
         let link = program
             .take_link(id)

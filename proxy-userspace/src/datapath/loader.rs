@@ -50,6 +50,9 @@ pub struct Datapath {
 
 impl Datapath {
     pub fn load(options: &LoadOptions) -> Result<Self, DatapathError> {
+        if OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
         ensure_bpffs(&options.pin_dir)?;
         let map_dir = options.pin_dir.join("maps");
         std::fs::create_dir_all(&map_dir).map_err(|source| DatapathError::Pins {
@@ -84,12 +87,10 @@ fn program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::Program {
-            name,
-            source: aya::programs::ProgramError::NotLoaded,
-        })?;
+    let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
+        name,
+        source: aya::programs::ProgramError::NotLoaded,
+    })?;
     program
         .try_into()
         .map_err(|source| DatapathError::Program { name, source })

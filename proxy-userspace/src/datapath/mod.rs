@@ -33,6 +33,8 @@ pub enum DatapathError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("this vipr was built with AYA_BUILD_SKIP: it carries no kernel programs")]
+    NoObject,
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("interface {interface}: {message}")]

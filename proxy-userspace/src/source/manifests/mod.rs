@@ -7,7 +7,7 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
@@ -109,11 +109,11 @@ impl ManifestDir {
             .collect()
     }
 
-    fn list(&self) -> io::Result<Vec<PathBuf>> {
+    fn list(&self) -> io::Result<BTreeSet<PathBuf>> {
         if fs::metadata(&self.path)?.is_file() {
-            return Ok(vec![self.path.clone()]);
+            return Ok(BTreeSet::from([self.path.clone()]));
         }
-        let mut out = Vec::new();
+        let mut out = BTreeSet::new();
         for entry in fs::read_dir(&self.path)? {
             let path = entry?.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -123,10 +123,9 @@ impl ManifestDir {
                 !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"));
             // fs::metadata follows symlinks; a vanished entry is simply not listed.
             if manifest && fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-                out.push(path);
+                out.insert(path);
             }
         }
-        out.sort();
         Ok(out)
     }
 

@@ -1,1 +1,225 @@
+//! Parsing manifests and watching a directory of them.
 
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - name: http
+    port: 80
+";
+
+const SLICE: &str = "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.244.1.11]
+";
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("vipr-manifests-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        fs::write(self.0.join(name), text).expect("write manifest");
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn names(snapshot: &Snapshot) -> (Vec<String>, Vec<String>) {
+    let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        m.name.clone().unwrap_or_default()
+    };
+    (
+        snapshot
+            .services
+            .iter()
+            .map(|s| name(&s.metadata))
+            .collect(),
+        snapshot
+            .endpoint_slices
+            .iter()
+            .map(|s| name(&s.metadata))
+            .collect(),
+    )
+}
+
+#[test]
+fn parses_multi_document_files_lists_and_ignores_other_kinds() {
+    let text = format!(
+        "---\n{SERVICE}---\n---\n{SLICE}---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: cm}}
+---
+apiVersion: discovery.k8s.io/v1beta1
+kind: EndpointSlice
+metadata: {{name: old}}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {{name: listed}}
+  spec: {{clusterIP: 10.96.0.11, ports: [{{port: 53, protocol: UDP}}]}}
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {{name: d}}
+"
+    );
+    let parsed = parse_str(&text).expect("valid manifests");
+    assert_eq!(parsed.services.len(), 2);
+    assert_eq!(parsed.services[1].metadata.name.as_deref(), Some("listed"));
+    assert_eq!(parsed.endpoint_slices.len(), 1);
+    assert_eq!(
+        parsed.endpoint_slices[0].endpoints[0].addresses,
+        ["10.244.1.11"]
+    );
+}
+
+#[test]
+fn parse_errors_name_document_and_line() {
+    let cases = [
+        // A schema error in the second document, on line 19 of the file.
+        (format!("{SERVICE}---\n{}", SLICE.replace("port: 8080", "port: eighty")), "document 2: ", "line 19 column 28"),
+        (format!("{SERVICE}---\n- just\n- a list\n"), "document 2: not a Kubernetes object", ""),
+        (format!("{SERVICE}---\nkind: Service\n  bad: indent\n"), "document 2: mapping values", "line 13 column 6"),
+        (
+            "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, spec: {ports: 3}}\n".to_string(),
+            "document 1, items[0]: ",
+            "",
+        ),
+    ];
+    for (text, prefix, line) in cases {
+        let err = parse_str(&text).expect_err("must fail").to_string();
+        assert!(
+            err.starts_with(prefix),
+            "{err:?} should start with {prefix:?}"
+        );
+        assert!(err.contains(line), "{err:?} should contain {line:?}");
+    }
+}
+
+#[test]
+fn poll_reports_changes_only() {
+    let dir = TempDir::new("changes");
+    let mut manifests = ManifestDir::new(dir.path());
+    assert_eq!(
+        manifests.poll().expect("poll"),
+        Some(Snapshot::default()),
+        "first poll always answers"
+    );
+    assert_eq!(manifests.poll().expect("poll"), None);
+
+    dir.write("a.yaml", SERVICE);
+    dir.write("notes.txt", SERVICE);
+    dir.write(".hidden.yaml", SERVICE);
+    let snapshot = manifests.poll().expect("poll").expect("changed");
+    assert_eq!(names(&snapshot), (vec!["web".into()], vec![]));
+    assert_eq!(manifests.poll().expect("poll"), None);
+
+    // Same content rewritten: nothing new. Same length, new content: noticed.
+    dir.write("a.yaml", SERVICE);
+    assert_eq!(manifests.poll().expect("poll"), None);
+    dir.write("a.yaml", &SERVICE.replace("port: 80", "port: 81"));
+    let snapshot = manifests.poll().expect("poll").expect("changed");
+    let port = snapshot.services[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .map(|p| p[0].port);
+    assert_eq!(port, Some(81));
+
+    dir.write("b.yml", SLICE);
+    let snapshot = manifests.poll().expect("poll").expect("changed");
+    assert_eq!(
+        names(&snapshot),
+        (vec!["web".into()], vec!["web-abc".into()])
+    );
+
+    fs::remove_file(dir.path().join("a.yaml")).expect("rm");
+    let snapshot = manifests.poll().expect("poll").expect("changed");
+    assert_eq!(names(&snapshot), (vec![], vec!["web-abc".into()]));
+}
+
+#[test]
+fn malformed_file_keeps_its_last_good_objects() {
+    let dir = TempDir::new("malformed");
+    dir.write("a.yaml", &format!("{SERVICE}---\n{SLICE}"));
+    let mut manifests = ManifestDir::new(dir.path());
+    let good = manifests.poll().expect("poll").expect("first");
+    assert!(manifests.errors().is_empty());
+
+    dir.write(
+        "a.yaml",
+        &format!(
+            "{SERVICE}---\n{}",
+            SLICE.replace("addressType: IPv4", "addressType: [")
+        ),
+    );
+    assert_eq!(manifests.poll().expect("poll"), None, "objects unchanged");
+    let errors: Vec<String> = manifests.errors().iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("a.yaml: document"), "{errors:?}");
+    assert!(errors[0].contains("line"), "{errors:?}");
+
+    // A new file that never parsed contributes nothing but its error.
+    dir.write(
+        "b.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: oops}\n",
+    );
+    assert_eq!(manifests.poll().expect("poll"), None);
+    assert_eq!(manifests.errors().len(), 2);
+
+    // Fixing a file back to its last good content clears the error, objects unchanged.
+    dir.write("a.yaml", &format!("{SERVICE}---\n{SLICE}"));
+    assert_eq!(manifests.poll().expect("poll"), None);
+    assert_eq!(manifests.errors().len(), 1);
+    fs::remove_file(dir.path().join("b.yaml")).expect("rm");
+    manifests.poll().expect("poll");
+    assert!(manifests.errors().is_empty());
+    assert_eq!(manifests.snapshot(), good);
+}
+
+#[test]
+fn single_file_and_missing_directory() {
+    let dir = TempDir::new("single");
+    dir.write("one.yaml", SERVICE);
+    let mut one = ManifestDir::new(dir.path().join("one.yaml"));
+    assert_eq!(names(&one.poll().expect("poll").expect("first")).0, ["web"]);
+
+    let mut missing = ManifestDir::new(dir.path().join("nope"));
+    let err = missing.poll().expect_err("no directory").to_string();
+    assert!(err.starts_with("reading ") && err.contains("nope"), "{err}");
+}

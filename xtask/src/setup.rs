@@ -1,0 +1,142 @@
+//! `cargo xtask setup`: everything a fresh machine lacks, installed by the
+//! project itself. Each step first checks and does nothing when satisfied.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+/// Commands the tests and the demo run, and the Debian package of each.
+const TOOLS: [(&str, &str); 4] = [
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("nsenter", "util-linux"),
+    ("iptables", "iptables"),
+];
+
+pub fn run() -> anyhow::Result<()> {
+    apt_packages()?;
+    nightly_with_rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn found(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn run_checked(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(tool, _)| !found(tool))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing {}", missing.join(" "));
+    run_checked(Command::new("apt-get").arg("update"))?;
+    run_checked(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )?;
+    Ok(())
+}
+
+fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    Ok(PathBuf::from(
+        run_checked(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    ))
+}
+
+fn nightly_with_rust_src() -> anyhow::Result<()> {
+    if nightly_sysroot().is_err() {
+        println!("setup: installing the nightly toolchain");
+        run_checked(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let core_src = nightly_sysroot()?.join("lib/rustlib/src/rust/library/core");
+    if !core_src.exists() {
+        println!("setup: adding rust-src to nightly (for -Z build-std=core)");
+        run_checked(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// bpf-linker linked against the LLVM inside the nightly toolchain: no
+/// system LLVM of the right version exists on Debian bookworm.
+fn bpf_linker() -> anyhow::Result<()> {
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if works {
+        return Ok(());
+    }
+    let lib_dir = nightly_sysroot()?.join("lib");
+    let llvm_lib = std::fs::read_dir(&lib_dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find_map(|name| {
+            name.strip_prefix("lib")
+                .and_then(|n| n.strip_suffix(".so"))
+                .filter(|n| n.starts_with("LLVM-"))
+                .map(String::from)
+        })
+        .context("no libLLVM-*.so in the nightly toolchain")?;
+    let version = run_checked(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("nightly rustc does not report its LLVM version")?
+        .to_string();
+    println!("setup: building bpf-linker against {llvm_lib} (about a minute)");
+    let lib_dir = lib_dir.display();
+    let status = Command::new("cargo")
+        .env(
+            "RUSTFLAGS",
+            format!("-L native={lib_dir} -l dylib={llvm_lib} -C link-arg=-Wl,-rpath,{lib_dir}"),
+        )
+        .args([
+            "+stable",
+            "install",
+            "bpf-linker",
+            "--version",
+            "0.13.0",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major},no-llvm-linking"),
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("building bpf-linker failed");
+    }
+    Ok(())
+}
