@@ -25,7 +25,7 @@ enum Task {
     /// Build, start a two-node demo cluster in network namespaces, send requests, tear down.
     Demo {
         /// Number of TCP requests to send through the ClusterIP.
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, default_value_t = 30)]
         requests: usize,
     },
     /// Run every test: unit, golden, packet (BPF_PROG_TEST_RUN) and end-to-end.
