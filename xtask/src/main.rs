@@ -34,14 +34,18 @@ enum Task {
         #[arg(long)]
         lint: bool,
     },
-    /// Measure the kernel programs' cost per packet (BPF_PROG_TEST_RUN).
+    /// Benchmarks: vipr against kube-proxy's iptables/nftables shapes and
+    /// no load balancer; writes a JSON result file, a Markdown report and plots.
     Bench {
-        /// Service counts to measure at.
-        #[arg(long, value_delimiter = ',', default_values_t = [1u32, 100_000])]
-        services: Vec<u32>,
-        /// Rounds per figure (median is reported).
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
+        /// The full run (up to 100,000 Services, more rounds); default is quick.
+        #[arg(long)]
+        full: bool,
+        /// Only the kernel cost per packet (BPF_PROG_TEST_RUN).
+        #[arg(long, conflicts_with = "full")]
+        packets_only: bool,
+        /// Where the report goes.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
     },
 }
 
@@ -106,15 +110,26 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Task::Bench { services, rounds } => {
+        Task::Bench {
+            full,
+            packets_only,
+            out,
+        } => {
             require_root()?;
             setup::run()?;
-            let counts: Vec<String> = services.iter().map(u32::to_string).collect();
-            let counts = counts.join(",");
+            // The agent's own sync time is one of the figures: optimise it.
+            cargo(&root, &["build", "--release", "-p", "proxy-userspace"])?;
+            let vipr = root.join("target/release/vipr");
+            let mode = match (full, packets_only) {
+                (true, _) => "--full",
+                (_, true) => "--packets-only",
+                _ => "--quick",
+            };
+            let out = root.join(out);
             cargo_run_tool(
                 &root,
                 "vipr-bench",
-                &[counts.as_ref(), rounds.to_string().as_ref()],
+                &[vipr.as_os_str(), out.as_os_str(), mode.as_ref()],
             )
         }
     }

@@ -1,0 +1,270 @@
+//! `cargo xtask bench`: vipr against kube-proxy's iptables and nftables
+//! shapes and against no load balancer, in one run and one topology shape.
+//!
+//! Honesty rules: every contender gets a fresh topology per measurement;
+//! contenders are interleaved round by round; figures are medians with
+//! min–max over rounds; ratios to `direct` are taken within a round; a
+//! measurement with failed requests, or that did not take the intended path
+//! (vipr's counters), is reported as such. Nothing here asserts on timing.
+pub mod contenders;
+pub mod load;
+pub mod packet_cost;
+pub mod report;
+pub mod rules;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use contenders::{Contender, Installed, install};
+
+use crate::netns::Topology;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub service_counts: Vec<usize>,
+    pub rounds: usize,
+    pub load_duration: Duration,
+    pub client_threads: usize,
+    /// Skip a contender at N when its estimated install time exceeds this.
+    pub install_budget: Duration,
+    pub packet_service_counts: Vec<u32>,
+    pub conntrack_fill: u32,
+}
+
+impl Plan {
+    pub fn quick() -> Self {
+        Self {
+            service_counts: vec![1, 1_000, 10_000],
+            rounds: 3,
+            load_duration: Duration::from_secs(2),
+            client_threads: 4,
+            install_budget: Duration::from_secs(60),
+            packet_service_counts: vec![1, 10_000, 1_000_000],
+            conntrack_fill: 1_000_000,
+        }
+    }
+    /// A minute-long functional check of every contender and path.
+    pub fn smoke() -> Self {
+        Self {
+            service_counts: vec![1, 100],
+            rounds: 1,
+            load_duration: Duration::from_millis(500),
+            client_threads: 2,
+            install_budget: Duration::from_secs(60),
+            packet_service_counts: vec![1],
+            conntrack_fill: 1_000,
+        }
+    }
+    pub fn full() -> Self {
+        Self {
+            service_counts: vec![1, 1_000, 10_000, 100_000],
+            rounds: 5,
+            load_duration: Duration::from_secs(4),
+            client_threads: 4,
+            install_budget: Duration::from_secs(400),
+            packet_service_counts: vec![1, 1_000, 10_000, 100_000, 1_000_000],
+            conntrack_fill: 1_000_000,
+        }
+    }
+}
+
+/// One contender at one N in one round.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Sample {
+    pub contender: Contender,
+    pub services: usize,
+    pub round: usize,
+    pub tcp_conn_per_s: f64,
+    pub tcp_p50_us: f64,
+    pub tcp_p99_us: f64,
+    pub tcp_failed: u64,
+    pub udp_req_per_s: f64,
+    pub udp_failed: u64,
+    pub install_s: f64,
+    pub one_change_s: Option<f64>,
+    pub agent_rss_bytes: Option<u64>,
+    pub map_memory_bytes: Option<u64>,
+    /// vipr only: new connections its counters saw, to confirm the path.
+    pub dnat_new: Option<u64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Skipped {
+    pub contender: Contender,
+    pub services: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Results {
+    pub machine: String,
+    pub kernel: String,
+    pub mode: String,
+    pub samples: Vec<Sample>,
+    pub skipped: Vec<Skipped>,
+    pub packet_cost: Vec<packet_cost::PacketCost>,
+}
+
+fn topology() -> Result<Topology> {
+    let mut topo = Topology::new()?;
+    topo.add_node("node1")?;
+    for (i, ip) in contenders::BACKEND_IPS.iter().enumerate() {
+        topo.add_pod("node1", &format!("be-{}", i + 1), &ip.to_string())?;
+    }
+    topo.add_pod("node1", "client", &contenders::CLIENT_IP.to_string())?;
+    Ok(topo)
+}
+
+fn measure(
+    plan: &Plan,
+    contender: Contender,
+    n: usize,
+    round: usize,
+    vipr: &Path,
+    work: &Path,
+) -> Result<Sample> {
+    let topo = topology()?;
+    let servers = contenders::BACKEND_IPS
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            load::LoadServer::start(
+                &topo.netns(&format!("be-{}", i + 1))?,
+                contenders::TARGET_PORT,
+                plan.client_threads,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work)?;
+    let installed: Installed = install(contender, &topo, n, vipr, work)?;
+    let client = topo.netns("client")?;
+    let tcp = load::tcp_connections(
+        &client,
+        installed.target,
+        plan.client_threads,
+        plan.load_duration,
+    )?;
+    let udp = load::udp_requests(
+        &client,
+        installed.target,
+        plan.client_threads,
+        plan.load_duration,
+    )?;
+    let dnat_new = match &installed.agent {
+        Some(agent) => Some(contenders::vipr_counter(&agent.pin_dir, "dnat_new")?),
+        None => None,
+    };
+    drop(installed.agent);
+    drop(servers);
+    Ok(Sample {
+        contender,
+        services: n,
+        round,
+        tcp_conn_per_s: tcp.rate(),
+        tcp_p50_us: tcp.percentile_us(0.5),
+        tcp_p99_us: tcp.percentile_us(0.99),
+        tcp_failed: tcp.failed,
+        udp_req_per_s: udp.rate(),
+        udp_failed: udp.failed,
+        install_s: installed.install.as_secs_f64(),
+        one_change_s: installed.one_change.map(|d| d.as_secs_f64()),
+        agent_rss_bytes: installed.agent_rss,
+        map_memory_bytes: installed.map_memory,
+        dnat_new,
+    })
+}
+
+/// Runs the plan, printing each sample as it lands.
+pub fn run(plan: &Plan, vipr: &Path, work_root: &Path) -> Result<Results> {
+    let mut results = Results {
+        machine: machine(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        ..Default::default()
+    };
+    // Last install time per contender, to skip what would blow the budget.
+    let mut last_install: BTreeMap<Contender, (usize, f64)> = BTreeMap::new();
+    for &n in &plan.service_counts {
+        let mut active: Vec<Contender> = Vec::new();
+        for c in Contender::ALL {
+            if let Some(&(prev_n, secs)) = last_install.get(&c) {
+                let estimate = secs * n as f64 / prev_n.max(1) as f64;
+                if estimate > plan.install_budget.as_secs_f64() {
+                    let reason =
+                        format!("estimated {estimate:.0} s to load (took {secs:.1} s at {prev_n})");
+                    println!("skip {:<16} at {n:>7}: {reason}", c.name());
+                    results.skipped.push(Skipped {
+                        contender: c,
+                        services: n,
+                        reason,
+                    });
+                    continue;
+                }
+            }
+            active.push(c);
+        }
+        for round in 0..plan.rounds {
+            for &c in &active {
+                let work: PathBuf = work_root.join(format!("{}-{n}", c.name()));
+                let started = Instant::now();
+                match measure(plan, c, n, round, vipr, &work) {
+                    Ok(s) => {
+                        println!(
+                            "{:<16} n={n:<7} round={round} tcp={:>8.0}/s p50={:>6.0}us p99={:>6.0}us udp={:>8.0}/s install={:>8.3}s change={} failed={}/{} ({:.0}s)",
+                            c.name(),
+                            s.tcp_conn_per_s,
+                            s.tcp_p50_us,
+                            s.tcp_p99_us,
+                            s.udp_req_per_s,
+                            s.install_s,
+                            s.one_change_s.map_or("-".into(), |v| format!("{:.6}s", v)),
+                            s.tcp_failed,
+                            s.udp_failed,
+                            started.elapsed().as_secs_f64()
+                        );
+                        last_install.insert(c, (n, s.install_s));
+                        results.samples.push(s);
+                    }
+                    Err(e) => {
+                        println!("{:<16} n={n:<7} round={round} FAILED: {e:#}", c.name());
+                        results.skipped.push(Skipped {
+                            contender: c,
+                            services: n,
+                            reason: format!("round {round} failed: {e:#}"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(results)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    format!("{cores} cores ({cpu}), {} GiB", mem_kb / (1024 * 1024))
+}

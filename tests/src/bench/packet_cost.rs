@@ -1,0 +1,166 @@
+//! Kernel cost per packet of vipr's TC programs through BPF_PROG_TEST_RUN.
+//!
+//! BPF_PROG_TEST_RUN repeats on one skb, and a translated packet no longer
+//! targets the service. So the established and reply paths are measured on a
+//! pair of services that point at each other (A's backend is B's frontend and
+//! back): every repetition takes the translated path. New flows are measured
+//! one run per packet, each with its own source port; the kernel's
+//! per-invocation overhead is shown next to it (a non-service packet run
+//! once) so the two can be told apart. Counters confirm every path.
+use std::net::Ipv4Addr;
+
+use anyhow::{Result, ensure};
+use aya::maps::HashMap;
+use proxy_common::{CT_FORWARD, CtKey, CtValue, IPPROTO_TCP, programs};
+
+use crate::packet::{Harness, Tuple, tcp};
+
+const REPEAT: u32 = 20_000;
+const NEW_FLOWS: u16 = 2_000;
+const A: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 1), 80);
+const B: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 2), 80);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 100);
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PacketCost {
+    pub services: u32,
+    pub conntrack_entries: u32,
+    /// Medians over rounds, ns per packet.
+    pub new_flow_ns: f64,
+    pub single_run_overhead_ns: f64,
+    pub established_ns: f64,
+    pub reply_ns: f64,
+    pub non_service_ns: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Loads a fresh datapath with `services` services and `conntrack` extra
+/// conntrack entries, and measures every path `rounds` times.
+pub fn measure(services: u32, conntrack: u32, rounds: usize) -> Result<PacketCost> {
+    let room = services.max(2) + 16;
+    let mut h = Harness::with_options(|o| {
+        o.max_services = room;
+        o.max_backends = room;
+        o.max_slots = room;
+        o.max_conntrack = conntrack.max(1) + 2 * (NEW_FLOWS as u32 * rounds as u32 + 64);
+    })?;
+    for i in 0..services.saturating_sub(2) {
+        let vip = Ipv4Addr::from(0x0a64_0000 + i);
+        let pod = Ipv4Addr::from(0x0af4_0000 + i);
+        h.add_service(10 + i, (vip, 80), IPPROTO_TCP, &[(10 + i, pod, 8080)])?;
+    }
+    h.add_service(1, A, IPPROTO_TCP, &[(1, B.0, B.1)])?;
+    h.add_service(2, B, IPPROTO_TCP, &[(2, A.0, A.1)])?;
+    fill_conntrack(&mut h.conntrack, conntrack)?;
+
+    let (mut new, mut overhead, mut est, mut reply, mut other) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let non_service = tcp(
+        Tuple {
+            src: (CLIENT, 60_001),
+            dst: (Ipv4Addr::new(10, 244, 2, 11), 8080),
+        },
+        1,
+        true,
+        false,
+        b"",
+    );
+    for round in 0..rounds {
+        let (mut sum_new, mut sum_once) = (0.0, 0.0);
+        for port in 0..NEW_FLOWS {
+            let t = Tuple {
+                src: (CLIENT, 1024 + port + round as u16 * NEW_FLOWS),
+                dst: A,
+            };
+            let (run, ns) = h.run_repeat(programs::FROM_POD, &tcp(t, 1, true, false, b""), 1)?;
+            ensure!(
+                run.counted == vec![("dnat_new", 1)],
+                "new flow took {:?}",
+                run.counted
+            );
+            sum_new += ns;
+            let (run, ns) = h.run_repeat(programs::FROM_POD, &non_service, 1)?;
+            ensure!(
+                run.counted == vec![("pass_not_service", 1)],
+                "non-service took {:?}",
+                run.counted
+            );
+            sum_once += ns;
+        }
+        new.push(sum_new / NEW_FLOWS as f64);
+        overhead.push(sum_once / NEW_FLOWS as f64);
+
+        let t = Tuple {
+            src: (CLIENT, 60_000),
+            dst: A,
+        };
+        h.run(programs::FROM_POD, &tcp(t, 1, true, false, b""))?;
+        h.run(
+            programs::FROM_POD,
+            &tcp(Tuple { dst: B, ..t }, 1, true, false, b""),
+        )?;
+        let (run, ns) = h.run_repeat(programs::FROM_POD, &tcp(t, 2, false, true, b""), REPEAT)?;
+        ensure!(
+            run.counted == vec![("dnat_established", REPEAT as u64)],
+            "established took {:?}",
+            run.counted
+        );
+        est.push(ns);
+
+        let r = Tuple {
+            src: B,
+            dst: (CLIENT, 60_000),
+        };
+        let (run, ns) = h.run_repeat(programs::TO_POD, &tcp(r, 9, false, true, b""), REPEAT)?;
+        ensure!(
+            run.counted == vec![("rev_nat", REPEAT as u64)],
+            "reply took {:?}",
+            run.counted
+        );
+        reply.push(ns);
+
+        let (run, ns) = h.run_repeat(programs::FROM_POD, &non_service, REPEAT)?;
+        ensure!(
+            run.counted == vec![("pass_not_service", REPEAT as u64)],
+            "non-service took {:?}",
+            run.counted
+        );
+        other.push(ns);
+    }
+    Ok(PacketCost {
+        services,
+        conntrack_entries: conntrack,
+        new_flow_ns: median(new),
+        single_run_overhead_ns: median(overhead),
+        established_ns: median(est),
+        reply_ns: median(reply),
+        non_service_ns: median(other),
+    })
+}
+
+/// Unrelated flows, so lookups run against a full table.
+fn fill_conntrack(map: &mut HashMap<aya::maps::MapData, CtKey, CtValue>, count: u32) -> Result<()> {
+    for i in 0..count {
+        let key = CtKey {
+            src_addr: u32::from_ne_bytes(Ipv4Addr::from(0x0a80_0000 + (i >> 8)).octets()),
+            dst_addr: u32::from_ne_bytes([10, 97, 0, 1]),
+            src_port: ((i & 0xff) as u16 + 1024).to_be(),
+            dst_port: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            direction: CT_FORWARD,
+            _pad: [0; 2],
+        };
+        let value = CtValue {
+            backend_id: 1,
+            nat_addr: 0,
+            nat_port: 0,
+            _pad: [0; 2],
+        };
+        map.insert(key, value, 0)?;
+    }
+    Ok(())
+}
