@@ -32,6 +32,7 @@ counters! {
     DnatEstablished => "dnat_established",
     DnatReselected => "dnat_reselected",
     RevNat => "rev_nat",
+    RevSnat => "rev_snat",
     RejectTcpRst => "reject_tcp_rst",
     RejectIcmpUnreachable => "reject_icmp_unreachable",
     DropTruncated => "drop_truncated",
@@ -41,4 +42,7 @@ counters! {
     DropConntrackFull => "drop_conntrack_full",
     DropRewriteFailed => "drop_rewrite_failed",
     DropRejectFailed => "drop_reject_failed",
+    DropNoLocalEndpoints => "drop_no_local_endpoints",
+    DropSourceRange => "drop_source_range",
+    DropSnatPortsExhausted => "drop_snat_ports_exhausted",
 }

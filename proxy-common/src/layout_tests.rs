@@ -9,6 +9,7 @@ fn service_key_layout() {
     assert_eq!(offset_of!(ServiceKey, addr), 0);
     assert_eq!(offset_of!(ServiceKey, port), 4);
     assert_eq!(offset_of!(ServiceKey, proto), 6);
+    assert_eq!(offset_of!(ServiceKey, scope), 7);
     assert_eq!(size_of::<ServiceValue>(), 8);
     assert_eq!(offset_of!(ServiceValue, backend_count), 4);
 }
@@ -20,6 +21,7 @@ fn slot_backend_layout() {
     assert_eq!(size_of::<BackendValue>(), 8);
     assert_eq!(offset_of!(BackendValue, port), 4);
     assert_eq!(offset_of!(BackendValue, proto), 6);
+    assert_eq!(offset_of!(BackendValue, flags), 7);
 }
 
 #[test]
@@ -30,8 +32,12 @@ fn conntrack_layout() {
     assert_eq!(offset_of!(CtKey, dst_port), 10);
     assert_eq!(offset_of!(CtKey, proto), 12);
     assert_eq!(offset_of!(CtKey, direction), 13);
-    assert_eq!(size_of::<CtValue>(), 12);
-    assert_eq!(offset_of!(CtValue, nat_port), 8);
+    assert_eq!(size_of::<CtValue>(), 20);
+    assert_eq!(offset_of!(CtValue, snat_addr), 8);
+    assert_eq!(offset_of!(CtValue, nat_port), 12);
+    assert_eq!(offset_of!(CtValue, snat_port), 14);
+    assert_eq!(offset_of!(CtValue, flags), 16);
+    assert_eq!(size_of::<SourceRangeKey>(), 8);
 }
 
 #[test]

@@ -24,12 +24,24 @@ pub mod programs {
     pub const FROM_POD: &str = "vipr_from_pod";
     /// TC egress of a pod's host-side interface: packets about to enter the pod.
     pub const TO_POD: &str = "vipr_to_pod";
+    /// TC ingress of an external interface: NodePort, LoadBalancer and
+    /// external-IP traffic, and replies to masqueraded flows.
+    pub const FROM_EXTERNAL: &str = "vipr_from_external";
+    /// TC egress of an external interface: replies of local endpoints to
+    /// external clients.
+    pub const TO_EXTERNAL: &str = "vipr_to_external";
+    /// Trivial TC program used only to probe for TCX (never on real traffic).
+    pub const PROBE_TC: &str = "vipr_probe_tc";
+    /// Trivial XDP program used only to probe native/generic XDP.
+    pub const PROBE_XDP: &str = "vipr_probe_xdp";
 }
 
 /// Names of globals the agent sets when it loads the object.
 pub mod globals {
     /// `u32`: seed of the flow hash that picks a backend.
     pub const HASH_SEED: &str = "HASH_SEED";
+    /// `u32`, wire order: the node address masqueraded flows leave with.
+    pub const NODE_IPV4: &str = "NODE_IPV4";
 }
 
 #[cfg(test)]

@@ -16,6 +16,36 @@ pub const BACKENDS: &str = "VIPR_BACKENDS";
 pub const CONNTRACK: &str = "VIPR_CONNTRACK";
 /// Per-CPU `u64` array indexed by [`crate::Counter`].
 pub const COUNTERS: &str = "VIPR_COUNTERS";
+/// LPM trie of `SourceRangeKey` → `u8` (1): the client prefixes a service
+/// with `SVC_FLAG_SOURCE_RANGES` accepts (loadBalancerSourceRanges).
+pub const SOURCE_RANGES: &str = "VIPR_SOURCE_RANGES";
+pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
+
+/// Which side a frontend answers: traffic pods send, or traffic arriving on
+/// the node's external interfaces. One service port can have both, with
+/// different endpoint sets (traffic policies).
+pub const SCOPE_INTERNAL: u8 = 0;
+pub const SCOPE_EXTERNAL: u8 = 1;
+
+/// `ServiceValue::flags` bits.
+/// The slots hold only this node's endpoints (a `Local` traffic policy).
+pub const SVC_FLAG_LOCAL_ONLY: u16 = 1 << 0;
+/// The service has endpoints somewhere: with no slots here, drop (policy)
+/// rather than refuse (no endpoints at all).
+pub const SVC_FLAG_HAS_ENDPOINTS: u16 = 1 << 1;
+/// SNAT new flows to remote endpoints to the node address (externalTrafficPolicy Cluster).
+pub const SVC_FLAG_MASQUERADE: u16 = 1 << 2;
+/// Only clients in `VIPR_SOURCE_RANGES` for this service are accepted.
+pub const SVC_FLAG_SOURCE_RANGES: u16 = 1 << 3;
+
+/// `BackendValue::flags` bits.
+/// The endpoint runs on this node (no SNAT needed to get its replies back).
+pub const BACKEND_FLAG_LOCAL: u8 = 1 << 0;
+
+/// Source ports for masqueraded flows: above the kernel's default ephemeral
+/// range (32768–60999), so never one of the node's own connections.
+pub const SNAT_PORT_FIRST: u16 = 61_000;
+pub const SNAT_PORT_COUNT: u16 = 4_536;
 
 /// Default capacities; the agent may override them at load time.
 pub const DEFAULT_MAX_SERVICES: u32 = 65_536;
@@ -33,16 +63,21 @@ pub struct ServiceKey {
     /// Port, network byte order.
     pub port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// `SCOPE_INTERNAL` or `SCOPE_EXTERNAL`.
+    pub scope: u8,
 }
 
 impl ServiceKey {
+    /// A frontend for traffic from pods.
     pub fn new(addr: Ipv4Addr, port: u16, proto: u8) -> Self {
+        Self::scoped(addr, port, proto, SCOPE_INTERNAL)
+    }
+    pub fn scoped(addr: Ipv4Addr, port: u16, proto: u8, scope: u8) -> Self {
         Self {
             addr: wire_addr(addr),
             port: port.to_be(),
             proto,
-            _pad: 0,
+            scope,
         }
     }
     pub fn ip(&self) -> Ipv4Addr {
@@ -83,7 +118,8 @@ pub struct BackendValue {
     /// Port, network byte order.
     pub port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// `BACKEND_FLAG_*` bits.
+    pub flags: u8,
 }
 
 impl BackendValue {
@@ -92,7 +128,13 @@ impl BackendValue {
             addr: wire_addr(addr),
             port: port.to_be(),
             proto,
-            _pad: 0,
+            flags: 0,
+        }
+    }
+    pub fn local(self) -> Self {
+        Self {
+            flags: self.flags | BACKEND_FLAG_LOCAL,
+            ..self
         }
     }
     pub fn ip(&self) -> Ipv4Addr {
@@ -127,16 +169,38 @@ pub struct CtKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct CtValue {
     /// Forward entries: the backend the flow is pinned to.
     pub backend_id: u32,
     /// Forward: the backend address; reverse: the frontend address to restore. Network order.
     pub nat_addr: u32,
+    /// With `CT_FLAG_SNAT` — forward: the node address the source becomes;
+    /// reverse: the client address the destination becomes again. Network order.
+    pub snat_addr: u32,
     /// Forward: the backend port; reverse: the frontend port to restore. Network order.
     pub nat_port: u16,
-    pub _pad: [u8; 2],
+    /// With `CT_FLAG_SNAT`: the port paired with `snat_addr`. Network order.
+    pub snat_port: u16,
+    /// `CT_FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The flow's source was translated too (masquerade).
+pub const CT_FLAG_SNAT: u8 = 1 << 0;
+
+/// Key of `VIPR_SOURCE_RANGES` (the data part; the LPM prefix length counts
+/// 32 bits of `service_id` plus the CIDR's length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SourceRangeKey {
+    /// Big-endian, so that it is the leading 32 bits the trie matches on.
+    pub service_id_be: u32,
+    /// Network byte order.
+    pub addr: u32,
 }
 
 /// IPv4 address as its wire bytes loaded into a native `u32`.
@@ -159,4 +223,5 @@ mod pod_impls {
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for SourceRangeKey {}
 }

@@ -1,20 +1,38 @@
 //! Service lookup and backend choice.
-use proxy_common::{BackendValue, ServiceKey, ServiceValue, SlotKey};
+use aya_ebpf::maps::lpm_trie::Key;
+use proxy_common::{BackendValue, ServiceKey, ServiceValue, SlotKey, SourceRangeKey};
 
 use crate::{
-    maps::{BACKENDS, SERVICES, SLOTS, hash_seed},
+    maps::{BACKENDS, SERVICES, SLOTS, SOURCE_RANGES, hash_seed},
     parse::Flow,
 };
 
+/// Bits of a `SourceRangeKey` that must always match: the service id.
+const SERVICE_ID_BITS: u32 = 32;
+const IPV4_BITS: u32 = 32;
+
 #[inline(always)]
-pub fn lookup_service(flow: &Flow) -> Option<ServiceValue> {
+pub fn lookup_service(flow: &Flow, scope: u8) -> Option<ServiceValue> {
     let key = ServiceKey {
         addr: flow.dst_addr,
         port: flow.dst_port,
         proto: flow.proto,
-        _pad: 0,
+        scope,
     };
     unsafe { SERVICES.get(&key).copied() }
+}
+
+/// loadBalancerSourceRanges: one longest-prefix-match lookup.
+#[inline(always)]
+pub fn source_allowed(service: &ServiceValue, flow: &Flow) -> bool {
+    let key = Key::new(
+        SERVICE_ID_BITS + IPV4_BITS,
+        SourceRangeKey {
+            service_id_be: service.service_id.to_be(),
+            addr: flow.src_addr,
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
 }
 
 #[inline(always)]

@@ -1,11 +1,12 @@
 //! Map and global definitions; layouts and names come from proxy-common.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     BackendValue, Counter, CtKey, CtValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK,
-    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS, ServiceKey, ServiceValue, SlotKey,
+    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS, DEFAULT_MAX_SOURCE_RANGES, ServiceKey, ServiceValue,
+    SlotKey, SourceRangeKey,
 };
 
 #[map(name = "VIPR_SERVICES")]
@@ -22,6 +23,20 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_MA
 
 #[map(name = "VIPR_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+#[map(name = "VIPR_SOURCE_RANGES")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
+    LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, 0);
+
+/// The node address masqueraded flows leave with (wire order); 0 = unset,
+/// which disables masquerading.
+#[unsafe(no_mangle)]
+static NODE_IPV4: u32 = 0;
+
+#[inline(always)]
+pub fn node_ipv4() -> u32 {
+    unsafe { core::ptr::read_volatile(&NODE_IPV4) }
+}
 
 /// Seed of the backend-choice hash, set by the agent at load time so that
 /// flow placement cannot be predicted from outside.

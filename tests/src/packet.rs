@@ -7,11 +7,13 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{TestRun, TestRunOptions},
 };
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder, TcpHeader, UdpHeader};
-use proxy_common::{BackendValue, Counter, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey};
+use proxy_common::{
+    BackendValue, Counter, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+};
 use vipr::datapath::{Datapath, KernelMaps, LoadOptions, ServiceMaps, cleanup_pins, read_counters};
 use vipr::plan::MapOp;
 
@@ -190,6 +192,7 @@ pub struct Harness {
     pub datapath: Datapath,
     pub maps: KernelMaps,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     counters: PerCpuArray<MapData, u64>,
     pin_dir: PathBuf,
 }
@@ -235,10 +238,17 @@ impl Harness {
                 .take_map(proxy_common::maps::COUNTERS)
                 .ok_or_else(|| anyhow::anyhow!("no counters map"))?,
         )?;
+        let source_ranges = LpmTrie::try_from(
+            datapath
+                .ebpf
+                .take_map(proxy_common::maps::SOURCE_RANGES)
+                .ok_or_else(|| anyhow::anyhow!("no source ranges map"))?,
+        )?;
         Ok(Self {
             datapath,
             maps,
             conntrack,
+            source_ranges,
             counters,
             pin_dir,
         })
@@ -273,6 +283,49 @@ impl Harness {
                 flags: 0,
             },
         ))?;
+        Ok(())
+    }
+
+    /// Programs any frontend: its key (with scope), flags, and backends as
+    /// (id, value) in slot order.
+    pub fn add_frontend(
+        &mut self,
+        service_id: u32,
+        key: ServiceKey,
+        flags: u16,
+        backends: &[(u32, BackendValue)],
+    ) -> anyhow::Result<()> {
+        for (slot, (id, backend)) in backends.iter().enumerate() {
+            self.maps.apply(&MapOp::UpsertBackend(*id, *backend))?;
+            self.maps.apply(&MapOp::UpsertSlot(
+                SlotKey {
+                    service_id,
+                    slot: slot as u32,
+                },
+                *id,
+            ))?;
+        }
+        self.maps.apply(&MapOp::UpsertService(
+            key,
+            ServiceValue {
+                service_id,
+                backend_count: backends.len() as u16,
+                flags,
+            },
+        ))?;
+        Ok(())
+    }
+
+    /// Allows `cidr` (address, prefix length) for `service_id`.
+    pub fn allow_source(&mut self, service_id: u32, cidr: (Ipv4Addr, u32)) -> anyhow::Result<()> {
+        let key = Key::new(
+            32 + cidr.1,
+            SourceRangeKey {
+                service_id_be: service_id.to_be(),
+                addr: proxy_common::wire_addr(cidr.0),
+            },
+        );
+        self.source_ranges.insert(&key, 1, 0)?;
         Ok(())
     }
 

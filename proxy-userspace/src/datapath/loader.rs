@@ -10,12 +10,22 @@ use super::DatapathError;
 /// The kernel programs, built by build.rs from proxy-ebpf.
 pub static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
 
+/// The datapath programs, loaded at start (probe programs are not among them).
+pub const PROGRAMS: [&str; 4] = [
+    programs::FROM_POD,
+    programs::TO_POD,
+    programs::FROM_EXTERNAL,
+    programs::TO_EXTERNAL,
+];
+
 /// Runtime knobs written into the object at load time.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// bpffs directory that holds this agent's pins.
     pub pin_dir: PathBuf,
     pub hash_seed: u32,
+    /// Address masqueraded flows leave with; `None` disables masquerading.
+    pub node_ipv4: Option<std::net::Ipv4Addr>,
     pub max_services: u32,
     pub max_backends: u32,
     pub max_slots: u32,
@@ -27,6 +37,7 @@ impl LoadOptions {
         Self {
             pin_dir: pin_dir.into(),
             hash_seed: std::process::id().wrapping_mul(0x9e37_79b9) ^ seed_from_clock(),
+            node_ipv4: None,
             max_services: maps::DEFAULT_MAX_SERVICES,
             max_backends: maps::DEFAULT_MAX_BACKENDS,
             max_slots: maps::DEFAULT_MAX_SLOTS,
@@ -59,15 +70,17 @@ impl Datapath {
             path: map_dir.display().to_string(),
             source,
         })?;
+        let node_ipv4 = options.node_ipv4.map_or(0, proxy_common::wire_addr);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&map_dir)
             .override_global(globals::HASH_SEED, &options.hash_seed, true)
+            .override_global(globals::NODE_IPV4, &node_ipv4, true)
             .map_max_entries(maps::SERVICES, options.max_services)
             .map_max_entries(maps::BACKENDS, options.max_backends)
             .map_max_entries(maps::SLOTS, options.max_slots)
             .map_max_entries(maps::CONNTRACK, options.max_conntrack)
             .load(OBJECT)?;
-        for name in [programs::FROM_POD, programs::TO_POD] {
+        for name in PROGRAMS {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;

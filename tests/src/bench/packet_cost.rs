@@ -156,9 +156,7 @@ fn fill_conntrack(map: &mut HashMap<aya::maps::MapData, CtKey, CtValue>, count: 
         };
         let value = CtValue {
             backend_id: 1,
-            nat_addr: 0,
-            nat_port: 0,
-            _pad: [0; 2],
+            ..CtValue::default()
         };
         map.insert(key, value, 0)?;
     }
