@@ -30,6 +30,9 @@ pub mod programs {
     /// TC egress of an external interface: replies of local endpoints to
     /// external clients.
     pub const TO_EXTERNAL: &str = "vipr_to_external";
+    /// XDP on an external interface: the TC path's external ingress,
+    /// translated and forwarded before the stack (falls back to TC).
+    pub const XDP_EXTERNAL: &str = "vipr_xdp_external";
     /// Trivial TC program used only to probe for TCX (never on real traffic).
     pub const PROBE_TC: &str = "vipr_probe_tc";
     /// Trivial XDP program used only to probe native/generic XDP.

@@ -6,6 +6,8 @@
 #[cfg(target_arch = "bpf")]
 mod ct;
 #[cfg(target_arch = "bpf")]
+mod decide;
+#[cfg(target_arch = "bpf")]
 mod lb;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -17,6 +19,9 @@ mod parse;
 mod programs;
 #[cfg(target_arch = "bpf")]
 mod reject;
+
+#[cfg(target_arch = "bpf")]
+mod xdp;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

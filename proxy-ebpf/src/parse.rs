@@ -1,6 +1,6 @@
 //! Header parsing with direct packet access. Produces the flow tuple the
 //! other modules work on, or a named reason why the packet is not one.
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use core::mem::{offset_of, size_of};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use proxy_common::{Counter, IPPROTO_TCP, IPPROTO_UDP};
@@ -60,19 +60,48 @@ impl Flow {
 /// untouched; `Drop*` reasons drop it.
 pub type NotAFlow = Counter;
 
+/// Direct packet access, for both program types.
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+/// A pointer to a `T` at `offset`, if the frame is long enough.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &impl Frame, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
         return None;
     }
-    Some((start + offset) as *const T)
+    Some((start + offset) as *mut T)
 }
 
 #[inline(always)]
-pub fn parse_flow(ctx: &TcContext) -> Result<Flow, NotAFlow> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassNotIpv4)?;
+pub fn parse_flow(ctx: &impl Frame) -> Result<Flow, NotAFlow> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassNotIpv4)?;
     // Read the ethertype as bytes: network-types models it as an enum, and an
     // unknown value must not be materialised as one.
     let ether_type: [u8; 2] =
@@ -80,7 +109,7 @@ pub fn parse_flow(ctx: &TcContext) -> Result<Flow, NotAFlow> {
     if ether_type != ETHERTYPE_IPV4 {
         return Err(Counter::PassNotIpv4);
     }
-    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(Counter::DropTruncated)?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(Counter::DropTruncated)?;
     let (vihl, frags, src_addr, dst_addr) =
         unsafe { ((*ip).vihl, (*ip).frags, (*ip).src_addr, (*ip).dst_addr) };
     let proto: u8 = unsafe { *((ip as *const u8).add(offset_of!(Ipv4Hdr, proto))) };
@@ -95,12 +124,12 @@ pub fn parse_flow(ctx: &TcContext) -> Result<Flow, NotAFlow> {
     let l4_off = ETH_LEN + ihl;
     let (src_port, dst_port, tcp_flags) = match proto {
         IPPROTO_TCP => {
-            let tcp: *const TcpHdr = ptr_at(ctx, l4_off).ok_or(Counter::DropTruncated)?;
+            let tcp: *mut TcpHdr = ptr_at(ctx, l4_off).ok_or(Counter::DropTruncated)?;
             let flags = unsafe { *((tcp as *const u8).add(TCP_FLAGS_OFF)) };
             unsafe { ((*tcp).source, (*tcp).dest, flags) }
         }
         IPPROTO_UDP => {
-            let udp: *const UdpHdr = ptr_at(ctx, l4_off).ok_or(Counter::DropTruncated)?;
+            let udp: *mut UdpHdr = ptr_at(ctx, l4_off).ok_or(Counter::DropTruncated)?;
             unsafe { ((*udp).src, (*udp).dst, 0) }
         }
         _ => return Err(Counter::PassOtherProtocol),

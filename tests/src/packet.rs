@@ -209,6 +209,10 @@ pub struct Run {
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
 pub const TC_ACT_REDIRECT: i32 = 7;
+pub const XDP_DROP: i32 = 1;
+pub const XDP_PASS: i32 = 2;
+pub const XDP_TX: i32 = 3;
+pub const XDP_REDIRECT: i32 = 4;
 
 impl Harness {
     pub fn new() -> anyhow::Result<Self> {
@@ -335,6 +339,41 @@ impl Harness {
 
     pub fn run(&mut self, program: &'static str, input: &[u8]) -> anyhow::Result<Run> {
         self.run_repeat(program, input, 1).map(|(run, _)| run)
+    }
+
+    /// Runs the XDP program once on `input`.
+    pub fn run_xdp(&mut self, input: &[u8]) -> anyhow::Result<Run> {
+        self.run_xdp_repeat(input, 1).map(|(run, _)| run)
+    }
+
+    /// Runs the XDP program `repeat` times; returns the run and ns per run.
+    pub fn run_xdp_repeat(&mut self, input: &[u8], repeat: u32) -> anyhow::Result<(Run, f64)> {
+        let before = self.counters()?;
+        let mut output = vec![0u8; 512];
+        let result = {
+            let program = self.datapath.xdp()?;
+            let mut options = TestRunOptions::new();
+            options.data_in = Some(input);
+            options.data_out = Some(&mut output);
+            options.repeat = repeat;
+            program.test_run(options)?
+        };
+        output.truncate(result.data_size_out as usize);
+        let after = self.counters()?;
+        let counted = before
+            .iter()
+            .zip(&after)
+            .filter(|((_, b), (_, a))| a != b)
+            .map(|((c, b), (_, a))| (c.name(), a - b))
+            .collect();
+        Ok((
+            Run {
+                verdict: result.return_value as i32,
+                output,
+                counted,
+            },
+            result.duration.as_nanos() as f64,
+        ))
     }
 
     /// Runs `repeat` times on the same skb; returns the run and ns per run.

@@ -2,7 +2,10 @@
 //! so that maps (and with them established flows) survive agent restarts.
 use std::path::{Path, PathBuf};
 
-use aya::{Ebpf, EbpfLoader, include_bytes_aligned, programs::SchedClassifier};
+use aya::{
+    Ebpf, EbpfLoader, include_bytes_aligned,
+    programs::{SchedClassifier, Xdp},
+};
 use proxy_common::{globals, maps, programs};
 
 use super::DatapathError;
@@ -85,15 +88,36 @@ impl Datapath {
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
+        xdp_program(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                name: programs::XDP_EXTERNAL,
+                source,
+            })?;
         Ok(Self {
             ebpf,
             pin_dir: options.pin_dir.clone(),
         })
     }
 
+    pub fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
+        xdp_program(&mut self.ebpf)
+    }
+
     pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
         program(&mut self.ebpf, name)
     }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
+    let name = programs::XDP_EXTERNAL;
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
 }
 
 fn program<'a>(

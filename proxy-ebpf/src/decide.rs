@@ -1,0 +1,119 @@
+//! What to do with a packet, independent of the program type: the TC and
+//! XDP programs share these decisions and differ only in how they carry
+//! them out. Deciding may record conntrack entries.
+use proxy_common::{
+    BACKEND_FLAG_LOCAL, CT_FLAG_SNAT, Counter, CtValue, SVC_FLAG_HAS_ENDPOINTS,
+    SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
+};
+
+use crate::{
+    ct,
+    lb::{choose_backend_id, lookup_backend, lookup_service, source_allowed},
+    maps::node_ipv4,
+    parse::Flow,
+};
+
+pub enum Decision {
+    /// Leave the packet as it is (and count why).
+    Pass(Counter),
+    Drop(Counter),
+    /// Rewrite the destination (and with `CT_FLAG_SNAT` the source) as the entry says.
+    Translate(CtValue, Counter),
+    /// A reply to a masqueraded flow: source back to the frontend,
+    /// destination back to the client.
+    Unmasquerade(CtValue),
+    /// A backend's reply: source back to the frontend.
+    RestoreSource(CtValue),
+    /// No endpoints at all: answer with a RST or ICMP port unreachable.
+    Refuse,
+}
+
+/// Forward path: a packet for a service frontend of `scope`.
+#[inline(always)]
+pub fn to_service(flow: &Flow, scope: u8) -> Decision {
+    // Non-service traffic pays for exactly this one lookup.
+    let Some(service) = lookup_service(flow, scope) else {
+        return Decision::Pass(Counter::PassNotService);
+    };
+    if service.flags & SVC_FLAG_SOURCE_RANGES != 0 && !source_allowed(&service, flow) {
+        return Decision::Drop(Counter::DropSourceRange);
+    }
+    let mut outcome = Counter::DnatNew;
+    if let Some(entry) = ct::lookup(&ct::forward_key(flow)) {
+        // A new SYN on a reused tuple is a new connection: choose again.
+        if !flow.is_tcp_syn() {
+            if let Some(backend) = lookup_backend(entry.backend_id) {
+                // The id may have been reused for another endpoint since.
+                if backend.addr == entry.nat_addr && backend.port == entry.nat_port {
+                    return Decision::Translate(entry, Counter::DnatEstablished);
+                }
+            }
+        }
+        outcome = Counter::DnatReselected;
+    }
+    if service.backend_count == 0 {
+        if service.flags & SVC_FLAG_HAS_ENDPOINTS != 0 {
+            return Decision::Drop(Counter::DropNoLocalEndpoints);
+        }
+        return Decision::Refuse;
+    }
+    let Some(backend_id) = choose_backend_id(&service, flow) else {
+        return Decision::Drop(Counter::DropMissingSlot);
+    };
+    let Some(backend) = lookup_backend(backend_id) else {
+        return Decision::Drop(Counter::DropMissingBackend);
+    };
+    let masquerade =
+        service.flags & SVC_FLAG_MASQUERADE != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
+    if !masquerade {
+        if ct::record(flow, backend_id, backend.addr, backend.port).is_err() {
+            return Decision::Drop(Counter::DropConntrackFull);
+        }
+        let entry = CtValue {
+            backend_id,
+            nat_addr: backend.addr,
+            nat_port: backend.port,
+            ..CtValue::default()
+        };
+        return Decision::Translate(entry, outcome);
+    }
+    let node = node_ipv4();
+    if node == 0 {
+        return Decision::Drop(Counter::DropSnatPortsExhausted);
+    }
+    match ct::record_masqueraded(flow, backend_id, backend.addr, backend.port, node) {
+        Some(port) => Decision::Translate(
+            CtValue {
+                backend_id,
+                nat_addr: backend.addr,
+                nat_port: backend.port,
+                snat_addr: node,
+                snat_port: port,
+                flags: CT_FLAG_SNAT,
+                _pad: [0; 3],
+            },
+            outcome,
+        ),
+        None => Decision::Drop(Counter::DropSnatPortsExhausted),
+    }
+}
+
+/// Ingress of an external interface: replies to masqueraded flows first,
+/// then external frontends.
+#[inline(always)]
+pub fn from_outside(flow: &Flow, scope: u8) -> Decision {
+    match ct::lookup(&ct::reply_key(flow)) {
+        Some(entry) if entry.flags & CT_FLAG_SNAT != 0 => Decision::Unmasquerade(entry),
+        _ => to_service(flow, scope),
+    }
+}
+
+/// Reply path towards a client: restore the frontend as the source.
+#[inline(always)]
+pub fn from_service(flow: &Flow) -> Decision {
+    match ct::lookup(&ct::reply_key(flow)) {
+        // Replies of masqueraded flows are handled where they arrive.
+        Some(entry) if entry.flags & CT_FLAG_SNAT == 0 => Decision::RestoreSource(entry),
+        _ => Decision::Pass(Counter::PassNotTranslated),
+    }
+}

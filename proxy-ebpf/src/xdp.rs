@@ -1,0 +1,199 @@
+//! XDP fast path for external traffic: the same decisions as the TC
+//! external ingress, carried out on the raw frame and forwarded with a FIB
+//! lookup, before the stack allocates an skb. Whatever XDP cannot finish
+//! (refusals, destinations the FIB cannot resolve) goes on to the stack and
+//! the TC programs, which reach the same verdicts.
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    macros::xdp,
+    programs::XdpContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use proxy_common::{CT_FLAG_SNAT, Counter, CtValue, IPPROTO_UDP, SCOPE_EXTERNAL};
+
+use crate::{
+    decide::{self, Decision},
+    maps::count,
+    parse::{ETH_LEN, Flow, parse_flow, ptr_at},
+};
+
+const AF_INET: u8 = 2;
+const SRC_PORT_OFF: usize = 0;
+const DST_PORT_OFF: usize = 2;
+/// Room the verifier can see for a TCP header (the largest we touch).
+const L4_HDR_MAX: usize = 20;
+
+#[xdp]
+pub fn vipr_xdp_external(ctx: XdpContext) -> u32 {
+    let Ok(flow) = parse_flow(&ctx) else {
+        // Malformed and non-IP frames: the TC program counts and decides.
+        return XDP_PASS;
+    };
+    let rewritten = match decide::from_outside(&flow, SCOPE_EXTERNAL) {
+        // Passes are counted once, by the TC program that sees them next.
+        Decision::Pass(_) | Decision::Refuse | Decision::RestoreSource(_) => return XDP_PASS,
+        Decision::Drop(counter) => {
+            count(counter);
+            return XDP_DROP;
+        }
+        Decision::Translate(entry, counter) => translate(&ctx, &flow, &entry).map(|()| counter),
+        Decision::Unmasquerade(entry) => rewrite(&ctx, &flow, true, entry.nat_addr, entry.nat_port)
+            .and_then(|()| rewrite(&ctx, &flow, false, entry.snat_addr, entry.snat_port))
+            .map(|()| Counter::RevSnat),
+    };
+    match rewritten {
+        Some(counter) => {
+            count(counter);
+            forward(&ctx)
+        }
+        None => {
+            count(Counter::DropRewriteFailed);
+            XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn translate(ctx: &XdpContext, flow: &Flow, entry: &CtValue) -> Option<()> {
+    rewrite(ctx, flow, false, entry.nat_addr, entry.nat_port)?;
+    if entry.flags & CT_FLAG_SNAT != 0 {
+        rewrite(ctx, flow, true, entry.snat_addr, entry.snat_port)?;
+    }
+    Some(())
+}
+
+/// RFC 1624 incremental update of a checksum (host order) for one 16-bit word.
+#[inline(always)]
+fn csum_update(check: u16, old: u16, new: u16) -> u16 {
+    let mut sum = (!check as u32) + (!old as u32 & 0xffff) + new as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+#[inline(always)]
+fn csum_update_addr(check: u16, old: u32, new: u32) -> u16 {
+    let (old, new) = (old.to_ne_bytes(), new.to_ne_bytes());
+    let check = csum_update(
+        check,
+        u16::from_be_bytes([old[0], old[1]]),
+        u16::from_be_bytes([new[0], new[1]]),
+    );
+    csum_update(
+        check,
+        u16::from_be_bytes([old[2], old[3]]),
+        u16::from_be_bytes([new[2], new[3]]),
+    )
+}
+
+/// Rewrites the source (`source`) or destination of the frame to `addr:port`
+/// (wire order) with incremental checksum updates.
+#[inline(always)]
+fn rewrite(ctx: &XdpContext, flow: &Flow, source: bool, addr: u32, port: u16) -> Option<()> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
+    // Bounded for the verifier: the IPv4 header is at most 60 bytes.
+    let l4_off = flow.l4_off & 0x7f;
+    let l4: *mut [u8; L4_HDR_MAX] = if flow.proto == IPPROTO_UDP {
+        // UDP headers are 8 bytes; the datagram may be shorter than 20.
+        let udp: *mut [u8; 8] = ptr_at(ctx, l4_off)?;
+        udp as *mut [u8; L4_HDR_MAX]
+    } else {
+        ptr_at(ctx, l4_off)?
+    };
+    let csum_off = flow.l4_csum_off() - flow.l4_off;
+    unsafe {
+        let (addr_field, port_off) = if source {
+            (&raw mut (*ip).src_addr, SRC_PORT_OFF)
+        } else {
+            (&raw mut (*ip).dst_addr, DST_PORT_OFF)
+        };
+        let old_addr = u32::from_ne_bytes(*addr_field);
+        let l4b = l4 as *mut u8;
+        let old_port = u16::from_ne_bytes([*l4b.add(port_off), *l4b.add(port_off + 1)]);
+
+        let ip_check = u16::from_be_bytes((*ip).check);
+        (*ip).check = csum_update_addr(ip_check, old_addr, addr).to_be_bytes();
+        *addr_field = addr.to_ne_bytes();
+
+        let l4_check = u16::from_be_bytes([*l4b.add(csum_off), *l4b.add(csum_off + 1)]);
+        // A UDP checksum of 0 means "none" and must stay 0.
+        if !(flow.proto == IPPROTO_UDP && l4_check == 0) {
+            let mut c = csum_update_addr(l4_check, old_addr, addr);
+            c = csum_update(c, u16::from_be(old_port), u16::from_be(port));
+            if flow.proto == IPPROTO_UDP && c == 0 {
+                c = 0xffff;
+            }
+            let bytes = c.to_be_bytes();
+            *l4b.add(csum_off) = bytes[0];
+            *l4b.add(csum_off + 1) = bytes[1];
+        }
+        let bytes = port.to_ne_bytes();
+        *l4b.add(port_off) = bytes[0];
+        *l4b.add(port_off + 1) = bytes[1];
+    }
+    Some(())
+}
+
+/// Sends the translated frame on its way: FIB lookup, new MAC addresses,
+/// TTL, then out of the right interface. Anything the FIB cannot resolve
+/// (no neighbour yet, local delivery) goes to the stack instead.
+#[inline(always)]
+fn forward(ctx: &XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return XDP_PASS;
+    };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return XDP_PASS;
+    };
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    unsafe {
+        params.family = AF_INET;
+        params.l4_protocol = *(&raw const (*ip).proto as *const u8);
+        params.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
+        params.__bindgen_anon_2.tos = (*ip).tos;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).dst_addr);
+        params.ifindex = ingress;
+    }
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        count(Counter::XdpToStack);
+        return XDP_PASS;
+    }
+    unsafe {
+        // The stack would have decremented the TTL while forwarding.
+        let ttl = (*ip).ttl;
+        if ttl <= 1 {
+            count(Counter::XdpToStack);
+            return XDP_PASS;
+        }
+        (*ip).ttl = ttl - 1;
+        let check = u16::from_be_bytes((*ip).check);
+        (*ip).check = csum_update(
+            check,
+            u16::from_be_bytes([ttl, 0]),
+            u16::from_be_bytes([ttl - 1, 0]),
+        )
+        .to_be_bytes();
+        (*eth).dst_addr = params.dmac;
+        (*eth).src_addr = params.smac;
+    }
+    if params.ifindex == ingress {
+        count(Counter::XdpTransmitted);
+        return XDP_TX;
+    }
+    count(Counter::XdpRedirected);
+    unsafe { bpf_redirect(params.ifindex, 0) as u32 }
+}
