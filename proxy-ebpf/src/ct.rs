@@ -54,9 +54,26 @@ fn reverse_key(flow: &Flow, backend: (u32, u16), to: (u32, u16)) -> CtKey {
     }
 }
 
+/// Drops the reverse entry of a flow that is about to choose again, so a
+/// re-chosen masqueraded flow does not keep its old source port claimed.
+#[inline(always)]
+pub fn forget_reverse(flow: &Flow, old: &CtValue) {
+    let to = if old.flags & CT_FLAG_SNAT != 0 {
+        (old.snat_addr, old.snat_port)
+    } else {
+        (flow.src_addr, flow.src_port)
+    };
+    let _ = CONNTRACK.remove(reverse_key(flow, (old.nat_addr, old.nat_port), to));
+}
+
 /// Records both directions of a flow translated to a backend (DNAT only).
 #[inline(always)]
-pub fn record(flow: &Flow, backend_id: u32, backend_addr: u32, backend_port: u16) -> Result<(), i32> {
+pub fn record(
+    flow: &Flow,
+    backend_id: u32,
+    backend_addr: u32,
+    backend_port: u16,
+) -> Result<(), i32> {
     let forward = CtValue {
         backend_id,
         nat_addr: backend_addr,

@@ -49,6 +49,7 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
                 }
             }
         }
+        ct::forget_reverse(flow, &entry);
         outcome = Counter::DnatReselected;
     }
     if service.backend_count == 0 {

@@ -17,6 +17,11 @@ use proxy_common::{
 use vipr::datapath::{Datapath, KernelMaps, LoadOptions, ServiceMaps, cleanup_pins, read_counters};
 use vipr::plan::MapOp;
 
+/// MAC of node2 (next hop for 10.244.2.0/24) in a [`FibNamespace`].
+pub const NEXT_HOP_NODE2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+/// MAC of the router (next hop for 198.51.100.0/24) in a [`FibNamespace`].
+pub const NEXT_HOP_ROUTER: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const TTL: u8 = 64;
@@ -182,6 +187,68 @@ pub fn checksum_errors(frame: &[u8]) -> Vec<String> {
         _ => {}
     }
     errors
+}
+
+/// For XDP tests: a namespace with one external interface `ext0`, a route to node2's pods and one
+/// to the clients, with permanent neighbours. Deleted on drop.
+pub struct FibNamespace(String);
+
+impl FibNamespace {
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    pub fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("vxdp{}x{n}", std::process::id());
+        let ns = Self(name.clone());
+        let script = [
+            // A veth pair: dummy interfaces are not built into every kernel.
+            "ip link add ext0 type veth peer name ext1",
+            "ip link set ext1 up",
+            "ip link set ext0 address 02:00:00:00:00:01",
+            "ip link set ext0 up",
+            "ip link set lo up",
+            "ip addr add 172.30.0.1/24 dev ext0",
+            "ip neigh add 172.30.0.2 lladdr 02:00:00:00:00:22 dev ext0 nud permanent",
+            "ip neigh add 172.30.0.254 lladdr 02:00:00:00:00:fe dev ext0 nud permanent",
+            "ip route add 10.244.2.0/24 via 172.30.0.2",
+            "ip route add 198.51.100.0/24 via 172.30.0.254",
+            "sysctl -qw net.ipv4.ip_forward=1",
+            "sysctl -qw net.ipv4.conf.lo.forwarding=1",
+        ];
+        assert!(
+            std::process::Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .unwrap()
+                .success()
+        );
+        for line in script {
+            let ok = std::process::Command::new("ip")
+                .args(["netns", "exec", &name, "sh", "-c", line])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "{line}");
+        }
+        ns
+    }
+}
+
+impl Drop for FibNamespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+impl Default for FibNamespace {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 static NEXT_PIN: AtomicU32 = AtomicU32::new(0);

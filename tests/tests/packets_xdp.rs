@@ -1,7 +1,7 @@
 //! The XDP fast path through BPF_PROG_TEST_RUN, inside a network namespace
 //! this test creates so that the FIB lookup has routes and neighbours to
 //! find: the same translations as the TC path, then forwarded in XDP.
-use std::{net::Ipv4Addr, process::Command};
+use std::net::Ipv4Addr;
 
 use proxy_common::{
     BackendValue, IPPROTO_TCP, SCOPE_EXTERNAL, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE,
@@ -13,62 +13,10 @@ const NODE: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 const NODE_PORT: u16 = 30_080;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
-const NEXT_HOP_NODE2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
-const NEXT_HOP_ROUTER: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-
-/// A namespace with one external interface, a route to node2's pods and one
-/// to the clients, with permanent neighbours. Deleted on drop.
-struct FibNamespace(String);
-
-impl FibNamespace {
-    fn new() -> Self {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("vxdp{}x{n}", std::process::id());
-        let ns = Self(name.clone());
-        let script = [
-            // A veth pair: dummy interfaces are not built into every kernel.
-            "ip link add ext0 type veth peer name ext1",
-            "ip link set ext1 up",
-            "ip link set ext0 address 02:00:00:00:00:01",
-            "ip link set ext0 up",
-            "ip link set lo up",
-            "ip addr add 172.30.0.1/24 dev ext0",
-            "ip neigh add 172.30.0.2 lladdr 02:00:00:00:00:22 dev ext0 nud permanent",
-            "ip neigh add 172.30.0.254 lladdr 02:00:00:00:00:fe dev ext0 nud permanent",
-            "ip route add 10.244.2.0/24 via 172.30.0.2",
-            "ip route add 198.51.100.0/24 via 172.30.0.254",
-            "sysctl -qw net.ipv4.ip_forward=1",
-            "sysctl -qw net.ipv4.conf.lo.forwarding=1",
-        ];
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .unwrap()
-                .success()
-        );
-        for line in script {
-            let ok = Command::new("ip")
-                .args(["netns", "exec", &name, "sh", "-c", line])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "{line}");
-        }
-        ns
-    }
-}
-
-impl Drop for FibNamespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn in_fib_namespace(test: impl FnOnce() + Send) {
     let ns = FibNamespace::new();
-    netns::run_in(&ns.0, test).expect("run in namespace");
+    netns::run_in(ns.name(), test).expect("run in namespace");
 }
 
 fn harness() -> Harness {

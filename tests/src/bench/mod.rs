@@ -108,6 +108,7 @@ pub struct Results {
     pub samples: Vec<Sample>,
     pub skipped: Vec<Skipped>,
     pub packet_cost: Vec<packet_cost::PacketCost>,
+    pub nodeport_cost: Option<packet_cost::NodePortCost>,
 }
 
 fn topology() -> Result<Topology> {

@@ -17,6 +17,7 @@ use crate::packet::{Harness, Tuple, tcp};
 
 const REPEAT: u32 = 20_000;
 const NEW_FLOWS: u16 = 2_000;
+const NODEPORT_FLOWS: u16 = 1_000;
 const A: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 1), 80);
 const B: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 2), 80);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 100);
@@ -161,4 +162,102 @@ fn fill_conntrack(map: &mut HashMap<aya::maps::MapData, CtKey, CtValue>, count: 
         map.insert(key, value, 0)?;
     }
     Ok(())
+}
+
+/// NodePort new flows on XDP and on TC (ns/packet, medians over rounds).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodePortCost {
+    /// XDP: translate, FIB lookup, redirect to the next hop.
+    pub xdp_ns: f64,
+    /// TC ingress: translate, then the stack forwards (not included).
+    pub tc_ns: f64,
+    pub xdp_single_run_overhead_ns: f64,
+    pub tc_single_run_overhead_ns: f64,
+}
+
+/// A masqueraded NodePort flow to a remote endpoint, every run a new client
+/// port; must run inside a [`crate::packet::FibNamespace`] so XDP can forward.
+pub fn nodeport_xdp_vs_tc(rounds: usize) -> Result<NodePortCost> {
+    use proxy_common::{
+        BackendValue, SCOPE_EXTERNAL, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE, ServiceKey,
+    };
+    let node = Ipv4Addr::new(172, 30, 0, 1);
+    let client = Ipv4Addr::new(198, 51, 100, 7);
+    let backend = (
+        1,
+        BackendValue::new(Ipv4Addr::new(10, 244, 2, 11), 8080, IPPROTO_TCP),
+    );
+    let key = ServiceKey::scoped(node, 30_080, IPPROTO_TCP, SCOPE_EXTERNAL);
+    let flags = SVC_FLAG_MASQUERADE | SVC_FLAG_HAS_ENDPOINTS;
+    let (mut xdp, mut tc, mut xdp_once, mut tc_once) = (vec![], vec![], vec![], vec![]);
+    let other = tcp(
+        Tuple {
+            src: (client, 9),
+            dst: (node, 22),
+        },
+        1,
+        true,
+        false,
+        b"",
+    );
+    for _ in 0..rounds {
+        // Fresh maps per round, so conntrack never fills up across rounds.
+        let mut h = Harness::with_options(|o| o.node_ipv4 = Some(node))?;
+        h.add_frontend(1, key, flags, &[backend])?;
+        // TC gets its own maps, so both paths do exactly the same new-flow work.
+        let mut tc_h = Harness::with_options(|o| o.node_ipv4 = Some(node))?;
+        tc_h.add_frontend(1, key, flags, &[backend])?;
+        let (mut sums, mut once) = ([0.0; 2], [0.0; 2]);
+        // Fewer flows than the masquerade port range holds, by far.
+        for i in 0..NODEPORT_FLOWS {
+            let port = 1024 + i;
+            let syn = tcp(
+                Tuple {
+                    src: (client, port),
+                    dst: (node, 30_080),
+                },
+                1,
+                true,
+                false,
+                b"",
+            );
+            let (run, ns) = h.run_xdp_repeat(&syn, 1)?;
+            ensure!(
+                run.counted == vec![("dnat_new", 1), ("xdp_redirected", 1)],
+                "xdp took {:?}",
+                run.counted
+            );
+            sums[0] += ns;
+            let syn = tcp(
+                Tuple {
+                    src: (client, port),
+                    dst: (node, 30_080),
+                },
+                1,
+                true,
+                false,
+                b"",
+            );
+            let (run, ns) = tc_h.run_repeat(programs::FROM_EXTERNAL, &syn, 1)?;
+            ensure!(
+                run.counted == vec![("dnat_new", 1)],
+                "tc took {:?}",
+                run.counted
+            );
+            sums[1] += ns;
+            once[0] += h.run_xdp_repeat(&other, 1)?.1;
+            once[1] += tc_h.run_repeat(programs::FROM_EXTERNAL, &other, 1)?.1;
+        }
+        let n = NODEPORT_FLOWS as f64;
+        xdp.push(sums[0] / n);
+        tc.push(sums[1] / n);
+        xdp_once.push(once[0] / n);
+        tc_once.push(once[1] / n);
+    }
+    Ok(NodePortCost {
+        xdp_ns: median(xdp),
+        tc_ns: median(tc),
+        xdp_single_run_overhead_ns: median(xdp_once),
+        tc_single_run_overhead_ns: median(tc_once),
+    })
 }

@@ -234,6 +234,28 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
             p.non_service_ns
         );
     }
+    if let Some(n) = &results.nodeport_cost {
+        let _ = writeln!(md, "\n## NodePort: XDP against TC\n");
+        let _ = writeln!(
+            md,
+            "A new masqueraded NodePort flow to an endpoint on another node, one run per packet. XDP includes the \
+             FIB lookup and the redirect to the next hop; TC hands the translated packet to the stack, whose \
+             forwarding work (routing, neighbour, skb) is not in its figure — XDP saves that too.\n"
+        );
+        let _ = writeln!(md, "| path | ns/packet | single-run overhead ns |");
+        let _ = writeln!(md, "|---|---:|---:|");
+        let _ = writeln!(
+            md,
+            "| XDP | {:.0} | {:.0} |",
+            n.xdp_ns, n.xdp_single_run_overhead_ns
+        );
+        let _ = writeln!(
+            md,
+            "| TC | {:.0} | {:.0} |",
+            n.tc_ns, n.tc_single_run_overhead_ns
+        );
+        let _ = writeln!(md, "\nXDP/TC: {:.2}", n.xdp_ns / n.tc_ns);
+    }
     md
 }
 

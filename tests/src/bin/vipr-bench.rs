@@ -65,6 +65,17 @@ fn main() -> anyhow::Result<()> {
             last.non_service_ns / first.non_service_ns
         );
     }
+    let fib = vipr_tests::packet::FibNamespace::new();
+    let nodeport = vipr_tests::netns::run_in(fib.name(), || packet_cost::nodeport_xdp_vs_tc(5))??;
+    println!(
+        "\nNodePort new flow (ns/packet): XDP {:.0} (single run {:.0}), TC {:.0} (single run {:.0}); XDP/TC {:.2}",
+        nodeport.xdp_ns,
+        nodeport.xdp_single_run_overhead_ns,
+        nodeport.tc_ns,
+        nodeport.tc_single_run_overhead_ns,
+        nodeport.xdp_ns / nodeport.tc_ns
+    );
+    results.nodeport_cost = Some(nodeport);
     bench::report::write_all(&results, &out_dir)?;
     println!(
         "\nwrote {}/benchmarks.md, benchmarks.json and plots",
