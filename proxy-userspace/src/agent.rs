@@ -1,7 +1,7 @@
-//! `vipr run`: the node agent's main loop over the manifests source.
+//! `vipr run`: the node agent's main loop over one source (manifests or the API).
 //!
 //! Each tick: attach to pod interfaces that appeared, forget the ones that
-//! went, and if the manifests changed, sync the maps to them.
+//! went, and let the sync loop take the source's changes to the maps.
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -18,20 +18,35 @@ use crate::{
     datapath::{Attacher, Datapath, DatapathError, InterfaceSelector, KernelMaps, LoadOptions},
     healthz::Health,
     model::{ModelBuilder, ModelOptions},
-    source::manifests::ManifestDir,
-    sync::Syncer,
+    source::{
+        Source,
+        kube::{KubeSource, KubeSourceError},
+        manifests::ManifestDir,
+    },
+    sync::{Periods, SyncLoop, Syncer},
 };
+
+/// Where Services and EndpointSlices come from: exactly one source.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    Manifests(PathBuf),
+    /// The Kubernetes API; `None` infers the config like any in-cluster agent.
+    Kube {
+        kubeconfig: Option<PathBuf>,
+    },
+}
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    pub manifests: PathBuf,
+    pub source: SourceConfig,
     pub node_name: String,
     pub pod_interfaces: String,
     pub pin_dir: PathBuf,
     pub healthz: SocketAddr,
     pub proxy_name: Option<String>,
-    /// How often the manifests and interfaces are looked at.
+    /// How often the source and interfaces are looked at.
     pub poll_interval: Duration,
+    pub periods: Periods,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,14 +55,37 @@ pub enum AgentError {
     Datapath(#[from] DatapathError),
     #[error("manifests directory {0}: {1}")]
     Manifests(PathBuf, String),
+    #[error(transparent)]
+    Kube(#[from] KubeSourceError),
+}
+
+/// Opens the configured source. The Kubernetes one starts its reflectors on
+/// the current tokio runtime.
+pub async fn open_source(config: &AgentConfig) -> Result<Source, AgentError> {
+    Ok(match &config.source {
+        SourceConfig::Manifests(dir) => Source::Manifests(ManifestDir::new(dir)),
+        SourceConfig::Kube { kubeconfig } => {
+            let client = crate::source::kube::connect(kubeconfig.as_deref()).await?;
+            Source::Kube(KubeSource::start(
+                client,
+                &config.node_name,
+                config.proxy_name.as_deref(),
+            ))
+        }
+    })
 }
 
 /// Runs until `stop` is set. Loads (or re-uses the pinned) datapath first;
 /// a failure there is fatal, anything later is logged and retried.
-pub fn run(config: &AgentConfig, health: &Health, stop: &AtomicBool) -> Result<(), AgentError> {
+pub fn run(
+    config: &AgentConfig,
+    mut source: Source,
+    health: &Health,
+    stop: &AtomicBool,
+) -> Result<(), AgentError> {
     let selector = InterfaceSelector::new(&config.pod_interfaces)?;
     let mut datapath = Datapath::load(&LoadOptions::new(&config.pin_dir))?;
-    let mut syncer = Syncer::restore(KernelMaps::take(&mut datapath)?)?;
+    let syncer = Syncer::restore(KernelMaps::take(&mut datapath)?)?;
     info!(
         node = %config.node_name,
         pins = %config.pin_dir.display(),
@@ -55,10 +93,10 @@ pub fn run(config: &AgentConfig, health: &Health, stop: &AtomicBool) -> Result<(
         "datapath loaded"
     );
     let mut attacher = Attacher::new(&config.pin_dir);
-    let mut manifests = ManifestDir::new(&config.manifests);
-    let mut builder = ModelBuilder::new(ModelOptions {
+    let builder = ModelBuilder::new(ModelOptions {
         proxy_name: config.proxy_name.clone(),
     });
+    let mut sync = SyncLoop::new(builder, syncer, config.periods);
     let mut missing_reported = false;
 
     while !stop.load(Ordering::Relaxed) {
@@ -80,34 +118,7 @@ pub fn run(config: &AgentConfig, health: &Health, stop: &AtomicBool) -> Result<(
             Err(error) => warn!(%error, "listing interfaces failed"),
         }
 
-        match manifests.poll() {
-            Ok(Some(snapshot)) => {
-                let (model, errors) = builder.update(&snapshot.services, &snapshot.endpoint_slices);
-                for error in &errors {
-                    warn!(%error, "invalid object; keeping its last valid version");
-                }
-                for skipped in &model.skipped {
-                    tracing::debug!(%skipped, "skipped");
-                }
-                match syncer.sync(&model) {
-                    Ok(report) => {
-                        info!(
-                            frontends = report.frontends,
-                            map_writes = report.ops,
-                            failed = report.failed_ops,
-                            elapsed_us = report.elapsed.as_micros() as u64,
-                            "synced"
-                        );
-                        if report.failed_ops == 0 {
-                            health.record_sync();
-                        }
-                    }
-                    Err(error) => warn!(%error, "sync failed; will retry"),
-                }
-            }
-            Ok(None) => {}
-            Err(error) => warn!(%error, "reading manifests failed; serving what is programmed"),
-        }
+        sync.step(&mut source, tick, health);
 
         std::thread::sleep(config.poll_interval.saturating_sub(tick.elapsed()));
     }

@@ -1,5 +1,9 @@
 //! `/healthz` in the manner of kube-proxy's: 200 once the first full sync has
-//! been applied, 503 before. The body is kube-proxy's JSON shape.
+//! been applied and while syncs keep succeeding, 503 before the first one and
+//! once the last successful sync is older than the staleness limit (the agent
+//! uses 2 × `--sync-period`, kube-proxy's rule: a live agent resyncs every
+//! period, so missing two means the loop or the map writes are stuck). The
+//! body is kube-proxy's JSON shape plus the seconds since the last sync.
 //!
 //! Hand-written minimal HTTP/1.1 responder: one fixed endpoint does not
 //! justify an HTTP server stack (revisit when /metrics lands).
@@ -9,7 +13,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::{
@@ -18,18 +22,37 @@ use tokio::{
 };
 
 /// Shared between the sync loop (writer) and the HTTP server (reader).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
-    /// Unix seconds of the last successful full sync; 0 = never.
+    /// Unix seconds of the last successful sync; 0 = never.
     last_sync: AtomicU64,
+    stale_after: Duration,
+}
+
+impl Default for Health {
+    /// kube-proxy's default: 2 × its 30 s sync period.
+    fn default() -> Self {
+        Self::new(Duration::from_secs(60))
+    }
 }
 
 impl Health {
+    pub fn new(stale_after: Duration) -> Self {
+        Self {
+            last_sync: AtomicU64::new(0),
+            stale_after,
+        }
+    }
     pub fn record_sync(&self) {
         self.last_sync.store(unix_now(), Ordering::Relaxed);
     }
     pub fn last_sync(&self) -> Option<u64> {
         Some(self.last_sync.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+    /// Synced at least once, and not longer ago than the limit.
+    pub fn healthy(&self) -> bool {
+        self.last_sync()
+            .is_some_and(|last| unix_now().saturating_sub(last) <= self.stale_after.as_secs())
     }
 }
 
@@ -43,13 +66,17 @@ fn unix_now() -> u64 {
 /// Status line and body for the current state.
 pub fn response(health: &Health) -> (u16, String) {
     let now = unix_now();
+    let code = if health.healthy() { 200 } else { 503 };
     match health.last_sync() {
         Some(last) => (
-            200,
-            format!(r#"{{"lastUpdated": "{last}", "currentTime": "{now}", "nodeEligible": true}}"#),
+            code,
+            format!(
+                r#"{{"lastUpdated": "{last}", "currentTime": "{now}", "sinceLastSyncSeconds": {}, "nodeEligible": true}}"#,
+                now.saturating_sub(last)
+            ),
         ),
         None => (
-            503,
+            code,
             format!(r#"{{"lastUpdated": "", "currentTime": "{now}", "nodeEligible": true}}"#),
         ),
     }
@@ -100,5 +127,16 @@ mod tests {
         let (code, body) = response(&health);
         assert_eq!(code, 200);
         assert!(body.contains("lastUpdated"), "{body}");
+    }
+
+    #[test]
+    fn unhealthy_when_syncs_stall() {
+        let health = Health::new(Duration::from_secs(60));
+        health.last_sync.store(unix_now() - 61, Ordering::Relaxed);
+        let (code, body) = response(&health);
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains(r#""sinceLastSyncSeconds": 61"#), "{body}");
+        health.record_sync();
+        assert_eq!(response(&health).0, 200);
     }
 }

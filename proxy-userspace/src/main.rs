@@ -4,9 +4,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use vipr::{
-    agent::{self, AgentConfig},
+    agent::{self, AgentConfig, SourceConfig},
     healthz::{self, Health},
     inspect,
+    sync::Periods,
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/vipr";
@@ -26,9 +27,14 @@ struct Cli {
 enum Command {
     /// Run the node agent.
     Run {
-        /// Directory of Service and EndpointSlice YAML (kubectl schema).
+        /// Directory of Service and EndpointSlice YAML (kubectl schema),
+        /// instead of the Kubernetes API.
+        #[arg(long, conflicts_with = "kubeconfig")]
+        manifests: Option<PathBuf>,
+        /// Kubeconfig for the API server; without it (and without
+        /// --manifests) KUBECONFIG, ~/.kube/config or the service account.
         #[arg(long)]
-        manifests: PathBuf,
+        kubeconfig: Option<PathBuf>,
         /// This node's name, as in EndpointSlice nodeName.
         #[arg(long)]
         node_name: String,
@@ -44,9 +50,16 @@ enum Command {
         /// Handle Services labelled service.kubernetes.io/service-proxy-name=NAME.
         #[arg(long)]
         service_proxy_name: Option<String>,
-        /// How often to look for manifest and interface changes.
+        /// How often to look for source and interface changes.
         #[arg(long, default_value = "300ms", value_parser = parse_duration)]
         poll_interval: Duration,
+        /// Minimum time between two syncs: changes in between are batched.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        min_sync_period: Duration,
+        /// Full resync period (re-reads the maps, repairs drift); /healthz
+        /// turns unhealthy when no sync succeeded for twice this.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        sync_period: Duration,
     },
     /// Print the pinned service maps and the packet counters.
     Dump {
@@ -64,12 +77,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| text.split_at(i))
-        .ok_or_else(|| format!("{text}: give a unit (ms or s)"))?;
+        .ok_or_else(|| format!("{text}: give a unit (ms, s or m)"))?;
     let n: u64 = number.parse().map_err(|e| format!("{text}: {e}"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("{text}: unit must be ms or s")),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{text}: unit must be ms, s or m")),
     }
 }
 
@@ -84,29 +98,41 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run {
             manifests,
+            kubeconfig,
             node_name,
             pod_interfaces,
             bpffs,
             healthz_bind_address,
             service_proxy_name,
             poll_interval,
+            min_sync_period,
+            sync_period,
         } => {
+            let source = match manifests {
+                Some(dir) => SourceConfig::Manifests(dir),
+                None => SourceConfig::Kube { kubeconfig },
+            };
             let config = AgentConfig {
-                manifests,
+                source,
                 node_name,
                 pod_interfaces,
                 pin_dir: bpffs,
                 healthz: healthz_bind_address,
                 proxy_name: service_proxy_name,
                 poll_interval,
+                periods: Periods {
+                    min_sync: min_sync_period,
+                    full_sync: sync_period,
+                },
             };
-            let health = Arc::new(Health::default());
+            let health = Arc::new(Health::new(2 * sync_period));
             let listener = healthz::bind(config.healthz)
                 .await
                 .with_context(|| format!("binding /healthz on {}", config.healthz))?;
             tokio::spawn(healthz::serve(listener, health.clone()));
+            let source = agent::open_source(&config).await.context("source")?;
             let stop = agent::stop_on_signals();
-            tokio::task::spawn_blocking(move || agent::run(&config, &health, &stop))
+            tokio::task::spawn_blocking(move || agent::run(&config, source, &health, &stop))
                 .await?
                 .context("agent")?;
         }

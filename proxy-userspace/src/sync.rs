@@ -1,19 +1,33 @@
-//! One sync: model → desired maps → diff → write. Pure up to the
-//! [`ServiceMaps`] seam, so it runs against the fake in tests.
+//! Syncing the maps to the model, as kube-proxy does: nothing before the
+//! source has listed everything; then only what changed, batched at most
+//! once per `min_sync_period`; and a full resync every `sync_period` that
+//! re-reads the kernel maps and repairs any drift.
+//!
+//! Pure up to the [`ServiceMaps`] seam, so it runs against the fake in tests.
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::{
     datapath::{DatapathError, ServiceMaps},
-    model::Model,
-    plan::{MapContents, Planner, diff},
+    healthz::Health,
+    model::{Commit, Counts, FrontendKey, Model, ModelBuilder},
+    plan::{MapContents, Planner, apply_op, diff, diff_touched},
+    source::{Source, Update},
 };
 
 /// What one sync did, for the log line and for tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
+    /// Whole-model sync (first one, resync, or after a failed write).
+    pub full: bool,
     pub frontends: usize,
     pub ops: usize,
     pub failed_ops: usize,
+    /// Objects converted and Services recomputed by the model.
+    pub converted: usize,
+    pub services_recomputed: usize,
+    pub services: Counts,
+    pub endpoints: Counts,
     pub elapsed: Duration,
 }
 
@@ -22,6 +36,8 @@ pub struct Syncer<M: ServiceMaps> {
     pub maps: M,
     planner: Planner,
     applied: MapContents,
+    /// A write failed: the next sync compares everything, not just changes.
+    needs_full: bool,
 }
 
 impl<M: ServiceMaps> Syncer<M> {
@@ -33,6 +49,7 @@ impl<M: ServiceMaps> Syncer<M> {
             planner: Planner::restore(&applied),
             applied,
             maps,
+            needs_full: true,
         })
     }
 
@@ -40,29 +57,258 @@ impl<M: ServiceMaps> Syncer<M> {
         &self.applied
     }
 
-    /// Applies the difference. On a failed write the applied state is read
-    /// back from the maps, so the next sync retries exactly what is missing.
+    /// Applies the difference between the whole model and what is applied.
+    /// On a failed write the applied state is read back from the maps, so
+    /// the next sync retries exactly what is missing.
     pub fn sync(&mut self, model: &Model) -> Result<SyncReport, DatapathError> {
         let start = Instant::now();
         let desired = self.planner.desired(model);
         let ops = diff(&self.applied, &desired);
+        let failed_ops = self.write(&ops)?;
+        if failed_ops == 0 {
+            self.applied = desired;
+        }
+        Ok(report(model, ops.len(), failed_ops, true, start))
+    }
+
+    /// Applies only the entries of the `changed` frontends: the cost grows
+    /// with the change. Falls back to [`Syncer::sync`] after a failed write.
+    pub fn sync_changes(
+        &mut self,
+        model: &Model,
+        changed: &BTreeSet<FrontendKey>,
+    ) -> Result<SyncReport, DatapathError> {
+        if self.needs_full {
+            return self.sync(model);
+        }
+        let start = Instant::now();
+        let touched = self.planner.update(model, changed);
+        let ops = diff_touched(&self.applied, self.planner.current(), &touched);
+        let failed_ops = self.write(&ops)?;
+        Ok(report(model, ops.len(), failed_ops, false, start))
+    }
+
+    /// Re-reads the kernel maps, then [`Syncer::sync`]: repairs entries
+    /// changed or removed behind the agent's back.
+    pub fn resync(&mut self, model: &Model) -> Result<SyncReport, DatapathError> {
+        self.applied = self.maps.dump()?;
+        self.sync(model)
+    }
+
+    /// Writes `ops` in order, keeping `applied` in step. Returns how many failed.
+    fn write(&mut self, ops: &[crate::plan::MapOp]) -> Result<usize, DatapathError> {
         let mut failed_ops = 0;
-        for op in &ops {
-            if let Err(error) = self.maps.apply(op) {
-                tracing::warn!(%error, ?op, "map write failed; will retry on the next sync");
-                failed_ops += 1;
+        for op in ops {
+            match self.maps.apply(op) {
+                Ok(()) => apply_op(&mut self.applied, op),
+                Err(error) => {
+                    tracing::warn!(%error, ?op, "map write failed; will retry on the next sync");
+                    failed_ops += 1;
+                }
             }
         }
-        self.applied = if failed_ops == 0 {
-            desired
-        } else {
-            self.maps.dump()?
-        };
-        Ok(SyncReport {
-            frontends: model.frontends.len(),
-            ops: ops.len(),
-            failed_ops,
-            elapsed: start.elapsed(),
-        })
+        self.needs_full = failed_ops > 0;
+        if self.needs_full {
+            self.applied = self.maps.dump()?;
+        }
+        Ok(failed_ops)
     }
+}
+
+fn report(model: &Model, ops: usize, failed_ops: usize, full: bool, start: Instant) -> SyncReport {
+    SyncReport {
+        full,
+        frontends: model.frontends.len(),
+        ops,
+        failed_ops,
+        elapsed: start.elapsed(),
+        ..SyncReport::default()
+    }
+}
+
+/// Minimum time between two syncs, and between two full resyncs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Periods {
+    pub min_sync: Duration,
+    pub full_sync: Duration,
+}
+
+impl Default for Periods {
+    /// kube-proxy's defaults (`--min-sync-period` 1 s, `--sync-period` 30 s).
+    fn default() -> Self {
+        Self {
+            min_sync: Duration::from_secs(1),
+            full_sync: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The model and the maps, fed by a [`Source`] and synced on kube-proxy's
+/// schedule. Call [`SyncLoop::step`] often (every poll interval).
+pub struct SyncLoop<M: ServiceMaps> {
+    builder: ModelBuilder,
+    syncer: Syncer<M>,
+    periods: Periods,
+    last_sync: Option<Instant>,
+    last_full: Option<Instant>,
+    /// The model has changes not yet synced.
+    pending: bool,
+    /// Time spent converting fed objects since the last sync, counted in its report.
+    feed_time: Duration,
+    waiting_reported: bool,
+}
+
+impl<M: ServiceMaps> SyncLoop<M> {
+    pub fn new(builder: ModelBuilder, syncer: Syncer<M>, periods: Periods) -> Self {
+        Self {
+            builder,
+            syncer,
+            periods,
+            last_sync: None,
+            last_full: None,
+            pending: false,
+            feed_time: Duration::ZERO,
+            waiting_reported: false,
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        self.builder.model()
+    }
+
+    /// Skipped objects (or parts) by reason, e.g. `ipv6-cluster-ip`.
+    pub fn skip_counts(&self) -> &std::collections::BTreeMap<&'static str, usize> {
+        self.builder.skip_counts()
+    }
+
+    pub fn syncer(&self) -> &Syncer<M> {
+        &self.syncer
+    }
+
+    pub fn syncer_mut(&mut self) -> &mut Syncer<M> {
+        &mut self.syncer
+    }
+
+    /// Takes what the source has and syncs if one is due. Returns the
+    /// report of the sync that ran, if any (errors are logged).
+    pub fn step(
+        &mut self,
+        source: &mut Source,
+        now: Instant,
+        health: &Health,
+    ) -> Option<SyncReport> {
+        if !source.ready() {
+            if !std::mem::replace(&mut self.waiting_reported, true) {
+                tracing::info!("waiting for the initial list of every object kind; maps untouched");
+            }
+            return None;
+        }
+        let full_due = self
+            .last_full
+            .is_none_or(|t| now.duration_since(t) >= self.periods.full_sync);
+        let fed = Instant::now();
+        self.pending |= self.feed(source.poll(full_due));
+        self.feed_time += fed.elapsed();
+        let min_elapsed = self
+            .last_sync
+            .is_none_or(|t| now.duration_since(t) >= self.periods.min_sync);
+        if !(full_due || self.pending && min_elapsed) {
+            return None;
+        }
+        self.last_sync = Some(now);
+        if full_due {
+            self.last_full = Some(now);
+        }
+        self.pending = false;
+        let start = Instant::now();
+        let commit = self.builder.commit();
+        let model = self.builder.model();
+        let result = if full_due {
+            self.syncer.resync(model)
+        } else {
+            self.syncer.sync_changes(model, &commit.changed)
+        };
+        match result {
+            Ok(mut report) => {
+                let elapsed = start.elapsed() + std::mem::take(&mut self.feed_time);
+                add_commit(&mut report, &commit, elapsed);
+                log(&report, self.builder.skip_counts());
+                if report.failed_ops == 0 {
+                    health.record_sync();
+                }
+                Some(report)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "sync failed; will retry");
+                None
+            }
+        }
+    }
+
+    /// Hands an update to the model. True if it may have changed something.
+    fn feed(&mut self, update: Update) -> bool {
+        let errors = match update {
+            Update::None => return false,
+            Update::Full {
+                services,
+                slices,
+                node,
+                trust_resource_version,
+            } => {
+                self.builder.set_node(node.as_deref());
+                self.builder.replace_all(
+                    services.iter().map(AsRef::as_ref),
+                    slices.iter().map(AsRef::as_ref),
+                    trust_resource_version,
+                )
+            }
+            Update::Changed {
+                services,
+                slices,
+                node,
+            } => {
+                self.builder.set_node(node.as_deref());
+                let mut errors = Vec::new();
+                for (object, svc) in &services {
+                    errors.extend(self.builder.apply_service(object, svc.as_deref()));
+                }
+                for (object, slice) in &slices {
+                    errors.extend(self.builder.apply_slice(object, slice.as_deref()));
+                }
+                errors
+            }
+        };
+        for error in &errors {
+            tracing::warn!(%error, "invalid object; keeping its last valid version");
+        }
+        true
+    }
+}
+
+fn add_commit(report: &mut SyncReport, commit: &Commit, elapsed: Duration) {
+    report.converted = commit.converted;
+    report.services_recomputed = commit.services_recomputed;
+    report.services = commit.services;
+    report.endpoints = commit.endpoints;
+    report.elapsed = elapsed;
+}
+
+/// The one line per sync.
+fn log(r: &SyncReport, skipped: &std::collections::BTreeMap<&'static str, usize>) {
+    tracing::info!(
+        full = r.full,
+        frontends = r.frontends,
+        services_added = r.services.added,
+        services_changed = r.services.changed,
+        services_removed = r.services.removed,
+        endpoints_added = r.endpoints.added,
+        endpoints_changed = r.endpoints.changed,
+        endpoints_removed = r.endpoints.removed,
+        converted = r.converted,
+        map_writes = r.ops,
+        failed = r.failed_ops,
+        skipped = ?skipped,
+        elapsed_us = r.elapsed.as_micros() as u64,
+        "synced"
+    );
 }

@@ -1,5 +1,6 @@
 //! Test support for vipr: crafted packets for BPF_PROG_TEST_RUN, and network
 //! namespace topologies with real servers for end-to-end tests and the demo.
+pub mod apiserver;
 pub mod bench;
 pub mod demo;
 pub mod echo;

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build-ebpf|demo|test|bench>`.
+//! Project tasks: `cargo xtask <setup|build-ebpf|demo|test|bench|bench-sync>`.
 mod setup;
 
 use std::{
@@ -46,6 +46,14 @@ enum Task {
         /// Where the report goes.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
+    },
+    /// Sync cost at scale against an in-process API server: map writes,
+    /// objects converted and time per sync; the agent's RSS and initial sync.
+    BenchSync {
+        #[arg(long, default_value = "1000,10000")]
+        services: String,
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
     },
 }
 
@@ -131,6 +139,25 @@ fn main() -> anyhow::Result<()> {
                 "vipr-bench",
                 &[vipr.as_os_str(), out.as_os_str(), mode.as_ref()],
             )
+        }
+        Task::BenchSync {
+            services,
+            endpoints,
+        } => {
+            require_root()?;
+            setup::run()?;
+            cargo(&root, &["build", "--release", "-p", "proxy-userspace"])?;
+            let status = Command::new(env_cargo())
+                .current_dir(&root)
+                .env("VIPR_BIN", root.join("target/release/vipr"))
+                .args(["run", "--quiet", "--release", "-p", "vipr-tests"])
+                .args(["--bin", "vipr-sync-bench", "--", &services])
+                .arg(endpoints.to_string())
+                .status()?;
+            if !status.success() {
+                bail!("vipr-sync-bench failed");
+            }
+            Ok(())
         }
     }
 }

@@ -88,7 +88,7 @@ pub fn build_model<'a>(
 /// protocol gives the target port (this is how named targetPorts resolve).
 /// Duplicates (same ip and port, e.g. while slices are rebalanced) keep the
 /// best condition: ready, then serving-terminating, then the first slice's.
-fn backends_for(port: &ServicePortModel, slices: &[&SliceModel]) -> Vec<Backend> {
+pub(super) fn backends_for(port: &ServicePortModel, slices: &[&SliceModel]) -> Vec<Backend> {
     let mut out: BTreeMap<(Ipv4Addr, u16), Backend> = BTreeMap::new();
     for slice in slices {
         let Some(sp) = slice

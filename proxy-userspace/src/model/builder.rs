@@ -1,13 +1,17 @@
-//! The stateful layer: keeps the last valid version of every object.
+//! The stateful layer: keeps the last valid version of every object, and the
+//! model built from them, updated per Service so that the cost of a change
+//! grows with the change and not with the number of Services.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use super::index::Index;
+use super::node::convert_node;
 use super::{
-    ConversionError, Model, ObjectRef, ServiceModel, SliceModel, build_model, convert_service,
-    convert_slice,
+    ConversionError, FrontendKey, Kind, Model, ObjectRef, ServiceModel, SliceModel,
+    convert_service, convert_slice,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,7 +22,10 @@ pub struct ModelOptions {
     pub proxy_name: Option<String>,
 }
 
-/// Converts full snapshots of Services and EndpointSlices into a [`Model`].
+/// Converts Services and EndpointSlices into a [`Model`], either from full
+/// snapshots ([`ModelBuilder::update`], [`ModelBuilder::replace_all`]) or one
+/// object at a time ([`ModelBuilder::apply_service`], [`ModelBuilder::apply_slice`])
+/// followed by [`ModelBuilder::commit`].
 ///
 /// When an object's new version is invalid, the last valid version of that
 /// object (same kind and namespace/name) keeps being used, and the object is
@@ -27,8 +34,42 @@ pub struct ModelOptions {
 #[derive(Debug, Default)]
 pub struct ModelBuilder {
     options: ModelOptions,
-    services: BTreeMap<ObjectRef, ServiceModel>,
-    slices: BTreeMap<ObjectRef, SliceModel>,
+    index: Index,
+    /// Objects converted since the last commit (a cache hit is not counted).
+    converted: usize,
+}
+
+/// What one [`ModelBuilder::commit`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// Frontends added, changed or removed, in key order.
+    pub changed: BTreeSet<FrontendKey>,
+    /// Objects converted (validated) since the previous commit.
+    pub converted: usize,
+    /// Services whose frontends were recomputed.
+    pub services_recomputed: usize,
+    /// Services that gained their first frontend, changed, or lost their last.
+    pub services: Counts,
+    /// Endpoints (ip:port) of those Services added, removed, or whose conditions changed.
+    pub endpoints: Counts,
+}
+
+/// Added / changed / removed, for the log line of a sync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+}
+
+/// The last version seen of one object. `value` is its last *valid* version.
+#[derive(Clone, Debug)]
+pub(super) struct Entry<T> {
+    /// Only set when the caller vouches that it identifies the content
+    /// (objects from the API server), to skip converting an unchanged object.
+    pub resource_version: Option<String>,
+    pub value: Option<T>,
+    pub error: Option<ConversionError>,
 }
 
 impl ModelBuilder {
@@ -39,6 +80,10 @@ impl ModelBuilder {
         }
     }
 
+    pub fn model(&self) -> &Model {
+        &self.index.model
+    }
+
     /// Takes the complete current set of objects (not a delta) and returns the
     /// new model plus one error per invalid object, sorted by object.
     pub fn update(
@@ -46,69 +91,269 @@ impl ModelBuilder {
         services: &[Service],
         slices: &[EndpointSlice],
     ) -> (Model, Vec<ConversionError>) {
+        let errors = self.replace_all(services, slices, false);
+        self.commit();
+        (self.index.model.clone(), errors)
+    }
+
+    /// Replaces every object with the given full sets; objects absent from
+    /// them are deleted. Returns the errors of every invalid object given,
+    /// sorted by object. With `trust_resource_version`, an object whose
+    /// resourceVersion is the one last seen is not converted again (only
+    /// for API server objects: a hand-edited manifest may keep its version).
+    pub fn replace_all<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        trust_resource_version: bool,
+    ) -> Vec<ConversionError> {
         let mut errors = Vec::new();
-        let mut stale = Vec::new();
-        let opts = &self.options;
-        let services = keep_last_good(
-            services
-                .iter()
-                .map(|s| convert_service(s, opts).map(|m| (m.object.clone(), m))),
-            &self.services,
-            &mut errors,
-            &mut stale,
-        );
-        let slices = keep_last_good(
-            slices
-                .iter()
-                .map(|s| convert_slice(s, opts).map(|m| (m.object.clone(), m))),
-            &self.slices,
-            &mut errors,
-            &mut stale,
-        );
-        self.services = services;
-        self.slices = slices;
-        let mut model = build_model(self.services.values(), self.slices.values());
-        stale.sort();
-        model.stale = stale;
+        let mut seen = BTreeSet::new();
+        for svc in services {
+            self.replace_one(
+                Kind::Service,
+                svc,
+                trust_resource_version,
+                &mut seen,
+                &mut errors,
+            );
+        }
+        for slice in slices {
+            self.replace_one(
+                Kind::EndpointSlice,
+                slice,
+                trust_resource_version,
+                &mut seen,
+                &mut errors,
+            );
+        }
+        let gone: Vec<ObjectRef> = self
+            .index
+            .objects()
+            .filter(|o| !seen.contains(*o))
+            .cloned()
+            .collect();
+        for object in gone {
+            self.remove(&object);
+        }
         errors.sort_by_key(ConversionError::object);
-        (model, errors)
+        errors
+    }
+
+    /// Sets one Service from the API (`None`: deleted). Returns its
+    /// conversion error, if it was converted and is invalid.
+    pub fn apply_service(
+        &mut self,
+        object: &ObjectRef,
+        svc: Option<&Service>,
+    ) -> Option<ConversionError> {
+        match svc {
+            None => {
+                self.remove(object);
+                None
+            }
+            Some(svc) => self.apply_one(object, svc),
+        }
+    }
+
+    /// Sets one EndpointSlice from the API (`None`: deleted).
+    pub fn apply_slice(
+        &mut self,
+        object: &ObjectRef,
+        slice: Option<&EndpointSlice>,
+    ) -> Option<ConversionError> {
+        match slice {
+            None => {
+                self.remove(object);
+                None
+            }
+            Some(slice) => self.apply_one(object, slice),
+        }
+    }
+
+    /// Records this node's Node object (addresses, topology labels).
+    pub fn set_node(&mut self, node: Option<&Node>) {
+        self.index.model.node = node.map(convert_node);
+    }
+
+    /// Brings the model up to date with the objects set since the last
+    /// commit; only the Services they touch are recomputed.
+    pub fn commit(&mut self) -> Commit {
+        let changes = self.index.commit();
+        Commit {
+            changed: changes.frontends,
+            converted: std::mem::take(&mut self.converted),
+            services_recomputed: changes.services_recomputed,
+            services: changes.services,
+            endpoints: changes.endpoints,
+        }
+    }
+
+    /// Counts of skipped objects (or parts) by reason, e.g. `ipv6-cluster-ip`.
+    pub fn skip_counts(&self) -> &std::collections::BTreeMap<&'static str, usize> {
+        &self.index.skip_counts
+    }
+
+    fn apply_one<O: Convert>(&mut self, object: &ObjectRef, obj: &O) -> Option<ConversionError> {
+        let rv = obj.resource_version();
+        if rv.is_some() && O::entry(&self.index, object).is_some_and(|e| e.resource_version == rv) {
+            return None;
+        }
+        self.converted += 1;
+        let result = obj.convert(&self.options);
+        let previous = O::entry(&self.index, object).and_then(|e| e.value.clone());
+        let (value, error) = match result {
+            Ok(model) if model.object() == object => (Some(model), None),
+            Ok(model) => {
+                let e = ConversionError::new(
+                    object,
+                    "metadata.name",
+                    format!("does not match its store key ({})", model.object()),
+                );
+                (previous, Some(e))
+            }
+            Err(e) => (previous, Some(e)),
+        };
+        let entry = Entry {
+            resource_version: rv,
+            value,
+            error: error.clone(),
+        };
+        O::set(&mut self.index, object.clone(), Some(entry));
+        error
+    }
+
+    /// One object of a full set, with the duplicate and last-good rules.
+    fn replace_one<O: Convert>(
+        &mut self,
+        kind: Kind,
+        obj: &O,
+        trust_rv: bool,
+        seen: &mut BTreeSet<ObjectRef>,
+        errors: &mut Vec<ConversionError>,
+    ) {
+        let rv = obj.resource_version().filter(|_| trust_rv);
+        if let Some(object) = obj.object_ref(kind)
+            && rv.is_some()
+            && !seen.contains(&object)
+            && let Some(entry) = O::entry(&self.index, &object)
+            && entry.resource_version == rv
+            && entry.value.is_some()
+        {
+            errors.extend(entry.error.clone());
+            seen.insert(object);
+            return;
+        }
+        self.converted += 1;
+        match obj.convert(&self.options) {
+            Ok(model) => {
+                let object = model.object().clone();
+                if seen.contains(&object) {
+                    errors.push(ConversionError::new(
+                        &object,
+                        "metadata.name",
+                        "defined more than once; using the first definition",
+                    ));
+                    return;
+                }
+                let entry = Entry {
+                    resource_version: rv,
+                    value: Some(model),
+                    error: None,
+                };
+                O::set(&mut self.index, object.clone(), Some(entry));
+                seen.insert(object);
+            }
+            Err(e) => {
+                // A missing name gives an empty one, which no valid object has.
+                let object = e.object();
+                errors.push(e.clone());
+                if seen.contains(&object) {
+                    return;
+                }
+                let Some(previous) = O::entry(&self.index, &object).and_then(|e| e.value.clone())
+                else {
+                    return;
+                };
+                let entry = Entry {
+                    resource_version: rv,
+                    value: Some(previous),
+                    error: Some(e),
+                };
+                O::set(&mut self.index, object.clone(), Some(entry));
+                seen.insert(object);
+            }
+        }
+    }
+
+    fn remove(&mut self, object: &ObjectRef) {
+        match object.kind {
+            Kind::Service => self.index.set_service(object.clone(), None),
+            Kind::EndpointSlice => self.index.set_slice(object.clone(), None),
+        }
     }
 }
 
-/// The new object table: valid versions from the input, else the previous
-/// valid version of an invalid object. Objects not in the input are dropped.
-fn keep_last_good<T: Clone>(
-    converted: impl Iterator<Item = Result<(ObjectRef, T), ConversionError>>,
-    previous: &BTreeMap<ObjectRef, T>,
-    errors: &mut Vec<ConversionError>,
-    stale: &mut Vec<ObjectRef>,
-) -> BTreeMap<ObjectRef, T> {
-    let mut out = BTreeMap::new();
-    for result in converted {
-        let (object, value) = match result {
-            Ok(ok) => ok,
-            Err(e) => {
-                let object = e.object();
-                errors.push(e);
-                // A missing name gives an empty one, which no valid object has.
-                match previous.get(&object) {
-                    Some(old) if !out.contains_key(&object) => {
-                        stale.push(object.clone());
-                        (object, old.clone())
-                    }
-                    _ => continue,
-                }
-            }
-        };
-        if out.contains_key(&object) {
-            errors.push(ConversionError::new(
-                &object,
-                "metadata.name",
-                "defined more than once; using the first definition",
-            ));
-            continue;
-        }
-        out.insert(object, value);
+/// The two input kinds, so the keep-last-good rules are written once.
+trait Convert {
+    type Model: Clone + HasObject;
+    fn resource_version(&self) -> Option<String>;
+    fn object_ref(&self, kind: Kind) -> Option<ObjectRef>;
+    fn convert(&self, opts: &ModelOptions) -> Result<Self::Model, ConversionError>;
+    fn entry<'a>(index: &'a Index, object: &ObjectRef) -> Option<&'a Entry<Self::Model>>;
+    fn set(index: &mut Index, object: ObjectRef, entry: Option<Entry<Self::Model>>);
+}
+
+pub(super) trait HasObject {
+    fn object(&self) -> &ObjectRef;
+}
+
+impl HasObject for ServiceModel {
+    fn object(&self) -> &ObjectRef {
+        &self.object
     }
-    out
+}
+
+impl HasObject for SliceModel {
+    fn object(&self) -> &ObjectRef {
+        &self.object
+    }
+}
+
+impl Convert for Service {
+    type Model = ServiceModel;
+    fn resource_version(&self) -> Option<String> {
+        self.metadata.resource_version.clone()
+    }
+    fn object_ref(&self, kind: Kind) -> Option<ObjectRef> {
+        super::service::object_ref(kind, &self.metadata).ok()
+    }
+    fn convert(&self, opts: &ModelOptions) -> Result<ServiceModel, ConversionError> {
+        convert_service(self, opts)
+    }
+    fn entry<'a>(index: &'a Index, object: &ObjectRef) -> Option<&'a Entry<ServiceModel>> {
+        index.services.get(object)
+    }
+    fn set(index: &mut Index, object: ObjectRef, entry: Option<Entry<ServiceModel>>) {
+        index.set_service(object, entry);
+    }
+}
+
+impl Convert for EndpointSlice {
+    type Model = SliceModel;
+    fn resource_version(&self) -> Option<String> {
+        self.metadata.resource_version.clone()
+    }
+    fn object_ref(&self, kind: Kind) -> Option<ObjectRef> {
+        super::service::object_ref(kind, &self.metadata).ok()
+    }
+    fn convert(&self, opts: &ModelOptions) -> Result<SliceModel, ConversionError> {
+        convert_slice(self, opts)
+    }
+    fn entry<'a>(index: &'a Index, object: &ObjectRef) -> Option<&'a Entry<SliceModel>> {
+        index.slices.get(object)
+    }
+    fn set(index: &mut Index, object: ObjectRef, entry: Option<Entry<SliceModel>>) {
+        index.set_slice(object, entry);
+    }
 }

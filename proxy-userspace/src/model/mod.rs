@@ -11,6 +11,8 @@
 mod build;
 mod builder;
 mod error;
+mod index;
+pub mod node;
 mod service;
 mod slice;
 #[cfg(test)]
@@ -21,8 +23,9 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 pub use build::build_model;
-pub use builder::{ModelBuilder, ModelOptions};
+pub use builder::{Commit, Counts, ModelBuilder, ModelOptions};
 pub use error::ConversionError;
+pub use node::{NodeAddress, NodeModel, convert_node};
 pub use service::{ServiceModel, ServicePortModel, convert_service};
 pub use slice::{EndpointModel, SliceModel, SlicePortModel, convert_slice};
 
@@ -228,6 +231,25 @@ impl fmt::Display for SkipReason {
     }
 }
 
+impl SkipReason {
+    /// A short stable name, for counters.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SkipReason::Headless => "headless",
+            SkipReason::HeadlessLabel => "headless-label",
+            SkipReason::ExternalName => "external-name",
+            SkipReason::OtherProxy(_) => "other-proxy",
+            SkipReason::NoClusterIp => "no-cluster-ip",
+            SkipReason::Ipv6ClusterIp(_) => "ipv6-cluster-ip",
+            SkipReason::Sctp { .. } => "sctp",
+            SkipReason::AddressType(t) if t == "IPv6" => "ipv6-address-type",
+            SkipReason::AddressType(_) => "address-type",
+            SkipReason::NoServiceNameLabel => "no-service-name",
+            SkipReason::FrontendConflict { .. } => "frontend-conflict",
+        }
+    }
+}
+
 /// A skipped object or part of one, reported but not an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
@@ -249,6 +271,8 @@ pub struct Model {
     pub skipped: Vec<Skipped>,
     /// Objects whose current version is invalid and whose last valid version is used.
     pub stale: Vec<ObjectRef>,
+    /// This node, when the source knows it (the Kubernetes API does).
+    pub node: Option<NodeModel>,
 }
 
 impl Model {

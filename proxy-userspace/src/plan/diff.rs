@@ -1,6 +1,7 @@
 //! Ordered, minimal difference between two map contents.
 
 use super::maps::{MapContents, MapOp};
+use super::planner::Touched;
 
 /// The ops that turn `applied` into `desired`; unchanged entries give none.
 ///
@@ -46,6 +47,50 @@ pub fn diff(applied: &MapContents, desired: &MapContents) -> Vec<MapOp> {
     }
     for id in applied.backends.keys() {
         if !desired.backends.contains_key(id) {
+            ops.push(MapOp::DeleteBackend(*id));
+        }
+    }
+    ops
+}
+
+/// [`diff`] restricted to the keys in `touched`: the same ops in the same
+/// order as `diff` gives when only those keys differ. What keeps a sync's
+/// cost proportional to what changed.
+pub fn diff_touched(applied: &MapContents, desired: &MapContents, touched: &Touched) -> Vec<MapOp> {
+    let mut ops = Vec::new();
+    for id in &touched.backends {
+        if let Some(value) = desired.backends.get(id)
+            && applied.backends.get(id) != Some(value)
+        {
+            ops.push(MapOp::UpsertBackend(*id, *value));
+        }
+    }
+    for key in &touched.slots {
+        if let Some(id) = desired.slots.get(key)
+            && applied.slots.get(key) != Some(id)
+        {
+            ops.push(MapOp::UpsertSlot(*key, *id));
+        }
+    }
+    for key in &touched.services {
+        if let Some(value) = desired.services.get(key)
+            && applied.services.get(key) != Some(value)
+        {
+            ops.push(MapOp::UpsertService(*key, *value));
+        }
+    }
+    for key in &touched.services {
+        if applied.services.contains_key(key) && !desired.services.contains_key(key) {
+            ops.push(MapOp::DeleteService(*key));
+        }
+    }
+    for key in &touched.slots {
+        if applied.slots.contains_key(key) && !desired.slots.contains_key(key) {
+            ops.push(MapOp::DeleteSlot(*key));
+        }
+    }
+    for id in &touched.backends {
+        if applied.backends.contains_key(id) && !desired.backends.contains_key(id) {
             ops.push(MapOp::DeleteBackend(*id));
         }
     }

@@ -62,10 +62,22 @@ impl<K: Ord + Clone> IdTable<K> {
         self.ids.get(key).copied()
     }
 
+    /// Starts a round: ids released in the previous round become free.
+    pub fn start_round(&mut self) {
+        self.free.append(&mut self.quarantine);
+    }
+
+    /// Releases the key's id into quarantine (free from the next round).
+    pub fn release(&mut self, key: &K) {
+        if let Some(id) = self.ids.remove(key) {
+            self.quarantine.insert(id);
+        }
+    }
+
     /// Starts a round: frees last round's quarantine, then releases (into
     /// quarantine) the ids of keys for which `keep` is false.
     pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
-        self.free.append(&mut self.quarantine);
+        self.start_round();
         let quarantine = &mut self.quarantine;
         self.ids.retain(|key, id| {
             let kept = keep(key);

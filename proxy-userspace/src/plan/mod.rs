@@ -9,7 +9,7 @@ mod planner;
 #[cfg(test)]
 mod tests;
 
-pub use diff::{apply_op, check_consistency, diff};
+pub use diff::{apply_op, check_consistency, diff, diff_touched};
 pub use dump::dump_text;
 pub use maps::{MapContents, MapOp};
-pub use planner::Planner;
+pub use planner::{Planner, Touched};

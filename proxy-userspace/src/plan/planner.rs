@@ -1,21 +1,38 @@
-//! Model → desired map contents, with stable ids.
+//! Model → desired map contents, with stable ids; in full or per frontend.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proxy_common::{BackendValue, ServiceKey, ServiceValue, SlotKey};
 
 use super::ids::IdTable;
 use super::maps::MapContents;
-use crate::model::{Frontend, Model};
+use crate::model::{Frontend, FrontendKey, Model};
 
 /// Owns the id tables: service ids per [`ServiceKey`], backend ids per
 /// (ip, port, proto) (a [`BackendValue`] is exactly that triple). An id stays
 /// with its key as long as the key is in the model, so unchanged services and
 /// backends produce no writes and established flows keep their backend id.
+///
+/// It also keeps the last desired contents, so that [`Planner::update`] can
+/// rewrite only the entries of the frontends that changed.
 #[derive(Clone, Debug, Default)]
 pub struct Planner {
     services: IdTable<ServiceKey>,
     backends: IdTable<BackendValue>,
+    desired: MapContents,
+    /// Every backend (any condition) of each frontend in `desired`.
+    frontend_backends: BTreeMap<ServiceKey, Vec<BackendValue>>,
+    /// How many frontends list each backend; the entry goes at zero.
+    backend_refs: BTreeMap<BackendValue, u32>,
+}
+
+/// The map keys an incremental update may have changed: the diff looks at
+/// these only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub services: BTreeSet<ServiceKey>,
+    pub slots: BTreeSet<SlotKey>,
+    pub backends: BTreeSet<u32>,
 }
 
 impl Planner {
@@ -29,6 +46,7 @@ impl Planner {
         Self {
             services: IdTable::restore(applied.services.iter().map(|(k, v)| (*k, v.service_id))),
             backends: IdTable::restore(applied.backends.iter().map(|(id, v)| (*v, *id))),
+            ..Self::default()
         }
     }
 
@@ -40,67 +58,135 @@ impl Planner {
         self.backends.get(backend)
     }
 
+    /// The desired contents as of the last [`Planner::desired`] or
+    /// [`Planner::update`].
+    pub fn current(&self) -> &MapContents {
+        &self.desired
+    }
+
     /// The map contents for `model`. Per service: `backend_count` = number of
     /// active backends (capped at u16::MAX), slots `0..count` hold their ids in
     /// (ip, port) order. The backends map holds every known backend of every
     /// service, active or not, so flows pinned to a terminating one go on.
     /// Ids of keys gone from the model become reusable from the next call.
     pub fn desired(&mut self, model: &Model) -> MapContents {
-        let frontends: Vec<(ServiceKey, &Frontend)> = model
-            .frontends
-            .values()
-            .map(|fe| {
-                (
-                    ServiceKey::new(fe.key.ip, fe.key.port, fe.key.protocol.number()),
-                    fe,
-                )
-            })
-            .collect();
-        let service_keys: BTreeSet<ServiceKey> = frontends.iter().map(|(k, _)| *k).collect();
-        let backend_keys: BTreeSet<BackendValue> = frontends
-            .iter()
-            .flat_map(|(_, fe)| fe.backends.iter().map(|b| backend_value(fe, b.ip, b.port)))
-            .collect();
+        let service_keys: BTreeSet<ServiceKey> =
+            model.frontends.values().map(service_key).collect();
+        let backend_keys: BTreeSet<BackendValue> =
+            model.frontends.values().flat_map(backend_values).collect();
         self.services.retain(|k| service_keys.contains(k));
         self.backends.retain(|k| backend_keys.contains(k));
-
-        let mut out = MapContents::default();
+        self.desired = MapContents::default();
+        self.frontend_backends.clear();
+        self.backend_refs.clear();
+        let mut scratch = Touched::default();
         // Allocation follows model order (frontends by ip:port/proto, backends by
         // ip:port), so ids are deterministic for a given history of models.
-        for (key, fe) in frontends {
-            let mut ids = Vec::new();
-            for b in &fe.backends {
-                let value = backend_value(fe, b.ip, b.port);
-                if let Some(id) = self.backends.get_or_alloc(&value) {
-                    out.backends.insert(id, value);
-                }
-            }
-            let Some(service_id) = self.services.get_or_alloc(&key) else {
-                continue;
-            };
-            for b in fe.active_backends() {
-                if let Some(id) = self.backends.get(&backend_value(fe, b.ip, b.port)) {
-                    ids.push(id);
-                }
-            }
-            ids.truncate(usize::from(u16::MAX));
-            for (slot, id) in (0u32..).zip(&ids) {
-                out.slots.insert(SlotKey { service_id, slot }, *id);
-            }
-            let backend_count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
-            out.services.insert(
-                key,
-                ServiceValue {
-                    service_id,
-                    backend_count,
-                    flags: 0,
-                },
-            );
+        for fe in model.frontends.values() {
+            self.add_frontend(fe, &mut scratch);
         }
-        out
+        self.desired.clone()
+    }
+
+    /// Rewrites the entries of the `changed` frontends (as [`Planner::desired`]
+    /// would) and returns the keys it touched. The cost grows with the
+    /// changed frontends and their backends, not with the model.
+    pub fn update(&mut self, model: &Model, changed: &BTreeSet<FrontendKey>) -> Touched {
+        self.services.start_round();
+        self.backends.start_round();
+        let mut touched = Touched::default();
+        for key in changed {
+            let skey = ServiceKey::new(key.ip, key.port, key.protocol.number());
+            touched.services.insert(skey);
+            if let Some(old) = self.desired.services.remove(&skey) {
+                for slot in 0..u32::from(old.backend_count) {
+                    let slot_key = SlotKey {
+                        service_id: old.service_id,
+                        slot,
+                    };
+                    self.desired.slots.remove(&slot_key);
+                    touched.slots.insert(slot_key);
+                }
+            }
+            let old_backends = self.frontend_backends.remove(&skey).unwrap_or_default();
+            // Added before the old ones are dropped, so a backend the frontend
+            // keeps never loses its id.
+            match model.frontends.get(key) {
+                Some(fe) => self.add_frontend(fe, &mut touched),
+                None => self.services.release(&skey),
+            }
+            for value in old_backends {
+                self.drop_backend_ref(value, &mut touched);
+            }
+        }
+        touched
+    }
+
+    /// Writes one frontend's service, slots and backends into `desired`.
+    fn add_frontend(&mut self, fe: &Frontend, touched: &mut Touched) {
+        let skey = service_key(fe);
+        let values: Vec<BackendValue> = backend_values(fe).collect();
+        for value in &values {
+            let refs = self.backend_refs.entry(*value).or_default();
+            *refs += 1;
+            if *refs == 1
+                && let Some(id) = self.backends.get_or_alloc(value)
+            {
+                self.desired.backends.insert(id, *value);
+                touched.backends.insert(id);
+            }
+        }
+        self.frontend_backends.insert(skey, values);
+        let Some(service_id) = self.services.get_or_alloc(&skey) else {
+            return;
+        };
+        let mut ids: Vec<u32> = fe
+            .active_backends()
+            .into_iter()
+            .filter_map(|b| self.backends.get(&value_of(fe, b.ip, b.port)))
+            .collect();
+        ids.truncate(usize::from(u16::MAX));
+        for (slot, id) in (0u32..).zip(&ids) {
+            let slot_key = SlotKey { service_id, slot };
+            self.desired.slots.insert(slot_key, *id);
+            touched.slots.insert(slot_key);
+        }
+        let backend_count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
+        self.desired.services.insert(
+            skey,
+            ServiceValue {
+                service_id,
+                backend_count,
+                flags: 0,
+            },
+        );
+    }
+
+    fn drop_backend_ref(&mut self, value: BackendValue, touched: &mut Touched) {
+        let Some(refs) = self.backend_refs.get_mut(&value) else {
+            return;
+        };
+        *refs -= 1;
+        if *refs > 0 {
+            return;
+        }
+        self.backend_refs.remove(&value);
+        if let Some(id) = self.backends.get(&value) {
+            self.desired.backends.remove(&id);
+            touched.backends.insert(id);
+        }
+        self.backends.release(&value);
     }
 }
 
-fn backend_value(fe: &Frontend, ip: std::net::Ipv4Addr, port: u16) -> BackendValue {
+fn service_key(fe: &Frontend) -> ServiceKey {
+    ServiceKey::new(fe.key.ip, fe.key.port, fe.key.protocol.number())
+}
+
+fn backend_values(fe: &Frontend) -> impl Iterator<Item = BackendValue> + '_ {
+    fe.backends.iter().map(|b| value_of(fe, b.ip, b.port))
+}
+
+fn value_of(fe: &Frontend, ip: std::net::Ipv4Addr, port: u16) -> BackendValue {
     BackendValue::new(ip, port, fe.key.protocol.number())
 }

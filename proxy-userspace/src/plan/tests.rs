@@ -404,3 +404,60 @@ fn checker_catches_bad_orders() {
     no_backend.backends.clear();
     assert_eq!(check_consistency(&no_backend).len(), 1);
 }
+
+/// Incremental updates against the full planner: after each model change,
+/// `update` + `diff_touched` give the same contents and ops as `desired` +
+/// `diff`, and every intermediate state is consistent.
+#[test]
+fn incremental_update_matches_full_desired() {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let conditions = [READY, TERMINATING, GONE];
+    let mut planner = Planner::new();
+    let mut applied = MapContents::default();
+    let mut previous = Model::default();
+    for round in 0..300 {
+        let mut specs: Vec<(u8, Vec<(u8, Conditions)>)> = Vec::new();
+        for svc in 1..=8u8 {
+            if next(4) == 0 {
+                continue;
+            }
+            let mut backends = Vec::new();
+            for b in 1..=6u8 {
+                if next(2) == 0 {
+                    backends.push((b, conditions[next(3) as usize]));
+                }
+            }
+            specs.push((svc, backends));
+        }
+        let specs: Vec<Spec> = specs.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+        let m = model(&specs);
+        let changed = previous
+            .frontends
+            .keys()
+            .chain(m.frontends.keys())
+            .filter(|k| previous.frontends.get(k) != m.frontends.get(k))
+            .copied()
+            .collect();
+        let touched = planner.update(&m, &changed);
+        let desired = planner.current().clone();
+        assert_eq!(desired, planner.clone().desired(&m), "round {round}");
+        let ops = diff_touched(&applied, &desired, &touched);
+        assert_eq!(ops, diff(&applied, &desired), "round {round}");
+        for op in &ops {
+            apply_op(&mut applied, op);
+            let problems = check_consistency(&applied);
+            assert!(
+                problems.is_empty(),
+                "round {round} after {op:?}: {problems:?}"
+            );
+        }
+        assert_eq!(applied, desired);
+        previous = m;
+    }
+}

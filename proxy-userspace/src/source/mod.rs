@@ -1,3 +1,74 @@
-//! Where Services and EndpointSlices come from. Each source produces full
-//! snapshots; the model never sees events.
+//! Where Services and EndpointSlices come from: a manifests directory or the
+//! Kubernetes API. A source says *which* objects may have changed and hands
+//! over their current versions (or every object); the model never sees events.
+pub mod kube;
 pub mod manifests;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::model::ObjectRef;
+
+/// What a source has for the model since it was last asked.
+#[derive(Debug, Default)]
+pub enum Update {
+    #[default]
+    None,
+    /// Every object: the model replaces its whole set (a listing, a relist,
+    /// a periodic resync).
+    Full {
+        services: Vec<Arc<Service>>,
+        slices: Vec<Arc<EndpointSlice>>,
+        node: Option<Arc<Node>>,
+        /// resourceVersions identify content (API server objects), so an
+        /// object whose version is unchanged need not be converted again.
+        trust_resource_version: bool,
+    },
+    /// Only these objects may have changed; `None` means deleted.
+    Changed {
+        services: Vec<(ObjectRef, Option<Arc<Service>>)>,
+        slices: Vec<(ObjectRef, Option<Arc<EndpointSlice>>)>,
+        node: Option<Arc<Node>>,
+    },
+}
+
+/// The one source an agent runs.
+pub enum Source {
+    Manifests(manifests::ManifestDir),
+    Kube(kube::KubeSource),
+}
+
+impl Source {
+    /// False until every object kind has been listed once: no map is
+    /// written before that (an empty store would delete every Service).
+    pub fn ready(&self) -> bool {
+        match self {
+            Source::Manifests(_) => true,
+            Source::Kube(kube) => kube.ready(),
+        }
+    }
+
+    /// What changed since the last call; with `full`, every object. Errors
+    /// are logged by the source and leave the model as it is.
+    pub fn poll(&mut self, full: bool) -> Update {
+        match self {
+            Source::Manifests(dir) => match dir.poll() {
+                // A directory has no cheap per-object change list: always whole.
+                Ok(Some(snapshot)) => Update::Full {
+                    services: snapshot.services.into_iter().map(Arc::new).collect(),
+                    slices: snapshot.endpoint_slices.into_iter().map(Arc::new).collect(),
+                    node: None,
+                    trust_resource_version: false,
+                },
+                Ok(None) => Update::None,
+                Err(error) => {
+                    tracing::warn!(%error, "reading manifests failed; serving what is programmed");
+                    Update::None
+                }
+            },
+            Source::Kube(kube) => kube.poll(full),
+        }
+    }
+}

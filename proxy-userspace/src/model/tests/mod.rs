@@ -1,5 +1,6 @@
 //! Conversion semantics, written as small YAML objects.
 
+mod incremental;
 mod invalid;
 
 use std::net::Ipv4Addr;
