@@ -18,7 +18,7 @@ use proxy_common::{CT_FLAG_SNAT, Counter, CtValue, IPPROTO_UDP, SCOPE_EXTERNAL};
 use crate::{
     decide::{self, Decision},
     maps::count,
-    parse::{ETH_LEN, Flow, parse_flow, ptr_at},
+    parse::{ETH_LEN, Flow, TCP_CSUM_OFF, UDP_CSUM_OFF, parse_flow, ptr_at},
 };
 
 const AF_INET: u8 = 2;
@@ -97,14 +97,32 @@ fn rewrite(ctx: &XdpContext, flow: &Flow, source: bool, addr: u32, port: u16) ->
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
     // Bounded for the verifier: the IPv4 header is at most 60 bytes.
     let l4_off = flow.l4_off & 0x7f;
-    let l4: *mut [u8; L4_HDR_MAX] = if flow.proto == IPPROTO_UDP {
+    // One path per protocol, each with its own bounds check and a constant
+    // checksum offset. With one pointer whose checked length depends on the
+    // protocol, the 6.1 verifier cannot tie the length to the offset and
+    // refuses the program.
+    if flow.proto == IPPROTO_UDP {
         // UDP headers are 8 bytes; the datagram may be shorter than 20.
         let udp: *mut [u8; 8] = ptr_at(ctx, l4_off)?;
-        udp as *mut [u8; L4_HDR_MAX]
+        unsafe { rewrite_l4::<true>(ip, udp as *mut u8, UDP_CSUM_OFF, source, addr, port) };
     } else {
-        ptr_at(ctx, l4_off)?
-    };
-    let csum_off = flow.l4_csum_off() - flow.l4_off;
+        let tcp: *mut [u8; L4_HDR_MAX] = ptr_at(ctx, l4_off)?;
+        unsafe { rewrite_l4::<false>(ip, tcp as *mut u8, TCP_CSUM_OFF, source, addr, port) };
+    }
+    Some(())
+}
+
+/// The rewrite itself; `ip` and `l4b` point into the frame, checked to hold
+/// the IPv4 header and the L4 header up to its checksum.
+#[inline(always)]
+unsafe fn rewrite_l4<const UDP: bool>(
+    ip: *mut Ipv4Hdr,
+    l4b: *mut u8,
+    csum_off: usize,
+    source: bool,
+    addr: u32,
+    port: u16,
+) {
     unsafe {
         let (addr_field, port_off) = if source {
             (&raw mut (*ip).src_addr, SRC_PORT_OFF)
@@ -112,7 +130,6 @@ fn rewrite(ctx: &XdpContext, flow: &Flow, source: bool, addr: u32, port: u16) ->
             (&raw mut (*ip).dst_addr, DST_PORT_OFF)
         };
         let old_addr = u32::from_ne_bytes(*addr_field);
-        let l4b = l4 as *mut u8;
         let old_port = u16::from_ne_bytes([*l4b.add(port_off), *l4b.add(port_off + 1)]);
 
         let ip_check = u16::from_be_bytes((*ip).check);
@@ -121,10 +138,10 @@ fn rewrite(ctx: &XdpContext, flow: &Flow, source: bool, addr: u32, port: u16) ->
 
         let l4_check = u16::from_be_bytes([*l4b.add(csum_off), *l4b.add(csum_off + 1)]);
         // A UDP checksum of 0 means "none" and must stay 0.
-        if !(flow.proto == IPPROTO_UDP && l4_check == 0) {
+        if !(UDP && l4_check == 0) {
             let mut c = csum_update_addr(l4_check, old_addr, addr);
             c = csum_update(c, u16::from_be(old_port), u16::from_be(port));
-            if flow.proto == IPPROTO_UDP && c == 0 {
+            if UDP && c == 0 {
                 c = 0xffff;
             }
             let bytes = c.to_be_bytes();
@@ -135,7 +152,6 @@ fn rewrite(ctx: &XdpContext, flow: &Flow, source: bool, addr: u32, port: u16) ->
         *l4b.add(port_off) = bytes[0];
         *l4b.add(port_off + 1) = bytes[1];
     }
-    Some(())
 }
 
 /// Sends the translated frame on its way: FIB lookup, new MAC addresses,

@@ -15,7 +15,7 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    datapath::{Attacher, Datapath, DatapathError, InterfaceSelector, KernelMaps, LoadOptions},
+    datapath::{Attacher, DatapathError, InterfaceSelector, KernelMaps, LoadOptions, load_probed},
     healthz::Health,
     model::{ModelBuilder, ModelOptions},
     source::{
@@ -84,7 +84,8 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<(), AgentError> {
     let selector = InterfaceSelector::new(&config.pod_interfaces)?;
-    let mut datapath = Datapath::load(&LoadOptions::new(&config.pin_dir))?;
+    // Logs the kernel's features and the chosen fallbacks; fails naming a missing essential.
+    let (mut datapath, features) = load_probed(&LoadOptions::new(&config.pin_dir))?;
     let syncer = Syncer::restore(KernelMaps::take(&mut datapath)?)?;
     info!(
         node = %config.node_name,
@@ -92,7 +93,7 @@ pub fn run(
         restored_services = syncer.applied().services.len(),
         "datapath loaded"
     );
-    let mut attacher = Attacher::new(&config.pin_dir);
+    let mut attacher = Attacher::new(&config.pin_dir).with_mode(features.tc_attach);
     let builder = ModelBuilder::new(ModelOptions {
         proxy_name: config.proxy_name.clone(),
     });

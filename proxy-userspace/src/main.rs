@@ -66,6 +66,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
     },
+    /// Probe the kernel's BPF features; print them, the fallbacks chosen and
+    /// the verifier's figures per program.
+    Features {
+        /// bpffs mount that holds the probe's temporary pins.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: PathBuf,
+    },
     /// Detach vipr's programs from this network namespace's interfaces and remove its pins.
     Cleanup {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -137,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("agent")?;
         }
         Command::Dump { bpffs } => print!("{}", inspect::dump(&bpffs)?),
+        Command::Features { bpffs } => print!("{}", vipr::datapath::features_report(&bpffs)?),
         Command::Cleanup { bpffs } => {
             let detached = inspect::cleanup(&bpffs)?;
             println!("removed {} and {detached} clsact filters", bpffs.display());

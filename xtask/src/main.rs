@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <setup|build-ebpf|demo|test|bench|bench-sync>`.
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -33,6 +34,13 @@ enum Task {
         /// Also run cargo fmt --check and clippy -D warnings first.
         #[arg(long)]
         lint: bool,
+    },
+    /// Run the packet tests and a reduced end-to-end scenario on Debian's
+    /// 6.1 and 6.12 kernels under qemu (software emulation).
+    VmTest {
+        /// 6.1, 6.12 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
     },
     /// Benchmarks: vipr against kube-proxy's iptables/nftables shapes and
     /// no load balancer; writes a JSON result file, a Markdown report and plots.
@@ -117,6 +125,11 @@ fn main() -> anyhow::Result<()> {
                 bail!("kernel-facing tests failed");
             }
             Ok(())
+        }
+        Task::VmTest { kernel } => {
+            require_root()?;
+            setup::run()?;
+            vm::run(&root, &kernel)
         }
         Task::Bench {
             full,

@@ -45,6 +45,13 @@ impl Attacher {
         }
     }
 
+    /// Uses `mode` (found by the feature probe) instead of trying TCX on
+    /// the first interface.
+    pub fn with_mode(mut self, mode: AttachMode) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
     pub fn mode(&self) -> Option<AttachMode> {
         self.mode
     }

@@ -10,12 +10,16 @@ mod fake;
 mod interfaces;
 mod kernel;
 mod loader;
+mod probe;
 
 pub use attach::{AttachMode, Attacher, cleanup_attachments};
 pub use fake::FakeMaps;
 pub use interfaces::{InterfaceSelector, all_interfaces};
 pub use kernel::{KernelMaps, read_counters};
 pub use loader::{Datapath, LoadOptions, OBJECT, cleanup_pins};
+pub use probe::{
+    KernelFeatures, XdpSupport, load_probed, program_figures, report as features_report,
+};
 
 use crate::plan::maps::{MapContents, MapOp};
 
@@ -39,6 +43,10 @@ pub enum DatapathError {
     MissingMap(&'static str),
     #[error("interface {interface}: {message}")]
     Interface { interface: String, message: String },
+    #[error("this kernel lacks what the datapath needs: {0}")]
+    MissingFeatures(String),
+    #[error("probing kernel features: {0}")]
+    Probe(String),
     #[error("bpffs directory {path}: {source}")]
     Pins {
         path: String,

@@ -1,0 +1,506 @@
+//! `cargo xtask vm-test --kernel <6.1|6.12|all>`: the datapath tests on other
+//! kernels. Each kernel comes from Debian's packages (resolved from its
+//! meta-package, cached under target/vm/), boots under qemu with software
+//! emulation (nested KVM cannot boot these kernels here), sees the host's
+//! root filesystem read-only over 9p and runs the host-built test binaries.
+//! The guest's exit code comes back as a marker line on the serial console.
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// A Debian kernel line and the meta-package that names its newest image.
+struct KernelLine {
+    name: &'static str,
+    meta: &'static str,
+}
+
+const LINES: [KernelLine; 2] = [
+    KernelLine {
+        name: "6.1",
+        meta: "linux-image-amd64",
+    },
+    KernelLine {
+        name: "6.12",
+        meta: "linux-image-6.12-amd64",
+    },
+];
+
+/// Debian packages the runner needs; each is checked before installing.
+const PACKAGES: [&str; 5] = [
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+];
+
+/// Modules the guest needs before it can mount the host's root (9p over virtio).
+const BOOT_MODULES: [&str; 3] = ["virtio_pci", "9pnet_virtio", "9p"];
+/// Modules the datapath tests need (veth pairs, the bridge between the
+/// emulated nodes, clsact, cls_bpf).
+const TEST_MODULES: &str = "veth bridge sch_ingress cls_bpf";
+
+/// The reduced end-to-end scenario: real TCP and UDP through a ClusterIP,
+/// including refusal without endpoints. Emulation is ~10x slower, so few.
+const E2E_TESTS: [&str; 2] = [
+    "every_backend_gets_connections",
+    "service_without_endpoints_is_refused_at_once",
+];
+
+/// A guest that has not finished by then is stuck.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const EXIT_MARKER: &str = "VIPR-VM-EXIT=";
+
+/// /init of the guest's initramfs: load the 9p modules, mount the host's root
+/// read-only with private tmpfs/proc/sys/bpffs on top, run the script given
+/// on the kernel command line in it, report its exit code, power off.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules.list); do insmod /mods/$m || echo "vm: insmod $m failed"; done
+mkdir -p /host
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=1048576,cache=loose hostroot /host; then
+    echo "vm: mounting the host root failed"; poweroff -f
+fi
+script=$(sed -n 's/.*vipr.script=\([^ ]*\).*/\1/p' /proc/cmdline)
+mount -t tmpfs tmpfs /host/tmp
+mount -t tmpfs tmpfs /host/run
+mount --move /proc /host/proc
+mount --move /sys /host/sys
+mount --move /dev /host/dev
+mount -t bpf bpf /host/sys/fs/bpf
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts devpts /host/dev/pts
+mount -t tmpfs tmpfs /host/dev/shm
+chroot /host /bin/sh "$script"
+echo "VIPR-VM-EXIT=$?"
+poweroff -f
+"#;
+
+/// What the host built for the guest to run.
+struct Payload {
+    vipr: PathBuf,
+    /// The packet test binaries (TC and XDP programs).
+    packets: Vec<PathBuf>,
+    e2e: PathBuf,
+}
+
+/// One kernel's outcome, for the summary.
+struct Outcome {
+    kernel: String,
+    passed: bool,
+    elapsed: Duration,
+    /// `feature …` and `program …` lines of `vipr features`.
+    figures: Vec<String>,
+}
+
+pub fn run(root: &Path, kernel: &str) -> anyhow::Result<()> {
+    let lines: Vec<&KernelLine> = match kernel {
+        "all" => LINES.iter().collect(),
+        name => vec![
+            LINES
+                .iter()
+                .find(|l| l.name == name)
+                .with_context(|| format!("unknown kernel {name}: use 6.1, 6.12 or all"))?,
+        ],
+    };
+    let started = Instant::now();
+    install_packages()?;
+    let payload = build_payload(root)?;
+    let work = root.join("target/vm");
+    let mut outcomes = Vec::new();
+    if kernel == "all" {
+        outcomes.push(host_figures(&payload)?);
+    }
+    for line in lines {
+        let image = fetch_kernel(&work, line)?;
+        outcomes.push(boot(root, &work, line, &image, &payload)?);
+    }
+    println!("\n== vm-test summary ({:.0?} in all)", started.elapsed());
+    for outcome in &outcomes {
+        let verdict = if outcome.passed { "passed" } else { "FAILED" };
+        println!(
+            "-- {}: {verdict} in {:.0?}",
+            outcome.kernel, outcome.elapsed
+        );
+        // Present essentials in one line; what varies in full.
+        let (present, varying): (Vec<&String>, Vec<&String>) =
+            outcome.figures.iter().partition(|f| f.ends_with(": yes"));
+        println!("   feature essentials: {} present", present.len());
+        for figure in varying {
+            println!("   {figure}");
+        }
+    }
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.passed)
+        .map(|o| o.kernel.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("vm-test failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn install_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .into_iter()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("vm-test: installing {}", missing.join(" "));
+    checked(Command::new("apt-get").arg("update"))?;
+    checked(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )?;
+    Ok(())
+}
+
+fn package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).ends_with(" installed"))
+}
+
+fn checked(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Builds the agent and the kernel-facing test binaries on the host.
+fn build_payload(root: &Path) -> anyhow::Result<Payload> {
+    super::build_agent(root)?;
+    let out = Command::new(super::env_cargo())
+        .current_dir(root)
+        .args([
+            "test",
+            "-p",
+            "vipr-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let json = String::from_utf8_lossy(&out.stdout);
+    let executable = |target: &str| {
+        test_executable(&json, target)
+            .with_context(|| format!("cargo did not report the {target} test executable"))
+    };
+    // Private copies: the guest reads them over 9p while the host's cargo
+    // may relink the originals (another build in the same tree).
+    let staging = root.join("target/vm/payload");
+    std::fs::create_dir_all(&staging)?;
+    let stage = |from: PathBuf, name: &str| -> anyhow::Result<PathBuf> {
+        let to = staging.join(name);
+        let _ = std::fs::remove_file(&to);
+        std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+        Ok(to)
+    };
+    Ok(Payload {
+        vipr: stage(root.join("target/debug/vipr"), "vipr")?,
+        packets: ["packets", "packets_xdp"]
+            .into_iter()
+            .map(|name| stage(executable(name)?, name))
+            .collect::<anyhow::Result<_>>()?,
+        e2e: stage(executable("e2e")?, "e2e")?,
+    })
+}
+
+/// Finds the executable of test target `name` in cargo's JSON messages
+/// (without a JSON parser: xtask keeps its dependencies minimal).
+fn test_executable(messages: &str, name: &str) -> Option<PathBuf> {
+    let target = format!(r#""kind":["test"],"crate_types":["bin"],"name":"{name}""#);
+    messages
+        .lines()
+        .filter(|l| l.contains(&target))
+        .find_map(|l| {
+            let rest = &l[l.find(r#""executable":""#)? + 14..];
+            Some(PathBuf::from(&rest[..rest.find('"')?]))
+        })
+}
+
+/// Resolves the line's current image package and extracts it (once) into
+/// target/vm/kernels/<package>; returns that directory.
+fn fetch_kernel(work: &Path, line: &KernelLine) -> anyhow::Result<PathBuf> {
+    let package = match resolve_image(line.meta) {
+        Ok(p) => p,
+        Err(_) => {
+            // A fresh machine may not have the package lists yet.
+            checked(Command::new("apt-get").arg("update"))?;
+            resolve_image(line.meta)?
+        }
+    };
+    let dir = work.join("kernels").join(&package);
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    println!("vm-test: fetching {package} (kernel {})", line.name);
+    let download = work.join("downloads");
+    std::fs::create_dir_all(&download)?;
+    checked(
+        Command::new("apt-get")
+            .current_dir(&download)
+            .args(["download", &package]),
+    )?;
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+        })
+        .context("apt-get download left no .deb")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    let version = kernel_version(&dir)?;
+    // The .deb carries no modules.dep; modprobe in the guest needs it.
+    checked(Command::new("depmod").arg("-b").arg(&dir).arg(&version))?;
+    std::fs::remove_file(&deb)?;
+    std::fs::write(dir.join(".complete"), &package)?;
+    Ok(dir)
+}
+
+fn resolve_image(meta: &str) -> anyhow::Result<String> {
+    let out = checked(Command::new("apt-cache").args(["depends", meta]))?;
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|d| d.starts_with("linux-image-"))
+        .map(String::from)
+        .with_context(|| format!("{meta} depends on no linux-image package"))
+}
+
+/// The single version directory under lib/modules of an extracted image.
+fn kernel_version(dir: &Path) -> anyhow::Result<String> {
+    std::fs::read_dir(dir.join("lib/modules"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .next()
+        .context("the image has no lib/modules/<version>")
+}
+
+/// Writes the guest's initramfs: static busybox, /init and the 9p modules
+/// (decompressed, in dependency order).
+fn build_initramfs(kernel: &Path, version: &str, out: &Path) -> anyhow::Result<()> {
+    let staging = out.with_extension("d");
+    let _ = std::fs::remove_dir_all(&staging);
+    for dir in ["bin", "mods", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(staging.join(dir))?;
+    }
+    std::fs::copy("/bin/busybox", staging.join("bin/busybox"))?;
+    let init = staging.join("init");
+    std::fs::write(&init, INIT)?;
+    checked(Command::new("chmod").arg("755").arg(&init))?;
+    let module_dir = kernel.join("lib/modules").join(version);
+    let deps = std::fs::read_to_string(module_dir.join("modules.dep"))?;
+    let mut order: Vec<String> = Vec::new();
+    for module in BOOT_MODULES {
+        // Built into this kernel: nothing to load.
+        let Some(line) = deps.lines().find(|l| {
+            let path = l.split(':').next().unwrap_or("");
+            let file = path.rsplit('/').next().unwrap_or("");
+            file.split('.').next() == Some(module)
+        }) else {
+            continue;
+        };
+        let (path, needs) = line.split_once(':').unwrap_or((line, ""));
+        // modules.dep lists dependencies so that loading them last-first works.
+        for file in needs.split_whitespace().rev().chain([path]) {
+            let name = file
+                .rsplit('/')
+                .next()
+                .unwrap_or(file)
+                .trim_end_matches(".xz");
+            if order.iter().any(|o| o == name) {
+                continue;
+            }
+            let source = module_dir.join(file);
+            let target = staging.join("mods").join(name);
+            if file.ends_with(".xz") {
+                let data = Command::new("xz").arg("-dc").arg(&source).output()?;
+                if !data.status.success() {
+                    bail!("xz -d {} failed", source.display());
+                }
+                std::fs::write(&target, data.stdout)?;
+            } else {
+                std::fs::copy(&source, &target)?;
+            }
+            order.push(name.to_string());
+        }
+    }
+    std::fs::write(staging.join("modules.list"), order.join("\n"))?;
+    checked(
+        Command::new("sh")
+            .current_dir(&staging)
+            .arg("-c")
+            .arg("find . | cpio --quiet -o -H newc > \"$0\"")
+            .arg(out),
+    )?;
+    std::fs::remove_dir_all(&staging)?;
+    Ok(())
+}
+
+/// The shell script the guest runs in the host's (read-only) root.
+fn guest_script(root: &Path, modules_root: &Path, payload: &Payload) -> String {
+    let e2e_filters = E2E_TESTS.join(" ");
+    format!(
+        r#"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root RUST_BACKTRACE=1 VIPR_BIN={vipr}
+cd {root}
+echo "== guest kernel $(uname -r)"
+modprobe -d {modules} -a {TEST_MODULES} || {{ echo "vm: modprobe {TEST_MODULES} failed"; exit 90; }}
+ip link set lo up
+rc=0
+echo "== vipr features"
+{vipr} features || rc=1
+{packets}echo "== end-to-end ({e2e_filters})"
+{e2e} --test-threads=1 --exact {e2e_filters} || rc=1
+exit $rc
+"#,
+        vipr = payload.vipr.display(),
+        root = root.display(),
+        modules = modules_root.display(),
+        packets = payload
+            .packets
+            .iter()
+            .map(|p| format!(
+                "echo \"== packet tests: {0}\"\n{0} --test-threads=1 || rc=1\n",
+                p.display()
+            ))
+            .collect::<String>(),
+        e2e = payload.e2e.display(),
+    )
+}
+
+/// Boots `image` and runs the payload in it; streams the console.
+fn boot(
+    root: &Path,
+    work: &Path,
+    line: &KernelLine,
+    image: &Path,
+    payload: &Payload,
+) -> anyhow::Result<Outcome> {
+    let version = kernel_version(image)?;
+    let label = format!("{} ({version})", line.name);
+    println!("\n== vm-test: booting {label} under qemu (TCG)");
+    let started = Instant::now();
+    let scratch = work.join(line.name);
+    std::fs::create_dir_all(&scratch)?;
+    let initramfs = scratch.join("initramfs.cpio");
+    build_initramfs(image, &version, &initramfs)?;
+    // Outside /tmp: the guest mounts its own tmpfs there.
+    let script = scratch.join("guest.sh");
+    std::fs::write(&script, guest_script(root, image, payload))?;
+
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2G"])
+        .args(["-nodefaults", "-no-reboot", "-nic", "none"])
+        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(image.join(format!("boot/vmlinuz-{version}")))
+        .arg("-initrd")
+        .arg(&initramfs)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet panic=-1 vipr.script={}",
+            script.display()
+        ))
+        .args([
+            "-fsdev",
+            "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-device",
+            "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = qemu.stdout.take().context("qemu stdout")?;
+    // Lines come through a channel so that a wedged guest cannot block us.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for console_line in BufReader::new(stdout).lines() {
+            if tx.send(console_line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = started + GUEST_TIMEOUT;
+    let mut exit = None;
+    let mut figures = Vec::new();
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let text = match rx.recv_timeout(wait) {
+            Ok(text) => text,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                println!("[{}] timed out after {GUEST_TIMEOUT:?}", line.name);
+                qemu.kill()?;
+                break;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let text = text.trim_end_matches('\r');
+        println!("[{}] {text}", line.name);
+        if let Some(code) = text.strip_prefix(EXIT_MARKER) {
+            exit = code.trim().parse::<i32>().ok();
+        } else if text.starts_with("feature ") || text.starts_with("program ") {
+            figures.push(text.to_string());
+        }
+    }
+    let status = qemu.wait()?;
+    let passed = exit == Some(0);
+    if exit.is_none() {
+        println!(
+            "[{}] guest ended without an exit code (qemu: {status})",
+            line.name
+        );
+    }
+    Ok(Outcome {
+        kernel: label,
+        passed,
+        elapsed: started.elapsed(),
+        figures,
+    })
+}
+
+/// The host kernel's figures, for comparison with the guests'.
+fn host_figures(payload: &Payload) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let out = Command::new(&payload.vipr).arg("features").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("== vipr features on the host\n{text}");
+    let release = checked(Command::new("uname").arg("-r"))?;
+    Ok(Outcome {
+        kernel: format!("host ({})", release.trim()),
+        passed: out.status.success(),
+        elapsed: started.elapsed(),
+        figures: text
+            .lines()
+            .filter(|l| l.starts_with("feature ") || l.starts_with("program "))
+            .map(String::from)
+            .collect(),
+    })
+}
