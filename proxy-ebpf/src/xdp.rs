@@ -188,6 +188,15 @@ fn forward(ctx: &XdpContext) -> u32 {
         count(Counter::XdpToStack);
         return XDP_PASS;
     }
+    // Only frames XDP sends itself get new MAC addresses and TTL: anything
+    // handed to the stack must still be addressed to this host.
+    if params.ifindex != ingress && !REDIRECT_TO_OTHER_INTERFACES {
+        // Another interface (a local pod's veth) may not take XDP frames: its
+        // peer needs XDP or NAPI, which vipr does not control. The stack
+        // forwards the already translated packet; the TC programs leave it alone.
+        count(Counter::XdpToStack);
+        return XDP_PASS;
+    }
     unsafe {
         // The stack would have decremented the TTL while forwarding.
         let ttl = (*ip).ttl;
@@ -213,3 +222,6 @@ fn forward(ctx: &XdpContext) -> u32 {
     count(Counter::XdpRedirected);
     unsafe { bpf_redirect(params.ifindex, 0) as u32 }
 }
+
+/// Off until redirect targets are registered in a devmap the agent owns.
+const REDIRECT_TO_OTHER_INTERFACES: bool = false;

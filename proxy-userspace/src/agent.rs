@@ -14,8 +14,12 @@ use std::{
 
 use tracing::{info, warn};
 
+use crate::healthcheck::HealthChecks;
 use crate::{
-    datapath::{Attacher, DatapathError, InterfaceSelector, KernelMaps, LoadOptions, load_probed},
+    datapath::{
+        Attacher, DatapathError, InterfaceSelector, KernelMaps, LoadOptions, XdpMode, attach_xdp,
+        detach_xdp, load_probed,
+    },
     healthz::Health,
     model::{ModelBuilder, ModelOptions},
     source::{
@@ -47,6 +51,69 @@ pub struct AgentConfig {
     /// How often the source and interfaces are looked at.
     pub poll_interval: Duration,
     pub periods: Periods,
+    pub external: ExternalConfig,
+}
+
+/// Where external traffic (NodePort, LoadBalancer, external IPs) comes in.
+#[derive(Clone, Debug)]
+pub struct ExternalConfig {
+    /// Names or globs of the external interfaces; `None`: no external traffic.
+    pub interfaces: Option<String>,
+    /// `--nodeport-addresses` CIDRs; empty: the external interfaces' addresses.
+    pub nodeport_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
+    /// The address masqueraded flows leave with; default: the first address
+    /// of the first external interface.
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    pub xdp: XdpMode,
+}
+
+impl ExternalConfig {
+    pub fn none() -> Self {
+        Self {
+            interfaces: None,
+            nodeport_cidrs: Vec::new(),
+            node_ip: None,
+            xdp: XdpMode::Off,
+        }
+    }
+}
+
+/// NodePort addresses and the masquerade address, from the interfaces'
+/// addresses now: `--nodeport-addresses` CIDRs pick among all of them (never
+/// loopback), the default is the external interfaces' own addresses.
+fn node_addresses(
+    external: &ExternalConfig,
+    selector: Option<&InterfaceSelector>,
+) -> Result<(Vec<std::net::Ipv4Addr>, Option<std::net::Ipv4Addr>), DatapathError> {
+    let Some(selector) = selector else {
+        return Ok((Vec::new(), None));
+    };
+    let by_interface = crate::datapath::ipv4_addresses()?;
+    let own: Vec<std::net::Ipv4Addr> = by_interface
+        .iter()
+        .filter(|(name, _)| selector.matches(name))
+        .flat_map(|(_, ips)| ips.iter().copied())
+        .collect();
+    let in_cidr = |ip: &std::net::Ipv4Addr| {
+        external.nodeport_cidrs.iter().any(|(net, len)| {
+            let mask = if *len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(*ip) & mask == u32::from(*net) & mask
+        })
+    };
+    let mut nodeport: Vec<std::net::Ipv4Addr> = if external.nodeport_cidrs.is_empty() {
+        own.clone()
+    } else {
+        by_interface
+            .values()
+            .flatten()
+            .copied()
+            .filter(in_cidr)
+            .collect()
+    };
+    nodeport.retain(|ip| !ip.is_loopback());
+    nodeport.sort();
+    nodeport.dedup();
+    Ok((nodeport, external.node_ip.or_else(|| own.first().copied())))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +151,21 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<(), AgentError> {
     let selector = InterfaceSelector::new(&config.pod_interfaces)?;
+    let external_selector = config
+        .external
+        .interfaces
+        .as_deref()
+        .map(InterfaceSelector::new)
+        .transpose()?;
+    let (nodeport_addresses, node_ip) =
+        node_addresses(&config.external, external_selector.as_ref())?;
+    if external_selector.is_some() {
+        info!(?nodeport_addresses, ?node_ip, xdp = ?config.external.xdp, "external traffic");
+    }
+    let mut load_options = LoadOptions::new(&config.pin_dir);
+    load_options.node_ipv4 = node_ip;
     // Logs the kernel's features and the chosen fallbacks; fails naming a missing essential.
-    let (mut datapath, features) = load_probed(&LoadOptions::new(&config.pin_dir))?;
+    let (mut datapath, features) = load_probed(&load_options)?;
     let syncer = Syncer::restore(KernelMaps::take(&mut datapath)?)?;
     info!(
         node = %config.node_name,
@@ -94,8 +174,13 @@ pub fn run(
         "datapath loaded"
     );
     let mut attacher = Attacher::new(&config.pin_dir).with_mode(features.tc_attach);
+    let mut external_attacher = Attacher::external(&config.pin_dir).with_mode(features.tc_attach);
+    let mut xdp_attached: std::collections::BTreeSet<String> = Default::default();
+    let mut health_checks = HealthChecks::default();
     let builder = ModelBuilder::new(ModelOptions {
         proxy_name: config.proxy_name.clone(),
+        node_name: Some(config.node_name.clone()),
+        nodeport_addresses,
     });
     let mut sync = SyncLoop::new(builder, syncer, config.periods);
     let mut missing_reported = false;
@@ -119,12 +204,61 @@ pub fn run(
             Err(error) => warn!(%error, "listing interfaces failed"),
         }
 
+        if let Some(selector) = &external_selector {
+            match selector.present() {
+                Ok(present) => {
+                    for error in external_attacher.reconcile(&mut datapath, &present) {
+                        warn!(%error, "attach to external interface failed; will retry");
+                    }
+                    for name in present.keys() {
+                        accept_local_sources(name);
+                    }
+                    xdp_attached.retain(|name| {
+                        let keep = present.contains_key(name);
+                        if !keep {
+                            detach_xdp(&config.pin_dir, name);
+                        }
+                        keep
+                    });
+                    for name in present.keys() {
+                        if xdp_attached.contains(name) {
+                            continue;
+                        }
+                        match attach_xdp(&mut datapath, &config.pin_dir, name, config.external.xdp)
+                        {
+                            Ok(_) => {
+                                xdp_attached.insert(name.clone());
+                            }
+                            Err(error) => warn!(%error, "XDP attach failed; TC handles it"),
+                        }
+                    }
+                }
+                Err(error) => warn!(%error, "listing interfaces failed"),
+            }
+        }
+
         sync.step(&mut source, tick, health);
+        health_checks.reconcile(sync.model());
 
         std::thread::sleep(config.poll_interval.saturating_sub(tick.elapsed()));
     }
     info!("stopping; programs and maps stay pinned for the next agent (vipr cleanup removes them)");
     Ok(())
+}
+
+/// Masqueraded packets carry the node's own address as source when the
+/// stack forwards them (and replies restored at ingress carry the frontend's),
+/// which the kernel drops as martians unless `accept_local` is on for the
+/// interface they arrive on.
+fn accept_local_sources(interface: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/accept_local");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    match std::fs::write(&path, "1") {
+        Ok(()) => info!(interface, "accept_local enabled for masqueraded traffic"),
+        Err(error) => warn!(interface, %error, "cannot enable accept_local; masquerade will fail"),
+    }
 }
 
 /// Sets `stop` when the process gets SIGTERM or SIGINT.

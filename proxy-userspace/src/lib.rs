@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md for the map of the code.
 pub mod agent;
 pub mod datapath;
+pub mod healthcheck;
 pub mod healthz;
 pub mod inspect;
 pub mod model;

@@ -1,10 +1,16 @@
 //! The `vipr` command: run the node agent, inspect or clean up its state.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use vipr::{
-    agent::{self, AgentConfig, SourceConfig},
+    agent::{self, AgentConfig, ExternalConfig, SourceConfig},
+    datapath::XdpMode,
     healthz::{self, Health},
     inspect,
     sync::Periods,
@@ -24,6 +30,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start")]
 enum Command {
     /// Run the node agent.
     Run {
@@ -60,6 +67,21 @@ enum Command {
         /// turns unhealthy when no sync succeeded for twice this.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         sync_period: Duration,
+        /// Interfaces external traffic (NodePort, LoadBalancer, external IPs)
+        /// arrives on: names or globs, comma-separated. Unset: none.
+        #[arg(long)]
+        external_interfaces: Option<String>,
+        /// CIDRs selecting the node addresses NodePorts answer on (as
+        /// kube-proxy); default: the external interfaces' addresses.
+        #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
+        nodeport_addresses: Vec<(Ipv4Addr, u8)>,
+        /// The node address masqueraded traffic leaves with; default: the
+        /// first address of the first external interface.
+        #[arg(long)]
+        node_ip: Option<Ipv4Addr>,
+        /// XDP fast path on the external interfaces.
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp: XdpMode,
     },
     /// Print the pinned service maps and the packet counters.
     Dump {
@@ -78,6 +100,19 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
     },
+}
+
+fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, len) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text}: not a CIDR (a.b.c.d/n)"))?;
+    let addr: Ipv4Addr = addr.parse().map_err(|e| format!("{text}: {e}"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("{text}: prefix length must be 0-32"))?;
+    Ok((addr, len))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -114,6 +149,10 @@ async fn main() -> anyhow::Result<()> {
             poll_interval,
             min_sync_period,
             sync_period,
+            external_interfaces,
+            nodeport_addresses,
+            node_ip,
+            xdp,
         } => {
             let source = match manifests {
                 Some(dir) => SourceConfig::Manifests(dir),
@@ -130,6 +169,12 @@ async fn main() -> anyhow::Result<()> {
                 periods: Periods {
                     min_sync: min_sync_period,
                     full_sync: sync_period,
+                },
+                external: ExternalConfig {
+                    interfaces: external_interfaces,
+                    nodeport_cidrs: nodeport_addresses,
+                    node_ip,
+                    xdp,
                 },
             };
             let health = Arc::new(Health::new(2 * sync_period));

@@ -71,8 +71,8 @@ fn examples_give_the_demo_topology() {
     assert_eq!(
         dump_text(&maps),
         "\
-svc 10.96.0.10:53/udp id=1 count=3
-svc 10.96.0.10:80/tcp id=2 count=3
+svc 10.96.0.10:53/udp id=1 count=3 has-endpoints
+svc 10.96.0.10:80/tcp id=2 count=3 has-endpoints
 svc 10.96.0.20:80/tcp id=3 count=0
 slot 1/0 -> 1
 slot 1/1 -> 2

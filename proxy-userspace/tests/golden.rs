@@ -20,8 +20,14 @@ fn golden_dir() -> PathBuf {
 /// What a golden file is compared with.
 fn render(manifests: &str) -> Result<String, String> {
     let parsed = parse_str(manifests).map_err(|e| e.to_string())?;
-    let (model, errors) = ModelBuilder::new(ModelOptions::default())
-        .update(&parsed.services, &parsed.endpoint_slices);
+    // Every golden runs as the agent on node1, whose NodePorts answer on 172.30.0.1.
+    let options = ModelOptions {
+        node_name: Some("node1".into()),
+        nodeport_addresses: vec![std::net::Ipv4Addr::new(172, 30, 0, 1)],
+        ..ModelOptions::default()
+    };
+    let (model, errors) =
+        ModelBuilder::new(options).update(&parsed.services, &parsed.endpoint_slices);
     let mut out = dump_text(&Planner::new().desired(&model));
     for skipped in &model.skipped {
         let _ = writeln!(out, "# skipped {skipped}");

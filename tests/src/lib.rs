@@ -4,5 +4,6 @@ pub mod apiserver;
 pub mod bench;
 pub mod demo;
 pub mod echo;
+pub mod external;
 pub mod netns;
 pub mod packet;

@@ -421,6 +421,20 @@ impl Topology {
             "br0",
             "up",
         ])?;
+        // A veth only receives XDP_TX frames from its peer when NAPI is on
+        // (GRO or an XDP program): a physical NIC needs nothing of the kind.
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.underlay,
+                "ethtool",
+                "-K",
+                &ul_if,
+                "gro",
+                "on",
+            ])
+            .output();
         let addr = Self::underlay_ip(index);
         ip(&[
             "-n",
@@ -459,6 +473,59 @@ impl Topology {
             netns,
         });
         Ok(self)
+    }
+
+    /// Adds a host outside the cluster on the underlay (`eth0` with
+    /// `ip`/24), with `routes` of (CIDR, node name) sending e.g. a
+    /// LoadBalancer IP to a node. Its namespace is `<prefix>-<name>`.
+    pub fn add_external_host(
+        &mut self,
+        name: &str,
+        ip_addr: Ipv4Addr,
+        routes: &[(&str, &str)],
+    ) -> Result<String> {
+        let netns = format!("{}-{name}", self.prefix);
+        self.create_netns(&netns)?;
+        let ul_if = format!("x{}", self.created.len());
+        ip(&[
+            "-n",
+            &self.underlay,
+            "link",
+            "add",
+            &ul_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns,
+        ])?;
+        ip(&[
+            "-n",
+            &self.underlay,
+            "link",
+            "set",
+            &ul_if,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{ip_addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        for (cidr, node) in routes {
+            let via = Self::underlay_ip(self.node(node)?.index).to_string();
+            ip(&["-n", &netns, "route", "add", cidr, "via", &via])?;
+        }
+        Ok(netns)
     }
 
     fn underlay_ip(index: u8) -> Ipv4Addr {

@@ -7,13 +7,11 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{HashMap, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions},
 };
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder, TcpHeader, UdpHeader};
-use proxy_common::{
-    BackendValue, Counter, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
-};
+use proxy_common::{BackendValue, Counter, CtKey, CtValue, ServiceKey, ServiceValue, SlotKey};
 use vipr::datapath::{Datapath, KernelMaps, LoadOptions, ServiceMaps, cleanup_pins, read_counters};
 use vipr::plan::MapOp;
 
@@ -259,7 +257,6 @@ pub struct Harness {
     pub datapath: Datapath,
     pub maps: KernelMaps,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
-    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     counters: PerCpuArray<MapData, u64>,
     pin_dir: PathBuf,
 }
@@ -309,17 +306,10 @@ impl Harness {
                 .take_map(proxy_common::maps::COUNTERS)
                 .ok_or_else(|| anyhow::anyhow!("no counters map"))?,
         )?;
-        let source_ranges = LpmTrie::try_from(
-            datapath
-                .ebpf
-                .take_map(proxy_common::maps::SOURCE_RANGES)
-                .ok_or_else(|| anyhow::anyhow!("no source ranges map"))?,
-        )?;
         Ok(Self {
             datapath,
             maps,
             conntrack,
-            source_ranges,
             counters,
             pin_dir,
         })
@@ -388,15 +378,9 @@ impl Harness {
     }
 
     /// Allows `cidr` (address, prefix length) for `service_id`.
-    pub fn allow_source(&mut self, service_id: u32, cidr: (Ipv4Addr, u32)) -> anyhow::Result<()> {
-        let key = Key::new(
-            32 + cidr.1,
-            SourceRangeKey {
-                service_id_be: service_id.to_be(),
-                addr: proxy_common::wire_addr(cidr.0),
-            },
-        );
-        self.source_ranges.insert(&key, 1, 0)?;
+    pub fn allow_source(&mut self, service_id: u32, cidr: (Ipv4Addr, u8)) -> anyhow::Result<()> {
+        self.maps
+            .apply(&MapOp::UpsertSourceRange((service_id, cidr.0, cidr.1)))?;
         Ok(())
     }
 
@@ -408,7 +392,8 @@ impl Harness {
         self.run_repeat(program, input, 1).map(|(run, _)| run)
     }
 
-    /// Runs the XDP program once on `input`.
+    /// Runs the XDP program once on `input`, as received on `ext0` of a
+    /// [`FibNamespace`] (the calling thread must be inside one).
     pub fn run_xdp(&mut self, input: &[u8]) -> anyhow::Result<Run> {
         self.run_xdp_repeat(input, 1).map(|(run, _)| run)
     }
@@ -417,11 +402,18 @@ impl Harness {
     pub fn run_xdp_repeat(&mut self, input: &[u8], repeat: u32) -> anyhow::Result<(Run, f64)> {
         let before = self.counters()?;
         let mut output = vec![0u8; 512];
+        // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let ingress = nix::net::if_::if_nametoindex("ext0")?;
+        let ctx: Vec<u8> = [0u32, input.len() as u32, 0, ingress, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
         let result = {
             let program = self.datapath.xdp()?;
             let mut options = TestRunOptions::new();
             options.data_in = Some(input);
             options.data_out = Some(&mut output);
+            options.ctx_in = Some(&ctx);
             options.repeat = repeat;
             program.test_run(options)?
         };

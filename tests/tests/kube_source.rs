@@ -295,8 +295,11 @@ async fn thousand_services_created_in_one_burst() -> Result<()> {
         ));
     }
     api.apply(&burst)?;
-    h.until("all 1000 programmed", |h| h.table().len() == 1000)
-        .await?;
+    // Services and their slices may land in different syncs: wait for both.
+    h.until("all 1000 programmed", |h| {
+        h.table().len() == 1000 && h.maps().backends.len() == 1000
+    })
+    .await?;
     h.assert_consistent();
     assert_eq!(h.maps().backends.len(), 1000);
     // Batched by --min-sync-period: a handful of syncs, not one per object.
@@ -411,13 +414,23 @@ async fn vipr_run_with_kubeconfig_programs_the_kernel_maps() -> Result<()> {
         .args(["--min-sync-period", "100ms"]);
     let mut agent = vipr_tests::netns::ChildGuard::spawn(&mut cmd)?;
     let result = async {
-        wait_for_dump(&bin, &pins, "svc 10.96.0.10:80/tcp id=1 count=1").await?;
+        wait_for_dump(
+            &bin,
+            &pins,
+            "svc 10.96.0.10:80/tcp id=1 count=1 has-endpoints",
+        )
+        .await?;
         let (code, body) = get_healthz(healthz)?;
         if code != 200 {
             bail!("/healthz {code}: {body}");
         }
         api.apply(&slice("web-a", "web", 8080, &["10.0.0.1", "10.0.0.2"]))?;
-        wait_for_dump(&bin, &pins, "svc 10.96.0.10:80/tcp id=1 count=2").await
+        wait_for_dump(
+            &bin,
+            &pins,
+            "svc 10.96.0.10:80/tcp id=1 count=2 has-endpoints",
+        )
+        .await
     }
     .await;
     agent.terminate()?;

@@ -23,25 +23,50 @@ pub enum AttachMode {
     Clsact,
 }
 
-const HOOKS: [(&str, TcAttachType, &str); 2] = [
+/// Program, hook and the pin-name suffix of its link, for one kind of interface.
+type Hooks = [(&'static str, TcAttachType, &'static str); 2];
+
+/// Host side of pod interfaces.
+const POD_HOOKS: Hooks = [
     (programs::FROM_POD, TcAttachType::Ingress, "ingress"),
     (programs::TO_POD, TcAttachType::Egress, "egress"),
+];
+
+/// The node's external interfaces (NodePort, LoadBalancer, external IPs).
+const EXTERNAL_HOOKS: Hooks = [
+    (
+        programs::FROM_EXTERNAL,
+        TcAttachType::Ingress,
+        "ext-ingress",
+    ),
+    (programs::TO_EXTERNAL, TcAttachType::Egress, "ext-egress"),
 ];
 
 /// Tracks which interfaces carry our programs.
 pub struct Attacher {
     mode: Option<AttachMode>,
+    hooks: &'static Hooks,
     link_dir: PathBuf,
     /// Interface name → ifindex it had when attached.
     attached: BTreeMap<String, u32>,
 }
 
 impl Attacher {
+    /// For pod interfaces.
     pub fn new(pin_dir: &Path) -> Self {
         Self {
             mode: None,
+            hooks: &POD_HOOKS,
             link_dir: pin_dir.join("links"),
             attached: BTreeMap::new(),
+        }
+    }
+
+    /// For the node's external interfaces.
+    pub fn external(pin_dir: &Path) -> Self {
+        Self {
+            hooks: &EXTERNAL_HOOKS,
+            ..Self::new(pin_dir)
         }
     }
 
@@ -101,7 +126,7 @@ impl Attacher {
         }
         match self.mode {
             Some(AttachMode::Tcx) => self.attach_tcx(datapath, interface),
-            _ => attach_clsact(datapath, interface),
+            _ => attach_clsact(datapath, interface, self.hooks),
         }
     }
 
@@ -118,7 +143,7 @@ impl Attacher {
             }
             Err(e) => {
                 warn!(error = %e, "TCX attach failed: falling back to clsact");
-                attach_clsact(datapath, interface)?;
+                attach_clsact(datapath, interface, self.hooks)?;
                 Ok(AttachMode::Clsact)
             }
         }
@@ -137,7 +162,7 @@ impl Attacher {
             path: self.link_dir.display().to_string(),
             source,
         })?;
-        for (name, attach_type, direction) in HOOKS {
+        for &(name, attach_type, direction) in self.hooks {
             let pin = self.link_pin(interface, direction);
             let program = datapath.program(name)?;
             // A link pinned by an earlier agent gets the new program atomically,
@@ -167,7 +192,7 @@ impl Attacher {
     }
 
     fn remove_link_pins(&self, interface: &str) {
-        for (_, _, direction) in HOOKS {
+        for &(_, _, direction) in self.hooks {
             let _ = std::fs::remove_file(self.link_pin(interface, direction));
         }
     }
@@ -185,10 +210,14 @@ fn replace_pinned(program: &mut SchedClassifier, pin: &Path) -> Result<(), Datap
     Ok(())
 }
 
-fn attach_clsact(datapath: &mut Datapath, interface: &str) -> Result<(), DatapathError> {
+fn attach_clsact(
+    datapath: &mut Datapath,
+    interface: &str,
+    hooks: &Hooks,
+) -> Result<(), DatapathError> {
     // EEXIST when the qdisc is already there is fine.
     let _ = qdisc_add_clsact(interface);
-    for (name, attach_type, _) in HOOKS {
+    for &(name, attach_type, _) in hooks {
         // Replace what an earlier agent left attached.
         let _ = qdisc_detach_program(interface, attach_type, name);
         let program = datapath.program(name)?;
@@ -220,7 +249,7 @@ fn interface_error(interface: &str, error: impl std::fmt::Display) -> DatapathEr
 pub fn cleanup_attachments(interfaces: impl IntoIterator<Item = String>) -> usize {
     let mut removed = 0;
     for interface in interfaces {
-        for (name, attach_type, _) in HOOKS {
+        for &(name, attach_type, _) in POD_HOOKS.iter().chain(&EXTERNAL_HOOKS) {
             if qdisc_detach_program(&interface, attach_type, name).is_ok() {
                 removed += 1;
             }

@@ -57,6 +57,23 @@ impl InterfaceSelector {
     }
 }
 
+/// The IPv4 addresses of every interface in this network namespace.
+pub fn ipv4_addresses() -> Result<BTreeMap<String, Vec<std::net::Ipv4Addr>>, DatapathError> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| DatapathError::Interface {
+        interface: "*".into(),
+        message: format!("listing addresses: {e}"),
+    })?;
+    let mut out: BTreeMap<String, Vec<std::net::Ipv4Addr>> = BTreeMap::new();
+    for a in addrs {
+        if let Some(ip) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+            out.entry(a.interface_name.clone())
+                .or_default()
+                .push(ip.ip());
+        }
+    }
+    Ok(out)
+}
+
 /// Every interface in this network namespace (name → ifindex).
 pub fn all_interfaces() -> Result<BTreeMap<String, u32>, DatapathError> {
     let list = nix::net::if_::if_nameindex().map_err(|e| DatapathError::Interface {

@@ -1,14 +1,37 @@
 //! [`ServiceMaps`] on the real BPF maps.
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
-use proxy_common::{BackendValue, Counter, ServiceKey, ServiceValue, SlotKey, maps};
+use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use proxy_common::{
+    BackendValue, Counter, ServiceKey, ServiceValue, SlotKey, SourceRangeKey, host_addr, maps,
+    wire_addr,
+};
 
 use super::{Datapath, DatapathError, ServiceMaps};
-use crate::plan::maps::{MapContents, MapOp};
+use crate::plan::maps::{MapContents, MapOp, SourceRange};
 
 pub struct KernelMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     slots: HashMap<MapData, SlotKey, u32>,
     backends: HashMap<MapData, u32, BackendValue>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+}
+
+/// Bits of the LPM key that are the service id, matched in full.
+const SERVICE_ID_BITS: u32 = 32;
+
+fn range_key(&(service_id, ip, len): &SourceRange) -> Key<SourceRangeKey> {
+    Key::new(
+        SERVICE_ID_BITS + u32::from(len),
+        SourceRangeKey {
+            service_id_be: service_id.to_be(),
+            addr: wire_addr(ip),
+        },
+    )
+}
+
+fn range_of(key: &Key<SourceRangeKey>) -> SourceRange {
+    let data = key.data();
+    let len = key.prefix_len().saturating_sub(SERVICE_ID_BITS) as u8;
+    (u32::from_be(data.service_id_be), host_addr(data.addr), len)
 }
 
 fn take<T>(datapath: &mut Datapath, name: &'static str) -> Result<T, DatapathError>
@@ -40,6 +63,7 @@ impl KernelMaps {
             services: take(datapath, maps::SERVICES)?,
             slots: take(datapath, maps::SLOTS)?,
             backends: take(datapath, maps::BACKENDS)?,
+            source_ranges: take(datapath, maps::SOURCE_RANGES)?,
         })
     }
 }
@@ -65,6 +89,14 @@ impl ServiceMaps for KernelMaps {
             MapOp::DeleteBackend(id) => {
                 ignore_missing(self.backends.remove(id)).map_err(map_err(maps::BACKENDS))
             }
+            MapOp::UpsertSourceRange(range) => self
+                .source_ranges
+                .insert(&range_key(range), 1, 0)
+                .map_err(map_err(maps::SOURCE_RANGES)),
+            MapOp::DeleteSourceRange(range) => {
+                ignore_missing(self.source_ranges.remove(&range_key(range)))
+                    .map_err(map_err(maps::SOURCE_RANGES))
+            }
         }
     }
 
@@ -81,6 +113,10 @@ impl ServiceMaps for KernelMaps {
         for entry in self.backends.iter() {
             let (k, v) = entry.map_err(map_err(maps::BACKENDS))?;
             contents.backends.insert(k, v);
+        }
+        for key in self.source_ranges.keys() {
+            let key = key.map_err(map_err(maps::SOURCE_RANGES))?;
+            contents.source_ranges.insert(range_of(&key));
         }
         Ok(contents)
     }

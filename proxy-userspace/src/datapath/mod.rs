@@ -11,15 +11,17 @@ mod interfaces;
 mod kernel;
 mod loader;
 mod probe;
+mod xdp_attach;
 
 pub use attach::{AttachMode, Attacher, cleanup_attachments};
 pub use fake::FakeMaps;
-pub use interfaces::{InterfaceSelector, all_interfaces};
+pub use interfaces::{InterfaceSelector, all_interfaces, ipv4_addresses};
 pub use kernel::{KernelMaps, read_counters};
 pub use loader::{Datapath, LoadOptions, OBJECT, cleanup_pins};
 pub use probe::{
     KernelFeatures, XdpSupport, load_probed, program_figures, report as features_report,
 };
+pub use xdp_attach::{XdpMode, attach_xdp, detach_xdp};
 
 use crate::plan::maps::{MapContents, MapOp};
 

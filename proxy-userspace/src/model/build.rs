@@ -5,8 +5,8 @@ use std::collections::btree_map::Entry;
 use std::net::Ipv4Addr;
 
 use super::{
-    Backend, Frontend, FrontendKey, Model, ServiceModel, ServicePortModel, SkipReason, Skipped,
-    SliceModel,
+    Backend, Model, ModelOptions, ServiceModel, ServicePortModel, SkipReason, Skipped, SliceModel,
+    frontends::frontends_of,
 };
 
 /// Builds the model from already validated objects. Pure and independent of
@@ -14,6 +14,7 @@ use super::{
 pub fn build_model<'a>(
     services: impl IntoIterator<Item = &'a ServiceModel>,
     slices: impl IntoIterator<Item = &'a SliceModel>,
+    opts: &ModelOptions,
 ) -> Model {
     let mut model = Model::default();
     let mut services: Vec<&ServiceModel> = services.into_iter().collect();
@@ -52,29 +53,19 @@ pub fn build_model<'a>(
             .unwrap_or_default();
         for port in &svc.ports {
             let backends = backends_for(port, slices);
-            for &ip in &svc.cluster_ips {
-                let key = FrontendKey {
-                    ip,
-                    port: port.port,
-                    protocol: port.protocol,
-                };
-                match model.frontends.entry(key) {
+            for frontend in frontends_of(&svc.object, svc, port, &backends, opts) {
+                match model.frontends.entry(frontend.key) {
                     // Only reachable with hand-written manifests: the API server
                     // never hands out a cluster IP twice.
                     Entry::Occupied(owner) => model.skipped.push(Skipped {
                         object: svc.object.clone(),
                         reason: SkipReason::FrontendConflict {
-                            key,
+                            key: frontend.key,
                             owner: owner.get().service.clone(),
                         },
                     }),
                     Entry::Vacant(slot) => {
-                        slot.insert(Frontend {
-                            key,
-                            service: svc.object.clone(),
-                            port_name: port.name.clone(),
-                            backends: backends.clone(),
-                        });
+                        slot.insert(frontend);
                     }
                 }
             }
@@ -106,6 +97,7 @@ pub(super) fn backends_for(port: &ServicePortModel, slices: &[&SliceModel]) -> V
                 node_name: ep.node_name.clone(),
                 zone: ep.zone.clone(),
                 target: ep.target.clone(),
+                local: false,
             };
             match out.entry((ep.ip, sp.port)) {
                 Entry::Vacant(v) => {

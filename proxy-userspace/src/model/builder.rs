@@ -20,6 +20,10 @@ pub struct ModelOptions {
     /// to. Objects carrying that label with any other value (or any value,
     /// when `None`) are ignored, like kube-proxy does.
     pub proxy_name: Option<String>,
+    /// This node's name: endpoints with this `nodeName` are local.
+    pub node_name: Option<String>,
+    /// Node addresses NodePorts answer on (kube-proxy's --nodeport-addresses).
+    pub nodeport_addresses: Vec<std::net::Ipv4Addr>,
 }
 
 /// Converts Services and EndpointSlices into a [`Model`], either from full
@@ -74,10 +78,12 @@ pub(super) struct Entry<T> {
 
 impl ModelBuilder {
     pub fn new(options: ModelOptions) -> Self {
-        Self {
+        let mut builder = Self {
             options,
             ..Self::default()
-        }
+        };
+        builder.index.options = builder.options.clone();
+        builder
     }
 
     pub fn model(&self) -> &Model {

@@ -8,9 +8,10 @@ use std::mem;
 
 use super::build::backends_for;
 use super::builder::Entry;
+use super::frontends::frontends_of;
 use super::{
-    Conditions, Counts, Frontend, FrontendKey, Kind, Model, ObjectRef, ServiceModel, SkipReason,
-    Skipped, SliceModel,
+    Conditions, Counts, Frontend, FrontendKey, Kind, Model, ModelOptions, ObjectRef, ServiceModel,
+    SkipReason, Skipped, SliceModel,
 };
 
 #[derive(Debug, Default)]
@@ -32,6 +33,8 @@ pub(super) struct Index {
     skips_dirty: bool,
     stale_dirty: bool,
     pub model: Model,
+    /// Node name and NodePort addresses the frontends are made for.
+    pub options: ModelOptions,
     pub skip_counts: BTreeMap<&'static str, usize>,
 }
 
@@ -205,18 +208,7 @@ impl Index {
         let mut out = Vec::new();
         for port in &model.ports {
             let backends = backends_for(port, &slices);
-            for &ip in &model.cluster_ips {
-                out.push(Frontend {
-                    key: FrontendKey {
-                        ip,
-                        port: port.port,
-                        protocol: port.protocol,
-                    },
-                    service: svc.clone(),
-                    port_name: port.name.clone(),
-                    backends: backends.clone(),
-                });
-            }
+            out.extend(frontends_of(svc, model, port, &backends, &self.options));
         }
         out
     }

@@ -11,6 +11,8 @@
 mod build;
 mod builder;
 mod error;
+mod external;
+mod frontends;
 mod index;
 pub mod node;
 mod service;
@@ -26,7 +28,7 @@ pub use build::build_model;
 pub use builder::{Commit, Counts, ModelBuilder, ModelOptions};
 pub use error::ConversionError;
 pub use node::{NodeAddress, NodeModel, convert_node};
-pub use service::{ServiceModel, ServicePortModel, convert_service};
+pub use service::{ExternalModel, ServiceModel, ServicePortModel, convert_service};
 pub use slice::{EndpointModel, SliceModel, SlicePortModel, convert_slice};
 
 /// Label naming the proxy that should handle a Service (absent: the default proxy).
@@ -124,18 +126,70 @@ impl Conditions {
     }
 }
 
+/// Which traffic a frontend answers: what pods send, or what arrives on the
+/// node's external interfaces. A LoadBalancer IP has one of each, with
+/// different endpoint sets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    #[default]
+    Internal,
+    External,
+}
+
+impl Scope {
+    /// As the maps store it.
+    pub fn number(self) -> u8 {
+        match self {
+            Scope::Internal => proxy_common::SCOPE_INTERNAL,
+            Scope::External => proxy_common::SCOPE_EXTERNAL,
+        }
+    }
+}
+
 /// A frontend's identity: where clients send packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendKey {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
+    pub scope: Scope,
+}
+
+impl FrontendKey {
+    /// A frontend for pod traffic (cluster IPs).
+    pub fn internal(ip: Ipv4Addr, port: u16, protocol: Protocol) -> Self {
+        Self {
+            ip,
+            port,
+            protocol,
+            scope: Scope::Internal,
+        }
+    }
 }
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)
+        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)?;
+        if self.scope == Scope::External {
+            f.write_str(" (external)")?;
+        }
+        Ok(())
     }
+}
+
+/// How a frontend treats traffic (traffic policies, masquerade, source ranges).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Only endpoints on this node take new connections (a `Local` policy).
+    pub local_only: bool,
+    /// Flows to endpoints on other nodes leave with the node's address
+    /// (externalTrafficPolicy Cluster).
+    pub masquerade: bool,
+    /// loadBalancerSourceRanges: allowed client prefixes; empty = everyone.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// Where kube-proxy-style health checks for this frontend's Service are
+    /// answered (externalTrafficPolicy Local only).
+    pub health_check_node_port: Option<u16>,
 }
 
 /// One endpoint behind a frontend; the protocol is the frontend's.
@@ -148,6 +202,8 @@ pub struct Backend {
     pub zone: Option<String>,
     /// `kind/namespace/name` of the endpoint's targetRef, for humans.
     pub target: Option<String>,
+    /// Runs on this node (`nodeName` equals the agent's node name).
+    pub local: bool,
 }
 
 /// A (cluster IP, port, protocol) of a Service with every endpoint known for it.
@@ -160,25 +216,35 @@ pub struct Frontend {
     /// All known endpoints, any condition, sorted by (ip, port), no duplicates.
     /// Non-active ones stay known so established flows to them keep working.
     pub backends: Vec<Backend>,
+    pub policy: Policy,
 }
 
 impl Frontend {
     /// Backends for NEW connections (kube-proxy semantics): the ready ones;
     /// if none, the serving-and-terminating ones; else none (the datapath rejects).
     /// Keeps the (ip, port) order of `backends`.
+    ///
+    /// With a `Local` policy the same rule applies to this node's endpoints only.
     pub fn active_backends(&self) -> Vec<&Backend> {
-        let ready: Vec<&Backend> = self
+        let candidates = self
             .backends
             .iter()
-            .filter(|b| b.conditions.ready)
-            .collect();
+            .filter(|b| !self.policy.local_only || b.local);
+        let ready: Vec<&Backend> = candidates.clone().filter(|b| b.conditions.ready).collect();
         if !ready.is_empty() {
             return ready;
         }
-        self.backends
-            .iter()
+        candidates
             .filter(|b| b.conditions.serving && b.conditions.terminating)
             .collect()
+    }
+
+    /// Whether any endpoint in the cluster could serve new connections. With
+    /// none here but some elsewhere, the datapath drops instead of refusing.
+    pub fn has_endpoints_anywhere(&self) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.conditions.ready || (b.conditions.serving && b.conditions.terminating))
     }
 }
 
@@ -277,7 +343,8 @@ pub struct Model {
 
 impl Model {
     pub fn frontend(&self, ip: Ipv4Addr, port: u16, protocol: Protocol) -> Option<&Frontend> {
-        self.frontends.get(&FrontendKey { ip, port, protocol })
+        self.frontends
+            .get(&FrontendKey::internal(ip, port, protocol))
     }
 
     /// How many IPv6 cluster IPs were skipped.

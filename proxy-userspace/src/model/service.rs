@@ -23,6 +23,7 @@ pub struct ServiceModel {
     pub ports: Vec<ServicePortModel>,
     /// The whole Service, or parts (IPv6 IPs, SCTP ports), left out.
     pub skipped: Vec<SkipReason>,
+    pub external: ExternalModel,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +32,24 @@ pub struct ServicePortModel {
     pub name: String,
     pub port: u16,
     pub protocol: Protocol,
+    /// Set for NodePort and LoadBalancer Services.
+    pub node_port: Option<u16>,
+}
+
+/// What a Service offers outside the pod network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExternalModel {
+    /// `status.loadBalancer.ingress[].ip` (LoadBalancer Services only).
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// externalTrafficPolicy: Local.
+    pub external_local: bool,
+    /// internalTrafficPolicy: Local.
+    pub internal_local: bool,
+    pub health_check_node_port: Option<u16>,
+    /// loadBalancerSourceRanges.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
 /// Validates `svc` and reduces it to a [`ServiceModel`]. Pure.
@@ -44,6 +63,7 @@ pub fn convert_service(
         cluster_ips: Vec::new(),
         ports: Vec::new(),
         skipped: vec![reason],
+        external: ExternalModel::default(),
     };
     // Label filters come first: kube-proxy never even sees these objects.
     if let Some(reason) = label_skip(&svc.metadata, opts) {
@@ -80,7 +100,9 @@ pub fn convert_service(
         cluster_ips: Vec::new(),
         ports: Vec::new(),
         skipped: Vec::new(),
+        external: super::external::convert(svc, spec, &object)?,
     };
+    let exposes_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
     for (i, raw) in ips.iter().enumerate() {
         let field = if field == "spec.clusterIP" {
             field.to_string()
@@ -136,6 +158,15 @@ pub fn convert_service(
                 name: name.to_string(),
                 port,
                 protocol,
+                node_port: match p.node_port {
+                    Some(n) if exposes_node_ports => Some(valid_port(n).ok_or_else(|| {
+                        err(
+                            format!("spec.ports[{i}].nodePort"),
+                            format!("{n} is not a valid port"),
+                        )
+                    })?),
+                    _ => None,
+                },
             }),
             Ok(None) => model.skipped.push(SkipReason::Sctp { port_index: i }),
             Err(message) => return Err(err(format!("spec.ports[{i}].protocol"), message)),

@@ -11,9 +11,11 @@ use super::planner::Touched;
 /// The phases that guarantee it:
 /// 1. upsert backends: nothing refers to new ones yet;
 /// 2. upsert slots: they point at backends written in 1 or kept;
-/// 3. upsert services: a higher count only covers slots written in 2; a lower
-///    count still covers slots that exist (they are deleted only in 5);
-/// 4. delete services gone from `desired`: nothing refers to services;
+/// 3. upsert source ranges, then services: a higher count only covers slots
+///    written in 2; a lower count still covers slots that exist (they are
+///    deleted only in 5); a service checking source ranges has them already;
+/// 4. delete services gone from `desired`, then source ranges: nothing refers
+///    to services, and no service checks a removed range any more;
 /// 5. delete slots: no service counts over them any more (3 and 4);
 /// 6. delete backends: no slot points at them any more (2 and 5).
 ///
@@ -30,6 +32,9 @@ pub fn diff(applied: &MapContents, desired: &MapContents) -> Vec<MapOp> {
             ops.push(MapOp::UpsertSlot(*key, *id));
         }
     }
+    for range in desired.source_ranges.difference(&applied.source_ranges) {
+        ops.push(MapOp::UpsertSourceRange(*range));
+    }
     for (key, value) in &desired.services {
         if applied.services.get(key) != Some(value) {
             ops.push(MapOp::UpsertService(*key, *value));
@@ -39,6 +44,9 @@ pub fn diff(applied: &MapContents, desired: &MapContents) -> Vec<MapOp> {
         if !desired.services.contains_key(key) {
             ops.push(MapOp::DeleteService(*key));
         }
+    }
+    for range in applied.source_ranges.difference(&desired.source_ranges) {
+        ops.push(MapOp::DeleteSourceRange(*range));
     }
     for key in applied.slots.keys() {
         if !desired.slots.contains_key(key) {
@@ -72,6 +80,11 @@ pub fn diff_touched(applied: &MapContents, desired: &MapContents, touched: &Touc
             ops.push(MapOp::UpsertSlot(*key, *id));
         }
     }
+    for range in &touched.source_ranges {
+        if desired.source_ranges.contains(range) && !applied.source_ranges.contains(range) {
+            ops.push(MapOp::UpsertSourceRange(*range));
+        }
+    }
     for key in &touched.services {
         if let Some(value) = desired.services.get(key)
             && applied.services.get(key) != Some(value)
@@ -82,6 +95,11 @@ pub fn diff_touched(applied: &MapContents, desired: &MapContents, touched: &Touc
     for key in &touched.services {
         if applied.services.contains_key(key) && !desired.services.contains_key(key) {
             ops.push(MapOp::DeleteService(*key));
+        }
+    }
+    for range in &touched.source_ranges {
+        if applied.source_ranges.contains(range) && !desired.source_ranges.contains(range) {
+            ops.push(MapOp::DeleteSourceRange(*range));
         }
     }
     for key in &touched.slots {
@@ -118,6 +136,12 @@ pub fn apply_op(maps: &mut MapContents, op: &MapOp) {
         }
         MapOp::DeleteBackend(id) => {
             maps.backends.remove(&id);
+        }
+        MapOp::UpsertSourceRange(range) => {
+            maps.source_ranges.insert(range);
+        }
+        MapOp::DeleteSourceRange(range) => {
+            maps.source_ranges.remove(&range);
         }
     }
 }

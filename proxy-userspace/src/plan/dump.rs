@@ -2,7 +2,18 @@
 
 use std::fmt::Write;
 
-use proxy_common::{IPPROTO_TCP, IPPROTO_UDP};
+use proxy_common::{
+    BACKEND_FLAG_LOCAL, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SVC_FLAG_HAS_ENDPOINTS,
+    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
+};
+
+/// Service flags as the dump names them.
+const FLAG_NAMES: [(u16, &str); 4] = [
+    (SVC_FLAG_LOCAL_ONLY, "local-only"),
+    (SVC_FLAG_HAS_ENDPOINTS, "has-endpoints"),
+    (SVC_FLAG_MASQUERADE, "masquerade"),
+    (SVC_FLAG_SOURCE_RANGES, "source-ranges"),
+];
 
 use super::maps::MapContents;
 
@@ -17,19 +28,26 @@ pub fn dump_text(maps: &MapContents) -> String {
     let mut out = String::new();
     let mut services: Vec<_> = maps.services.iter().collect();
     // The map's own order is by wire-order u32, which is not numeric on little-endian.
-    services.sort_by_key(|(k, _)| (k.ip(), k.port(), k.proto));
+    services.sort_by_key(|(k, _)| (k.ip(), k.port(), k.proto, k.scope));
     for (key, value) in services {
         let _ = write!(
             out,
-            "svc {}:{}/{} id={} count={}",
+            "svc {}:{}/{}{} id={} count={}",
             key.ip(),
             key.port(),
             proto_name(key.proto),
+            if key.scope == SCOPE_EXTERNAL {
+                " ext"
+            } else {
+                ""
+            },
             value.service_id,
             value.backend_count
         );
-        if value.flags != 0 {
-            let _ = write!(out, " flags={:#x}", value.flags);
+        for (bit, name) in FLAG_NAMES {
+            if value.flags & bit != 0 {
+                let _ = write!(out, " {name}");
+            }
         }
         out.push('\n');
     }
@@ -39,11 +57,19 @@ pub fn dump_text(maps: &MapContents) -> String {
     for (id, value) in &maps.backends {
         let _ = writeln!(
             out,
-            "backend {id} {}:{}/{}",
+            "backend {id} {}:{}/{}{}",
             value.ip(),
             value.port(),
-            proto_name(value.proto)
+            proto_name(value.proto),
+            if value.flags & BACKEND_FLAG_LOCAL != 0 {
+                " local"
+            } else {
+                ""
+            }
         );
+    }
+    for (id, ip, len) in &maps.source_ranges {
+        let _ = writeln!(out, "source-range {id} {ip}/{len}");
     }
     out
 }

@@ -1,6 +1,7 @@
 //! Map contents as plain data: what the planner wants and what the datapath holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use proxy_common::{BackendValue, ServiceKey, ServiceValue, SlotKey};
 
@@ -11,7 +12,12 @@ pub struct MapContents {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub slots: BTreeMap<SlotKey, u32>,
     pub backends: BTreeMap<u32, BackendValue>,
+    /// loadBalancerSourceRanges entries: (service id, prefix, prefix length).
+    pub source_ranges: BTreeSet<SourceRange>,
 }
+
+/// One allowed client prefix of one service.
+pub type SourceRange = (u32, Ipv4Addr, u8);
 
 /// One write to one map. A diff is an ordered list of these, safe to apply in
 /// order while packets flow: a slot never points at a missing backend and a
@@ -24,4 +30,6 @@ pub enum MapOp {
     DeleteService(ServiceKey),
     DeleteSlot(SlotKey),
     DeleteBackend(u32),
+    UpsertSourceRange(SourceRange),
+    DeleteSourceRange(SourceRange),
 }

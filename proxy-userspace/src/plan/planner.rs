@@ -1,12 +1,16 @@
 //! Model → desired map contents, with stable ids; in full or per frontend.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
-use proxy_common::{BackendValue, ServiceKey, ServiceValue, SlotKey};
+use proxy_common::{
+    BackendValue, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE,
+    SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue, SlotKey,
+};
 
 use super::ids::IdTable;
 use super::maps::MapContents;
-use crate::model::{Frontend, FrontendKey, Model};
+use crate::model::{Backend, Frontend, FrontendKey, Model};
 
 /// Owns the id tables: service ids per [`ServiceKey`], backend ids per
 /// (ip, port, proto) (a [`BackendValue`] is exactly that triple). An id stays
@@ -33,6 +37,7 @@ pub struct Touched {
     pub services: BTreeSet<ServiceKey>,
     pub slots: BTreeSet<SlotKey>,
     pub backends: BTreeSet<u32>,
+    pub source_ranges: BTreeSet<super::maps::SourceRange>,
 }
 
 impl Planner {
@@ -96,9 +101,20 @@ impl Planner {
         self.backends.start_round();
         let mut touched = Touched::default();
         for key in changed {
-            let skey = ServiceKey::new(key.ip, key.port, key.protocol.number());
+            let skey = key_of(key);
             touched.services.insert(skey);
             if let Some(old) = self.desired.services.remove(&skey) {
+                let ranges: Vec<_> = self
+                    .desired
+                    .source_ranges
+                    .range((old.service_id, Ipv4Addr::UNSPECIFIED, 0)..)
+                    .take_while(|r| r.0 == old.service_id)
+                    .copied()
+                    .collect();
+                for range in ranges {
+                    self.desired.source_ranges.remove(&range);
+                    touched.source_ranges.insert(range);
+                }
                 for slot in 0..u32::from(old.backend_count) {
                     let slot_key = SlotKey {
                         service_id: old.service_id,
@@ -143,7 +159,7 @@ impl Planner {
         let mut ids: Vec<u32> = fe
             .active_backends()
             .into_iter()
-            .filter_map(|b| self.backends.get(&value_of(fe, b.ip, b.port)))
+            .filter_map(|b| self.backends.get(&value_of(fe, b)))
             .collect();
         ids.truncate(usize::from(u16::MAX));
         for (slot, id) in (0u32..).zip(&ids) {
@@ -152,12 +168,17 @@ impl Planner {
             touched.slots.insert(slot_key);
         }
         let backend_count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
+        for &(ip, len) in &fe.policy.source_ranges {
+            let range = (service_id, ip, len);
+            self.desired.source_ranges.insert(range);
+            touched.source_ranges.insert(range);
+        }
         self.desired.services.insert(
             skey,
             ServiceValue {
                 service_id,
                 backend_count,
-                flags: 0,
+                flags: flags_of(fe),
             },
         );
     }
@@ -180,13 +201,36 @@ impl Planner {
 }
 
 fn service_key(fe: &Frontend) -> ServiceKey {
-    ServiceKey::new(fe.key.ip, fe.key.port, fe.key.protocol.number())
+    key_of(&fe.key)
+}
+
+fn key_of(key: &FrontendKey) -> ServiceKey {
+    ServiceKey::scoped(key.ip, key.port, key.protocol.number(), key.scope.number())
+}
+
+/// The datapath's view of a frontend's policy.
+fn flags_of(fe: &Frontend) -> u16 {
+    let mut flags = 0;
+    if fe.policy.local_only {
+        flags |= SVC_FLAG_LOCAL_ONLY;
+    }
+    if fe.has_endpoints_anywhere() {
+        flags |= SVC_FLAG_HAS_ENDPOINTS;
+    }
+    if fe.policy.masquerade {
+        flags |= SVC_FLAG_MASQUERADE;
+    }
+    if !fe.policy.source_ranges.is_empty() {
+        flags |= SVC_FLAG_SOURCE_RANGES;
+    }
+    flags
 }
 
 fn backend_values(fe: &Frontend) -> impl Iterator<Item = BackendValue> + '_ {
-    fe.backends.iter().map(|b| value_of(fe, b.ip, b.port))
+    fe.backends.iter().map(|b| value_of(fe, b))
 }
 
-fn value_of(fe: &Frontend, ip: std::net::Ipv4Addr, port: u16) -> BackendValue {
-    BackendValue::new(ip, port, fe.key.protocol.number())
+fn value_of(fe: &Frontend, b: &Backend) -> BackendValue {
+    let value = BackendValue::new(b.ip, b.port, fe.key.protocol.number());
+    if b.local { value.local() } else { value }
 }

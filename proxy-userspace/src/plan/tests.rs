@@ -37,10 +37,12 @@ fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
             ip: Ipv4Addr::new(10, 96, 0, svc),
             port: 80,
             protocol,
+            scope: Default::default(),
         };
         let mut backends: Vec<Backend> = backends
             .iter()
             .map(|&(b, conditions)| Backend {
+                local: false,
                 ip: Ipv4Addr::new(10, 0, 0, b),
                 port: 8080,
                 conditions,
@@ -58,6 +60,7 @@ fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
         m.frontends.insert(
             key,
             Frontend {
+                policy: Default::default(),
                 key,
                 service,
                 port_name: String::new(),
@@ -104,8 +107,8 @@ fn desired_contents_follow_endpoint_states() {
     ]);
     let maps = Planner::new().desired(&m);
     let want = "\
-svc 10.96.0.10:80/tcp id=1 count=2
-svc 10.96.0.20:80/tcp id=2 count=1
+svc 10.96.0.10:80/tcp id=1 count=2 has-endpoints
+svc 10.96.0.20:80/tcp id=2 count=1 has-endpoints
 svc 10.96.0.30:80/tcp id=3 count=0
 slot 1/0 -> 1
 slot 1/1 -> 3
@@ -289,7 +292,7 @@ fn one_endpoint_change_touches_only_its_service() {
                 ServiceValue {
                     service_id: s10,
                     backend_count: 3,
-                    flags: 0
+                    flags: proxy_common::SVC_FLAG_HAS_ENDPOINTS
                 }
             ),
         ]
@@ -303,7 +306,7 @@ fn one_endpoint_change_touches_only_its_service() {
                 ServiceValue {
                     service_id: s10,
                     backend_count: 2,
-                    flags: 0
+                    flags: proxy_common::SVC_FLAG_HAS_ENDPOINTS
                 }
             ),
             MapOp::DeleteSlot(SlotKey {

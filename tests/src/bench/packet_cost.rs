@@ -223,7 +223,7 @@ pub fn nodeport_xdp_vs_tc(rounds: usize) -> Result<NodePortCost> {
             );
             let (run, ns) = h.run_xdp_repeat(&syn, 1)?;
             ensure!(
-                run.counted == vec![("dnat_new", 1), ("xdp_redirected", 1)],
+                run.counted == vec![("dnat_new", 1), ("xdp_transmitted", 1)],
                 "xdp took {:?}",
                 run.counted
             );

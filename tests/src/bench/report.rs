@@ -32,7 +32,7 @@ impl Spread {
 
 type Key = (Contender, usize);
 
-fn group<'a>(results: &'a Results) -> BTreeMap<Key, Vec<&'a Sample>> {
+fn group(results: &Results) -> BTreeMap<Key, Vec<&Sample>> {
     let mut groups: BTreeMap<Key, Vec<&Sample>> = BTreeMap::new();
     for s in &results.samples {
         groups.entry((s.contender, s.services)).or_default().push(s);

@@ -73,7 +73,7 @@ fn reference(
         .values()
         .filter_map(|s| convert_slice(s, &opts).ok())
         .collect();
-    build_model(&services, &slices)
+    build_model(&services, &slices, &ModelOptions::default())
 }
 
 #[test]
@@ -172,6 +172,7 @@ endpoints: [{{addresses: [{ip}]}}]"
         ip: ip("10.96.1.7"),
         port: 80,
         protocol: Protocol::Tcp,
+        scope: Default::default(),
     };
     assert_eq!(second.changed, BTreeSet::from([key]));
     assert_eq!(
@@ -229,6 +230,7 @@ fn contested_frontend_passes_to_the_unchanged_claimant() {
         ip: ip("10.96.0.1"),
         port: 80,
         protocol: Protocol::Tcp,
+        scope: Default::default(),
     };
     assert_eq!(builder.model().frontends[&key].service.name, "a");
     assert_eq!(builder.model().skipped.len(), 1, "b's conflict is reported");

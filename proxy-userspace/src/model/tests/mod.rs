@@ -379,6 +379,7 @@ spec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}"
     for (name, proxy_name, service, frontends, skipped) in cases {
         let options = ModelOptions {
             proxy_name: proxy_name.map(String::from),
+            ..Default::default()
         };
         let (m, errors) = ModelBuilder::new(options).update(&[service], &[]);
         assert!(errors.is_empty(), "{name}: {errors:?}");

@@ -1,0 +1,81 @@
+//! The XDP fast path on external interfaces: native where the driver has it,
+//! generic otherwise (`--xdp auto`), or as forced. Links are pinned like the
+//! TC ones so the fast path survives agent restarts.
+use std::path::{Path, PathBuf};
+
+use aya::programs::{links::FdLink, xdp::XdpMode as AttachMode};
+use tracing::{info, warn};
+
+use super::{Datapath, DatapathError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Native if the driver supports it, else generic, else TC only.
+    Auto,
+    Native,
+    Generic,
+    /// TC programs only.
+    Off,
+}
+
+/// Attaches the XDP program to `interface`; returns the mode it got, or
+/// `None` when XDP is off or (in `auto`) could not be attached at all: the
+/// TC programs then do the same work.
+pub fn attach_xdp(
+    datapath: &mut Datapath,
+    pin_dir: &Path,
+    interface: &str,
+    mode: XdpMode,
+) -> Result<Option<&'static str>, DatapathError> {
+    let attempts: &[(AttachMode, &'static str)] = match mode {
+        XdpMode::Off => return Ok(None),
+        XdpMode::Auto => &[(AttachMode::Driver, "native"), (AttachMode::Skb, "generic")],
+        XdpMode::Native => &[(AttachMode::Driver, "native")],
+        XdpMode::Generic => &[(AttachMode::Skb, "generic")],
+    };
+    let pin = link_pin(pin_dir, interface);
+    // A fresh link each start: XDP links cannot take over a pinned one atomically in aya 0.14.
+    let _ = std::fs::remove_file(&pin);
+    let program = datapath.xdp()?;
+    let mut last_error = String::new();
+    for &(flags, name) in attempts {
+        match program.attach(interface, flags) {
+            Ok(id) => {
+                let link = program.take_link(id).map_err(|e| error(interface, e))?;
+                if let Some(dir) = pin.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                match FdLink::try_from(link) {
+                    Ok(fd_link) => {
+                        fd_link.pin(&pin).map_err(|e| error(interface, e))?;
+                    }
+                    // Netlink-attached XDP (old kernels) stays until detached.
+                    Err(e) => warn!(interface, error = %e, "XDP link not pinnable"),
+                }
+                info!(interface, mode = name, "XDP fast path attached");
+                return Ok(Some(name));
+            }
+            Err(e) => last_error = format!("{name}: {e}"),
+        }
+    }
+    if mode == XdpMode::Auto {
+        warn!(interface, error = %last_error, "no XDP here; the TC programs handle external traffic");
+        return Ok(None);
+    }
+    Err(error(interface, last_error))
+}
+
+pub fn detach_xdp(pin_dir: &Path, interface: &str) {
+    let _ = std::fs::remove_file(link_pin(pin_dir, interface));
+}
+
+fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
+    pin_dir.join("links").join(format!("{interface}-xdp"))
+}
+
+fn error(interface: &str, e: impl std::fmt::Display) -> DatapathError {
+    DatapathError::Interface {
+        interface: interface.to_string(),
+        message: format!("XDP: {e}"),
+    }
+}

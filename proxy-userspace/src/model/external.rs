@@ -1,0 +1,134 @@
+//! The external-traffic parts of a Service: LoadBalancer and external IPs,
+//! traffic policies, health-check node port and source ranges.
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+
+use super::{ConversionError, ExternalModel, ObjectRef, service::valid_port};
+
+/// Validates and extracts the external fields. IPv6 addresses and ranges are
+/// left out (IPv6 is not load-balanced yet).
+pub(super) fn convert(
+    svc: &Service,
+    spec: &ServiceSpec,
+    object: &ObjectRef,
+) -> Result<ExternalModel, ConversionError> {
+    let err = |field: String, message: String| ConversionError::new(object, field, message);
+    let mut model = ExternalModel::default();
+    for (i, raw) in spec.external_ips.iter().flatten().enumerate() {
+        match raw.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => model.external_ips.push(ip),
+            Ok(IpAddr::V6(_)) => {}
+            Err(_) => {
+                return Err(err(
+                    format!("spec.externalIPs[{i}]"),
+                    format!("{raw:?} is not a valid IP address"),
+                ));
+            }
+        }
+    }
+    if spec.type_.as_deref() == Some("LoadBalancer") {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        for (i, entry) in ingress.into_iter().flatten().enumerate() {
+            let Some(raw) = entry.ip.as_deref() else {
+                continue; // hostname-only ingress: nothing to program
+            };
+            match raw.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => model.load_balancer_ips.push(ip),
+                Ok(IpAddr::V6(_)) => {}
+                Err(_) => {
+                    return Err(err(
+                        format!("status.loadBalancer.ingress[{i}].ip"),
+                        format!("{raw:?} is not a valid IP address"),
+                    ));
+                }
+            }
+        }
+    }
+    model.external_local = policy(
+        spec.external_traffic_policy.as_deref(),
+        "spec.externalTrafficPolicy",
+        object,
+    )?;
+    model.internal_local = policy(
+        spec.internal_traffic_policy.as_deref(),
+        "spec.internalTrafficPolicy",
+        object,
+    )?;
+    if let Some(port) = spec.health_check_node_port {
+        model.health_check_node_port = Some(valid_port(port).ok_or_else(|| {
+            err(
+                "spec.healthCheckNodePort".into(),
+                format!("{port} is not a valid port"),
+            )
+        })?);
+    }
+    for (i, raw) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = format!("spec.loadBalancerSourceRanges[{i}]");
+        match parse_cidr(raw.trim()) {
+            Some(Some(cidr)) => model.source_ranges.push(cidr),
+            Some(None) => {} // IPv6
+            None => return Err(err(field, format!("{raw:?} is not a valid CIDR"))),
+        }
+    }
+    Ok(model)
+}
+
+/// `true` for `Local`; `Cluster` or unset is `false`.
+fn policy(raw: Option<&str>, field: &str, object: &ObjectRef) -> Result<bool, ConversionError> {
+    match raw {
+        None | Some("Cluster") => Ok(false),
+        Some("Local") => Ok(true),
+        Some(other) => Err(ConversionError::new(
+            object,
+            field,
+            format!("{other:?} is not a valid traffic policy (Cluster or Local)"),
+        )),
+    }
+}
+
+/// `Some(Some(v4))`, `Some(None)` for a valid IPv6 CIDR, `None` if invalid.
+/// The address is masked to its prefix.
+pub(super) fn parse_cidr(raw: &str) -> Option<Option<(Ipv4Addr, u8)>> {
+    let (addr, len) = raw.split_once('/')?;
+    let len: u8 = len.parse().ok()?;
+    match addr.parse::<IpAddr>().ok()? {
+        IpAddr::V4(ip) if len <= 32 => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            Some(Some((Ipv4Addr::from(u32::from(ip) & mask), len)))
+        }
+        IpAddr::V6(_) if len <= 128 => Some(None),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cidr;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn cidrs_are_parsed_and_masked() {
+        assert_eq!(
+            parse_cidr("10.1.2.3/8"),
+            Some(Some((Ipv4Addr::new(10, 0, 0, 0), 8)))
+        );
+        assert_eq!(
+            parse_cidr("0.0.0.0/0"),
+            Some(Some((Ipv4Addr::UNSPECIFIED, 0)))
+        );
+        assert_eq!(parse_cidr("2001:db8::/32"), Some(None));
+        assert_eq!(parse_cidr("10.0.0.0/33"), None);
+        assert_eq!(parse_cidr("10.0.0.0"), None);
+        assert_eq!(parse_cidr("banana/8"), None);
+    }
+}

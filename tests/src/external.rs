@@ -1,0 +1,246 @@
+//! A two-node cluster with a host outside it, for NodePort, LoadBalancer and
+//! external-IP end-to-end tests. Every node's agent also owns the node's
+//! `eth0` (its link to the underlay) as external interface.
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    demo::healthz_status,
+    echo::EchoServer,
+    netns::{self, ChildGuard, Topology},
+};
+
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 200);
+pub const NODE_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(172, 30, 0, 1), Ipv4Addr::new(172, 30, 0, 2)];
+/// (pod, node, ip)
+pub const PODS: [(&str, &str, Ipv4Addr); 2] = [
+    ("web-1", "node1", Ipv4Addr::new(10, 244, 1, 11)),
+    ("web-2", "node2", Ipv4Addr::new(10, 244, 2, 11)),
+];
+/// LoadBalancer IPs and the node the outside routes each to.
+pub const LB_LOCAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+pub const LB_ALLOWED: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
+pub const LB_BLOCKED: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 30);
+pub const NODE_PORT_TCP: u16 = 30_080;
+pub const NODE_PORT_UDP: u16 = 30_053;
+pub const NODE_PORT_LOCAL: u16 = 30_081;
+pub const HEALTH_CHECK_PORT: u16 = 32_000;
+const HEALTHZ_PORT: u16 = 10_256;
+
+/// The Services under test; `local_pods` are the endpoints of the
+/// externalTrafficPolicy Local service.
+pub fn manifests(local_pods: &[&str]) -> String {
+    let endpoint = |pod: &str| {
+        let (_, node, ip) = PODS.iter().find(|p| p.0 == pod).expect("known pod");
+        format!("- {{addresses: [{ip}], nodeName: {node}, conditions: {{ready: true}}}}\n")
+    };
+    let all: String = PODS.iter().map(|p| endpoint(p.0)).collect();
+    let local: String = local_pods.iter().map(|p| endpoint(p)).collect();
+    let slice = |name: &str, endpoints: &str| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-x, namespace: ext, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:{}\n{endpoints}",
+            if endpoints.is_empty() { " []" } else { "" }
+        )
+    };
+    let lb = |name: &str, cluster_ip: &str, ip: Ipv4Addr, extra: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ext}}\nspec:\n  type: LoadBalancer\n  clusterIP: {cluster_ip}\n{extra}  ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]\nstatus: {{loadBalancer: {{ingress: [{{ip: {ip}}}]}}}}\n"
+        )
+    };
+    let local_service = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: local, namespace: ext}}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.51\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {HEALTH_CHECK_PORT}\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: {NODE_PORT_LOCAL}, protocol: TCP}}]\nstatus: {{loadBalancer: {{ingress: [{{ip: {LB_LOCAL}}}]}}}}\n"
+    );
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: ext}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.50\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: {NODE_PORT_TCP}, protocol: TCP}}\n  - {{name: dns, port: 53, targetPort: 5353, nodePort: {NODE_PORT_UDP}, protocol: UDP}}\n{}{}{}{}{}{}{}",
+        slice("web", &all),
+        local_service,
+        slice("local", &local),
+        lb(
+            "allowed",
+            "10.96.0.52",
+            LB_ALLOWED,
+            &format!("  loadBalancerSourceRanges: [{CLIENT_IP}/32]\n")
+        ),
+        slice("allowed", &all),
+        lb(
+            "blocked",
+            "10.96.0.53",
+            LB_BLOCKED,
+            "  loadBalancerSourceRanges: [10.0.0.0/8]\n"
+        ),
+        slice("blocked", &all),
+    )
+}
+
+pub struct ExternalCluster {
+    pub topology: Topology,
+    pub servers: Vec<EchoServer>,
+    agents: Vec<(String, PathBuf, PathBuf, ChildGuard)>,
+    manifests: PathBuf,
+    vipr: PathBuf,
+    /// The host outside the cluster.
+    pub client: String,
+}
+
+impl ExternalCluster {
+    /// `xdp`: the agents' `--xdp` value.
+    pub fn start(vipr: &Path, xdp: &str) -> Result<Self> {
+        crate::demo::ensure_bpffs()?;
+        let mut topology = Topology::new()?;
+        topology.add_node("node1")?.add_node("node2")?;
+        for (pod, node, ip) in PODS {
+            topology.add_pod(node, pod, &ip.to_string())?;
+        }
+        let client = topology.add_external_host(
+            "outside",
+            CLIENT_IP,
+            &[
+                (&format!("{LB_LOCAL}/32"), "node2"),
+                (&format!("{LB_ALLOWED}/32"), "node1"),
+                (&format!("{LB_BLOCKED}/32"), "node1"),
+            ],
+        )?;
+        // Traffic from outside arrives off the wire with complete checksums;
+        // a veth would otherwise hand over partial ones, which XDP (blind to
+        // checksum offload state) cannot update correctly.
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &client, "ethtool", "-K", "eth0", "tx", "off",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ethtool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let manifests = std::env::temp_dir().join(format!("{}-ext", topology.prefix()));
+        fs::create_dir_all(&manifests)?;
+        fs::write(manifests.join("ext.yaml"), self::manifests(&["web-2"]))?;
+        let mut cluster = Self {
+            servers: Vec::new(),
+            agents: Vec::new(),
+            manifests,
+            vipr: vipr.to_owned(),
+            client,
+            topology,
+        };
+        for (pod, _, _) in PODS {
+            if xdp != "off" {
+                // Full checksums from the pods too: frames XDP transmits
+                // become fresh packets at the receiver, which verifies them.
+                cluster.topology.set_tx_checksum_offload(pod, false)?;
+            }
+            let ns = cluster.topology.netns(pod)?;
+            cluster
+                .servers
+                .push(EchoServer::start(&ns, pod, Some(8080), Some(5353))?);
+        }
+        for node in ["node1", "node2"] {
+            cluster.start_agent(node, xdp)?;
+        }
+        Ok(cluster)
+    }
+
+    fn start_agent(&mut self, node: &str, xdp: &str) -> Result<()> {
+        let ns = self.topology.netns(node)?;
+        let pins = PathBuf::from(format!(
+            "/sys/fs/bpf/vipr-{}-{node}",
+            self.topology.prefix()
+        ));
+        let log = self.manifests.with_extension(format!("{node}.log"));
+        let out = fs::File::create(&log)?;
+        let mut cmd = netns::command_in(&ns, "setpriv");
+        cmd.args(["--pdeathsig", "TERM", "--"])
+            .arg(&self.vipr)
+            .args(["run", "--node-name", node, "--pod-interfaces"])
+            .arg(self.topology.pod_interface_glob())
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .args(["--external-interfaces", "eth0", "--xdp", xdp, "--bpffs"])
+            .arg(&pins)
+            .arg("--healthz-bind-address")
+            .arg(format!("127.0.0.1:{HEALTHZ_PORT}"))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let mut child = ChildGuard::spawn(&mut cmd)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(healthz_status(&ns, HEALTHZ_PORT), Ok(200)) {
+            if child.try_wait()?.is_some() || Instant::now() > deadline {
+                bail!(
+                    "agent on {node} did not become healthy:\n{}",
+                    fs::read_to_string(&log)?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.agents.push((node.to_owned(), pins, log, child));
+        Ok(())
+    }
+
+    /// Rewrites the endpoints of the externalTrafficPolicy Local service.
+    pub fn set_local_endpoints(&self, pods: &[&str]) -> Result<()> {
+        let tmp = self.manifests.join(".ext.yaml.tmp");
+        fs::write(&tmp, manifests(pods))?;
+        fs::rename(tmp, self.manifests.join("ext.yaml")).context("replace manifests")
+    }
+
+    pub fn server(&self, pod: &str) -> &EchoServer {
+        self.servers
+            .iter()
+            .find(|s| s.name() == pod)
+            .expect("server")
+    }
+
+    pub fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .map(|(node, _, log, _)| {
+                format!("== {node}\n{}", fs::read_to_string(log).unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// GET the health-check node port of `node` from outside: (status, body).
+    pub fn health_check(&self, node: usize) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let addr = SocketAddr::from((NODE_IPS[node], HEALTH_CHECK_PORT));
+        netns::run_in(&self.client, move || -> Result<(u16, String)> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            let code = text.split_whitespace().nth(1).context("status")?.parse()?;
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+            Ok((code, body))
+        })?
+    }
+}
+
+impl Drop for ExternalCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for s in &mut self.servers {
+            s.stop();
+        }
+        for (_, pins, log, child) in &mut self.agents {
+            let _ = child.terminate();
+            let _ = fs::remove_file(log);
+            let _ = fs::remove_dir_all(pins.as_path());
+        }
+        let _ = self.topology.teardown();
+        let _ = fs::remove_dir_all(&self.manifests);
+    }
+}
