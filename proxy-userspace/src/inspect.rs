@@ -2,12 +2,15 @@
 //! `vipr cleanup`.
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use comfy_table::Table;
 use proxy_common::{Counter, maps};
 
 use crate::{
-    datapath::{DatapathError, all_interfaces, cleanup_attachments, cleanup_pins, read_counters},
+    datapath::{
+        DatapathError, all_interfaces, cleanup_attachments, cleanup_pins, read_counters,
+        source_range_of,
+    },
     plan::{MapContents, dump_text},
 };
 
@@ -44,6 +47,14 @@ pub fn pinned_contents(pin_dir: &Path) -> Result<MapContents, DatapathError> {
     for entry in backends.iter() {
         let (k, v) = entry.map_err(err(maps::BACKENDS))?;
         contents.backends.insert(k, v);
+    }
+    let ranges: LpmTrie<_, proxy_common::SourceRangeKey, u8> = typed(
+        maps::SOURCE_RANGES,
+        Map::LpmTrie(open(pin_dir, maps::SOURCE_RANGES)?),
+    )?;
+    for key in ranges.keys() {
+        let key = key.map_err(err(maps::SOURCE_RANGES))?;
+        contents.source_ranges.insert(source_range_of(&key));
     }
     Ok(contents)
 }

@@ -28,7 +28,8 @@ fn range_key(&(service_id, ip, len): &SourceRange) -> Key<SourceRangeKey> {
     )
 }
 
-fn range_of(key: &Key<SourceRangeKey>) -> SourceRange {
+/// A source-range LPM key back as (service id, prefix, length).
+pub fn source_range_of(key: &Key<SourceRangeKey>) -> SourceRange {
     let data = key.data();
     let len = key.prefix_len().saturating_sub(SERVICE_ID_BITS) as u8;
     (u32::from_be(data.service_id_be), host_addr(data.addr), len)
@@ -116,7 +117,7 @@ impl ServiceMaps for KernelMaps {
         }
         for key in self.source_ranges.keys() {
             let key = key.map_err(map_err(maps::SOURCE_RANGES))?;
-            contents.source_ranges.insert(range_of(&key));
+            contents.source_ranges.insert(source_range_of(&key));
         }
         Ok(contents)
     }
