@@ -57,7 +57,7 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const EXIT_MARKER: &str = "VIPR-VM-EXIT=";
 
 /// /init of the guest's initramfs: load the 9p modules, mount the host's root
-/// read-only with private tmpfs/proc/sys/bpffs on top, run the script given
+/// read-only with private /run (tmpfs, also TMPDIR), proc, sys and bpffs on top, run the script given
 /// on the kernel command line in it, report its exit code, power off.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -71,8 +71,11 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=1048576,cache=loose h
     echo "vm: mounting the host root failed"; poweroff -f
 fi
 script=$(sed -n 's/.*vipr.script=\([^ ]*\).*/\1/p' /proc/cmdline)
-mount -t tmpfs tmpfs /host/tmp
+# /tmp stays the host's (read-only): the checkout may live there (CI clones
+# anywhere). Writable temporary files go to a tmpfs under /run instead.
 mount -t tmpfs tmpfs /host/run
+mkdir -p /host/run/tmp
+export TMPDIR=/run/tmp
 mount --move /proc /host/proc
 mount --move /sys /host/sys
 mount --move /dev /host/dev
@@ -410,7 +413,6 @@ fn boot(
     std::fs::create_dir_all(&scratch)?;
     let initramfs = scratch.join("initramfs.cpio");
     build_initramfs(image, &version, &initramfs)?;
-    // Outside /tmp: the guest mounts its own tmpfs there.
     let script = scratch.join("guest.sh");
     std::fs::write(&script, guest_script(root, image, payload))?;
 
