@@ -292,8 +292,19 @@ impl Harness {
         let mut options = LoadOptions::new(&pin_dir);
         options.hash_seed = 0x5eed;
         adjust(&mut options);
-        let mut datapath = Datapath::load(&options)?;
-        let maps = KernelMaps::take(&mut datapath)?;
+        // Pins of a half-built harness must go too: `Drop` only covers a built one.
+        let built = (|| -> anyhow::Result<_> {
+            let mut datapath = Datapath::load(&options)?;
+            let maps = KernelMaps::take(&mut datapath)?;
+            Ok((datapath, maps))
+        })();
+        let (mut datapath, maps) = match built {
+            Ok(parts) => parts,
+            Err(e) => {
+                let _ = cleanup_pins(&pin_dir);
+                return Err(e);
+            }
+        };
         let conntrack = HashMap::try_from(
             datapath
                 .ebpf

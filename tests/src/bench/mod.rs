@@ -196,7 +196,9 @@ pub fn run(plan: &Plan, vipr: &Path, work_root: &Path) -> Result<Results> {
     for &n in &plan.service_counts {
         let mut active: Vec<Contender> = Vec::new();
         for c in Contender::ALL {
-            if let Some(&(prev_n, secs)) = last_install.get(&c) {
+            // Extrapolate only from a size where the rules dominate the
+            // fixed start-up cost (agent start, program load).
+            if let Some(&(prev_n, secs)) = last_install.get(&c).filter(|(n, _)| *n >= 1_000) {
                 let estimate = secs * n as f64 / prev_n.max(1) as f64;
                 if estimate > plan.install_budget.as_secs_f64() {
                     let reason =
