@@ -428,22 +428,7 @@ impl Harness {
             options.repeat = repeat;
             program.test_run(options)?
         };
-        output.truncate(result.data_size_out as usize);
-        let after = self.counters()?;
-        let counted = before
-            .iter()
-            .zip(&after)
-            .filter(|((_, b), (_, a))| a != b)
-            .map(|((c, b), (_, a))| (c.name(), a - b))
-            .collect();
-        Ok((
-            Run {
-                verdict: result.return_value as i32,
-                output,
-                counted,
-            },
-            result.duration.as_nanos() as f64,
-        ))
+        self.finish(&before, &result, output)
     }
 
     /// Runs `repeat` times on the same skb; returns the run and ns per run.
@@ -463,6 +448,16 @@ impl Harness {
             options.repeat = repeat;
             program.test_run(options)?
         };
+        self.finish(&before, &result, output)
+    }
+
+    /// The run's verdict, output and counter deltas, and ns per repetition.
+    fn finish(
+        &self,
+        before: &[(Counter, u64)],
+        result: &aya::programs::TestRunResult,
+        mut output: Vec<u8>,
+    ) -> anyhow::Result<(Run, f64)> {
         output.truncate(result.data_size_out as usize);
         let after = self.counters()?;
         let counted = before
@@ -471,14 +466,13 @@ impl Harness {
             .filter(|((_, b), (_, a))| a != b)
             .map(|((c, b), (_, a))| (c.name(), a - b))
             .collect();
-        let ns = result.duration.as_nanos() as f64;
         Ok((
             Run {
                 verdict: result.return_value as i32,
                 output,
                 counted,
             },
-            ns,
+            result.duration.as_nanos() as f64,
         ))
     }
 }
