@@ -47,13 +47,18 @@ fn apt_packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    println!("setup: installing {}", missing.join(" "));
+    apt_install("setup", &missing)
+}
+
+/// `apt-get update` and install `packages` (never empty), non-interactively.
+pub fn apt_install(who: &str, packages: &[&str]) -> anyhow::Result<()> {
+    println!("{who}: installing {}", packages.join(" "));
     run_checked(Command::new("apt-get").arg("update"))?;
     run_checked(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing),
+            .args(packages),
     )?;
     Ok(())
 }

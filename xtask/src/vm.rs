@@ -161,15 +161,7 @@ fn install_packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    println!("vm-test: installing {}", missing.join(" "));
-    checked(Command::new("apt-get").arg("update"))?;
-    checked(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing),
-    )?;
-    Ok(())
+    crate::setup::apt_install("vm-test", &missing)
 }
 
 fn package_installed(package: &str) -> bool {
