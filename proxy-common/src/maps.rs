@@ -42,6 +42,11 @@ pub const SVC_FLAG_SOURCE_RANGES: u16 = 1 << 3;
 /// The endpoint runs on this node (no SNAT needed to get its replies back).
 pub const BACKEND_FLAG_LOCAL: u8 = 1 << 0;
 
+/// Source address of hairpin flows (a pod reaching its own Service and
+/// landing on itself): link-local and never a pod's, so the pod's reply comes
+/// back through its veth where the translation is undone. Wire order.
+pub const HAIRPIN_IPV4: [u8; 4] = [169, 254, 7, 1];
+
 /// Source ports for masqueraded flows: above the kernel's default ephemeral
 /// range (32768–60999), so never one of the node's own connections.
 pub const SNAT_PORT_FIRST: u16 = 61_000;

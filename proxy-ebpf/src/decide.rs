@@ -2,9 +2,11 @@
 //! XDP programs share these decisions and differ only in how they carry
 //! them out. Deciding may record conntrack entries.
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, CT_FLAG_SNAT, Counter, CtValue, SVC_FLAG_HAS_ENDPOINTS,
+    BACKEND_FLAG_LOCAL, CT_FLAG_SNAT, Counter, CtValue, HAIRPIN_IPV4, SVC_FLAG_HAS_ENDPOINTS,
     SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
 };
+
+use proxy_common::SCOPE_INTERNAL;
 
 use crate::{
     ct,
@@ -64,8 +66,11 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
     let Some(backend) = lookup_backend(backend_id) else {
         return Decision::Drop(Counter::DropMissingBackend);
     };
-    let masquerade =
-        service.flags & SVC_FLAG_MASQUERADE != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
+    // A pod landing on itself would see its own address as the source and
+    // drop the packet; it gets the hairpin address instead.
+    let hairpin = backend.addr == flow.src_addr;
+    let masquerade = hairpin
+        || service.flags & SVC_FLAG_MASQUERADE != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
     if !masquerade {
         if ct::record(flow, backend_id, backend.addr, backend.port).is_err() {
             return Decision::Drop(Counter::DropConntrackFull);
@@ -78,7 +83,11 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
         };
         return Decision::Translate(entry, outcome);
     }
-    let node = node_ipv4();
+    let node = if hairpin {
+        u32::from_ne_bytes(HAIRPIN_IPV4)
+    } else {
+        node_ipv4()
+    };
     if node == 0 {
         return Decision::Drop(Counter::DropSnatPortsExhausted);
     }
@@ -107,6 +116,16 @@ pub fn from_outside(flow: &Flow, scope: u8) -> Decision {
         Some(entry) if entry.flags & CT_FLAG_SNAT != 0 => Decision::Unmasquerade(entry),
         _ => to_service(flow, scope),
     }
+}
+
+/// What pods send: their own hairpin replies first (one compare for all
+/// other traffic), then service frontends.
+#[inline(always)]
+pub fn from_pod(flow: &Flow) -> Decision {
+    if flow.dst_addr == u32::from_ne_bytes(HAIRPIN_IPV4) {
+        return from_outside(flow, SCOPE_INTERNAL);
+    }
+    to_service(flow, SCOPE_INTERNAL)
 }
 
 /// Reply path towards a client: restore the frontend as the source.

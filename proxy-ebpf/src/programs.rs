@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use proxy_common::{CT_FLAG_SNAT, Counter, CtValue, IPPROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL};
+use proxy_common::{CT_FLAG_SNAT, Counter, CtValue, IPPROTO_TCP, SCOPE_EXTERNAL};
 
 use crate::{
     decide::{self, Decision},
@@ -32,7 +32,7 @@ fn verdict(counter: Counter) -> i32 {
 #[classifier]
 pub fn vipr_from_pod(ctx: TcContext) -> i32 {
     match parse_flow(&ctx) {
-        Ok(flow) => apply(&ctx, &flow, decide::to_service(&flow, SCOPE_INTERNAL)),
+        Ok(flow) => apply(&ctx, &flow, decide::from_pod(&flow)),
         Err(reason) => verdict(reason),
     }
 }

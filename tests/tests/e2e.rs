@@ -420,6 +420,19 @@ fn backend_on_the_other_node_both_ways() {
 }
 
 #[test]
+fn a_pod_reaches_itself_through_its_service() {
+    with_cluster("hairpin", |env| {
+        env.set_endpoints(&["echo-1"])?;
+        assert!(wait_backend_gone(env, "echo-2", 20) && wait_backend_gone(env, "echo-3", 20));
+        for _ in 0..5 {
+            let name = tcp(env, "echo-1")?;
+            assert_eq!(name, "echo-1", "hairpin: the pod is its own backend");
+        }
+        Ok(())
+    });
+}
+
+#[test]
 fn service_without_endpoints_is_refused_at_once() {
     with_cluster("empty", |env| {
         let client = env.netns("client");

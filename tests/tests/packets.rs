@@ -441,3 +441,84 @@ fn flows_spread_over_every_backend() {
         assert!(*n > 50, "backend {i} got {n} of 300 flows: {hits:?}");
     }
 }
+
+#[test]
+fn a_pod_reaching_its_own_service_gets_a_hairpin_source_and_its_reply_is_restored() {
+    let mut h = harness();
+    // VIP:80 has POD_A as its only backend; POD_A itself is the client.
+    let own = Tuple {
+        src: (POD_A, 41_000),
+        dst: (VIP, 80),
+    };
+    let run = h.run(FROM_POD, &tcp(own, 3, true, false, b"")).unwrap();
+    assert_eq!(run.counted, vec![("dnat_new", 1)]);
+    assert_eq!(checksum_errors(&run.output), Vec::<String>::new());
+    let ip = &run.output[14..];
+    let hairpin = Ipv4Addr::from(proxy_common::HAIRPIN_IPV4);
+    assert_eq!(
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        hairpin,
+        "source is the hairpin address"
+    );
+    let port = u16::from_be_bytes([ip[20], ip[21]]);
+    assert_eq!(
+        run.output,
+        tcp(
+            Tuple {
+                src: (hairpin, port),
+                dst: (POD_A, 8080)
+            },
+            3,
+            true,
+            false,
+            b""
+        )
+    );
+
+    // The pod answers the hairpin address; its reply comes back out of the pod.
+    let reply = tcp(
+        Tuple {
+            src: (POD_A, 8080),
+            dst: (hairpin, port),
+        },
+        9,
+        true,
+        true,
+        b"",
+    );
+    let run = h.run(FROM_POD, &reply).unwrap();
+    assert_eq!(run.counted, vec![("rev_snat", 1)]);
+    assert_eq!(
+        run.output,
+        tcp(
+            Tuple {
+                src: (VIP, 80),
+                dst: (POD_A, 41_000)
+            },
+            9,
+            true,
+            true,
+            b""
+        )
+    );
+
+    // Other pods reaching the same service keep their own address.
+    let other = Tuple {
+        src: (CLIENT, 41_000),
+        dst: (VIP, 80),
+    };
+    let run = h.run(FROM_POD, &tcp(other, 1, true, false, b"")).unwrap();
+    assert_eq!(
+        run.output,
+        tcp(
+            Tuple {
+                dst: (POD_A, 8080),
+                ..other
+            },
+            1,
+            true,
+            false,
+            b""
+        )
+    );
+}
