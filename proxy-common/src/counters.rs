@@ -33,7 +33,6 @@ counters! {
     DnatReselected => "dnat_reselected",
     RevNat => "rev_nat",
     RevSnat => "rev_snat",
-    XdpRedirected => "xdp_redirected",
     XdpTransmitted => "xdp_transmitted",
     XdpToStack => "xdp_to_stack",
     RejectTcpRst => "reject_tcp_rst",

@@ -8,7 +8,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::bpf_fib_lookup,
     macros::xdp,
     programs::XdpContext,
 };
@@ -188,12 +188,11 @@ fn forward(ctx: &XdpContext) -> u32 {
         count(Counter::XdpToStack);
         return XDP_PASS;
     }
-    // Only frames XDP sends itself get new MAC addresses and TTL: anything
-    // handed to the stack must still be addressed to this host.
-    if params.ifindex != ingress && !REDIRECT_TO_OTHER_INTERFACES {
-        // Another interface (a local pod's veth) may not take XDP frames: its
-        // peer needs XDP or NAPI, which vipr does not control. The stack
-        // forwards the already translated packet; the TC programs leave it alone.
+    // Only frames XDP sends itself get new MAC addresses and TTL. Frames for
+    // another interface (a local pod's veth) go to the stack already
+    // translated: that veth's peer may not take XDP frames (it needs XDP or
+    // NAPI, which vipr does not control), and the TC programs pass them.
+    if params.ifindex != ingress {
         count(Counter::XdpToStack);
         return XDP_PASS;
     }
@@ -215,13 +214,6 @@ fn forward(ctx: &XdpContext) -> u32 {
         (*eth).dst_addr = params.dmac;
         (*eth).src_addr = params.smac;
     }
-    if params.ifindex == ingress {
-        count(Counter::XdpTransmitted);
-        return XDP_TX;
-    }
-    count(Counter::XdpRedirected);
-    unsafe { bpf_redirect(params.ifindex, 0) as u32 }
+    count(Counter::XdpTransmitted);
+    XDP_TX
 }
-
-/// Off until redirect targets are registered in a devmap the agent owns.
-const REDIRECT_TO_OTHER_INTERFACES: bool = false;

@@ -205,36 +205,13 @@ pub fn run(
         }
 
         if let Some(selector) = &external_selector {
-            match selector.present() {
-                Ok(present) => {
-                    for error in external_attacher.reconcile(&mut datapath, &present) {
-                        warn!(%error, "attach to external interface failed; will retry");
-                    }
-                    for name in present.keys() {
-                        accept_local_sources(name);
-                    }
-                    xdp_attached.retain(|name| {
-                        let keep = present.contains_key(name);
-                        if !keep {
-                            detach_xdp(&config.pin_dir, name);
-                        }
-                        keep
-                    });
-                    for name in present.keys() {
-                        if xdp_attached.contains(name) {
-                            continue;
-                        }
-                        match attach_xdp(&mut datapath, &config.pin_dir, name, config.external.xdp)
-                        {
-                            Ok(_) => {
-                                xdp_attached.insert(name.clone());
-                            }
-                            Err(error) => warn!(%error, "XDP attach failed; TC handles it"),
-                        }
-                    }
-                }
-                Err(error) => warn!(%error, "listing interfaces failed"),
-            }
+            reconcile_external(
+                config,
+                selector,
+                &mut datapath,
+                &mut external_attacher,
+                &mut xdp_attached,
+            );
         }
 
         sync.step(&mut source, tick, health);
@@ -244,6 +221,43 @@ pub fn run(
     }
     info!("stopping; programs and maps stay pinned for the next agent (vipr cleanup removes them)");
     Ok(())
+}
+
+/// Keeps the TC programs (and XDP, if enabled) on the external interfaces
+/// that are present, forgetting the ones that went.
+fn reconcile_external(
+    config: &AgentConfig,
+    selector: &InterfaceSelector,
+    datapath: &mut crate::datapath::Datapath,
+    attacher: &mut Attacher,
+    xdp_attached: &mut std::collections::BTreeSet<String>,
+) {
+    let present = match selector.present() {
+        Ok(present) => present,
+        Err(error) => return warn!(%error, "listing interfaces failed"),
+    };
+    for error in attacher.reconcile(datapath, &present) {
+        warn!(%error, "attach to external interface failed; will retry");
+    }
+    xdp_attached.retain(|name| {
+        let keep = present.contains_key(name);
+        if !keep {
+            detach_xdp(&config.pin_dir, name);
+        }
+        keep
+    });
+    for name in present.keys() {
+        accept_local_sources(name);
+        if xdp_attached.contains(name) {
+            continue;
+        }
+        match attach_xdp(datapath, &config.pin_dir, name, config.external.xdp) {
+            Ok(_) => {
+                xdp_attached.insert(name.clone());
+            }
+            Err(error) => warn!(%error, "XDP attach failed; TC handles it"),
+        }
+    }
 }
 
 /// Masqueraded packets carry the node's own address as source when the

@@ -334,28 +334,12 @@ impl Harness {
         proto: u8,
         backends: &[(u32, Ipv4Addr, u16)],
     ) -> anyhow::Result<()> {
-        for (slot, (id, ip, port)) in backends.iter().enumerate() {
-            self.maps.apply(&MapOp::UpsertBackend(
-                *id,
-                BackendValue::new(*ip, *port, proto),
-            ))?;
-            self.maps.apply(&MapOp::UpsertSlot(
-                SlotKey {
-                    service_id,
-                    slot: slot as u32,
-                },
-                *id,
-            ))?;
-        }
-        self.maps.apply(&MapOp::UpsertService(
-            ServiceKey::new(frontend.0, frontend.1, proto),
-            ServiceValue {
-                service_id,
-                backend_count: backends.len() as u16,
-                flags: 0,
-            },
-        ))?;
-        Ok(())
+        let backends: Vec<(u32, BackendValue)> = backends
+            .iter()
+            .map(|&(id, ip, port)| (id, BackendValue::new(ip, port, proto)))
+            .collect();
+        let key = ServiceKey::new(frontend.0, frontend.1, proto);
+        self.add_frontend(service_id, key, 0, &backends)
     }
 
     /// Programs any frontend: its key (with scope), flags, and backends as
