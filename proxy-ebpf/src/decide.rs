@@ -112,18 +112,26 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
 /// then external frontends.
 #[inline(always)]
 pub fn from_outside(flow: &Flow, scope: u8) -> Decision {
-    match ct::lookup(&ct::reply_key(flow)) {
-        Some(entry) if entry.flags & CT_FLAG_SNAT != 0 => Decision::Unmasquerade(entry),
-        _ => to_service(flow, scope),
+    match masqueraded_reply(flow) {
+        Some(entry) => Decision::Unmasquerade(entry),
+        None => to_service(flow, scope),
     }
+}
+
+/// The conntrack entry of a reply to a masqueraded (or hairpin) flow.
+#[inline(always)]
+fn masqueraded_reply(flow: &Flow) -> Option<CtValue> {
+    ct::lookup(&ct::reply_key(flow)).filter(|e| e.flags & CT_FLAG_SNAT != 0)
 }
 
 /// What pods send: their own hairpin replies first (one compare for all
 /// other traffic), then service frontends.
 #[inline(always)]
 pub fn from_pod(flow: &Flow) -> Decision {
-    if flow.dst_addr == u32::from_ne_bytes(HAIRPIN_IPV4) {
-        return from_outside(flow, SCOPE_INTERNAL);
+    if flow.dst_addr == u32::from_ne_bytes(HAIRPIN_IPV4)
+        && let Some(entry) = masqueraded_reply(flow)
+    {
+        return Decision::Unmasquerade(entry);
     }
     to_service(flow, SCOPE_INTERNAL)
 }
