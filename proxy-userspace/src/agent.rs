@@ -17,8 +17,8 @@ use tracing::{info, warn};
 use crate::healthcheck::HealthChecks;
 use crate::{
     datapath::{
-        Attacher, DatapathError, InterfaceSelector, KernelMaps, LoadOptions, XdpMode, attach_xdp,
-        detach_xdp, load_probed,
+        Attacher, DatapathError, InterfaceSelector, KernelMaps, LoadOptions, MapSizes, XdpMode,
+        attach_xdp, detach_xdp, load_probed,
     },
     healthz::Health,
     model::{ModelBuilder, ModelOptions},
@@ -52,6 +52,7 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     pub periods: Periods,
     pub external: ExternalConfig,
+    pub map_sizes: MapSizes,
 }
 
 /// Where external traffic (NodePort, LoadBalancer, external IPs) comes in.
@@ -164,6 +165,7 @@ pub fn run(
     }
     let mut load_options = LoadOptions::new(&config.pin_dir);
     load_options.node_ipv4 = node_ip;
+    load_options.sizes = config.map_sizes;
     // Logs the kernel's features and the chosen fallbacks; fails naming a missing essential.
     let (mut datapath, features) = load_probed(&load_options)?;
     let syncer = Syncer::restore(KernelMaps::take(&mut datapath)?)?;
@@ -184,6 +186,7 @@ pub fn run(
     });
     let mut sync = SyncLoop::new(builder, syncer, config.periods);
     let mut missing_reported = false;
+    let mut health_generation = None;
 
     while !stop.load(Ordering::Relaxed) {
         let tick = Instant::now();
@@ -215,7 +218,12 @@ pub fn run(
         }
 
         sync.step(&mut source, tick, health);
-        health_checks.reconcile(sync.model());
+        // The model only moves when a sync commits; walking every frontend
+        // on each tick would cost O(Services) per poll.
+        if health_generation != Some(sync.generation()) {
+            let all_open = health_checks.reconcile(sync.model());
+            health_generation = all_open.then_some(sync.generation());
+        }
 
         std::thread::sleep(config.poll_interval.saturating_sub(tick.elapsed()));
     }

@@ -69,7 +69,8 @@ pub struct HealthChecks {
 }
 
 impl HealthChecks {
-    pub fn reconcile(&mut self, model: &Model) {
+    /// Returns false while some port could not be opened (call again).
+    pub fn reconcile(&mut self, model: &Model) -> bool {
         let desired = desired(model);
         if let Ok(mut state) = self.state.lock() {
             *state = desired.clone();
@@ -92,6 +93,7 @@ impl HealthChecks {
                 info!(port, "health-check port closed");
             }
         }
+        let mut all_open = true;
         for port in desired.keys() {
             if self.servers.contains_key(port) {
                 continue;
@@ -104,9 +106,13 @@ impl HealthChecks {
                     self.servers.insert(port, Server { stop, thread });
                     info!(port, "health-check port open");
                 }
-                Err(error) => warn!(port, %error, "cannot open health-check port; will retry"),
+                Err(error) => {
+                    warn!(port, %error, "cannot open health-check port; will retry");
+                    all_open = false;
+                }
             }
         }
+        all_open
     }
 }
 

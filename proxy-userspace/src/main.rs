@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use vipr::{
     agent::{self, AgentConfig, ExternalConfig, SourceConfig},
-    datapath::XdpMode,
+    datapath::{MapSizes, XdpMode},
     healthz::{self, Health},
     inspect,
     sync::Periods,
@@ -63,10 +63,15 @@ enum Command {
         /// Minimum time between two syncs: changes in between are batched.
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         min_sync_period: Duration,
-        /// Full resync period (re-reads the maps, repairs drift); /healthz
-        /// turns unhealthy when no sync succeeded for twice this.
+        /// Longest time between two syncs (with nothing changed, a sync
+        /// writes nothing); /healthz turns unhealthy when no sync succeeded
+        /// for twice this.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         sync_period: Duration,
+        /// How often the kernel maps are read back whole and any drift is
+        /// repaired (kube-proxy's full sync period). Costs O(Services).
+        #[arg(long, default_value = "60m", value_parser = parse_duration)]
+        full_resync_period: Duration,
         /// Interfaces external traffic (NodePort, LoadBalancer, external IPs)
         /// arrives on: names or globs, comma-separated. Unset: none.
         #[arg(long)]
@@ -84,6 +89,20 @@ enum Command {
         /// our tests, and the TC path alone is complete.
         #[arg(long, value_enum, default_value = "off")]
         xdp: XdpMode,
+        /// Capacity of the services map (frontends: ClusterIP, NodePort per
+        /// node address, LoadBalancer and external IPs, each port).
+        #[arg(long, default_value_t = MapSizes::default().services)]
+        max_services: u32,
+        /// Capacity of the backends map (distinct endpoints).
+        #[arg(long, default_value_t = MapSizes::default().backends)]
+        max_backends: u32,
+        /// Capacity of the slots map (endpoints summed over frontends).
+        #[arg(long, default_value_t = MapSizes::default().slots)]
+        max_slots: u32,
+        /// Capacity of the conntrack map (two entries per flow; least
+        /// recently used flows are evicted when full).
+        #[arg(long, default_value_t = MapSizes::default().conntrack)]
+        max_conntrack: u32,
     },
     /// Print the pinned service maps and the packet counters.
     Dump {
@@ -151,10 +170,15 @@ async fn main() -> anyhow::Result<()> {
             poll_interval,
             min_sync_period,
             sync_period,
+            full_resync_period,
             external_interfaces,
             nodeport_addresses,
             node_ip,
             xdp,
+            max_services,
+            max_backends,
+            max_slots,
+            max_conntrack,
         } => {
             let source = match manifests {
                 Some(dir) => SourceConfig::Manifests(dir),
@@ -170,13 +194,20 @@ async fn main() -> anyhow::Result<()> {
                 poll_interval,
                 periods: Periods {
                     min_sync: min_sync_period,
-                    full_sync: sync_period,
+                    sync: sync_period,
+                    full_resync: full_resync_period,
                 },
                 external: ExternalConfig {
                     interfaces: external_interfaces,
                     nodeport_cidrs: nodeport_addresses,
                     node_ip,
                     xdp,
+                },
+                map_sizes: MapSizes {
+                    services: max_services,
+                    backends: max_backends,
+                    slots: max_slots,
+                    conntrack: max_conntrack,
                 },
             };
             let health = Arc::new(Health::new(2 * sync_period));

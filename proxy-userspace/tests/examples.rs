@@ -12,10 +12,11 @@ use vipr::source::manifests::ManifestDir;
 fn examples_give_the_demo_topology() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut manifests = ManifestDir::new(&dir);
-    let snapshot = manifests
+    manifests
         .poll()
         .expect("examples/ readable")
         .expect("first poll");
+    let snapshot = manifests.snapshot();
     assert!(manifests.errors().is_empty(), "{:?}", manifests.errors());
     assert_eq!(snapshot.services.len(), 2);
     assert_eq!(snapshot.endpoint_slices.len(), 2);

@@ -45,7 +45,10 @@ enum Task {
     /// Benchmarks: vipr against kube-proxy's iptables/nftables shapes and
     /// no load balancer; writes a JSON result file, a Markdown report and plots.
     Bench {
-        /// The full run (up to 100,000 Services, more rounds); default is quick.
+        /// The quick run (up to 10,000 Services); the default.
+        #[arg(long, conflicts_with_all = ["full", "packets_only"])]
+        quick: bool,
+        /// The full run (up to 100,000 Services, longer loads).
         #[arg(long)]
         full: bool,
         /// Only the kernel cost per packet (BPF_PROG_TEST_RUN).
@@ -132,6 +135,7 @@ fn main() -> anyhow::Result<()> {
             vm::run(&root, &kernel)
         }
         Task::Bench {
+            quick: _,
             full,
             packets_only,
             out,

@@ -29,10 +29,32 @@ pub struct LoadOptions {
     pub hash_seed: u32,
     /// Address masqueraded flows leave with; `None` disables masquerading.
     pub node_ipv4: Option<std::net::Ipv4Addr>,
-    pub max_services: u32,
-    pub max_backends: u32,
-    pub max_slots: u32,
-    pub max_conntrack: u32,
+    pub sizes: MapSizes,
+}
+
+/// Capacity of the maps that grow with the cluster. Hash maps preallocate,
+/// so these are also what the maps cost in kernel memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Frontends: (address, port, protocol, scope).
+    pub services: u32,
+    /// Distinct endpoints.
+    pub backends: u32,
+    /// Endpoint choices summed over frontends.
+    pub slots: u32,
+    /// Tracked flows, two entries each (LRU: the oldest are evicted).
+    pub conntrack: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            services: maps::DEFAULT_MAX_SERVICES,
+            backends: maps::DEFAULT_MAX_BACKENDS,
+            slots: maps::DEFAULT_MAX_SLOTS,
+            conntrack: maps::DEFAULT_MAX_CONNTRACK,
+        }
+    }
 }
 
 impl LoadOptions {
@@ -41,10 +63,7 @@ impl LoadOptions {
             pin_dir: pin_dir.into(),
             hash_seed: std::process::id().wrapping_mul(0x9e37_79b9) ^ seed_from_clock(),
             node_ipv4: None,
-            max_services: maps::DEFAULT_MAX_SERVICES,
-            max_backends: maps::DEFAULT_MAX_BACKENDS,
-            max_slots: maps::DEFAULT_MAX_SLOTS,
-            max_conntrack: maps::DEFAULT_MAX_CONNTRACK,
+            sizes: MapSizes::default(),
         }
     }
 }
@@ -78,10 +97,10 @@ impl Datapath {
             .default_map_pin_directory(&map_dir)
             .override_global(globals::HASH_SEED, &options.hash_seed, true)
             .override_global(globals::NODE_IPV4, &node_ipv4, true)
-            .map_max_entries(maps::SERVICES, options.max_services)
-            .map_max_entries(maps::BACKENDS, options.max_backends)
-            .map_max_entries(maps::SLOTS, options.max_slots)
-            .map_max_entries(maps::CONNTRACK, options.max_conntrack)
+            .map_max_entries(maps::SERVICES, options.sizes.services)
+            .map_max_entries(maps::BACKENDS, options.sizes.backends)
+            .map_max_entries(maps::SLOTS, options.sizes.slots)
+            .map_max_entries(maps::CONNTRACK, options.sizes.conntrack)
             .load(OBJECT)?;
         for name in PROGRAMS {
             program(&mut ebpf, name)?

@@ -17,7 +17,7 @@ pub use attach::{AttachMode, Attacher, cleanup_attachments};
 pub use fake::FakeMaps;
 pub use interfaces::{InterfaceSelector, all_interfaces, ipv4_addresses};
 pub use kernel::{KernelMaps, read_counters, source_range_of};
-pub use loader::{Datapath, LoadOptions, OBJECT, cleanup_pins};
+pub use loader::{Datapath, LoadOptions, MapSizes, OBJECT, cleanup_pins};
 pub use probe::{
     KernelFeatures, XdpSupport, load_probed, program_figures, report as features_report,
 };

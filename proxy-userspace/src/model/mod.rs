@@ -62,6 +62,17 @@ pub struct ObjectRef {
     pub name: String,
 }
 
+impl ObjectRef {
+    /// The identity `meta` gives an object of `kind` (namespace defaulted);
+    /// an error when it has no name.
+    pub fn of(
+        kind: Kind,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Result<Self, ConversionError> {
+        service::object_ref(kind, meta)
+    }
+}
+
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}/{}", self.kind, self.namespace, self.name)

@@ -54,13 +54,13 @@ impl Source {
     /// are logged by the source and leave the model as it is.
     pub fn poll(&mut self, full: bool) -> Update {
         match self {
+            // The directory is the whole truth and the model keeps it, so
+            // a periodic full pass has nothing to re-read here.
             Source::Manifests(dir) => match dir.poll() {
-                // A directory has no cheap per-object change list: always whole.
-                Ok(Some(snapshot)) => Update::Full {
-                    services: snapshot.services.into_iter().map(Arc::new).collect(),
-                    slices: snapshot.endpoint_slices.into_iter().map(Arc::new).collect(),
+                Ok(Some(changes)) => Update::Changed {
+                    services: changes.services,
+                    slices: changes.slices,
                     node: None,
-                    trust_resource_version: false,
                 },
                 Ok(None) => Update::None,
                 Err(error) => {

@@ -120,7 +120,7 @@ pub struct Harness {
 
 impl Harness {
     /// Source + model + sync loop on maps holding `restored`; batches
-    /// changes for 100 ms, resyncs every minute.
+    /// changes for 100 ms, syncs and resyncs fully every minute.
     pub async fn start(api: &ApiServer, restored: MapContents) -> Result<Self> {
         Self::start_with(api, restored, Duration::from_secs(60)).await
     }
@@ -134,7 +134,8 @@ impl Harness {
         maps.contents = restored;
         let periods = Periods {
             min_sync: Duration::from_millis(100),
-            full_sync,
+            sync: full_sync,
+            full_resync: full_sync,
         };
         Ok(Self {
             source: Source::Kube(KubeSource::start(api.client()?, NODE, None)),

@@ -135,15 +135,18 @@ pub fn install(
             };
             let text = rules::iptables_restore(&services, POD_CIDR);
             installed.install = timed_stdin(&node_ns, tool, &[], &text, work)?;
-            // kube-proxy's iptables mode rewrites its whole nat ruleset per sync.
+            // kube-proxy's partial sync: the service list plus the one
+            // service's chains (legacy still swaps the whole table in the kernel).
+            let i = services.len() - 1;
             let mut changed = services.clone();
-            if let Some(last) = changed.last_mut() {
-                last.endpoints.push(new_endpoint);
-            }
-            let changed = rules::iptables_restore(&changed, POD_CIDR);
-            installed.one_change = Some(timed_stdin(&node_ns, tool, &[], &changed, work)?);
+            changed[i].endpoints.push(new_endpoint);
+            let change = rules::iptables_partial_sync(&changed, i, 0..0, POD_CIDR);
+            let noflush = &["--noflush"];
+            installed.one_change = Some(timed_stdin(&node_ns, tool, noflush, &change, work)?);
             // Back to the real endpoints before the load runs.
-            timed_stdin(&node_ns, tool, &[], &text, work)?;
+            let added = services[i].endpoints.len();
+            let undo = rules::iptables_partial_sync(&services, i, added..added + 1, POD_CIDR);
+            timed_stdin(&node_ns, tool, noflush, &undo, work)?;
         }
         Contender::Nftables => {
             installed.install = timed_stdin(
@@ -256,6 +259,7 @@ fn install_vipr(
         .arg(&pin_dir)
         .arg("--healthz-bind-address")
         .arg(format!("127.0.0.1:{HEALTHZ_PORT}"))
+        .args(map_size_args(services.len()))
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -320,12 +324,31 @@ fn install_vipr(
     Ok(())
 }
 
+/// Map capacities for `services` × [`ENDPOINTS_PER_SERVICE`] with a
+/// quarter spare, never below the agent's defaults (what an operator sizing
+/// for the cluster would pass).
+fn map_size_args(services: usize) -> Vec<String> {
+    let defaults = vipr::datapath::MapSizes::default();
+    let room = |n: usize, default: u32| (n + n / 4).max(default as usize).to_string();
+    let endpoints = services * ENDPOINTS_PER_SERVICE;
+    vec![
+        "--max-services".into(),
+        room(services + 1, defaults.services),
+        "--max-backends".into(),
+        room(endpoints, defaults.backends),
+        "--max-slots".into(),
+        room(endpoints + ENDPOINTS_PER_SERVICE, defaults.slots),
+    ]
+}
+
 fn synced_lines(log: &Path) -> Vec<String> {
     fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains(" synced") && l.contains("elapsed_us="))
         .map(strip_ansi)
+        // Periodic syncs with nothing to do are not the change being timed.
+        .filter(|l| field(l, "converted").is_some_and(|n| n > 0))
         .collect()
 }
 

@@ -44,10 +44,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn measure(services: u32, conntrack: u32, rounds: usize) -> Result<PacketCost> {
     let room = services.max(2) + 16;
     let mut h = Harness::with_options(|o| {
-        o.max_services = room;
-        o.max_backends = room;
-        o.max_slots = room;
-        o.max_conntrack = conntrack.max(1) + 2 * (NEW_FLOWS as u32 * rounds as u32 + 64);
+        o.sizes.services = room;
+        o.sizes.backends = room;
+        o.sizes.slots = room;
+        o.sizes.conntrack = conntrack.max(1) + 2 * (NEW_FLOWS as u32 * rounds as u32 + 64);
     })?;
     for i in 0..services.saturating_sub(2) {
         let vip = Ipv4Addr::from(0x0a64_0000 + i);

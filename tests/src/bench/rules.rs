@@ -60,6 +60,47 @@ pub fn iptables_restore(services: &[BenchService], pod_cidr: &str) -> String {
     out.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
     out.push_str("-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n");
     out.push_str("-A KUBE-POSTROUTING -j MASQUERADE --random-fully\n");
+    write_kube_services(&mut out, services);
+    for (i, s) in services.iter().enumerate() {
+        for proto in s.protocols() {
+            write_iptables_service(&mut out, i, s, proto, pod_cidr);
+        }
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// kube-proxy's partial sync (`iptables-restore --noflush`, the default
+/// since 1.28): KUBE-SERVICES is always rewritten whole, but the per-service
+/// chains only for the service that changed (`changed`). Endpoint chains
+/// `stale` (indices of that service's old endpoints) are deleted.
+pub fn iptables_partial_sync(
+    services: &[BenchService],
+    changed: usize,
+    stale: std::ops::Range<usize>,
+    pod_cidr: &str,
+) -> String {
+    let mut out = String::with_capacity(services.len() * 150);
+    out.push_str("*nat\n:KUBE-SERVICES - [0:0]\n");
+    let s = &services[changed];
+    for proto in s.protocols() {
+        let _ = writeln!(out, ":{} - [0:0]", svc_chain(changed, proto));
+        for j in (0..s.endpoints.len()).chain(stale.clone()) {
+            let _ = writeln!(out, ":{} - [0:0]", sep_chain(changed, j, proto));
+        }
+    }
+    write_kube_services(&mut out, services);
+    for proto in s.protocols() {
+        write_iptables_service(&mut out, changed, s, proto, pod_cidr);
+        for j in stale.clone() {
+            let _ = writeln!(out, "-X {}", sep_chain(changed, j, proto));
+        }
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+fn write_kube_services(out: &mut String, services: &[BenchService]) {
     for (i, s) in services.iter().enumerate() {
         for proto in s.protocols() {
             let _ = writeln!(
@@ -71,13 +112,6 @@ pub fn iptables_restore(services: &[BenchService], pod_cidr: &str) -> String {
             );
         }
     }
-    for (i, s) in services.iter().enumerate() {
-        for proto in s.protocols() {
-            write_iptables_service(&mut out, i, s, proto, pod_cidr);
-        }
-    }
-    out.push_str("COMMIT\n");
-    out
 }
 
 fn write_iptables_service(
@@ -272,6 +306,27 @@ mod tests {
         assert!(text.contains("--probability 0.50000000000"));
         assert!(text.contains("-j DNAT --to-destination 10.244.1.11:8080"));
         assert!(text.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn iptables_partial_sync_rewrites_the_service_list_and_one_service() {
+        let mut services = two();
+        services[1]
+            .endpoints
+            .push((Ipv4Addr::new(10, 244, 1, 12), 8080));
+        let change = iptables_partial_sync(&services, 1, 0..0, "10.244.0.0/16");
+        assert_eq!(change.matches("-A KUBE-SERVICES").count(), 3);
+        let other = svc_chain(0, "tcp");
+        assert!(!change.contains(&format!("-A {other}")), "{change}");
+        assert!(!change.contains(&format!(":{other}")), "{change}");
+        assert!(
+            change.contains(":KUBE-SEP-T000000000010001 - [0:0]"),
+            "{change}"
+        );
+        assert!(change.contains("-j DNAT --to-destination 10.244.1.12:8080"));
+        let undo = iptables_partial_sync(&two(), 1, 1..2, "10.244.0.0/16");
+        assert!(undo.contains("-X KUBE-SEP-T000000000010001"), "{undo}");
+        assert!(!undo.contains("10.244.1.12"), "{undo}");
     }
 
     #[test]

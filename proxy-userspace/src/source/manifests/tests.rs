@@ -137,7 +137,7 @@ fn poll_reports_changes_only() {
     let mut manifests = ManifestDir::new(dir.path());
     assert_eq!(
         manifests.poll().expect("poll"),
-        Some(Snapshot::default()),
+        Some(Changes::default()),
         "first poll always answers"
     );
     assert_eq!(manifests.poll().expect("poll"), None);
@@ -145,7 +145,8 @@ fn poll_reports_changes_only() {
     dir.write("a.yaml", SERVICE);
     dir.write("notes.txt", SERVICE);
     dir.write(".hidden.yaml", SERVICE);
-    let snapshot = manifests.poll().expect("poll").expect("changed");
+    manifests.poll().expect("poll").expect("changed");
+    let snapshot = manifests.snapshot();
     assert_eq!(names(&snapshot), (vec!["web".into()], vec![]));
     assert_eq!(manifests.poll().expect("poll"), None);
 
@@ -153,7 +154,8 @@ fn poll_reports_changes_only() {
     dir.write("a.yaml", SERVICE);
     assert_eq!(manifests.poll().expect("poll"), None);
     dir.write("a.yaml", &SERVICE.replace("port: 80", "port: 81"));
-    let snapshot = manifests.poll().expect("poll").expect("changed");
+    manifests.poll().expect("poll").expect("changed");
+    let snapshot = manifests.snapshot();
     let port = snapshot.services[0]
         .spec
         .as_ref()
@@ -162,14 +164,16 @@ fn poll_reports_changes_only() {
     assert_eq!(port, Some(81));
 
     dir.write("b.yml", SLICE);
-    let snapshot = manifests.poll().expect("poll").expect("changed");
+    manifests.poll().expect("poll").expect("changed");
+    let snapshot = manifests.snapshot();
     assert_eq!(
         names(&snapshot),
         (vec!["web".into()], vec!["web-abc".into()])
     );
 
     fs::remove_file(dir.path().join("a.yaml")).expect("rm");
-    let snapshot = manifests.poll().expect("poll").expect("changed");
+    manifests.poll().expect("poll").expect("changed");
+    let snapshot = manifests.snapshot();
     assert_eq!(names(&snapshot), (vec![], vec!["web-abc".into()]));
 }
 
@@ -178,7 +182,8 @@ fn malformed_file_keeps_its_last_good_objects() {
     let dir = TempDir::new("malformed");
     dir.write("a.yaml", &format!("{SERVICE}---\n{SLICE}"));
     let mut manifests = ManifestDir::new(dir.path());
-    let good = manifests.poll().expect("poll").expect("first");
+    manifests.poll().expect("poll").expect("first");
+    let good = manifests.snapshot();
     assert!(manifests.errors().is_empty());
 
     dir.write(
@@ -217,9 +222,105 @@ fn single_file_and_missing_directory() {
     let dir = TempDir::new("single");
     dir.write("one.yaml", SERVICE);
     let mut one = ManifestDir::new(dir.path().join("one.yaml"));
-    assert_eq!(names(&one.poll().expect("poll").expect("first")).0, ["web"]);
+    one.poll().expect("poll").expect("first");
+    assert_eq!(names(&one.snapshot()).0, ["web"]);
 
     let mut missing = ManifestDir::new(dir.path().join("nope"));
     let err = missing.poll().expect_err("no directory").to_string();
     assert!(err.starts_with("reading ") && err.contains("nope"), "{err}");
+}
+
+fn service(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
+    )
+}
+
+fn changed_names(changes: &Changes) -> Vec<(String, bool)> {
+    let services = changes.services.iter().map(|(o, v)| (o, v.is_some()));
+    let slices = changes.slices.iter().map(|(o, v)| (o, v.is_some()));
+    services
+        .chain(slices)
+        .map(|(o, present)| (o.name.clone(), present))
+        .collect()
+}
+
+#[test]
+fn only_objects_whose_content_changed_are_handed_over() {
+    let dir = TempDir::new("incremental");
+    let many: String = (0..50)
+        .map(|i| service(&format!("svc-{i}"), &format!("10.96.1.{i}")))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    dir.write("bulk.yaml", &many);
+    dir.write("one.yaml", &format!("{SERVICE}---\n{SLICE}"));
+    let mut manifests = ManifestDir::new(dir.path());
+    let first = manifests.poll().expect("poll").expect("first");
+    assert_eq!((first.services.len(), first.slices.len()), (51, 1));
+
+    // Rewriting a whole file in which one object differs hands over that one.
+    dir.write("bulk.yaml", &many.replace("10.96.1.7,", "10.96.2.7,"));
+    let changes = manifests.poll().expect("poll").expect("changed");
+    assert_eq!(changed_names(&changes), [("svc-7".to_string(), true)]);
+    let ip = changes.services[0]
+        .1
+        .as_ref()
+        .and_then(|s| s.spec.as_ref()?.cluster_ip.clone());
+    assert_eq!(ip.as_deref(), Some("10.96.2.7"));
+
+    // Moving an object between files with the same content is no change.
+    dir.write("one.yaml", SERVICE);
+    dir.write("slice.yaml", SLICE);
+    assert_eq!(manifests.poll().expect("poll"), None);
+
+    // Deleting a file deletes what only it defined.
+    fs::remove_file(dir.path().join("slice.yaml")).expect("rm");
+    let changes = manifests.poll().expect("poll").expect("changed");
+    assert_eq!(changed_names(&changes), [("web-abc".to_string(), false)]);
+}
+
+#[test]
+fn the_first_definition_in_file_name_order_counts() {
+    let dir = TempDir::new("duplicates");
+    dir.write("b.yaml", &service("dup", "10.96.0.2"));
+    let mut manifests = ManifestDir::new(dir.path());
+    manifests.poll().expect("poll").expect("first");
+
+    // An earlier file takes over; a later duplicate is shadowed.
+    dir.write("a.yaml", &service("dup", "10.96.0.1"));
+    let changes = manifests.poll().expect("poll").expect("a wins");
+    assert_eq!(changed_names(&changes), [("dup".to_string(), true)]);
+    dir.write("b.yaml", &service("dup", "10.96.0.3"));
+    assert_eq!(manifests.poll().expect("poll"), None, "b is shadowed");
+
+    // Within one file, the first document counts.
+    dir.write(
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            service("dup", "10.96.0.1"),
+            service("dup", "10.96.0.9")
+        ),
+    );
+    assert_eq!(manifests.poll().expect("poll"), None);
+
+    // With a.yaml gone, b's current definition comes into force.
+    fs::remove_file(dir.path().join("a.yaml")).expect("rm");
+    let changes = manifests.poll().expect("poll").expect("b in force");
+    let ip = changes.services[0]
+        .1
+        .as_ref()
+        .and_then(|s| s.spec.as_ref()?.cluster_ip.clone());
+    assert_eq!(ip.as_deref(), Some("10.96.0.3"));
+
+    // Objects without a name are left out, the rest of the file applies.
+    dir.write(
+        "c.yaml",
+        &format!(
+            "{}---\n{SERVICE}",
+            service("", "10.96.0.4").replace("name: ", "labels: {}, x: ")
+        ),
+    );
+    let changes = manifests.poll().expect("poll").expect("web added");
+    assert_eq!(changed_names(&changes), [("web".to_string(), true)]);
 }

@@ -1,0 +1,103 @@
+//! Which definition of each object counts when several files (or one file
+//! twice) define it: the first in file-name then document order, as a
+//! full listing would apply them. Kept per object, so a change to one file
+//! costs what that file holds, not what the directory holds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::model::ObjectRef;
+
+/// An object's definitions by file; within a file, its first document.
+#[derive(Debug)]
+pub(super) struct Definitions<T> {
+    by_object: HashMap<ObjectRef, BTreeMap<PathBuf, Arc<T>>>,
+    /// Objects touched since [`Definitions::take_changes`], with the
+    /// definition in force before: several files may change in one poll.
+    touched: BTreeMap<ObjectRef, Option<Arc<T>>>,
+}
+
+impl<T> Default for Definitions<T> {
+    fn default() -> Self {
+        Self {
+            by_object: HashMap::new(),
+            touched: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T: PartialEq> Definitions<T> {
+    /// The definition in force for `object`.
+    pub(super) fn winner(&self, object: &ObjectRef) -> Option<&Arc<T>> {
+        self.by_object.get(object)?.values().next()
+    }
+
+    /// Every object with the definition in force, in object order.
+    pub(super) fn winners(&self) -> BTreeMap<&ObjectRef, &Arc<T>> {
+        self.by_object
+            .iter()
+            .filter_map(|(object, defs)| Some((object, defs.values().next()?)))
+            .collect()
+    }
+
+    /// Replaces what `path` defines (`old`) by `new`.
+    pub(super) fn replace_file(
+        &mut self,
+        path: &Path,
+        old: &[(ObjectRef, Arc<T>)],
+        new: &[(ObjectRef, Arc<T>)],
+    ) {
+        for (object, _) in old.iter().chain(new) {
+            if !self.touched.contains_key(object) {
+                let before = self.winner(object).cloned();
+                self.touched.insert(object.clone(), before);
+            }
+        }
+        for (object, _) in old {
+            if let Some(defs) = self.by_object.get_mut(object) {
+                defs.remove(path);
+                if defs.is_empty() {
+                    self.by_object.remove(object);
+                }
+            }
+        }
+        for (object, value) in new {
+            let defs = self.by_object.entry(object.clone()).or_default();
+            if defs.contains_key(path) {
+                tracing::warn!(%object, path = %path.display(), "defined twice in one file; using the first");
+                continue;
+            }
+            defs.insert(path.to_owned(), value.clone());
+        }
+    }
+
+    /// Every object whose definition in force changed since the last call,
+    /// in object order (`None`: no file defines it any more).
+    pub(super) fn take_changes(&mut self) -> Vec<(ObjectRef, Option<Arc<T>>)> {
+        let mut changed = Vec::new();
+        for (object, before) in std::mem::take(&mut self.touched) {
+            let after = self.winner(&object).cloned();
+            let same = match (&before, &after) {
+                (None, None) => true,
+                (Some(b), Some(a)) => Arc::ptr_eq(b, a) || b == a,
+                _ => false,
+            };
+            if !same {
+                self.warn_if_duplicate(&object);
+                changed.push((object, after));
+            }
+        }
+        changed
+    }
+
+    fn warn_if_duplicate(&self, object: &ObjectRef) {
+        let Some(defs) = self.by_object.get(object) else {
+            return;
+        };
+        if defs.len() > 1 {
+            let files: Vec<String> = defs.keys().map(|p| p.display().to_string()).collect();
+            tracing::warn!(%object, ?files, "defined in several files; using the first");
+        }
+    }
+}
