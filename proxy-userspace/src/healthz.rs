@@ -1,8 +1,8 @@
 //! `/healthz` in the manner of kube-proxy's: 200 once the first full sync has
 //! been applied and while syncs keep succeeding, 503 before the first one and
 //! once the last successful sync is older than the staleness limit (the agent
-//! uses 2 × `--sync-period`, kube-proxy's rule: a live agent resyncs every
-//! period, so missing two means the loop or the map writes are stuck). The
+//! uses 2 × `--sync-period`, kube-proxy's rule: a live agent syncs at least
+//! once per period, so missing two means the loop or the map writes are stuck). The
 //! body is kube-proxy's JSON shape plus the seconds since the last sync.
 //!
 //! Hand-written minimal HTTP/1.1 responder: one fixed endpoint does not

@@ -198,7 +198,8 @@ async fn main() -> anyhow::Result<()> {
                     full_resync: full_resync_period,
                 },
                 external: ExternalConfig {
-                    interfaces: external_interfaces,
+                    // "" (an unset ConfigMap value) means none.
+                    interfaces: external_interfaces.filter(|list| !list.trim().is_empty()),
                     nodeport_cidrs: nodeport_addresses,
                     node_ip,
                     xdp,

@@ -231,8 +231,12 @@ impl<M: ServiceMaps> SyncLoop<M> {
             .last_sync
             .is_none_or(|t| now.duration_since(t) >= self.periods.sync);
         let fed = Instant::now();
-        self.pending |= self.feed(source.poll(full_due));
-        self.feed_time += fed.elapsed();
+        let fed_something = self.feed(source.poll(full_due));
+        // Polls that found nothing are the source's idle cost, not the change's.
+        if fed_something {
+            self.feed_time += fed.elapsed();
+        }
+        self.pending |= fed_something;
         let min_elapsed = self
             .last_sync
             .is_none_or(|t| now.duration_since(t) >= self.periods.min_sync);

@@ -573,6 +573,27 @@ fn deploy_manifests_are_valid_kubernetes_objects() -> Result<()> {
         caps.add,
         Some(vec!["BPF".into(), "NET_ADMIN".into(), "SYS_ADMIN".into()])
     );
+    // Every flag in the args is one `vipr run` knows.
+    let bin = std::env::var_os("VIPR_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vipr"),
+        PathBuf::from,
+    );
+    let help = std::process::Command::new(&bin)
+        .args(["run", "--help"])
+        .output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    for arg in container
+        .args
+        .iter()
+        .flatten()
+        .filter(|a| a.starts_with("--"))
+    {
+        let flag = arg.split('=').next().unwrap_or_default();
+        assert!(
+            help.contains(&format!("{flag} ")),
+            "{flag}: not a `vipr run` flag"
+        );
+    }
     // Every $(VAR) in the args is defined by the ConfigMap or the env.
     let data = config.and_then(|c| c.data).unwrap_or_default();
     let env: Vec<String> = container

@@ -104,14 +104,36 @@ impl Drop for Agent {
     }
 }
 
-/// Installs `contender` for `count` services on `topo`'s node1.
+/// A rule loader ran past the install budget and was killed: the
+/// contender is out at this N and above.
+#[derive(Debug)]
+pub struct OverBudget {
+    pub tool: String,
+    pub budget: Duration,
+}
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.budget.as_secs();
+        write!(f, "{} did not finish within {secs} s (killed)", self.tool)
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+/// Installs `contender` for `count` services on `topo`'s node1; a rule
+/// loader running longer than `budget` is killed ([`OverBudget`]).
 pub fn install(
     contender: Contender,
     topo: &Topology,
     count: usize,
     vipr: &Path,
     work: &Path,
+    budget: Duration,
 ) -> Result<Installed> {
+    let timed_stdin = |netns: &str, tool: &str, args: &[&str], input: &str, work: &Path| {
+        timed_stdin(netns, tool, args, input, work, budget)
+    };
     let node_ns = topo.netns("node1")?;
     let services = rules::synthetic(count, ENDPOINTS_PER_SERVICE, measured_service());
     let mut installed = Installed {
@@ -173,20 +195,41 @@ fn timed_stdin(
     args: &[&str],
     input: &str,
     work: &Path,
+    budget: Duration,
 ) -> Result<Duration> {
     let file = work.join("ruleset.txt");
+    let errors = work.join("tool.err");
     fs::write(&file, input)?;
     let start = Instant::now();
-    let out = netns::command_in(netns, tool)
+    // nsenter execs the tool, so killing the child kills the tool.
+    let mut child = netns::command_in(netns, tool)
         .args(args)
         .stdin(fs::File::open(&file)?)
-        .output()
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&errors)?)
+        .spawn()
         .with_context(|| format!("run {tool}"))?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > budget {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(OverBudget {
+                tool: tool.to_owned(),
+                budget,
+            }
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let elapsed = start.elapsed();
     ensure!(
-        out.status.success(),
+        status.success(),
         "{tool} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        fs::read_to_string(&errors)
+            .unwrap_or_default()
             .lines()
             .take(5)
             .collect::<Vec<_>>()

@@ -145,7 +145,7 @@ fn measure(
         .collect::<Result<Vec<_>>>()?;
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
-    let installed: Installed = install(contender, &topo, n, vipr, work)?;
+    let installed: Installed = install(contender, &topo, n, vipr, work, plan.install_budget)?;
     let client = topo.netns("client")?;
     let tcp = load::tcp_connections(
         &client,
@@ -195,9 +195,20 @@ pub fn run(plan: &Plan, vipr: &Path, work_root: &Path) -> Result<Results> {
     };
     // Last install time per contender, to skip what would blow the budget.
     let mut last_install: BTreeMap<Contender, (usize, f64)> = BTreeMap::new();
+    // Contenders whose loader was killed at the budget: out from there on.
+    let mut over_budget: BTreeMap<Contender, String> = BTreeMap::new();
     for &n in &plan.service_counts {
         let mut active: Vec<Contender> = Vec::new();
         for c in Contender::ALL {
+            if let Some(reason) = over_budget.get(&c) {
+                println!("skip {:<16} at {n:>7}: {reason}", c.name());
+                results.skipped.push(Skipped {
+                    contender: c,
+                    services: n,
+                    reason: reason.clone(),
+                });
+                continue;
+            }
             // Extrapolate only from a size where the rules dominate the
             // fixed start-up cost (agent start, program load).
             if let Some(&(prev_n, secs)) = last_install.get(&c).filter(|(n, _)| *n >= 1_000) {
@@ -218,6 +229,9 @@ pub fn run(plan: &Plan, vipr: &Path, work_root: &Path) -> Result<Results> {
         }
         for round in 0..plan.rounds {
             for &c in &active {
+                if over_budget.contains_key(&c) {
+                    continue;
+                }
                 let work: PathBuf = work_root.join(format!("{}-{n}", c.name()));
                 let started = Instant::now();
                 match measure(plan, c, n, round, vipr, &work) {
@@ -237,6 +251,16 @@ pub fn run(plan: &Plan, vipr: &Path, work_root: &Path) -> Result<Results> {
                         );
                         last_install.insert(c, (n, s.install_s));
                         results.samples.push(s);
+                    }
+                    Err(e) if e.downcast_ref::<contenders::OverBudget>().is_some() => {
+                        let reason = format!("{e:#} at {n} Services");
+                        println!("{:<16} n={n:<7} round={round} OUT: {reason}", c.name());
+                        results.skipped.push(Skipped {
+                            contender: c,
+                            services: n,
+                            reason: reason.clone(),
+                        });
+                        over_budget.insert(c, reason);
                     }
                     Err(e) => {
                         println!("{:<16} n={n:<7} round={round} FAILED: {e:#}", c.name());
