@@ -143,8 +143,8 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
         md,
         "Install: N Services × 10 endpoints from cold (vipr: agent start to /healthz 200, including YAML parsing, \
          loading and attaching; iptables: one `iptables-restore`; nftables: one `nft -f`). One change: one endpoint \
-         added to the measured Service (vipr: the agent's own sync time; iptables: a full restore, as kube-proxy's \
-         iptables mode without partial sync; nftables: the incremental transaction kube-proxy's nftables mode sends).\n"
+         added to the measured Service (vipr: the agent's own sync time; iptables: `iptables-restore --noflush` of \
+         KUBE-SERVICES and the changed Service's chains, as kube-proxy's partial sync; nftables: the incremental transaction kube-proxy's nftables mode sends).\n"
     );
     let _ = writeln!(
         md,
