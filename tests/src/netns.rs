@@ -396,56 +396,8 @@ impl Topology {
             "dev",
             "lo",
         ])?;
-        let ul_if = format!("n{index}");
-        ip(&[
-            "-n",
-            &self.underlay,
-            "link",
-            "add",
-            &ul_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &netns,
-        ])?;
-        ip(&[
-            "-n",
-            &self.underlay,
-            "link",
-            "set",
-            &ul_if,
-            "master",
-            "br0",
-            "up",
-        ])?;
-        // A veth only receives XDP_TX frames from its peer when NAPI is on
-        // (GRO or an XDP program): a physical NIC needs nothing of the kind.
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.underlay,
-                "ethtool",
-                "-K",
-                &ul_if,
-                "gro",
-                "on",
-            ])
-            .output();
         let addr = Self::underlay_ip(index);
-        ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        self.plug_into_underlay(&format!("n{index}"), &netns, addr)?;
         for other in &self.nodes {
             let other_addr = Self::underlay_ip(other.index).to_string();
             ip(&[
@@ -487,45 +439,66 @@ impl Topology {
         let netns = format!("{}-{name}", self.prefix);
         self.create_netns(&netns)?;
         let ul_if = format!("x{}", self.created.len());
+        self.plug_into_underlay(&ul_if, &netns, ip_addr)?;
+        for (cidr, node) in routes {
+            let via = Self::underlay_ip(self.node(node)?.index).to_string();
+            ip(&["-n", &netns, "route", "add", cidr, "via", &via])?;
+        }
+        Ok(netns)
+    }
+
+    /// Connects `netns` to the underlay bridge: `ul_if` on the bridge,
+    /// `eth0` with `addr`/24 in `netns`.
+    fn plug_into_underlay(&self, ul_if: &str, netns: &str, addr: Ipv4Addr) -> Result<()> {
         ip(&[
             "-n",
             &self.underlay,
             "link",
             "add",
-            &ul_if,
+            ul_if,
             "type",
             "veth",
             "peer",
             "name",
             "eth0",
             "netns",
-            &netns,
+            netns,
         ])?;
         ip(&[
             "-n",
             &self.underlay,
             "link",
             "set",
-            &ul_if,
+            ul_if,
             "master",
             "br0",
             "up",
         ])?;
+        // A veth only receives XDP_TX frames from its peer when NAPI is on
+        // (GRO or an XDP program): a physical NIC needs nothing of the kind.
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.underlay,
+                "ethtool",
+                "-K",
+                ul_if,
+                "gro",
+                "on",
+            ])
+            .output();
         ip(&[
             "-n",
-            &netns,
+            netns,
             "addr",
             "add",
-            &format!("{ip_addr}/24"),
+            &format!("{addr}/24"),
             "dev",
             "eth0",
         ])?;
-        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
-        for (cidr, node) in routes {
-            let via = Self::underlay_ip(self.node(node)?.index).to_string();
-            ip(&["-n", &netns, "route", "add", cidr, "via", &via])?;
-        }
-        Ok(netns)
+        ip(&["-n", netns, "link", "set", "eth0", "up"])?;
+        Ok(())
     }
 
     fn underlay_ip(index: u8) -> Ipv4Addr {

@@ -27,7 +27,8 @@ fn found(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn run_checked(cmd: &mut Command) -> anyhow::Result<String> {
+/// Runs `cmd`; its stdout, or an error with its stderr.
+pub(crate) fn run_checked(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
         bail!(

@@ -4,6 +4,7 @@
 //! emulation (nested KVM cannot boot these kernels here), sees the host's
 //! root filesystem read-only over 9p and runs the host-built test binaries.
 //! The guest's exit code comes back as a marker line on the serial console.
+use super::setup::run_checked as checked;
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
@@ -169,17 +170,6 @@ fn package_installed(package: &str) -> bool {
         .args(["-W", "-f=${Status}", package])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).ends_with(" installed"))
-}
-
-fn checked(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Builds the agent and the kernel-facing test binaries on the host.
