@@ -35,8 +35,9 @@ pub mod programs {
     pub const XDP_EXTERNAL: &str = "vipr_xdp_external";
     /// Trivial TC program used only to probe for TCX (never on real traffic).
     pub const PROBE_TC: &str = "vipr_probe_tc";
-    /// Trivial XDP program used only to probe native/generic XDP.
-    pub const PROBE_XDP: &str = "vipr_probe_xdp";
+    /// Trivial XDP program (passes everything): probes native/generic XDP,
+    /// and runs on the peer of a veth external interface in native mode.
+    pub const XDP_PASS: &str = "vipr_xdp_pass";
 }
 
 /// Names of globals the agent sets when it loads the object.

@@ -84,9 +84,10 @@ enum Command {
         /// first address of the first external interface.
         #[arg(long)]
         node_ip: Option<Ipv4Addr>,
-        /// XDP fast path on the external interfaces (`auto`: native, else
-        /// generic). Off by default: native XDP_TX on veth loses frames in
-        /// our tests, and the TC path alone is complete.
+        /// XDP fast path on the external interfaces (`auto`: native on NICs,
+        /// none on virtual interfaces). Off by default, as an opt-in: the TC
+        /// path alone is complete, and attaching native XDP makes some NIC
+        /// drivers reconfigure their queues.
         #[arg(long, value_enum, default_value = "off")]
         xdp: XdpMode,
         /// Capacity of the services map (frontends: ClusterIP, NodePort per
@@ -115,6 +116,17 @@ enum Command {
         /// bpffs mount that holds the probe's temporary pins.
         #[arg(long, default_value = "/sys/fs/bpf")]
         bpffs: PathBuf,
+    },
+    /// Attach a pass-through XDP program to the host-side peers of veth
+    /// external interfaces that run vipr in native XDP mode: the kernel only
+    /// delivers a veth's XDP_TX frames to a peer that has an XDP program.
+    /// Holds the programs until stopped, or pins them with --pin-dir and exits.
+    VethPeer {
+        #[arg(required = true)]
+        interfaces: Vec<String>,
+        /// bpffs directory to pin the links in (remove it to detach).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
     },
     /// Detach vipr's programs from this network namespace's interfaces and remove its pins.
     Cleanup {
@@ -224,6 +236,20 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Dump { bpffs } => print!("{}", inspect::dump(&bpffs)?),
         Command::Features { bpffs } => print!("{}", vipr::datapath::features_report(&bpffs)?),
+        Command::VethPeer {
+            interfaces,
+            pin_dir,
+        } => {
+            let held = vipr::datapath::attach_pass_through(&interfaces, pin_dir.as_deref())?;
+            println!("pass-through XDP on {}", interfaces.join(", "));
+            if pin_dir.is_none() {
+                let stop = agent::stop_on_signals();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            drop(held);
+        }
         Command::Cleanup { bpffs } => {
             let detached = inspect::cleanup(&bpffs)?;
             println!("removed {} and {detached} clsact filters", bpffs.display());

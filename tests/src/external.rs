@@ -85,8 +85,12 @@ pub struct ExternalCluster {
     agents: Vec<(String, PathBuf, PathBuf, ChildGuard)>,
     manifests: PathBuf,
     vipr: PathBuf,
+    /// Pass-through XDP on the nodes' uplink peers, in native XDP mode.
+    uplink_xdp: Option<ChildGuard>,
     /// The host outside the cluster.
     pub client: String,
+    /// The agents' `--xdp` mode.
+    pub xdp: String,
 }
 
 impl ExternalCluster {
@@ -123,7 +127,13 @@ impl ExternalCluster {
         let manifests = std::env::temp_dir().join(format!("{}-ext", topology.prefix()));
         fs::create_dir_all(&manifests)?;
         fs::write(manifests.join("ext.yaml"), self::manifests(&["web-2"]))?;
+        let uplink_xdp = match xdp {
+            "native" => Some(topology.pass_xdp_on_node_uplinks(vipr)?),
+            _ => None,
+        };
         let mut cluster = Self {
+            uplink_xdp,
+            xdp: xdp.to_owned(),
             servers: Vec::new(),
             agents: Vec::new(),
             manifests,
@@ -210,6 +220,20 @@ impl ExternalCluster {
             .collect()
     }
 
+    /// A packet counter of the agent on `node`, summed over CPUs.
+    pub fn counter(&self, node: &str, counter: proxy_common::Counter) -> Result<u64> {
+        let (_, pins, _, _) = self
+            .agents
+            .iter()
+            .find(|a| a.0 == node)
+            .context("no such node")?;
+        let counters = vipr::inspect::pinned_counters(pins)?;
+        Ok(counters
+            .into_iter()
+            .find(|(c, _)| *c == counter)
+            .map_or(0, |(_, n)| n))
+    }
+
     /// GET the health-check node port of `node` from outside: (status, body).
     pub fn health_check(&self, node: usize) -> Result<(u16, String)> {
         use std::io::{Read, Write};
@@ -239,6 +263,9 @@ impl Drop for ExternalCluster {
             let _ = child.terminate();
             let _ = fs::remove_file(log);
             let _ = fs::remove_dir_all(pins.as_path());
+        }
+        if let Some(mut child) = self.uplink_xdp.take() {
+            let _ = child.terminate();
         }
         let _ = self.topology.teardown();
         let _ = fs::remove_dir_all(&self.manifests);

@@ -672,6 +672,34 @@ impl Topology {
         ChildGuard::spawn(&mut c)
     }
 
+    /// Runs `vipr veth-peer` on the underlay end of every node's uplink. A
+    /// NIC puts native XDP_TX frames on the wire; a veth hands them to its
+    /// peer only when the peer runs an XDP program, so without this the
+    /// nodes' translated frames never reach the bridge. Detached when the
+    /// guard drops.
+    pub fn pass_xdp_on_node_uplinks(&self, vipr: &std::path::Path) -> Result<ChildGuard> {
+        let ports: Vec<String> = (1..=self.nodes.len()).map(|i| format!("n{i}")).collect();
+        let mut cmd = command_in(&self.underlay, vipr);
+        cmd.arg("veth-peer")
+            .args(&ports)
+            .stdout(std::process::Stdio::null());
+        let mut child = ChildGuard::spawn(&mut cmd)?;
+        let attached = |port: &str| {
+            ip(&["-n", &self.underlay, "link", "show", port])
+                .is_ok_and(|out| out.contains("prog/xdp"))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ports.iter().all(|p| attached(p)) {
+            ensure!(child.try_wait()?.is_none(), "vipr veth-peer exited early");
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "vipr veth-peer did not attach to {ports:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(child)
+    }
+
     /// Deletes every namespace of the topology (and with them all links). Idempotent.
     pub fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();

@@ -1,9 +1,11 @@
 //! External traffic end to end: a host outside the cluster, two nodes with
-//! their agents, backends on both. Every scenario runs with the XDP fast path
-//! (generic mode on the nodes' veth `eth0`; native veth XDP_TX drops these
-//! frames, see the issue notes) and with the TC path alone.
+//! their agents, backends on both. Every scenario runs three times: the XDP
+//! fast path in native mode on the nodes' veth `eth0` (with a pass-through
+//! program on the underlay end, which a veth needs to receive XDP_TX frames),
+//! in generic mode, and the TC path alone.
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use proxy_common::Counter;
 use vipr_tests::{
     demo::wait_until,
     echo::{tcp_request_full, udp_request},
@@ -25,7 +27,8 @@ fn vipr() -> PathBuf {
 }
 
 fn each_path(test: impl Fn(&ExternalCluster)) {
-    let modes = std::env::var("VIPR_TEST_XDP_MODES").unwrap_or_else(|_| "generic,off".into());
+    let modes =
+        std::env::var("VIPR_TEST_XDP_MODES").unwrap_or_else(|_| "native,generic,off".into());
     for xdp in modes.split(',') {
         let cluster = ExternalCluster::start(&vipr(), xdp).expect("cluster");
         eprintln!("-- with --xdp {xdp}");
@@ -45,6 +48,16 @@ fn nodeport_reaches_every_backend_from_either_node_and_replies_come_from_the_nod
                 served.insert(reply.name);
             }
             assert_eq!(served.len(), 2, "via {node}: {served:?}");
+        }
+        // Half the flows went to the other node's backend: with XDP on, the
+        // XDP program sent them back out itself instead of leaving it to TC.
+        let transmitted: u64 = ["node1", "node2"]
+            .iter()
+            .map(|n| c.counter(n, Counter::XdpTransmitted).unwrap())
+            .sum();
+        match c.xdp.as_str() {
+            "off" => assert_eq!(transmitted, 0),
+            mode => assert!(transmitted > 0, "--xdp {mode}: no frame sent by XDP_TX"),
         }
         // A backend on the other node sees the node, not the client (masquerade).
         let remote_peers: Vec<_> = c.server("web-2").peers();
@@ -126,4 +139,24 @@ fn load_balancer_source_ranges_allow_and_block() {
             .expect_err("client outside the ranges");
         assert!(blocked.is_timeout(), "{blocked}");
     });
+}
+
+#[test]
+fn xdp_auto_leaves_a_veth_uplink_to_tc() {
+    let c = ExternalCluster::start(&vipr(), "auto").expect("cluster");
+    for _ in 0..10 {
+        tcp_request_full(
+            &c.client,
+            SocketAddr::from((NODE_IPS[0], NODE_PORT_TCP)),
+            TIMEOUT,
+        )
+        .expect("nodeport request");
+    }
+    assert_eq!(c.counter("node1", Counter::XdpTransmitted).unwrap(), 0);
+    assert!(
+        c.logs()
+            .contains("virtual interface: no XDP under --xdp auto"),
+        "{}",
+        c.logs()
+    );
 }

@@ -9,18 +9,22 @@ mod attach;
 mod fake;
 mod interfaces;
 mod kernel;
+mod links;
 mod loader;
 mod probe;
+mod veth_peer;
 mod xdp_attach;
 
 pub use attach::{AttachMode, Attacher, cleanup_attachments};
 pub use fake::FakeMaps;
 pub use interfaces::{InterfaceSelector, all_interfaces, ipv4_addresses};
 pub use kernel::{KernelMaps, read_counters, source_range_of};
+pub use links::parent_device;
 pub use loader::{Datapath, LoadOptions, MapSizes, OBJECT, cleanup_pins};
 pub use probe::{
     KernelFeatures, XdpSupport, load_probed, program_figures, report as features_report,
 };
+pub use veth_peer::attach_pass_through;
 pub use xdp_attach::{XdpMode, attach_xdp, detach_xdp};
 
 use crate::plan::maps::{MapContents, MapOp};

@@ -145,7 +145,7 @@ pub fn program_figures(datapath: &mut Datapath) -> Vec<String> {
     let mut lines: Vec<String> = datapath
         .ebpf
         .programs()
-        .filter(|(name, _)| ![programs::PROBE_TC, programs::PROBE_XDP].contains(name))
+        .filter(|(name, _)| ![programs::PROBE_TC, programs::XDP_PASS].contains(name))
         .map(|(name, program)| match program.info() {
             Ok(info) => format!(
                 "program {name}: {} insns, {} verified",
@@ -292,7 +292,7 @@ fn probe_xdp(datapath: &mut Datapath) -> XdpSupport {
     if !is_program_supported(ProgramType::Xdp).unwrap_or(false) {
         return XdpSupport::Unsupported("XDP programs refused".into());
     }
-    let Some(program) = datapath.ebpf.program_mut(programs::PROBE_XDP) else {
+    let Some(program) = datapath.ebpf.program_mut(programs::XDP_PASS) else {
         return XdpSupport::Unsupported("no probe program in the object".into());
     };
     let program: &mut Xdp = match program.try_into() {

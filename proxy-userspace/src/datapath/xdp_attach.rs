@@ -1,16 +1,19 @@
-//! The XDP fast path on external interfaces: native where the driver has it,
-//! generic otherwise (`--xdp auto`), or as forced. Links are pinned like the
-//! TC ones so the fast path survives agent restarts.
+//! The XDP fast path on external interfaces: native on NICs (`--xdp auto`),
+//! or as forced. Links are pinned like the TC ones so the fast path survives
+//! agent restarts.
 use std::path::{Path, PathBuf};
 
 use aya::programs::{links::FdLink, xdp::XdpMode as AttachMode};
 use tracing::{info, warn};
 
-use super::{Datapath, DatapathError};
+use super::{Datapath, DatapathError, parent_device};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpMode {
-    /// Native if the driver supports it, else generic, else TC only.
+    /// Native on interfaces with a device driver behind them, where it pays;
+    /// TC only on virtual ones (veth, bridges): generic XDP runs after the
+    /// skb exists and saves nothing, and native XDP_TX on a veth needs an
+    /// XDP program on its peer (see `veth_peer`).
     Auto,
     Native,
     Generic,
@@ -29,7 +32,14 @@ pub fn attach_xdp(
 ) -> Result<Option<&'static str>, DatapathError> {
     let attempts: &[(AttachMode, &'static str)] = match mode {
         XdpMode::Off => return Ok(None),
-        XdpMode::Auto => &[(AttachMode::Driver, "native"), (AttachMode::Skb, "generic")],
+        XdpMode::Auto if !has_device_driver(interface) => {
+            info!(
+                interface,
+                "virtual interface: no XDP under --xdp auto; TC handles it"
+            );
+            return Ok(None);
+        }
+        XdpMode::Auto => &[(AttachMode::Driver, "native")],
         XdpMode::Native => &[(AttachMode::Driver, "native")],
         XdpMode::Generic => &[(AttachMode::Skb, "generic")],
     };
@@ -53,6 +63,13 @@ pub fn attach_xdp(
                     Err(e) => warn!(interface, error = %e, "XDP link not pinnable"),
                 }
                 info!(interface, mode = name, "XDP fast path attached");
+                if flags == AttachMode::Driver && !has_device_driver(interface) {
+                    warn!(
+                        interface,
+                        "native XDP on a virtual interface: if it is a veth, its peer needs \
+                         an XDP program (`vipr veth-peer`) or frames sent back out are lost"
+                    );
+                }
                 return Ok(Some(name));
             }
             Err(e) => last_error = format!("{name}: {e}"),
@@ -63,6 +80,18 @@ pub fn attach_xdp(
         return Ok(None);
     }
     Err(error(interface, last_error))
+}
+
+/// NICs have the device their driver binds as parent; virtual interfaces
+/// have none. An interface the kernel cannot describe counts as virtual.
+fn has_device_driver(interface: &str) -> bool {
+    match parent_device(interface) {
+        Ok(parent) => parent.is_some(),
+        Err(error) => {
+            warn!(%error, "cannot tell whether this is a NIC");
+            false
+        }
+    }
 }
 
 pub fn detach_xdp(pin_dir: &Path, interface: &str) {
