@@ -47,4 +47,6 @@ counters! {
     DropNoLocalEndpoints => "drop_no_local_endpoints",
     DropSourceRange => "drop_source_range",
     DropSnatPortsExhausted => "drop_snat_ports_exhausted",
+    // Appended, so the indices of pinned counters keep their meaning.
+    TcRedirected => "tc_redirected",
 }

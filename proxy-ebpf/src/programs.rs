@@ -13,6 +13,7 @@ use proxy_common::{CT_FLAG_SNAT, Counter, CtValue, IPPROTO_TCP, SCOPE_EXTERNAL};
 
 use crate::{
     decide::{self, Decision},
+    fwd,
     maps::count,
     nat::{Side, rewrite},
     parse::{Flow, parse_flow},
@@ -47,9 +48,26 @@ pub fn vipr_to_pod(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn vipr_from_external(ctx: TcContext) -> i32 {
-    match parse_flow(&ctx) {
-        Ok(flow) => apply(&ctx, &flow, decide::from_outside(&flow, SCOPE_EXTERNAL)),
-        Err(reason) => verdict(reason),
+    let flow = match parse_flow(&ctx) {
+        Ok(flow) => flow,
+        Err(reason) => return verdict(reason),
+    };
+    let decision = decide::from_outside(&flow, SCOPE_EXTERNAL);
+    let local_source = leaves_with_a_local_source(&decision);
+    match apply(&ctx, &flow, decision) {
+        PASS if local_source => fwd::redirect_to_egress(&ctx).unwrap_or(PASS),
+        action => action,
+    }
+}
+
+/// Masqueraded packets (source: the node) and restored replies to them
+/// (source: the frontend) would be martians to the stack's input routing.
+#[inline(always)]
+fn leaves_with_a_local_source(decision: &Decision) -> bool {
+    match decision {
+        Decision::Translate(entry, _) => entry.flags & CT_FLAG_SNAT != 0,
+        Decision::Unmasquerade(_) => true,
+        _ => false,
     }
 }
 

@@ -33,26 +33,47 @@ pub fn vipr_xdp_external(ctx: XdpContext) -> u32 {
         // Malformed and non-IP frames: the TC program counts and decides.
         return XDP_PASS;
     };
-    let rewritten = match decide::from_outside(&flow, SCOPE_EXTERNAL) {
+    let (entry, counter, unmasquerade) = match decide::from_outside(&flow, SCOPE_EXTERNAL) {
         // Passes are counted once, by the TC program that sees them next.
         Decision::Pass(_) | Decision::Refuse | Decision::RestoreSource(_) => return XDP_PASS,
         Decision::Drop(counter) => {
             count(counter);
             return XDP_DROP;
         }
-        Decision::Translate(entry, counter) => translate(&ctx, &flow, &entry).map(|()| counter),
-        Decision::Unmasquerade(entry) => rewrite(&ctx, &flow, true, entry.nat_addr, entry.nat_port)
-            .and_then(|()| rewrite(&ctx, &flow, false, entry.snat_addr, entry.snat_port))
-            .map(|()| Counter::RevSnat),
+        Decision::Translate(entry, counter) => (entry, counter, false),
+        Decision::Unmasquerade(entry) => (entry, Counter::RevSnat, true),
     };
-    match rewritten {
-        Some(counter) => {
-            count(counter);
-            forward(&ctx)
-        }
+    count(counter);
+    // Addresses after translation, and whether the source becomes local.
+    let (src, dst, local_source) = if unmasquerade {
+        (entry.nat_addr, entry.snat_addr, true)
+    } else if entry.flags & CT_FLAG_SNAT != 0 {
+        (entry.snat_addr, entry.nat_addr, true)
+    } else {
+        (flow.src_addr, entry.nat_addr, false)
+    };
+    let hop = next_hop(&ctx, src, dst);
+    if hop.is_none() && local_source {
+        // Translated, the stack would take it for a martian. Untouched, the
+        // TC program finds the flow in conntrack and redirects it itself.
+        count(Counter::XdpToStack);
+        return XDP_PASS;
+    }
+    let rewritten = if unmasquerade {
+        rewrite(&ctx, &flow, true, entry.nat_addr, entry.nat_port)
+            .and_then(|()| rewrite(&ctx, &flow, false, entry.snat_addr, entry.snat_port))
+    } else {
+        translate(&ctx, &flow, &entry)
+    };
+    if rewritten.is_none() {
+        count(Counter::DropRewriteFailed);
+        return XDP_DROP;
+    }
+    match hop {
+        Some(hop) => transmit(&ctx, &hop),
         None => {
-            count(Counter::DropRewriteFailed);
-            XDP_DROP
+            count(Counter::XdpToStack);
+            XDP_PASS
         }
     }
 }
@@ -154,26 +175,27 @@ unsafe fn rewrite_l4<const UDP: bool>(
     }
 }
 
-/// Sends the translated frame on its way: FIB lookup, new MAC addresses,
-/// TTL, then out of the right interface. Anything the FIB cannot resolve
-/// (no neighbour yet, local delivery) goes to the stack instead.
+/// Where the translated frame goes, if XDP can send it itself: the FIB
+/// resolves the next hop completely, back out of the interface it came in
+/// on. Frames for another interface (a local pod's veth) go to the stack:
+/// that veth's peer may not take XDP frames (it needs XDP or NAPI, which
+/// vipr does not control), and the TC programs pass them. An expiring TTL
+/// goes to the stack too, which answers with ICMP.
 #[inline(always)]
-fn forward(ctx: &XdpContext) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return XDP_PASS;
-    };
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-        return XDP_PASS;
-    };
+fn next_hop(ctx: &XdpContext, src: u32, dst: u32) -> Option<FibParams> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)?;
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     unsafe {
+        if (*ip).ttl <= 1 {
+            return None;
+        }
         params.family = AF_INET;
         params.l4_protocol = *(&raw const (*ip).proto as *const u8);
         params.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
         params.__bindgen_anon_2.tos = (*ip).tos;
-        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).dst_addr);
+        params.__bindgen_anon_3.ipv4_src = src;
+        params.__bindgen_anon_4.ipv4_dst = dst;
         params.ifindex = ingress;
     }
     let ret = unsafe {
@@ -184,25 +206,21 @@ fn forward(ctx: &XdpContext) -> u32 {
             0,
         )
     };
-    if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        count(Counter::XdpToStack);
+    (ret == BPF_FIB_LKUP_RET_SUCCESS as i64 && params.ifindex == ingress).then_some(params)
+}
+
+/// New MAC addresses and TTL, then back out with `XDP_TX`.
+#[inline(always)]
+fn transmit(ctx: &XdpContext, hop: &FibParams) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return XDP_PASS;
-    }
-    // Only frames XDP sends itself get new MAC addresses and TTL. Frames for
-    // another interface (a local pod's veth) go to the stack already
-    // translated: that veth's peer may not take XDP frames (it needs XDP or
-    // NAPI, which vipr does not control), and the TC programs pass them.
-    if params.ifindex != ingress {
-        count(Counter::XdpToStack);
+    };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
         return XDP_PASS;
-    }
+    };
     unsafe {
         // The stack would have decremented the TTL while forwarding.
         let ttl = (*ip).ttl;
-        if ttl <= 1 {
-            count(Counter::XdpToStack);
-            return XDP_PASS;
-        }
         (*ip).ttl = ttl - 1;
         let check = u16::from_be_bytes((*ip).check);
         (*ip).check = csum_update(
@@ -211,8 +229,8 @@ fn forward(ctx: &XdpContext) -> u32 {
             u16::from_be_bytes([ttl - 1, 0]),
         )
         .to_be_bytes();
-        (*eth).dst_addr = params.dmac;
-        (*eth).src_addr = params.smac;
+        (*eth).dst_addr = hop.dmac;
+        (*eth).src_addr = hop.smac;
     }
     count(Counter::XdpTransmitted);
     XDP_TX

@@ -177,7 +177,8 @@ pub fn run(
     );
     let mut attacher = Attacher::new(&config.pin_dir).with_mode(features.tc_attach);
     let mut external_attacher = Attacher::external(&config.pin_dir).with_mode(features.tc_attach);
-    let mut xdp_attached: std::collections::BTreeSet<String> = Default::default();
+    // External interfaces with accept_local and XDP done.
+    let mut external_set_up: std::collections::BTreeSet<String> = Default::default();
     let mut health_checks = HealthChecks::default();
     let builder = ModelBuilder::new(ModelOptions {
         proxy_name: config.proxy_name.clone(),
@@ -213,7 +214,7 @@ pub fn run(
                 selector,
                 &mut datapath,
                 &mut external_attacher,
-                &mut xdp_attached,
+                &mut external_set_up,
             );
         }
 
@@ -238,7 +239,7 @@ fn reconcile_external(
     selector: &InterfaceSelector,
     datapath: &mut crate::datapath::Datapath,
     attacher: &mut Attacher,
-    xdp_attached: &mut std::collections::BTreeSet<String>,
+    set_up: &mut std::collections::BTreeSet<String>,
 ) {
     let present = match selector.present() {
         Ok(present) => present,
@@ -247,7 +248,7 @@ fn reconcile_external(
     for error in attacher.reconcile(datapath, &present) {
         warn!(%error, "attach to external interface failed; will retry");
     }
-    xdp_attached.retain(|name| {
+    set_up.retain(|name| {
         let keep = present.contains_key(name);
         if !keep {
             detach_xdp(&config.pin_dir, name);
@@ -255,23 +256,22 @@ fn reconcile_external(
         keep
     });
     for name in present.keys() {
-        accept_local_sources(name);
-        if xdp_attached.contains(name) {
+        // Once per appearance: a failed XDP attach is not retried every
+        // tick, and an operator may turn accept_local off again.
+        if !set_up.insert(name.clone()) {
             continue;
         }
-        match attach_xdp(datapath, &config.pin_dir, name, config.external.xdp) {
-            Ok(_) => {
-                xdp_attached.insert(name.clone());
-            }
-            Err(error) => warn!(%error, "XDP attach failed; TC handles it"),
+        accept_local_sources(name);
+        if let Err(error) = attach_xdp(datapath, &config.pin_dir, name, config.external.xdp) {
+            warn!(%error, "XDP attach failed; TC handles it");
         }
     }
 }
 
-/// Masqueraded packets carry the node's own address as source when the
-/// stack forwards them (and replies restored at ingress carry the frontend's),
-/// which the kernel drops as martians unless `accept_local` is on for the
-/// interface they arrive on.
+/// Masqueraded packets carry the node's own address as source (and replies
+/// restored at ingress carry the frontend's). The TC program forwards them
+/// itself; the few it leaves to the stack (no route from the FIB's point of
+/// view) would be martians there unless `accept_local` is on.
 fn accept_local_sources(interface: &str) {
     let path = format!("/proc/sys/net/ipv4/conf/{interface}/accept_local");
     if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
@@ -279,7 +279,9 @@ fn accept_local_sources(interface: &str) {
     }
     match std::fs::write(&path, "1") {
         Ok(()) => info!(interface, "accept_local enabled for masqueraded traffic"),
-        Err(error) => warn!(interface, %error, "cannot enable accept_local; masquerade will fail"),
+        Err(error) => {
+            warn!(interface, %error, "cannot enable accept_local; masqueraded packets the FIB cannot route are dropped")
+        }
     }
 }
 

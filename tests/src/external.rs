@@ -154,6 +154,11 @@ impl ExternalCluster {
         }
         for node in ["node1", "node2"] {
             cluster.start_agent(node, xdp)?;
+            // The agent enables accept_local where it may; the datapath must
+            // not need it (an unprivileged agent may not write sysctls).
+            let ns = cluster.topology.netns(node)?;
+            netns::sysctl(&ns, "net/ipv4/conf/eth0/accept_local", "0")?;
+            netns::sysctl(&ns, "net/ipv4/conf/all/accept_local", "0")?;
         }
         Ok(cluster)
     }

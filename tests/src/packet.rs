@@ -187,8 +187,9 @@ pub fn checksum_errors(frame: &[u8]) -> Vec<String> {
     errors
 }
 
-/// For XDP tests: a namespace with one external interface `ext0`, a route to node2's pods and one
-/// to the clients, with permanent neighbours. Deleted on drop.
+/// For forwarding tests: a namespace with one external interface `ext0`, a route to node2's pods
+/// and one to the clients, with permanent neighbours, and one to node3's pods through a neighbour
+/// not resolved yet. Deleted on drop.
 pub struct FibNamespace(String);
 
 impl FibNamespace {
@@ -213,6 +214,8 @@ impl FibNamespace {
             "ip neigh add 172.30.0.254 lladdr 02:00:00:00:00:fe dev ext0 nud permanent",
             "ip route add 10.244.2.0/24 via 172.30.0.2",
             "ip route add 198.51.100.0/24 via 172.30.0.254",
+            // A next hop nobody has resolved yet.
+            "ip route add 10.244.3.0/24 via 172.30.0.3",
             "sysctl -qw net.ipv4.ip_forward=1",
             "sysctl -qw net.ipv4.conf.lo.forwarding=1",
         ];
@@ -422,6 +425,28 @@ impl Harness {
         input: &[u8],
         repeat: u32,
     ) -> anyhow::Result<(Run, f64)> {
+        self.run_tc(program, input, repeat, None)
+    }
+
+    /// Runs a TC program once on `input` as if it arrived on `ext0` of a
+    /// [`FibNamespace`] (the calling thread must be inside one).
+    pub fn run_on_ext0(&mut self, program: &'static str, input: &[u8]) -> anyhow::Result<Run> {
+        // __sk_buff up to `ifindex` (the 11th u32); the kernel takes the
+        // device from it and requires the fields before it to be zero.
+        let mut ctx = [0u32; 11];
+        ctx[10] = nix::net::if_::if_nametoindex("ext0")?;
+        let ctx: Vec<u8> = ctx.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        self.run_tc(program, input, 1, Some(&ctx))
+            .map(|(run, _)| run)
+    }
+
+    fn run_tc(
+        &mut self,
+        program: &'static str,
+        input: &[u8],
+        repeat: u32,
+        ctx: Option<&[u8]>,
+    ) -> anyhow::Result<(Run, f64)> {
         let before = self.counters()?;
         let mut output = vec![0u8; 512];
         let result = {
@@ -429,6 +454,7 @@ impl Harness {
             let mut options = TestRunOptions::new();
             options.data_in = Some(input);
             options.data_out = Some(&mut output);
+            options.ctx_in = ctx;
             options.repeat = repeat;
             program.test_run(options)?
         };

@@ -1,6 +1,7 @@
-//! The XDP fast path through BPF_PROG_TEST_RUN, inside a network namespace
-//! this test creates so that the FIB lookup has routes and neighbours to
-//! find: the same translations as the TC path, then forwarded in XDP.
+//! Forwarding through BPF_PROG_TEST_RUN, inside a network namespace this test
+//! creates so that the FIB lookup has routes and neighbours to find: the XDP
+//! fast path (the same translations as the TC path, then `XDP_TX`), and the
+//! TC path's own redirect of masqueraded packets.
 use std::net::Ipv4Addr;
 
 use proxy_common::{
@@ -189,5 +190,157 @@ fn what_xdp_does_not_finish_goes_to_the_stack() {
         let run = h.run_xdp(&blocked).unwrap();
         assert_eq!(run.verdict, XDP_DROP);
         assert_eq!(run.counted, vec![("drop_source_range", 1)]);
+    });
+}
+
+fn syn_to_node_port(port: u16, node_port: u16) -> Vec<u8> {
+    tcp(
+        Tuple {
+            src: (CLIENT, port),
+            dst: (NODE, node_port),
+        },
+        7,
+        true,
+        false,
+        b"",
+    )
+}
+
+/// Masqueraded packets and their restored replies carry a local source
+/// address: TC sends them on itself instead of letting the stack's input
+/// routing call them martians (which only `accept_local` would prevent).
+#[test]
+fn tc_forwards_masqueraded_packets_and_their_replies_itself() {
+    in_fib_namespace(|| {
+        let mut h = harness();
+        let run = h
+            .run_on_ext0(FROM_EXTERNAL, &syn_to_node_port(40_000, NODE_PORT))
+            .unwrap();
+        assert_eq!(run.verdict, TC_ACT_REDIRECT);
+        assert_eq!(run.counted, vec![("dnat_new", 1), ("tc_redirected", 1)]);
+        assert_eq!(checksum_errors(&run.output), Vec::<String>::new());
+        assert_eq!(&run.output[0..6], &NEXT_HOP_NODE2, "next hop is node2");
+        assert_eq!(&run.output[6..12], &[0x02, 0, 0, 0, 0, 0x01], "from ext0");
+        assert_eq!(run.output[14 + 8], 63, "TTL decremented");
+        let (src, dst) = addresses(&run.output);
+        assert_eq!((src.0, dst), (NODE, (REMOTE_POD, 8080)));
+
+        let reply = tcp(
+            Tuple {
+                src: (REMOTE_POD, 8080),
+                dst: src,
+            },
+            99,
+            true,
+            true,
+            b"",
+        );
+        let run = h.run_on_ext0(FROM_EXTERNAL, &reply).unwrap();
+        assert_eq!(run.verdict, TC_ACT_REDIRECT);
+        assert_eq!(run.counted, vec![("rev_snat", 1), ("tc_redirected", 1)]);
+        assert_eq!(checksum_errors(&run.output), Vec::<String>::new());
+        assert_eq!(&run.output[0..6], &NEXT_HOP_ROUTER);
+        assert_eq!(
+            addresses(&run.output),
+            ((NODE, NODE_PORT), (CLIENT, 40_000))
+        );
+    });
+}
+
+#[test]
+fn tc_leaves_the_neighbour_to_the_kernel_and_unroutable_packets_to_the_stack() {
+    in_fib_namespace(|| {
+        let mut h = Harness::with_options(|o| o.node_ipv4 = Some(NODE)).expect("load");
+        let to = |id: u32, backend: Ipv4Addr| (id, BackendValue::new(backend, 8080, IPPROTO_TCP));
+        let flags = SVC_FLAG_MASQUERADE | SVC_FLAG_HAS_ENDPOINTS;
+        let unresolved = ServiceKey::scoped(NODE, NODE_PORT, IPPROTO_TCP, SCOPE_EXTERNAL);
+        h.add_frontend(
+            1,
+            unresolved,
+            flags,
+            &[to(1, Ipv4Addr::new(10, 244, 3, 11))],
+        )
+        .unwrap();
+        let unroutable = ServiceKey::scoped(NODE, NODE_PORT + 1, IPPROTO_TCP, SCOPE_EXTERNAL);
+        h.add_frontend(2, unroutable, flags, &[to(2, Ipv4Addr::new(10, 9, 9, 9))])
+            .unwrap();
+
+        // Next hop not resolved: redirected all the same, the kernel fills in
+        // the MAC addresses once it has them.
+        let syn = syn_to_node_port(40_000, NODE_PORT);
+        let run = h.run_on_ext0(FROM_EXTERNAL, &syn).unwrap();
+        assert_eq!(run.verdict, TC_ACT_REDIRECT);
+        assert_eq!(run.counted, vec![("dnat_new", 1), ("tc_redirected", 1)]);
+        assert_eq!(&run.output[0..12], &syn[0..12], "MAC addresses untouched");
+        assert_eq!(run.output[14 + 8], 63, "TTL decremented");
+        assert_eq!(checksum_errors(&run.output), Vec::<String>::new());
+
+        // No route: translated, then the stack answers for it (TTL intact).
+        let syn = syn_to_node_port(40_001, NODE_PORT + 1);
+        let run = h.run_on_ext0(FROM_EXTERNAL, &syn).unwrap();
+        assert_eq!(run.verdict, TC_ACT_OK);
+        assert_eq!(run.counted, vec![("dnat_new", 1)]);
+        assert_eq!(run.output[14 + 8], 64);
+        assert_eq!(addresses(&run.output).1, (Ipv4Addr::new(10, 9, 9, 9), 8080));
+    });
+}
+
+#[test]
+fn xdp_hands_masqueraded_frames_it_cannot_send_to_tc_untouched() {
+    in_fib_namespace(|| {
+        let mut h = Harness::with_options(|o| o.node_ipv4 = Some(NODE)).expect("load");
+        let key = ServiceKey::scoped(NODE, NODE_PORT, IPPROTO_TCP, SCOPE_EXTERNAL);
+        let unresolved = (
+            1,
+            BackendValue::new(Ipv4Addr::new(10, 244, 3, 11), 8080, IPPROTO_TCP),
+        );
+        h.add_frontend(
+            1,
+            key,
+            SVC_FLAG_MASQUERADE | SVC_FLAG_HAS_ENDPOINTS,
+            &[unresolved],
+        )
+        .unwrap();
+        let syn = syn_to_node_port(40_000, NODE_PORT);
+        let run = h.run_xdp(&syn).unwrap();
+        assert_eq!(run.verdict, XDP_PASS);
+        assert_eq!(run.counted, vec![("dnat_new", 1), ("xdp_to_stack", 1)]);
+        assert_eq!(
+            run.output, syn,
+            "translated, the stack would drop it as a martian"
+        );
+        // TC translates and redirects it itself. Seeing the same SYN a
+        // second time, it chooses again, as for any repeated SYN.
+        let run = h.run_on_ext0(FROM_EXTERNAL, &syn).unwrap();
+        assert_eq!(run.verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            run.counted,
+            vec![("dnat_reselected", 1), ("tc_redirected", 1)]
+        );
+        assert_eq!(
+            addresses(&run.output).1,
+            (Ipv4Addr::new(10, 244, 3, 11), 8080)
+        );
+        // Later packets of the flow, too, once the SYN is through.
+        let ack = tcp(
+            Tuple {
+                src: (CLIENT, 40_000),
+                dst: (NODE, NODE_PORT),
+            },
+            8,
+            false,
+            true,
+            b"x",
+        );
+        let run = h.run_xdp(&ack).unwrap();
+        assert_eq!(
+            run.counted,
+            vec![("dnat_established", 1), ("xdp_to_stack", 1)]
+        );
+        let run = h.run_on_ext0(FROM_EXTERNAL, &ack).unwrap();
+        assert_eq!(
+            run.counted,
+            vec![("dnat_established", 1), ("tc_redirected", 1)]
+        );
     });
 }
