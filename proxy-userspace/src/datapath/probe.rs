@@ -25,7 +25,7 @@ const MAP_TYPES: [(&str, MapType); 3] = [
 ];
 
 /// Every helper the TC programs call.
-const HELPERS: [(&str, BpfHelper); 8] = [
+const HELPERS: [(&str, BpfHelper); 10] = [
     (
         "helper bpf_map_lookup_elem",
         BpfHelper::BPF_FUNC_map_lookup_elem,
@@ -55,6 +55,11 @@ const HELPERS: [(&str, BpfHelper); 8] = [
         BpfHelper::BPF_FUNC_skb_change_tail,
     ),
     ("helper bpf_redirect", BpfHelper::BPF_FUNC_redirect),
+    ("helper bpf_fib_lookup", BpfHelper::BPF_FUNC_fib_lookup),
+    (
+        "helper bpf_redirect_neigh",
+        BpfHelper::BPF_FUNC_redirect_neigh,
+    ),
 ];
 
 /// Every helper the XDP program calls.
