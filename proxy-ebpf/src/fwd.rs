@@ -4,9 +4,11 @@
 //! restored reply with the frontend's. The stack's input routing drops both
 //! as martians unless `accept_local` is on, a sysctl an unprivileged agent
 //! may not be allowed to set. A FIB lookup and a redirect skip input routing
-//! altogether, as `XDP_TX` does on the XDP path. What the FIB cannot route
-//! here (no route, too big for the link MTU, TTL running out) goes to the
-//! stack, which answers with the right ICMP error.
+//! altogether, as `XDP_TX` does on the XDP path. It also skips netfilter's
+//! FORWARD and POSTROUTING hooks, as other eBPF service proxies do. What the
+//! FIB cannot route here (no route, too big for the link MTU, TTL running
+//! out) goes to the stack translated; without `accept_local` the stack
+//! drops it, with no ICMP error to the client.
 use core::mem::offset_of;
 
 use aya_ebpf::{
@@ -25,7 +27,6 @@ use crate::{
 const AF_INET: u8 = 2;
 const IPV4_MIN_LEN: usize = core::mem::size_of::<Ipv4Hdr>();
 const TOS: usize = offset_of!(Ipv4Hdr, tos);
-const TOT_LEN: usize = offset_of!(Ipv4Hdr, tot_len);
 const TTL: usize = offset_of!(Ipv4Hdr, ttl);
 const PROTO: usize = offset_of!(Ipv4Hdr, proto);
 const SRC: usize = offset_of!(Ipv4Hdr, src_addr);
@@ -50,7 +51,8 @@ pub fn redirect_to_egress(ctx: &TcContext) -> Option<i32> {
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = proto;
-    params.__bindgen_anon_1.tot_len = u16::from_be_bytes([ip[TOT_LEN], ip[TOT_LEN + 1]]);
+    // tot_len stays 0: the kernel then checks the MTU against the skb
+    // itself, which knows GRO-merged packets, instead of a header length.
     params.__bindgen_anon_2.tos = ip[TOS];
     params.__bindgen_anon_3.ipv4_src =
         u32::from_ne_bytes([ip[SRC], ip[SRC + 1], ip[SRC + 2], ip[SRC + 3]]);
@@ -69,10 +71,12 @@ pub fn redirect_to_egress(ctx: &TcContext) -> Option<i32> {
     if !resolved && found != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return None;
     }
-    decrement_ttl(ctx, ttl, proto)?;
-    let action = if resolved {
+    if resolved {
         ctx.store(ETH_DST_OFF, &params.dmac, 0).ok()?;
         ctx.store(ETH_SRC_OFF, &params.smac, 0).ok()?;
+    }
+    decrement_ttl(ctx, ttl, proto)?;
+    let action = if resolved {
         unsafe { bpf_redirect(params.ifindex, 0) }
     } else {
         // The kernel looks the route up again and resolves the neighbour.

@@ -43,7 +43,6 @@ pub fn vipr_xdp_external(ctx: XdpContext) -> u32 {
         Decision::Translate(entry, counter) => (entry, counter, false),
         Decision::Unmasquerade(entry) => (entry, Counter::RevSnat, true),
     };
-    count(counter);
     // Addresses after translation, and whether the source becomes local.
     let (src, dst, local_source) = if unmasquerade {
         (entry.nat_addr, entry.snat_addr, true)
@@ -55,10 +54,12 @@ pub fn vipr_xdp_external(ctx: XdpContext) -> u32 {
     let hop = next_hop(&ctx, src, dst);
     if hop.is_none() && local_source {
         // Translated, the stack would take it for a martian. Untouched, the
-        // TC program finds the flow in conntrack and redirects it itself.
+        // TC program finds the flow in conntrack and redirects it itself
+        // (and counts the translation).
         count(Counter::XdpToStack);
         return XDP_PASS;
     }
+    count(counter);
     let rewritten = if unmasquerade {
         rewrite(&ctx, &flow, true, entry.nat_addr, entry.nat_port)
             .and_then(|()| rewrite(&ctx, &flow, false, entry.snat_addr, entry.snat_port))

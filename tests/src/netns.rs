@@ -679,8 +679,11 @@ impl Topology {
     /// guard drops.
     pub fn pass_xdp_on_node_uplinks(&self, vipr: &std::path::Path) -> Result<ChildGuard> {
         let ports: Vec<String> = (1..=self.nodes.len()).map(|i| format!("n{i}")).collect();
-        let mut cmd = command_in(&self.underlay, vipr);
-        cmd.arg("veth-peer")
+        // Gone with the test process, however it ends.
+        let mut cmd = command_in(&self.underlay, "setpriv");
+        cmd.args(["--pdeathsig", "TERM", "--"])
+            .arg(vipr)
+            .arg("veth-peer")
             .args(&ports)
             .stdout(std::process::Stdio::null());
         let mut child = ChildGuard::spawn(&mut cmd)?;

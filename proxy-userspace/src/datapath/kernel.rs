@@ -127,9 +127,15 @@ impl ServiceMaps for KernelMaps {
 pub fn read_counters(
     counters: &PerCpuArray<MapData, u64>,
 ) -> Result<Vec<(Counter, u64)>, DatapathError> {
+    // A counter map pinned by an older agent may be shorter: counters added
+    // since read as zero instead of failing the whole read.
+    let len = counters.len();
     Counter::ALL
         .iter()
         .map(|&c| {
+            if c as u32 >= len {
+                return Ok((c, 0));
+            }
             let per_cpu = counters
                 .get(&(c as u32), 0)
                 .map_err(map_err(maps::COUNTERS))?;

@@ -165,7 +165,7 @@ pub fn cleanup_pins(pin_dir: &Path) -> Result<(), DatapathError> {
     }
 }
 
-const BPFFS_ROOT: &str = "/sys/fs/bpf";
+pub(super) const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
 /// Mounts bpffs at /sys/fs/bpf when the pins go there and nothing is mounted
 /// yet, as a fresh host (or a container with /sys bind-mounted) may have it.

@@ -14,7 +14,10 @@ use aya::{
 };
 use proxy_common::{maps, programs};
 
-use super::{DatapathError, loader::OBJECT};
+use super::{
+    DatapathError,
+    loader::{BPFFS_ROOT, OBJECT, cleanup_pins},
+};
 
 /// Attaches the pass-through program in native mode to each of `interfaces`
 /// (in the caller's network namespace). With `pin_dir`, the links are pinned
@@ -27,12 +30,23 @@ pub fn attach_pass_through(
     if OBJECT.is_empty() {
         return Err(DatapathError::NoObject);
     }
-    // The object's service maps come along; this program never reads them.
+    // The object's maps come along, pinned as declared; this program never
+    // reads them. They get the smallest size and a pin directory of their
+    // own, removed once loaded, so they never meet an agent's.
+    let map_dir =
+        std::path::PathBuf::from(BPFFS_ROOT).join(format!("vipr-veth-peer-{}", std::process::id()));
     let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(&map_dir);
     for map in [maps::SERVICES, maps::BACKENDS, maps::SLOTS, maps::CONNTRACK] {
         loader.map_max_entries(map, 1);
     }
-    let mut ebpf = loader.load(OBJECT)?;
+    std::fs::create_dir_all(&map_dir).map_err(|source| DatapathError::Pins {
+        path: map_dir.display().to_string(),
+        source,
+    })?;
+    let loaded = loader.load(OBJECT);
+    cleanup_pins(&map_dir)?;
+    let mut ebpf = loaded?;
     let name = programs::XDP_PASS;
     let program: &mut Xdp = ebpf
         .program_mut(name)

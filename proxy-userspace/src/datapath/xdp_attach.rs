@@ -30,6 +30,10 @@ pub fn attach_xdp(
     interface: &str,
     mode: XdpMode,
 ) -> Result<Option<&'static str>, DatapathError> {
+    let pin = link_pin(pin_dir, interface);
+    // A fresh link each start, and none left from an earlier agent when XDP
+    // is off now: aya 0.14 cannot take over a pinned XDP link atomically.
+    let _ = std::fs::remove_file(&pin);
     let attempts: &[(AttachMode, &'static str)] = match mode {
         XdpMode::Off => return Ok(None),
         XdpMode::Auto if !has_device_driver(interface) => {
@@ -43,9 +47,6 @@ pub fn attach_xdp(
         XdpMode::Native => &[(AttachMode::Driver, "native")],
         XdpMode::Generic => &[(AttachMode::Skb, "generic")],
     };
-    let pin = link_pin(pin_dir, interface);
-    // A fresh link each start: XDP links cannot take over a pinned one atomically in aya 0.14.
-    let _ = std::fs::remove_file(&pin);
     let program = datapath.xdp()?;
     let mut last_error = String::new();
     for &(flags, name) in attempts {

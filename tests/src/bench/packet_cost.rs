@@ -240,7 +240,7 @@ pub fn nodeport_xdp_vs_tc(rounds: usize) -> Result<NodePortCost> {
             );
             let (run, ns) = tc_h.run_repeat(programs::FROM_EXTERNAL, &syn, 1)?;
             ensure!(
-                run.counted == vec![("dnat_new", 1)],
+                run.counted == vec![("dnat_new", 1), ("tc_redirected", 1)],
                 "tc took {:?}",
                 run.counted
             );
