@@ -50,53 +50,6 @@ fn addresses(frame: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
 }
 
 #[test]
-fn nodeport_is_translated_and_forwarded_in_xdp_and_the_reply_too() {
-    in_fib_namespace(|| {
-        let mut h = harness();
-        let syn = tcp(
-            Tuple {
-                src: (CLIENT, 40_000),
-                dst: (NODE, NODE_PORT),
-            },
-            7,
-            true,
-            false,
-            b"",
-        );
-        let run = h.run_xdp(&syn).unwrap();
-        assert_eq!(run.verdict, XDP_TX, "back out of ext0, towards node2");
-        assert_eq!(run.counted, vec![("dnat_new", 1), ("xdp_transmitted", 1)]);
-        assert_eq!(checksum_errors(&run.output), Vec::<String>::new());
-        assert_eq!(&run.output[0..6], &NEXT_HOP_NODE2, "next hop is node2");
-        assert_eq!(&run.output[6..12], &[0x02, 0, 0, 0, 0, 0x01], "from ext0");
-        assert_eq!(run.output[14 + 8], 63, "TTL decremented");
-        let (src, dst) = addresses(&run.output);
-        assert_eq!(dst, (REMOTE_POD, 8080));
-        assert_eq!(src.0, NODE);
-
-        let reply = tcp(
-            Tuple {
-                src: (REMOTE_POD, 8080),
-                dst: src,
-            },
-            99,
-            true,
-            true,
-            b"",
-        );
-        let run = h.run_xdp(&reply).unwrap();
-        assert_eq!(run.verdict, XDP_TX);
-        assert_eq!(run.counted, vec![("rev_snat", 1), ("xdp_transmitted", 1)]);
-        assert_eq!(checksum_errors(&run.output), Vec::<String>::new());
-        assert_eq!(&run.output[0..6], &NEXT_HOP_ROUTER);
-        assert_eq!(
-            addresses(&run.output),
-            ((NODE, NODE_PORT), (CLIENT, 40_000))
-        );
-    });
-}
-
-#[test]
 fn xdp_and_tc_translate_alike() {
     in_fib_namespace(|| {
         for port in [40_000u16, 40_001, 51_234] {
@@ -206,45 +159,57 @@ fn syn_to_node_port(port: u16, node_port: u16) -> Vec<u8> {
     )
 }
 
-/// Masqueraded packets and their restored replies carry a local source
-/// address: TC sends them on itself instead of letting the stack's input
-/// routing call them martians (which only `accept_local` would prevent).
+/// Both paths send a masqueraded NodePort flow and its replies on
+/// themselves: XDP back out with `XDP_TX`, TC with a redirect. TC has to, as
+/// the packets carry a local source address that the stack's input routing
+/// would call a martian (which only `accept_local` would prevent).
 #[test]
-fn tc_forwards_masqueraded_packets_and_their_replies_itself() {
-    in_fib_namespace(|| {
-        let mut h = harness();
-        let run = h
-            .run_on_ext0(FROM_EXTERNAL, &syn_to_node_port(40_000, NODE_PORT))
-            .unwrap();
-        assert_eq!(run.verdict, TC_ACT_REDIRECT);
-        assert_eq!(run.counted, vec![("dnat_new", 1), ("tc_redirected", 1)]);
-        assert_eq!(checksum_errors(&run.output), Vec::<String>::new());
-        assert_eq!(&run.output[0..6], &NEXT_HOP_NODE2, "next hop is node2");
-        assert_eq!(&run.output[6..12], &[0x02, 0, 0, 0, 0, 0x01], "from ext0");
-        assert_eq!(run.output[14 + 8], 63, "TTL decremented");
-        let (src, dst) = addresses(&run.output);
-        assert_eq!((src.0, dst), (NODE, (REMOTE_POD, 8080)));
+fn nodeport_flows_are_translated_and_forwarded_by_xdp_and_by_tc() {
+    for (path, forwarded, sent) in [
+        ("xdp", XDP_TX, "xdp_transmitted"),
+        ("tc", TC_ACT_REDIRECT, "tc_redirected"),
+    ] {
+        in_fib_namespace(move || {
+            let mut h = harness();
+            let mut run = |frame: &[u8]| {
+                if path == "xdp" {
+                    h.run_xdp(frame)
+                } else {
+                    h.run_on_ext0(FROM_EXTERNAL, frame)
+                }
+                .unwrap()
+            };
+            let out = run(&syn_to_node_port(40_000, NODE_PORT));
+            assert_eq!(out.verdict, forwarded, "{path}: back out towards node2");
+            assert_eq!(out.counted, vec![("dnat_new", 1), (sent, 1)], "{path}");
+            assert_eq!(checksum_errors(&out.output), Vec::<String>::new());
+            assert_eq!(&out.output[0..6], &NEXT_HOP_NODE2, "{path}: next hop");
+            assert_eq!(&out.output[6..12], &[0x02, 0, 0, 0, 0, 0x01], "from ext0");
+            assert_eq!(out.output[14 + 8], 63, "{path}: TTL decremented");
+            let (src, dst) = addresses(&out.output);
+            assert_eq!((src.0, dst), (NODE, (REMOTE_POD, 8080)), "{path}");
 
-        let reply = tcp(
-            Tuple {
-                src: (REMOTE_POD, 8080),
-                dst: src,
-            },
-            99,
-            true,
-            true,
-            b"",
-        );
-        let run = h.run_on_ext0(FROM_EXTERNAL, &reply).unwrap();
-        assert_eq!(run.verdict, TC_ACT_REDIRECT);
-        assert_eq!(run.counted, vec![("rev_snat", 1), ("tc_redirected", 1)]);
-        assert_eq!(checksum_errors(&run.output), Vec::<String>::new());
-        assert_eq!(&run.output[0..6], &NEXT_HOP_ROUTER);
-        assert_eq!(
-            addresses(&run.output),
-            ((NODE, NODE_PORT), (CLIENT, 40_000))
-        );
-    });
+            let reply = tcp(
+                Tuple {
+                    src: (REMOTE_POD, 8080),
+                    dst: src,
+                },
+                99,
+                true,
+                true,
+                b"",
+            );
+            let out = run(&reply);
+            assert_eq!(out.verdict, forwarded, "{path}");
+            assert_eq!(out.counted, vec![("rev_snat", 1), (sent, 1)], "{path}");
+            assert_eq!(checksum_errors(&out.output), Vec::<String>::new());
+            assert_eq!(&out.output[0..6], &NEXT_HOP_ROUTER, "{path}");
+            assert_eq!(
+                addresses(&out.output),
+                ((NODE, NODE_PORT), (CLIENT, 40_000))
+            );
+        });
+    }
 }
 
 #[test]

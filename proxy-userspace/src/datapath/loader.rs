@@ -129,25 +129,29 @@ impl Datapath {
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
-    let name = programs::XDP_EXTERNAL;
-    ebpf.program_mut(name)
-        .ok_or(DatapathError::Program {
-            name,
-            source: aya::programs::ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(|source| DatapathError::Program { name, source })
+    typed_program(ebpf, programs::XDP_EXTERNAL)
 }
 
 fn program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
-    let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
-        name,
-        source: aya::programs::ProgramError::NotLoaded,
-    })?;
-    program
+    typed_program(ebpf, name)
+}
+
+/// The object's program `name` as the program type it must be.
+pub(super) fn typed_program<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
         .try_into()
         .map_err(|source| DatapathError::Program { name, source })
 }

@@ -16,7 +16,9 @@ use aya::{
 use proxy_common::programs;
 use tracing::info;
 
-use super::{AttachMode, Datapath, DatapathError, LoadOptions, cleanup_pins};
+use super::{
+    AttachMode, Datapath, DatapathError, LoadOptions, cleanup_pins, loader::typed_program,
+};
 
 const MAP_TYPES: [(&str, MapType); 3] = [
     ("hash map", MapType::Hash),
@@ -275,15 +277,7 @@ fn probe_tc(datapath: &mut Datapath) -> Result<(AttachMode, Option<String>), Dat
 
 fn tc_probe_program(datapath: &mut Datapath) -> Result<&mut SchedClassifier, DatapathError> {
     let name = programs::PROBE_TC;
-    let program: &mut SchedClassifier = datapath
-        .ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::Program {
-            name,
-            source: aya::programs::ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(|source| DatapathError::Program { name, source })?;
+    let program: &mut SchedClassifier = typed_program(&mut datapath.ebpf, name)?;
     if program.fd().is_err() {
         program
             .load()

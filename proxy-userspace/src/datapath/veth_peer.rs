@@ -16,7 +16,7 @@ use proxy_common::{maps, programs};
 
 use super::{
     DatapathError,
-    loader::{BPFFS_ROOT, OBJECT, cleanup_pins},
+    loader::{BPFFS_ROOT, OBJECT, cleanup_pins, typed_program},
 };
 
 /// Attaches the pass-through program in native mode to each of `interfaces`
@@ -48,14 +48,7 @@ pub fn attach_pass_through(
     cleanup_pins(&map_dir)?;
     let mut ebpf = loaded?;
     let name = programs::XDP_PASS;
-    let program: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::Program {
-            name,
-            source: aya::programs::ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(|source| DatapathError::Program { name, source })?;
+    let program: &mut Xdp = typed_program(&mut ebpf, name)?;
     program
         .load()
         .map_err(|source| DatapathError::Program { name, source })?;
