@@ -30,6 +30,20 @@ pub enum Decision {
     Refuse,
 }
 
+impl Decision {
+    /// Masqueraded packets (source: the node) and restored replies to them
+    /// (source: the frontend) leave with a local source address, which the
+    /// stack's input routing would take for a martian.
+    #[inline(always)]
+    pub fn leaves_with_a_local_source(&self) -> bool {
+        match self {
+            Decision::Translate(entry, _) => entry.flags & CT_FLAG_SNAT != 0,
+            Decision::Unmasquerade(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Forward path: a packet for a service frontend of `scope`.
 #[inline(always)]
 pub fn to_service(flow: &Flow, scope: u8) -> Decision {

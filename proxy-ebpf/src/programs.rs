@@ -53,21 +53,10 @@ pub fn vipr_from_external(ctx: TcContext) -> i32 {
         Err(reason) => return verdict(reason),
     };
     let decision = decide::from_outside(&flow, SCOPE_EXTERNAL);
-    let local_source = leaves_with_a_local_source(&decision);
+    let local_source = decision.leaves_with_a_local_source();
     match apply(&ctx, &flow, decision) {
         PASS if local_source => fwd::redirect_to_egress(&ctx).unwrap_or(PASS),
         action => action,
-    }
-}
-
-/// Masqueraded packets (source: the node) and restored replies to them
-/// (source: the frontend) would be martians to the stack's input routing.
-#[inline(always)]
-fn leaves_with_a_local_source(decision: &Decision) -> bool {
-    match decision {
-        Decision::Translate(entry, _) => entry.flags & CT_FLAG_SNAT != 0,
-        Decision::Unmasquerade(_) => true,
-        _ => false,
     }
 }
 

@@ -33,7 +33,9 @@ pub fn vipr_xdp_external(ctx: XdpContext) -> u32 {
         // Malformed and non-IP frames: the TC program counts and decides.
         return XDP_PASS;
     };
-    let (entry, counter, unmasquerade) = match decide::from_outside(&flow, SCOPE_EXTERNAL) {
+    let decision = decide::from_outside(&flow, SCOPE_EXTERNAL);
+    let local_source = decision.leaves_with_a_local_source();
+    let (entry, counter, unmasquerade) = match decision {
         // Passes are counted once, by the TC program that sees them next.
         Decision::Pass(_) | Decision::Refuse | Decision::RestoreSource(_) => return XDP_PASS,
         Decision::Drop(counter) => {
@@ -43,13 +45,13 @@ pub fn vipr_xdp_external(ctx: XdpContext) -> u32 {
         Decision::Translate(entry, counter) => (entry, counter, false),
         Decision::Unmasquerade(entry) => (entry, Counter::RevSnat, true),
     };
-    // Addresses after translation, and whether the source becomes local.
-    let (src, dst, local_source) = if unmasquerade {
-        (entry.nat_addr, entry.snat_addr, true)
-    } else if entry.flags & CT_FLAG_SNAT != 0 {
-        (entry.snat_addr, entry.nat_addr, true)
+    // Addresses after translation.
+    let (src, dst) = if unmasquerade {
+        (entry.nat_addr, entry.snat_addr)
+    } else if local_source {
+        (entry.snat_addr, entry.nat_addr)
     } else {
-        (flow.src_addr, entry.nat_addr, false)
+        (flow.src_addr, entry.nat_addr)
     };
     let hop = next_hop(&ctx, src, dst);
     if hop.is_none() && local_source {
