@@ -49,4 +49,13 @@ counters! {
     DropSnatPortsExhausted => "drop_snat_ports_exhausted",
     // Appended, so the indices of pinned counters keep their meaning.
     TcRedirected => "tc_redirected",
+    // The cgroup socket hooks.
+    SockTranslated => "sock_translated",
+    SockRefused => "sock_refused",
+    SockPassNotService => "sock_pass_not_service",
+    SockPassOtherNetns => "sock_pass_other_netns",
+    SockRevNat => "sock_rev_nat",
+    SockRevNatStale => "sock_rev_nat_stale",
+    SockPassNotTranslated => "sock_pass_not_translated",
+    DropSockRevNatFull => "drop_sock_rev_nat_full",
 }

@@ -61,3 +61,14 @@ fn counter_names_are_unique_and_indexed_in_order() {
     assert!(Counter::DropTruncated.is_drop());
     assert!(!Counter::DnatNew.is_drop());
 }
+
+#[test]
+fn socket_revnat_layout() {
+    assert_eq!(size_of::<SockRevKey>(), 16);
+    assert_eq!(offset_of!(SockRevKey, addr), 8);
+    assert_eq!(offset_of!(SockRevKey, port), 12);
+    assert_eq!(size_of::<SockRevValue>(), 12);
+    assert_eq!(offset_of!(SockRevValue, port), 4);
+    assert_eq!(offset_of!(SockRevValue, proto), 6);
+    assert_eq!(offset_of!(SockRevValue, service_id), 8);
+}

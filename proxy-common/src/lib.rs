@@ -38,6 +38,14 @@ pub mod programs {
     /// Trivial XDP program (passes everything): probes native/generic XDP,
     /// and runs on the peer of a veth external interface in native mode.
     pub const XDP_PASS: &str = "vipr_xdp_pass";
+    /// cgroup `connect4`: TCP and connected UDP to a frontend go straight to a backend.
+    pub const SOCK_CONNECT4: &str = "vipr_sock_connect4";
+    /// cgroup `sendmsg4`: the same for each unconnected UDP datagram.
+    pub const SOCK_SENDMSG4: &str = "vipr_sock_sendmsg4";
+    /// cgroup `recvmsg4`: a UDP reply's source shows the frontend.
+    pub const SOCK_RECVMSG4: &str = "vipr_sock_recvmsg4";
+    /// cgroup `getpeername4`: the peer shows the frontend.
+    pub const SOCK_GETPEERNAME4: &str = "vipr_sock_getpeername4";
 }
 
 /// Names of globals the agent sets when it loads the object.
@@ -46,6 +54,10 @@ pub mod globals {
     pub const HASH_SEED: &str = "HASH_SEED";
     /// `u32`, wire order: the node address masqueraded flows leave with.
     pub const NODE_IPV4: &str = "NODE_IPV4";
+    /// `u64`: the agent's network namespace cookie (the node's).
+    pub const NETNS_COOKIE: &str = "NETNS_COOKIE";
+    /// `u8`: `SOCKET_LB_HOST` or `SOCKET_LB_ALL`.
+    pub const SOCKET_LB_SCOPE: &str = "SOCKET_LB_SCOPE";
 }
 
 #[cfg(test)]

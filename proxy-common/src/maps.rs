@@ -20,9 +20,13 @@ pub const COUNTERS: &str = "VIPR_COUNTERS";
 /// with `SVC_FLAG_SOURCE_RANGES` accepts (loadBalancerSourceRanges).
 pub const SOURCE_RANGES: &str = "VIPR_SOURCE_RANGES";
 pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
+/// `SockRevKey` → `SockRevValue`, LRU: for sockets the cgroup hooks sent to
+/// a backend, the frontend that `recvmsg`/`getpeername` must show instead.
+pub const SOCK_REVNAT: &str = "VIPR_SOCK_REVNAT";
+pub const DEFAULT_MAX_SOCK_REVNAT: u32 = 262_144;
 
-/// Which side a frontend answers: traffic pods send, or traffic arriving on
-/// the node's external interfaces. One service port can have both, with
+/// Which side a frontend answers: traffic pods and the node itself send, or
+/// traffic arriving on the node's external interfaces. One service port can have both, with
 /// different endpoint sets (traffic policies).
 pub const SCOPE_INTERNAL: u8 = 0;
 pub const SCOPE_EXTERNAL: u8 = 1;
@@ -196,6 +200,41 @@ pub struct CtValue {
 /// The flow's source was translated too (masquerade).
 pub const CT_FLAG_SNAT: u8 = 1 << 0;
 
+/// Key of `VIPR_SOCK_REVNAT`: one socket talking to one backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockRevKey {
+    /// `bpf_get_socket_cookie`: unique per socket for the kernel's lifetime.
+    pub cookie: u64,
+    /// Backend address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// The frontend a socket asked for. `service_id` detects staleness: the
+/// entry counts only while `VIPR_SERVICES` still maps the frontend to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockRevValue {
+    /// Frontend address, network byte order.
+    pub addr: u32,
+    /// Frontend port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub service_id: u32,
+}
+
+/// Which sockets the cgroup hooks translate (global `SOCKET_LB_SCOPE`):
+/// only those in the agent's own network namespace (the node's), or all
+/// in the cgroup, pods included.
+pub const SOCKET_LB_HOST: u8 = 0;
+pub const SOCKET_LB_ALL: u8 = 1;
+
 /// Key of `VIPR_SOURCE_RANGES` (the data part; the LPM prefix length counts
 /// 32 bits of `service_id` plus the CIDR's length).
 #[repr(C)]
@@ -229,4 +268,6 @@ mod pod_impls {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for SockRevValue {}
 }

@@ -2,15 +2,13 @@
 //! XDP programs share these decisions and differ only in how they carry
 //! them out. Deciding may record conntrack entries.
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, CT_FLAG_SNAT, Counter, CtValue, HAIRPIN_IPV4, SVC_FLAG_HAS_ENDPOINTS,
-    SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
+    BACKEND_FLAG_LOCAL, BackendValue, CT_FLAG_SNAT, Counter, CtValue, HAIRPIN_IPV4, SCOPE_INTERNAL,
+    SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, ServiceValue,
 };
-
-use proxy_common::SCOPE_INTERNAL;
 
 use crate::{
     ct,
-    lb::{choose_backend_id, lookup_backend, lookup_service, source_allowed},
+    lb::{choose_backend_id, flow_hash, lookup_backend, lookup_service, source_allowed},
     maps::node_ipv4,
     parse::Flow,
 };
@@ -44,6 +42,32 @@ impl Decision {
     }
 }
 
+/// loadBalancerSourceRanges: whether a client at `src_addr` may use `service`.
+#[inline(always)]
+pub fn admits(service: &ServiceValue, src_addr: u32) -> bool {
+    service.flags & SVC_FLAG_SOURCE_RANGES == 0 || source_allowed(service, src_addr)
+}
+
+/// The endpoint a new connection to `service` gets (`hash` picks the slot),
+/// or what to do instead: refuse when the service has no endpoints at all,
+/// drop when a traffic policy leaves none for this node.
+#[inline(always)]
+pub fn new_backend(service: &ServiceValue, hash: u32) -> Result<(u32, BackendValue), Decision> {
+    if service.backend_count == 0 {
+        if service.flags & SVC_FLAG_HAS_ENDPOINTS != 0 {
+            return Err(Decision::Drop(Counter::DropNoLocalEndpoints));
+        }
+        return Err(Decision::Refuse);
+    }
+    let Some(backend_id) = choose_backend_id(service, hash) else {
+        return Err(Decision::Drop(Counter::DropMissingSlot));
+    };
+    match lookup_backend(backend_id) {
+        Some(backend) => Ok((backend_id, backend)),
+        None => Err(Decision::Drop(Counter::DropMissingBackend)),
+    }
+}
+
 /// Forward path: a packet for a service frontend of `scope`.
 #[inline(always)]
 pub fn to_service(flow: &Flow, scope: u8) -> Decision {
@@ -51,7 +75,7 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
     let Some(service) = lookup_service(flow, scope) else {
         return Decision::Pass(Counter::PassNotService);
     };
-    if service.flags & SVC_FLAG_SOURCE_RANGES != 0 && !source_allowed(&service, flow) {
+    if !admits(&service, flow.src_addr) {
         return Decision::Drop(Counter::DropSourceRange);
     }
     let mut outcome = Counter::DnatNew;
@@ -68,17 +92,9 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
         ct::forget_reverse(flow, &entry);
         outcome = Counter::DnatReselected;
     }
-    if service.backend_count == 0 {
-        if service.flags & SVC_FLAG_HAS_ENDPOINTS != 0 {
-            return Decision::Drop(Counter::DropNoLocalEndpoints);
-        }
-        return Decision::Refuse;
-    }
-    let Some(backend_id) = choose_backend_id(&service, flow) else {
-        return Decision::Drop(Counter::DropMissingSlot);
-    };
-    let Some(backend) = lookup_backend(backend_id) else {
-        return Decision::Drop(Counter::DropMissingBackend);
+    let (backend_id, backend) = match new_backend(&service, flow_hash(flow)) {
+        Ok(chosen) => chosen,
+        Err(no_backend) => return no_backend,
     };
     // A pod landing on itself would see its own address as the source and
     // drop the packet; it gets the hairpin address instead.

@@ -13,23 +13,27 @@ const IPV4_BITS: u32 = 32;
 
 #[inline(always)]
 pub fn lookup_service(flow: &Flow, scope: u8) -> Option<ServiceValue> {
-    let key = ServiceKey {
+    lookup_frontend(&ServiceKey {
         addr: flow.dst_addr,
         port: flow.dst_port,
         proto: flow.proto,
         scope,
-    };
-    unsafe { SERVICES.get(&key).copied() }
+    })
+}
+
+#[inline(always)]
+pub fn lookup_frontend(key: &ServiceKey) -> Option<ServiceValue> {
+    unsafe { SERVICES.get(key).copied() }
 }
 
 /// loadBalancerSourceRanges: one longest-prefix-match lookup.
 #[inline(always)]
-pub fn source_allowed(service: &ServiceValue, flow: &Flow) -> bool {
+pub fn source_allowed(service: &ServiceValue, src_addr: u32) -> bool {
     let key = Key::new(
         SERVICE_ID_BITS + IPV4_BITS,
         SourceRangeKey {
             service_id_be: service.service_id.to_be(),
-            addr: flow.src_addr,
+            addr: src_addr,
         },
     );
     SOURCE_RANGES.get(&key).is_some()
@@ -42,7 +46,7 @@ pub fn lookup_backend(backend_id: u32) -> Option<BackendValue> {
 
 /// murmur3's 32-bit finaliser: cheap, and every input bit affects every output bit.
 #[inline(always)]
-fn mix(mut h: u32) -> u32 {
+pub fn mix(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
@@ -58,17 +62,17 @@ pub fn flow_hash(flow: &Flow) -> u32 {
     mix(h ^ flow.proto as u32)
 }
 
-/// Picks the slot for a new flow; `None` if the service has no backends or
+/// Picks the slot `hash` falls in; `None` if the service has no backends or
 /// its slots are inconsistent (the caller counts which).
 #[inline(always)]
-pub fn choose_backend_id(service: &ServiceValue, flow: &Flow) -> Option<u32> {
+pub fn choose_backend_id(service: &ServiceValue, hash: u32) -> Option<u32> {
     let count = service.backend_count as u32;
     if count == 0 {
         return None;
     }
     let slot = SlotKey {
         service_id: service.service_id,
-        slot: flow_hash(flow) % count,
+        slot: hash % count,
     };
     unsafe { SLOTS.get(&slot).copied() }
 }

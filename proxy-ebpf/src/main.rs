@@ -23,6 +23,8 @@ mod probe;
 mod programs;
 #[cfg(target_arch = "bpf")]
 mod reject;
+#[cfg(target_arch = "bpf")]
+mod sock;
 
 #[cfg(target_arch = "bpf")]
 mod xdp;

@@ -5,8 +5,8 @@ use aya_ebpf::{
 };
 use proxy_common::{
     BackendValue, Counter, CtKey, CtValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK,
-    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS, DEFAULT_MAX_SOURCE_RANGES, ServiceKey, ServiceValue,
-    SlotKey, SourceRangeKey,
+    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS, DEFAULT_MAX_SOCK_REVNAT, DEFAULT_MAX_SOURCE_RANGES,
+    ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey,
 };
 
 #[map(name = "VIPR_SERVICES")]
@@ -27,6 +27,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 #[map(name = "VIPR_SOURCE_RANGES")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
     LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, 0);
+
+#[map(name = "VIPR_SOCK_REVNAT")]
+pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::pinned(DEFAULT_MAX_SOCK_REVNAT, 0);
 
 /// The node address masqueraded flows leave with (wire order); 0 = unset,
 /// which disables masquerading.
@@ -55,4 +59,23 @@ pub fn count(counter: Counter) {
         // Per-CPU slot: no other writer can race with this increment.
         unsafe { *slot += 1 };
     }
+}
+
+/// The agent's network namespace cookie: in `SOCKET_LB_HOST` scope the
+/// socket hooks translate only sockets of this namespace.
+#[unsafe(no_mangle)]
+static NETNS_COOKIE: u64 = 0;
+
+#[inline(always)]
+pub fn agent_netns_cookie() -> u64 {
+    unsafe { core::ptr::read_volatile(&NETNS_COOKIE) }
+}
+
+/// `SOCKET_LB_HOST` or `SOCKET_LB_ALL`.
+#[unsafe(no_mangle)]
+static SOCKET_LB_SCOPE: u8 = 0;
+
+#[inline(always)]
+pub fn socket_lb_scope() -> u8 {
+    unsafe { core::ptr::read_volatile(&SOCKET_LB_SCOPE) }
 }

@@ -17,8 +17,9 @@ use tracing::{info, warn};
 use crate::healthcheck::HealthChecks;
 use crate::{
     datapath::{
-        Attacher, DatapathError, InterfaceSelector, KernelMaps, LoadOptions, MapSizes, XdpMode,
-        attach_xdp, detach_xdp, load_probed,
+        Attacher, DatapathError, InterfaceSelector, KernelMaps, LoadOptions, MapSizes,
+        SocketLbScope, SocketRevNat, XdpMode, attach_socket_lb, attach_xdp, cgroup2_root,
+        detach_socket_lb, detach_xdp, load_probed,
     },
     healthz::Health,
     model::{ModelBuilder, ModelOptions},
@@ -52,7 +53,29 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     pub periods: Periods,
     pub external: ExternalConfig,
+    pub socket_lb: SocketLbConfig,
     pub map_sizes: MapSizes,
+}
+
+/// Connect-time load balancing for sockets (`--socket-lb`).
+#[derive(Clone, Debug)]
+pub struct SocketLbConfig {
+    /// `None`: off, and whatever an earlier agent attached is detached.
+    pub scope: Option<SocketLbScope>,
+    /// The cgroup the hooks attach to; default: the cgroup2 mount's root.
+    pub cgroup_root: Option<PathBuf>,
+    /// NodePorts also answer the node on 127.0.0.1.
+    pub nodeport_localhost: bool,
+}
+
+impl SocketLbConfig {
+    pub fn off() -> Self {
+        Self {
+            scope: None,
+            cgroup_root: None,
+            nodeport_localhost: false,
+        }
+    }
 }
 
 /// Where external traffic (NodePort, LoadBalancer, external IPs) comes in.
@@ -166,8 +189,11 @@ pub fn run(
     let mut load_options = LoadOptions::new(&config.pin_dir);
     load_options.node_ipv4 = node_ip;
     load_options.sizes = config.map_sizes;
+    load_options.socket_lb = config.socket_lb.scope.unwrap_or(SocketLbScope::Host);
     // Logs the kernel's features and the chosen fallbacks; fails naming a missing essential.
     let (mut datapath, features) = load_probed(&load_options)?;
+    let destroy_stale_udp = set_up_socket_lb(config, &mut datapath, &features)?;
+    let socket_revnat = SocketRevNat::take(&mut datapath)?;
     let syncer = Syncer::restore(KernelMaps::take(&mut datapath)?)?;
     info!(
         node = %config.node_name,
@@ -184,6 +210,7 @@ pub fn run(
         proxy_name: config.proxy_name.clone(),
         node_name: Some(config.node_name.clone()),
         nodeport_addresses,
+        nodeport_localhost: config.socket_lb.nodeport_localhost,
     });
     let mut sync = SyncLoop::new(builder, syncer, config.periods);
     let mut missing_reported = false;
@@ -218,7 +245,21 @@ pub fn run(
             );
         }
 
+        let writes = sync.syncer().writes();
         sync.step(&mut source, tick, health);
+        if destroy_stale_udp && sync.syncer().writes() != writes {
+            let applied = sync.syncer().applied();
+            match socket_revnat
+                .destroy_stale_udp_sockets(|f, addr, port| applied.serves(f, addr, port))
+            {
+                Ok(0) => {}
+                Ok(destroyed) => info!(
+                    destroyed,
+                    "closed UDP sockets connected to endpoints that left"
+                ),
+                Err(error) => warn!(%error, "closing UDP sockets of endpoints that left failed"),
+            }
+        }
         // The model only moves when a sync commits; walking every frontend
         // on each tick would cost O(Services) per poll.
         if health_generation != Some(sync.generation()) {
@@ -230,6 +271,32 @@ pub fn run(
     }
     info!("stopping; programs and maps stay pinned for the next agent (vipr cleanup removes them)");
     Ok(())
+}
+
+/// Attaches the socket hooks (or detaches an earlier agent's when off).
+/// Returns whether UDP sockets of removed endpoints are to be destroyed.
+fn set_up_socket_lb(
+    config: &AgentConfig,
+    datapath: &mut crate::datapath::Datapath,
+    features: &crate::datapath::KernelFeatures,
+) -> Result<bool, AgentError> {
+    let Some(scope) = config.socket_lb.scope else {
+        let detached = detach_socket_lb(&config.pin_dir);
+        info!(detached, "socket load balancing off");
+        return Ok(false);
+    };
+    if let Some(why) = features.socket_lb_missing() {
+        warn!(%why, "socket load balancing unavailable on this kernel: host-network clients are not load-balanced");
+        detach_socket_lb(&config.pin_dir);
+        return Ok(false);
+    }
+    let cgroup = match &config.socket_lb.cgroup_root {
+        Some(path) => path.clone(),
+        None => cgroup2_root()?,
+    };
+    attach_socket_lb(datapath, &cgroup)?;
+    info!(?scope, cgroup = %cgroup.display(), "socket load balancing on");
+    Ok(features.sock_destroy.is_ok())
 }
 
 /// Keeps the TC programs (and XDP, if enabled) on the external interfaces

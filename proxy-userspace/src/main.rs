@@ -9,8 +9,8 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use vipr::{
-    agent::{self, AgentConfig, ExternalConfig, SourceConfig},
-    datapath::{MapSizes, XdpMode},
+    agent::{self, AgentConfig, ExternalConfig, SocketLbConfig, SourceConfig},
+    datapath::{MapSizes, SocketLbScope, XdpMode},
     healthz::{self, Health},
     inspect,
     sync::Periods,
@@ -104,6 +104,24 @@ enum Command {
         /// recently used flows are evicted when full).
         #[arg(long, default_value_t = MapSizes::default().conntrack)]
         max_conntrack: u32,
+        /// Connect-time load balancing in cgroup socket hooks: `host` serves
+        /// processes in the node's network namespace (host-network pods,
+        /// node daemons); `all` serves pods' sockets too (no per-packet NAT
+        /// for them; a service mesh that needs the ClusterIP wants `host`).
+        #[arg(long, value_enum, default_value = "host")]
+        socket_lb: SocketLbFlag,
+        /// The cgroup the socket hooks attach to; default: the root of the
+        /// cgroup2 mount.
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
+        /// NodePorts also answer the node itself on 127.0.0.1 (socket hooks
+        /// only; off as in kube-proxy's nftables mode).
+        #[arg(long)]
+        nodeport_localhost: bool,
+        /// Capacity of the socket reverse-translation map (one entry per
+        /// socket and backend; least recently used evicted when full).
+        #[arg(long, default_value_t = MapSizes::default().socket_revnat)]
+        max_socket_revnat: u32,
     },
     /// Print the pinned service maps and the packet counters.
     Dump {
@@ -133,6 +151,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SocketLbFlag {
+    Host,
+    All,
+    Off,
 }
 
 fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
@@ -191,6 +216,10 @@ async fn main() -> anyhow::Result<()> {
             max_backends,
             max_slots,
             max_conntrack,
+            socket_lb,
+            cgroup_root,
+            nodeport_localhost,
+            max_socket_revnat,
         } => {
             let source = match manifests {
                 Some(dir) => SourceConfig::Manifests(dir),
@@ -221,6 +250,16 @@ async fn main() -> anyhow::Result<()> {
                     backends: max_backends,
                     slots: max_slots,
                     conntrack: max_conntrack,
+                    socket_revnat: max_socket_revnat,
+                },
+                socket_lb: SocketLbConfig {
+                    scope: match socket_lb {
+                        SocketLbFlag::Host => Some(SocketLbScope::Host),
+                        SocketLbFlag::All => Some(SocketLbScope::All),
+                        SocketLbFlag::Off => None,
+                    },
+                    cgroup_root,
+                    nodeport_localhost,
                 },
             };
             let health = Arc::new(Health::new(2 * sync_period));

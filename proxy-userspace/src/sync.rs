@@ -14,7 +14,7 @@ use crate::{
     datapath::{DatapathError, ServiceMaps},
     healthz::Health,
     model::{Commit, Counts, FrontendKey, Model, ModelBuilder},
-    plan::{MapContents, Planner, apply_op, diff, diff_touched},
+    plan::{MapContents, MapOp, Planner, apply_op, diff, diff_touched},
     source::{Source, Update},
 };
 
@@ -41,6 +41,8 @@ pub struct Syncer<M: ServiceMaps> {
     applied: MapContents,
     /// A write failed: the next sync compares everything, not just changes.
     needs_full: bool,
+    /// Map writes done so far: tells the agent the maps moved.
+    writes: u64,
 }
 
 impl<M: ServiceMaps> Syncer<M> {
@@ -53,11 +55,17 @@ impl<M: ServiceMaps> Syncer<M> {
             applied,
             maps,
             needs_full: true,
+            writes: 0,
         })
     }
 
     pub fn applied(&self) -> &MapContents {
         &self.applied
+    }
+
+    /// Map writes done since the start.
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     /// Applies the difference between the whole model and what is applied.
@@ -99,11 +107,14 @@ impl<M: ServiceMaps> Syncer<M> {
     }
 
     /// Writes `ops` in order, keeping `applied` in step. Returns how many failed.
-    fn write(&mut self, ops: &[crate::plan::MapOp]) -> Result<usize, DatapathError> {
+    fn write(&mut self, ops: &[MapOp]) -> Result<usize, DatapathError> {
         let mut failed_ops = 0;
         for op in ops {
             match self.maps.apply(op) {
-                Ok(()) => apply_op(&mut self.applied, op),
+                Ok(()) => {
+                    self.writes += 1;
+                    apply_op(&mut self.applied, op)
+                }
                 Err(error) => {
                     // One line, not one per op: a full map fails them by the million.
                     if failed_ops == 0 {

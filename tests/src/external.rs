@@ -1,6 +1,7 @@
 //! A two-node cluster with a host outside it, for NodePort, LoadBalancer and
 //! external-IP end-to-end tests. Every node's agent also owns the node's
-//! `eth0` (its link to the underlay) as external interface.
+//! `eth0` (its link to the underlay) as external interface, and attaches its
+//! socket hooks to a cgroup of the node's own.
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddr},
@@ -12,6 +13,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    cgroup::Cgroup,
     demo::healthz_status,
     echo::EchoServer,
     netns::{self, ChildGuard, Topology},
@@ -66,7 +68,10 @@ pub fn manifests(local_pods: &[&str]) -> String {
             "allowed",
             "10.96.0.52",
             LB_ALLOWED,
-            &format!("  loadBalancerSourceRanges: [{CLIENT_IP}/32]\n")
+            &format!(
+                "  loadBalancerSourceRanges: [{CLIENT_IP}/32, {}/32]\n",
+                NODE_IPS[0]
+            )
         ),
         slice("allowed", &all),
         lb(
@@ -83,6 +88,8 @@ pub struct ExternalCluster {
     pub topology: Topology,
     pub servers: Vec<EchoServer>,
     agents: Vec<(String, PathBuf, PathBuf, ChildGuard)>,
+    /// Per node: the cgroup its agent's socket hooks attach to.
+    cgroups: Vec<(String, Cgroup)>,
     manifests: PathBuf,
     vipr: PathBuf,
     /// Pass-through XDP on the nodes' uplink peers, in native XDP mode.
@@ -96,6 +103,11 @@ pub struct ExternalCluster {
 impl ExternalCluster {
     /// `xdp`: the agents' `--xdp` value.
     pub fn start(vipr: &Path, xdp: &str) -> Result<Self> {
+        Self::start_with(vipr, xdp, "host")
+    }
+
+    /// `socket_lb`: the agents' `--socket-lb` value.
+    pub fn start_with(vipr: &Path, xdp: &str, socket_lb: &str) -> Result<Self> {
         crate::demo::ensure_bpffs()?;
         let mut topology = Topology::new()?;
         topology.add_node("node1")?.add_node("node2")?;
@@ -131,7 +143,17 @@ impl ExternalCluster {
             "native" => Some(topology.pass_xdp_on_node_uplinks(vipr)?),
             _ => None,
         };
+        let cgroups = ["node1", "node2"]
+            .into_iter()
+            .map(|node| {
+                Ok((
+                    node.to_owned(),
+                    Cgroup::create(&format!("{}-{node}", topology.prefix()))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut cluster = Self {
+            cgroups,
             uplink_xdp,
             xdp: xdp.to_owned(),
             servers: Vec::new(),
@@ -153,7 +175,7 @@ impl ExternalCluster {
                 .push(EchoServer::start(&ns, pod, Some(8080), Some(5353))?);
         }
         for node in ["node1", "node2"] {
-            cluster.start_agent(node, xdp)?;
+            cluster.start_agent(node, socket_lb)?;
             // The agent enables accept_local where it may; the datapath must
             // not need it (an unprivileged agent may not write sysctls).
             let ns = cluster.topology.netns(node)?;
@@ -163,14 +185,25 @@ impl ExternalCluster {
         Ok(cluster)
     }
 
-    fn start_agent(&mut self, node: &str, xdp: &str) -> Result<()> {
+    /// Starts `node`'s agent with `--socket-lb socket_lb` (after stopping
+    /// the one running, which leaves its pins for the new one).
+    pub fn start_agent(&mut self, node: &str, socket_lb: &str) -> Result<()> {
+        if let Some(i) = self.agents.iter().position(|a| a.0 == node) {
+            let (_, _, _, mut child) = self.agents.remove(i);
+            child.terminate()?;
+        }
+        let xdp = self.xdp.clone();
+        let cgroup = self.cgroup(node).to_owned();
         let ns = self.topology.netns(node)?;
         let pins = PathBuf::from(format!(
             "/sys/fs/bpf/vipr-{}-{node}",
             self.topology.prefix()
         ));
         let log = self.manifests.with_extension(format!("{node}.log"));
-        let out = fs::File::create(&log)?;
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let mut cmd = netns::command_in(&ns, "setpriv");
         cmd.args(["--pdeathsig", "TERM", "--"])
             .arg(&self.vipr)
@@ -178,10 +211,12 @@ impl ExternalCluster {
             .arg(self.topology.pod_interface_glob())
             .arg("--manifests")
             .arg(&self.manifests)
-            .args(["--external-interfaces", "eth0", "--xdp", xdp, "--bpffs"])
+            .args(["--external-interfaces", "eth0", "--xdp", &xdp, "--bpffs"])
             .arg(&pins)
             .arg("--healthz-bind-address")
             .arg(format!("127.0.0.1:{HEALTHZ_PORT}"))
+            .args(["--socket-lb", socket_lb, "--cgroup-root"])
+            .arg(&cgroup)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -200,6 +235,60 @@ impl ExternalCluster {
         }
         self.agents.push((node.to_owned(), pins, log, child));
         Ok(())
+    }
+
+    /// The cgroup `node`'s agent attaches its socket hooks to.
+    pub fn cgroup(&self, node: &str) -> &Path {
+        self.cgroups
+            .iter()
+            .find(|c| c.0 == node)
+            .map(|c| c.1.path())
+            .expect("known node")
+    }
+
+    /// The cgroup itself, to move the test into or to list its programs.
+    pub fn node_cgroup(&self, node: &str) -> &Cgroup {
+        &self
+            .cgroups
+            .iter()
+            .find(|c| c.0 == node)
+            .expect("known node")
+            .1
+    }
+
+    /// The pin directory of `node`'s agent.
+    pub fn pins(&self, node: &str) -> PathBuf {
+        PathBuf::from(format!(
+            "/sys/fs/bpf/vipr-{}-{node}",
+            self.topology.prefix()
+        ))
+    }
+
+    /// Stops `node`'s agent and runs `vipr cleanup` on its pins.
+    pub fn cleanup_agent(&mut self, node: &str) -> Result<()> {
+        if let Some(i) = self.agents.iter().position(|a| a.0 == node) {
+            let (_, _, _, mut child) = self.agents.remove(i);
+            child.terminate()?;
+        }
+        let ns = self.topology.netns(node)?;
+        let out = netns::command_in(&ns, &self.vipr)
+            .arg("cleanup")
+            .arg("--bpffs")
+            .arg(self.pins(node))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "vipr cleanup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Writes one more manifest file for the agents to pick up.
+    pub fn write_manifest(&self, name: &str, text: &str) -> Result<()> {
+        let tmp = self.manifests.join(format!(".{name}.tmp"));
+        fs::write(&tmp, text)?;
+        fs::rename(tmp, self.manifests.join(name)).context("replace manifest")
     }
 
     /// Rewrites the endpoints of the externalTrafficPolicy Local service.
@@ -269,6 +358,12 @@ impl Drop for ExternalCluster {
             let _ = fs::remove_file(log);
             let _ = fs::remove_dir_all(pins.as_path());
         }
+        for node in ["node1", "node2"] {
+            let _ = fs::remove_dir_all(self.pins(node));
+            let _ = fs::remove_file(self.manifests.with_extension(format!("{node}.log")));
+        }
+        // Links are gone with their pins; the groups can go now.
+        self.cgroups.clear();
         if let Some(mut child) = self.uplink_xdp.take() {
             let _ = child.terminate();
         }

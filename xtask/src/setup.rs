@@ -5,11 +5,13 @@ use std::{path::PathBuf, process::Command};
 use anyhow::{Context as _, bail};
 
 /// Commands the tests and the demo run, and the Debian package of each.
-const TOOLS: [(&str, &str); 4] = [
+const TOOLS: [(&str, &str); 5] = [
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
     ("iptables", "iptables"),
+    // Lists the programs on a cgroup (the socket-LB tests).
+    ("bpftool", "bpftool"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

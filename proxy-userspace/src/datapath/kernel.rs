@@ -35,7 +35,7 @@ pub fn source_range_of(key: &Key<SourceRangeKey>) -> SourceRange {
     (u32::from_be(data.service_id_be), host_addr(data.addr), len)
 }
 
-fn take<T>(datapath: &mut Datapath, name: &'static str) -> Result<T, DatapathError>
+pub(super) fn take<T>(datapath: &mut Datapath, name: &'static str) -> Result<T, DatapathError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {

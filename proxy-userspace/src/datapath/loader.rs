@@ -29,6 +29,8 @@ pub struct LoadOptions {
     pub hash_seed: u32,
     /// Address masqueraded flows leave with; `None` disables masquerading.
     pub node_ipv4: Option<std::net::Ipv4Addr>,
+    /// Which sockets the cgroup hooks translate (when they are attached).
+    pub socket_lb: super::SocketLbScope,
     pub sizes: MapSizes,
 }
 
@@ -44,6 +46,8 @@ pub struct MapSizes {
     pub slots: u32,
     /// Tracked flows, two entries each (LRU: the oldest are evicted).
     pub conntrack: u32,
+    /// Sockets the cgroup hooks sent to a backend (LRU).
+    pub socket_revnat: u32,
 }
 
 impl Default for MapSizes {
@@ -53,6 +57,7 @@ impl Default for MapSizes {
             backends: maps::DEFAULT_MAX_BACKENDS,
             slots: maps::DEFAULT_MAX_SLOTS,
             conntrack: maps::DEFAULT_MAX_CONNTRACK,
+            socket_revnat: maps::DEFAULT_MAX_SOCK_REVNAT,
         }
     }
 }
@@ -63,6 +68,7 @@ impl LoadOptions {
             pin_dir: pin_dir.into(),
             hash_seed: std::process::id().wrapping_mul(0x9e37_79b9) ^ seed_from_clock(),
             node_ipv4: None,
+            socket_lb: super::SocketLbScope::Host,
             sizes: MapSizes::default(),
         }
     }
@@ -93,14 +99,22 @@ impl Datapath {
             source,
         })?;
         let node_ipv4 = options.node_ipv4.map_or(0, proxy_common::wire_addr);
+        // The namespace the agent runs in is the node's: host-scope socket
+        // translation keys on it.
+        let netns_cookie = super::netns_cookie()
+            .map_err(|e| DatapathError::MissingFeatures(format!("SO_NETNS_COOKIE ({e})")))?;
+        let socket_lb_scope = options.socket_lb.global();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&map_dir)
             .override_global(globals::HASH_SEED, &options.hash_seed, true)
             .override_global(globals::NODE_IPV4, &node_ipv4, true)
+            .override_global(globals::NETNS_COOKIE, &netns_cookie, true)
+            .override_global(globals::SOCKET_LB_SCOPE, &socket_lb_scope, true)
             .map_max_entries(maps::SERVICES, options.sizes.services)
             .map_max_entries(maps::BACKENDS, options.sizes.backends)
             .map_max_entries(maps::SLOTS, options.sizes.slots)
             .map_max_entries(maps::CONNTRACK, options.sizes.conntrack)
+            .map_max_entries(maps::SOCK_REVNAT, options.sizes.socket_revnat)
             .load(OBJECT)?;
         for name in PROGRAMS {
             program(&mut ebpf, name)?

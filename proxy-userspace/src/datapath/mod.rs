@@ -12,6 +12,9 @@ mod kernel;
 mod links;
 mod loader;
 mod probe;
+mod sock_destroy;
+mod socket_lb;
+mod sys;
 mod veth_peer;
 mod xdp_attach;
 
@@ -24,6 +27,12 @@ pub use loader::{Datapath, LoadOptions, MapSizes, OBJECT, cleanup_pins};
 pub use probe::{
     KernelFeatures, XdpSupport, load_probed, program_figures, report as features_report,
 };
+pub use sock_destroy::{SocketRevNat, probe_sock_destroy};
+pub use socket_lb::{
+    SOCKET_PROGRAMS, SocketLbScope, attach_socket_lb, cgroup2_root, detach_socket_lb,
+    load_socket_programs,
+};
+pub use sys::netns_cookie;
 pub use veth_peer::attach_pass_through;
 pub use xdp_attach::{XdpMode, attach_xdp, detach_xdp};
 

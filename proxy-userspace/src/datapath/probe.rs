@@ -92,6 +92,10 @@ pub struct KernelFeatures {
     /// Why TCX was refused, when it was.
     pub tcx_refused: Option<String>,
     pub xdp: XdpSupport,
+    /// Socket hooks the kernel refused to load, with the reason.
+    pub socket_hooks_refused: Vec<(&'static str, String)>,
+    /// Whether sockets can be destroyed on request (netlink SOCK_DESTROY).
+    pub sock_destroy: Result<(), String>,
 }
 
 impl KernelFeatures {
@@ -111,7 +115,32 @@ impl KernelFeatures {
             }
             XdpSupport::Unsupported(why) => format!("feature xdp: unavailable ({why})"),
         });
+        lines.push(match (self.socket_lb_missing(), self.socket_hooks_refused.first()) {
+            (Some(why), _) => format!("feature socket-lb: unavailable ({why})"),
+            (None, Some((_, why))) => format!(
+                "feature socket-lb: connect4, sendmsg4, recvmsg4 (fallback: getpeername shows the backend; getpeername4 refused: {why})"
+            ),
+            (None, None) => "feature socket-lb: connect4, sendmsg4, recvmsg4, getpeername4".into(),
+        });
+        lines.push(match &self.sock_destroy {
+            Ok(()) => "feature udp socket destroy: netlink SOCK_DESTROY".into(),
+            Err(why) => format!(
+                "feature udp socket destroy: unavailable (fallback: a connected UDP socket keeps a removed backend until the application reconnects; {why})"
+            ),
+        });
         lines
+    }
+
+    /// Why the socket hooks cannot balance at all, if they cannot: one of
+    /// the hooks they need is refused (getpeername4 is optional).
+    pub fn socket_lb_missing(&self) -> Option<String> {
+        let essential: Vec<String> = self
+            .socket_hooks_refused
+            .iter()
+            .filter(|(name, _)| *name != programs::SOCK_GETPEERNAME4)
+            .map(|(name, why)| format!("{name}: {why}"))
+            .collect();
+        (!essential.is_empty()).then(|| essential.join("; "))
     }
 }
 
@@ -239,6 +268,8 @@ fn probe_attach(
         tc_attach,
         tcx_refused,
         xdp,
+        socket_hooks_refused: super::load_socket_programs(datapath),
+        sock_destroy: super::probe_sock_destroy(),
     })
 }
 
@@ -337,7 +368,7 @@ fn probe_xdp(datapath: &mut Datapath) -> XdpSupport {
 }
 
 /// An error with its sources, for one log line.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {

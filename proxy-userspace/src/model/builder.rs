@@ -24,6 +24,9 @@ pub struct ModelOptions {
     pub node_name: Option<String>,
     /// Node addresses NodePorts answer on (kube-proxy's --nodeport-addresses).
     pub nodeport_addresses: Vec<std::net::Ipv4Addr>,
+    /// NodePorts also answer the node itself on 127.0.0.1 (off by default,
+    /// as in kube-proxy's nftables mode).
+    pub nodeport_localhost: bool,
 }
 
 /// Converts Services and EndpointSlices into a [`Model`], either from full

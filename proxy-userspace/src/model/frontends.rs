@@ -1,6 +1,9 @@
-//! Every frontend one Service port gives — cluster IPs for pods; NodePorts,
-//! LoadBalancer and external IPs for the outside — each with the endpoint
-//! set and policy kube-proxy would use for it.
+//! Every frontend one Service port gives, each with the endpoint set and
+//! policy kube-proxy would use for it. `Scope::Internal` frontends serve
+//! what pods and the node itself send: cluster IPs (internalTrafficPolicy),
+//! and NodePorts, LoadBalancer and external IPs, which kube-proxy
+//! short-circuits to every endpoint for them. `Scope::External` frontends
+//! serve what arrives from outside (externalTrafficPolicy).
 use super::{
     Backend, Frontend, FrontendKey, ModelOptions, ObjectRef, Policy, Scope, ServiceModel,
     ServicePortModel,
@@ -57,6 +60,16 @@ pub(super) fn frontends_of(
                 Scope::External,
                 external_policy(&[]),
             ));
+            out.push(frontend(ip, node_port, Scope::Internal, Policy::default()));
+        }
+        if opts.nodeport_localhost {
+            let localhost = std::net::Ipv4Addr::LOCALHOST;
+            out.push(frontend(
+                localhost,
+                node_port,
+                Scope::Internal,
+                Policy::default(),
+            ));
         }
     }
     for &ip in &ext.load_balancer_ips {
@@ -66,8 +79,13 @@ pub(super) fn frontends_of(
             Scope::External,
             external_policy(&ext.source_ranges),
         ));
-        // Pods reaching a LoadBalancer IP go to every endpoint, as with kube-proxy.
-        out.push(frontend(ip, port.port, Scope::Internal, Policy::default()));
+        // Pods and the node reaching a LoadBalancer IP go to every endpoint,
+        // as with kube-proxy; its source ranges hold for them too.
+        let internal = Policy {
+            source_ranges: ext.source_ranges.clone(),
+            ..Policy::default()
+        };
+        out.push(frontend(ip, port.port, Scope::Internal, internal));
     }
     for &ip in &ext.external_ips {
         out.push(frontend(

@@ -16,6 +16,27 @@ pub struct MapContents {
     pub source_ranges: BTreeSet<SourceRange>,
 }
 
+impl MapContents {
+    /// Whether new connections to `frontend` may still go to the endpoint
+    /// at `addr:port` (wire order, as in the maps): it is in one of the
+    /// frontend's slots.
+    pub fn serves(&self, frontend: &ServiceKey, addr: u32, port: u16) -> bool {
+        let Some(service) = self.services.get(frontend) else {
+            return false;
+        };
+        (0..u32::from(service.backend_count)).any(|slot| {
+            let key = SlotKey {
+                service_id: service.service_id,
+                slot,
+            };
+            self.slots
+                .get(&key)
+                .and_then(|id| self.backends.get(id))
+                .is_some_and(|b| b.addr == addr && b.port == port)
+        })
+    }
+}
+
 /// One allowed client prefix of one service.
 pub type SourceRange = (u32, Ipv4Addr, u8);
 

@@ -1,0 +1,262 @@
+//! Socket load balancing end to end: processes in a node's own network
+//! namespace and cgroup (host-network clients) reach every Service type
+//! through the cgroup hooks; in `all` scope pods do too; a connected UDP
+//! socket does not stay on a removed backend; switching modes, restarting
+//! and `vipr cleanup` leave exactly the attachments they should.
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use proxy_common::Counter;
+use vipr_tests::{
+    echo::{ClientError, tcp_request_full, udp_connected_request, udp_request},
+    external::*,
+    netns,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
+/// A Service without endpoints.
+const EMPTY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
+/// A UDP Service whose endpoints the stale-socket test changes.
+const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
+
+fn vipr() -> PathBuf {
+    let bin = std::env::var_os("VIPR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vipr"));
+    assert!(bin.is_file(), "vipr binary {} missing", bin.display());
+    bin
+}
+
+/// The extra Services: one without endpoints, one UDP Service on `dns_pods`.
+fn extra_manifests(dns_pods: &[&str]) -> String {
+    let endpoints: String = dns_pods
+        .iter()
+        .map(|pod| {
+            let (_, node, ip) = PODS.iter().find(|p| p.0 == *pod).expect("known pod");
+            format!("- {{addresses: [{ip}], nodeName: {node}, conditions: {{ready: true}}}}\n")
+        })
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: empty, namespace: sock}}\nspec:\n  clusterIP: {EMPTY_IP}\n  ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}, {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: sock}}\nspec:\n  clusterIP: {DNS_IP}\n  ports: [{{name: dns, port: 53, targetPort: 5353, protocol: UDP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: dns-x, namespace: sock, labels: {{kubernetes.io/service-name: dns}}}}\naddressType: IPv4\nports: [{{name: dns, port: 5353, protocol: UDP}}]\nendpoints:{}\n{endpoints}",
+        if endpoints.is_empty() { " []" } else { "" }
+    )
+}
+
+fn cluster(socket_lb: &str) -> ExternalCluster {
+    let c = ExternalCluster::start_with(&vipr(), "off", socket_lb).expect("cluster");
+    c.write_manifest("sock.yaml", &extra_manifests(&["web-1", "web-2"]))
+        .expect("manifest");
+    // Wait until both agents serve the extra Services.
+    for node in ["node1", "node2"] {
+        let ns = c.topology.netns(node).unwrap();
+        let _inside = c.node_cgroup(node).enter().unwrap();
+        wait_for(|| udp_request(&ns, SocketAddr::from((DNS_IP, 53)), TIMEOUT).is_ok());
+    }
+    c
+}
+
+fn wait_for(mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(Instant::now() < deadline, "condition not met within 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn counter(c: &ExternalCluster, node: &str, counter: Counter) -> u64 {
+    c.counter(node, counter).expect("counter")
+}
+
+#[test]
+fn host_clients_reach_every_service_type() {
+    let c = cluster("host");
+    let node1 = c.topology.netns("node1").unwrap();
+    let _inside = c.node_cgroup("node1").enter().unwrap();
+    let translated_before = counter(&c, "node1", Counter::SockTranslated);
+    let dnat_before = counter(&c, "node1", Counter::DnatNew);
+
+    // ClusterIP over TCP: every backend, and the peer shows the ClusterIP.
+    let cluster_ip = SocketAddr::from((CLUSTER_IP, 80));
+    let mut served = BTreeSet::new();
+    for _ in 0..30 {
+        let reply = tcp_request_full(&node1, cluster_ip, TIMEOUT).expect("ClusterIP over TCP");
+        assert_eq!(reply.peer, cluster_ip, "getpeername shows the ClusterIP");
+        served.insert(reply.name);
+    }
+    assert_eq!(served.len(), 2, "both backends: {served:?}");
+
+    // ClusterIP over UDP, connected and not: recvfrom shows the ClusterIP.
+    let dns = SocketAddr::from((CLUSTER_IP, 53));
+    let name = udp_connected_request(&node1, dns, TIMEOUT).expect("connected UDP");
+    assert!(name.starts_with("web-"), "{name}");
+    let (name, from) = udp_request(&node1, dns, TIMEOUT).expect("unconnected UDP");
+    assert!(name.starts_with("web-"), "{name}");
+    assert_eq!(from, dns, "the reply's source is the ClusterIP");
+
+    // NodePort on this node's address and on the other node's.
+    for node_ip in NODE_IPS {
+        let addr = SocketAddr::from((node_ip, NODE_PORT_TCP));
+        let reply = tcp_request_full(&node1, addr, TIMEOUT).expect("NodePort from the node");
+        assert_eq!(reply.peer, addr);
+    }
+    // LoadBalancer IP of an externalTrafficPolicy Local Service whose only
+    // endpoint is on node2: the node is short-circuited to every endpoint.
+    let lb = SocketAddr::from((LB_LOCAL, 80));
+    let reply = tcp_request_full(&node1, lb, TIMEOUT).expect("LoadBalancer IP from the node");
+    assert_eq!((reply.name.as_str(), reply.peer), ("web-2", lb));
+
+    // Every one of those went through the socket hooks, none through TC NAT.
+    let translated = counter(&c, "node1", Counter::SockTranslated) - translated_before;
+    assert!(translated >= 34, "socket translations: {translated}");
+    assert_eq!(counter(&c, "node1", Counter::DnatNew), dnat_before);
+}
+
+#[test]
+fn host_clients_meet_source_ranges_and_refusal_at_once() {
+    let c = cluster("host");
+    let _inside = c.node_cgroup("node1").enter().unwrap();
+    let node1 = c.topology.netns("node1").unwrap();
+    let node2 = c.topology.netns("node2").unwrap();
+    let allowed = SocketAddr::from((LB_ALLOWED, 80));
+    // The ranges hold node1's address but not node2's.
+    tcp_request_full(&node1, allowed, TIMEOUT).expect("node1 is in the source ranges");
+    drop(_inside);
+    let _inside = c.node_cgroup("node2").enter().unwrap();
+    let refused = tcp_request_full(&node2, allowed, TIMEOUT).expect_err("node2 is not");
+    assert!(!refused.is_timeout(), "fails at once: {refused}");
+    assert!(counter(&c, "node2", Counter::DropSourceRange) > 0);
+
+    // No endpoints: connect() and a UDP send fail at once with ECONNREFUSED.
+    let start = Instant::now();
+    let tcp = tcp_request_full(&node2, SocketAddr::from((EMPTY_IP, 80)), TIMEOUT);
+    assert!(matches!(tcp, Err(ClientError::Refused)), "{tcp:?}");
+    let udp = netns::run_in(&node2, || -> std::io::Result<usize> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.send_to(b"who", SocketAddr::from((EMPTY_IP, 53)))
+    })
+    .unwrap();
+    let error = udp.expect_err("sendto a Service without endpoints");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(counter(&c, "node2", Counter::SockRefused) >= 2);
+}
+
+#[test]
+fn a_connected_udp_socket_leaves_a_removed_backend() {
+    let c = cluster("host");
+    let node1 = c.topology.netns("node1").unwrap();
+    let _inside = c.node_cgroup("node1").enter().unwrap();
+    let dns = SocketAddr::from((DNS_IP, 53));
+    let socket = netns::run_in(&node1, || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(dns).unwrap();
+        s
+    })
+    .unwrap();
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let ask = |s: &UdpSocket| -> std::io::Result<String> {
+        s.send(b"who")?;
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let first = ask(&socket).expect("first answer");
+    assert_eq!(
+        socket.peer_addr().unwrap(),
+        dns,
+        "getpeername shows the ClusterIP"
+    );
+    let other = if first == "web-1" { "web-2" } else { "web-1" };
+    c.write_manifest("sock.yaml", &extra_manifests(&[other]))
+        .unwrap();
+    // The socket, still connected to the removed backend (whose pod still
+    // answers), is destroyed: its next call fails instead of being answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ask(&socket) {
+            Ok(name) => {
+                assert_eq!(name, first, "answered by another backend unasked");
+                assert!(Instant::now() < deadline, "the socket stayed on {first}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                eprintln!("the stale socket failed with: {e}");
+                break;
+            }
+        }
+    }
+    // Reconnecting (what a resolver does) reaches the live backend, once the
+    // error the destruction left pending (ECONNABORTED) has been read.
+    socket.connect(dns).unwrap();
+    let answers: Vec<_> = (0..3).map(|_| ask(&socket)).collect();
+    let answer = answers.iter().find_map(|a| a.as_ref().ok());
+    assert_eq!(answer, Some(&other.to_string()), "{answers:?}");
+}
+
+#[test]
+fn pods_use_the_socket_hooks_in_all_scope_and_tc_in_host_scope() {
+    for (scope, by_socket) in [("all", true), ("host", false)] {
+        let c = cluster(scope);
+        let pod = c.topology.netns("web-1").unwrap();
+        let _inside = c.node_cgroup("node1").enter().unwrap();
+        let sock_before = counter(&c, "node1", Counter::SockTranslated);
+        let dnat_before = counter(&c, "node1", Counter::DnatNew);
+        let addr = SocketAddr::from((CLUSTER_IP, 80));
+        let mut served = BTreeSet::new();
+        for _ in 0..30 {
+            let reply = tcp_request_full(&pod, addr, TIMEOUT).expect("pod to ClusterIP");
+            assert_eq!(reply.peer, addr, "getpeername shows the ClusterIP");
+            served.insert(reply.name);
+        }
+        assert_eq!(served.len(), 2, "--socket-lb {scope}: {served:?}");
+        let by_hooks = counter(&c, "node1", Counter::SockTranslated) - sock_before;
+        let by_tc = counter(&c, "node1", Counter::DnatNew) - dnat_before;
+        if by_socket {
+            assert_eq!((by_hooks, by_tc), (30, 0), "--socket-lb all");
+        } else {
+            assert_eq!((by_hooks, by_tc), (0, 30), "--socket-lb host");
+        }
+    }
+}
+
+fn socket_programs(c: &ExternalCluster, node: &str) -> usize {
+    let names = c.node_cgroup(node).attached_programs().expect("bpftool");
+    names.iter().filter(|n| n.starts_with("vipr_sock")).count()
+}
+
+#[test]
+fn restarts_mode_switches_and_cleanup_leave_no_attachment_behind() {
+    let mut c = cluster("host");
+    let node1 = c.topology.netns("node1").unwrap();
+    let hooks = vipr::datapath::SOCKET_PROGRAMS.len();
+    assert_eq!(socket_programs(&c, "node1"), hooks);
+    for mode in ["host", "all", "host"] {
+        c.start_agent("node1", mode).unwrap();
+        assert_eq!(
+            socket_programs(&c, "node1"),
+            hooks,
+            "after a restart with {mode}"
+        );
+    }
+    {
+        let _inside = c.node_cgroup("node1").enter().unwrap();
+        tcp_request_full(&node1, SocketAddr::from((CLUSTER_IP, 80)), TIMEOUT)
+            .expect("served after the restarts");
+    }
+    c.start_agent("node1", "off").unwrap();
+    assert_eq!(socket_programs(&c, "node1"), 0, "--socket-lb off detaches");
+    c.start_agent("node1", "host").unwrap();
+    assert_eq!(socket_programs(&c, "node1"), hooks);
+    c.cleanup_agent("node1").unwrap();
+    assert_eq!(socket_programs(&c, "node1"), 0, "vipr cleanup detaches");
+    assert_eq!(socket_programs(&c, "node2"), hooks, "node2 keeps its own");
+}
