@@ -292,7 +292,13 @@ fn set_up_socket_lb(
     }
     let cgroup = match &config.socket_lb.cgroup_root {
         Some(path) => path.clone(),
-        None => cgroup2_root()?,
+        None => match cgroup2_root() {
+            Ok(root) => root,
+            Err(error) => {
+                warn!(%error, "socket load balancing needs cgroup2 (or --cgroup-root): host-network clients are not load-balanced");
+                return Ok(false);
+            }
+        },
     };
     attach_socket_lb(datapath, &cgroup)?;
     info!(?scope, cgroup = %cgroup.display(), "socket load balancing on");

@@ -228,9 +228,21 @@ fn pods_use_the_socket_hooks_in_all_scope_and_tc_in_host_scope() {
     }
 }
 
-fn socket_programs(c: &ExternalCluster, node: &str) -> usize {
-    let names = c.node_cgroup(node).attached_programs().expect("bpftool");
-    names.iter().filter(|n| n.starts_with("vipr_sock")).count()
+/// How many socket programs `node`'s cgroup carries once it settles on
+/// `expected`: the kernel frees a link whose last pin went in a work queue.
+fn socket_programs(c: &ExternalCluster, node: &str, expected: usize) -> usize {
+    let count = || {
+        let names = c.node_cgroup(node).attached_programs().expect("bpftool");
+        names.iter().filter(|n| n.starts_with("vipr_sock")).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = count();
+        if found == expected || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -238,11 +250,11 @@ fn restarts_mode_switches_and_cleanup_leave_no_attachment_behind() {
     let mut c = cluster("host");
     let node1 = c.topology.netns("node1").unwrap();
     let hooks = vipr::datapath::SOCKET_PROGRAMS.len();
-    assert_eq!(socket_programs(&c, "node1"), hooks);
+    assert_eq!(socket_programs(&c, "node1", hooks), hooks);
     for mode in ["host", "all", "host"] {
         c.start_agent("node1", mode).unwrap();
         assert_eq!(
-            socket_programs(&c, "node1"),
+            socket_programs(&c, "node1", hooks),
             hooks,
             "after a restart with {mode}"
         );
@@ -253,10 +265,18 @@ fn restarts_mode_switches_and_cleanup_leave_no_attachment_behind() {
             .expect("served after the restarts");
     }
     c.start_agent("node1", "off").unwrap();
-    assert_eq!(socket_programs(&c, "node1"), 0, "--socket-lb off detaches");
+    assert_eq!(
+        socket_programs(&c, "node1", 0),
+        0,
+        "--socket-lb off detaches"
+    );
     c.start_agent("node1", "host").unwrap();
-    assert_eq!(socket_programs(&c, "node1"), hooks);
+    assert_eq!(socket_programs(&c, "node1", hooks), hooks);
     c.cleanup_agent("node1").unwrap();
-    assert_eq!(socket_programs(&c, "node1"), 0, "vipr cleanup detaches");
-    assert_eq!(socket_programs(&c, "node2"), hooks, "node2 keeps its own");
+    assert_eq!(socket_programs(&c, "node1", 0), 0, "vipr cleanup detaches");
+    assert_eq!(
+        socket_programs(&c, "node2", hooks),
+        hooks,
+        "node2 keeps its own"
+    );
 }

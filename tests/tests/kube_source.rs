@@ -617,6 +617,11 @@ fn deploy_manifests_are_valid_kubernetes_objects() -> Result<()> {
         .flatten()
         .map(|m| m.mount_path.as_str())
         .collect();
-    assert_eq!(mounts, ["/sys/fs/bpf"]);
+    assert_eq!(mounts, ["/sys/fs/bpf", "/run/vipr/cgroupv2"]);
+    // The socket hooks attach where the host's cgroup2 root is mounted.
+    assert_eq!(
+        data.get("CGROUP_ROOT").map(String::as_str),
+        Some("/run/vipr/cgroupv2")
+    );
     Ok(())
 }

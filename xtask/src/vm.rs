@@ -52,6 +52,13 @@ const E2E_TESTS: [&str; 2] = [
     "every_backend_gets_connections",
     "service_without_endpoints_is_refused_at_once",
 ];
+/// Host-network clients through the socket hooks: every Service type,
+/// refusal, and a connected UDP socket leaving a removed backend.
+const SOCKET_TESTS: [&str; 3] = [
+    "host_clients_reach_every_service_type",
+    "host_clients_meet_source_ranges_and_refusal_at_once",
+    "a_connected_udp_socket_leaves_a_removed_backend",
+];
 
 /// A guest that has not finished by then is stuck.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -95,6 +102,7 @@ struct Payload {
     /// The packet test binaries (TC and XDP programs).
     packets: Vec<PathBuf>,
     e2e: PathBuf,
+    e2e_socket: PathBuf,
 }
 
 /// One kernel's outcome, for the summary.
@@ -211,6 +219,7 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
             .map(|name| stage(executable(name)?, name))
             .collect::<anyhow::Result<_>>()?,
         e2e: stage(executable("e2e")?, "e2e")?,
+        e2e_socket: stage(executable("e2e_socket")?, "e2e_socket")?,
     })
 }
 
@@ -350,6 +359,7 @@ fn build_initramfs(kernel: &Path, version: &str, out: &Path) -> anyhow::Result<(
 /// The shell script the guest runs in the host's (read-only) root.
 fn guest_script(root: &Path, modules_root: &Path, payload: &Payload) -> String {
     let e2e_filters = E2E_TESTS.join(" ");
+    let socket_filters = SOCKET_TESTS.join(" ");
     format!(
         r#"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root RUST_BACKTRACE=1 VIPR_BIN={vipr}
@@ -357,11 +367,15 @@ cd {root}
 echo "== guest kernel $(uname -r)"
 modprobe -d {modules} -a {TEST_MODULES} || {{ echo "vm: modprobe {TEST_MODULES} failed"; exit 90; }}
 ip link set lo up
+# The socket hooks attach to a cgroup2 group.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup || {{ echo "vm: mounting cgroup2 failed"; exit 91; }}
 rc=0
 echo "== vipr features"
 {vipr} features || rc=1
 {packets}echo "== end-to-end ({e2e_filters})"
 {e2e} --test-threads=1 --exact {e2e_filters} || rc=1
+echo "== socket load balancing ({socket_filters})"
+{e2e_socket} --test-threads=1 --exact {socket_filters} || rc=1
 exit $rc
 "#,
         vipr = payload.vipr.display(),
@@ -376,6 +390,7 @@ exit $rc
             ))
             .collect::<String>(),
         e2e = payload.e2e.display(),
+        e2e_socket = payload.e2e_socket.display(),
     )
 }
 
