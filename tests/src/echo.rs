@@ -376,6 +376,11 @@ impl TcpSession {
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
     }
+
+    /// getpeername() asked now (the address can change under socket hooks).
+    pub fn current_peer_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.peer_addr()
+    }
 }
 
 impl Drop for TcpSession {

@@ -175,7 +175,7 @@ impl ExternalCluster {
                 .push(EchoServer::start(&ns, pod, Some(8080), Some(5353))?);
         }
         for node in ["node1", "node2"] {
-            cluster.start_agent(node, socket_lb)?;
+            cluster.start_agent(node, &["--socket-lb", socket_lb])?;
             // The agent enables accept_local where it may; the datapath must
             // not need it (an unprivileged agent may not write sysctls).
             let ns = cluster.topology.netns(node)?;
@@ -185,9 +185,9 @@ impl ExternalCluster {
         Ok(cluster)
     }
 
-    /// Starts `node`'s agent with `--socket-lb socket_lb` (after stopping
-    /// the one running, which leaves its pins for the new one).
-    pub fn start_agent(&mut self, node: &str, socket_lb: &str) -> Result<()> {
+    /// Starts `node`'s agent with `socket_args` (`--socket-lb`, ...) after
+    /// stopping the one running, which leaves its pins for the new one.
+    pub fn start_agent(&mut self, node: &str, socket_args: &[&str]) -> Result<()> {
         if let Some(i) = self.agents.iter().position(|a| a.0 == node) {
             let (_, _, _, mut child) = self.agents.remove(i);
             child.terminate()?;
@@ -215,8 +215,9 @@ impl ExternalCluster {
             .arg(&pins)
             .arg("--healthz-bind-address")
             .arg(format!("127.0.0.1:{HEALTHZ_PORT}"))
-            .args(["--socket-lb", socket_lb, "--cgroup-root"])
+            .arg("--cgroup-root")
             .arg(&cgroup)
+            .args(socket_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

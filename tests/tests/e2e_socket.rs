@@ -12,7 +12,7 @@ use std::{
 
 use proxy_common::Counter;
 use vipr_tests::{
-    echo::{ClientError, tcp_request_full, udp_connected_request, udp_request},
+    echo::{ClientError, TcpSession, tcp_request_full, udp_connected_request, udp_request},
     external::*,
     netns,
 };
@@ -23,6 +23,16 @@ const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 const EMPTY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
 /// A UDP Service whose endpoints the stale-socket test changes.
 const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
+/// A TCP Service the stale reverse-entry test deletes.
+const GONE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 62);
+
+/// The Service at `GONE_IP`, on both pods.
+fn gone_service() -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: gone, namespace: sock}}\nspec:\n  clusterIP: {GONE_IP}\n  ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: gone-x, namespace: sock, labels: {{kubernetes.io/service-name: gone}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n- {{addresses: [{}], nodeName: node1, conditions: {{ready: true}}}}\n",
+        PODS[0].2
+    )
+}
 
 fn vipr() -> PathBuf {
     let bin = std::env::var_os("VIPR_BIN")
@@ -252,7 +262,7 @@ fn restarts_mode_switches_and_cleanup_leave_no_attachment_behind() {
     let hooks = vipr::datapath::SOCKET_PROGRAMS.len();
     assert_eq!(socket_programs(&c, "node1", hooks), hooks);
     for mode in ["host", "all", "host"] {
-        c.start_agent("node1", mode).unwrap();
+        c.start_agent("node1", &["--socket-lb", mode]).unwrap();
         assert_eq!(
             socket_programs(&c, "node1", hooks),
             hooks,
@@ -264,13 +274,13 @@ fn restarts_mode_switches_and_cleanup_leave_no_attachment_behind() {
         tcp_request_full(&node1, SocketAddr::from((CLUSTER_IP, 80)), TIMEOUT)
             .expect("served after the restarts");
     }
-    c.start_agent("node1", "off").unwrap();
+    c.start_agent("node1", &["--socket-lb", "off"]).unwrap();
     assert_eq!(
         socket_programs(&c, "node1", 0),
         0,
         "--socket-lb off detaches"
     );
-    c.start_agent("node1", "host").unwrap();
+    c.start_agent("node1", &["--socket-lb", "host"]).unwrap();
     assert_eq!(socket_programs(&c, "node1", hooks), hooks);
     c.cleanup_agent("node1").unwrap();
     assert_eq!(socket_programs(&c, "node1", 0), 0, "vipr cleanup detaches");
@@ -279,4 +289,52 @@ fn restarts_mode_switches_and_cleanup_leave_no_attachment_behind() {
         hooks,
         "node2 keeps its own"
     );
+}
+
+#[test]
+fn a_deleted_service_leaves_established_connections_and_no_stale_reverse_entry() {
+    let c = cluster("host");
+    let node1 = c.topology.netns("node1").unwrap();
+    c.write_manifest(
+        "sock.yaml",
+        &(extra_manifests(&["web-1"]) + &gone_service()),
+    )
+    .unwrap();
+    let _inside = c.node_cgroup("node1").enter().unwrap();
+    let gone = SocketAddr::from((GONE_IP, 80));
+    wait_for(|| tcp_request_full(&node1, gone, TIMEOUT).is_ok());
+    let mut session = TcpSession::connect(&node1, gone, TIMEOUT).expect("connect");
+    assert_eq!(session.peer_addr(), gone);
+    let stale_before = counter(&c, "node1", Counter::SockRevNatStale);
+    c.write_manifest("sock.yaml", &extra_manifests(&["web-1"]))
+        .unwrap();
+    // Once the Service is gone, its reverse entry is found stale and dropped:
+    // getpeername shows the backend the socket really talks to.
+    let backend = SocketAddr::from((PODS[0].2, 8080));
+    wait_for(|| session.current_peer_addr().is_ok_and(|p| p == backend));
+    assert!(counter(&c, "node1", Counter::SockRevNatStale) > stale_before);
+    // The established connection itself carries on, as with kube-proxy.
+    assert_eq!(session.request().expect("request after deletion"), "web-1");
+}
+
+#[test]
+fn nodeports_answer_the_node_on_localhost_only_when_asked() {
+    let mut c = cluster("host");
+    let node1 = c.topology.netns("node1").unwrap();
+    let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, NODE_PORT_TCP));
+    {
+        let _inside = c.node_cgroup("node1").enter().unwrap();
+        let off = tcp_request_full(&node1, localhost, TIMEOUT);
+        assert!(matches!(off, Err(ClientError::Refused)), "{off:?}");
+    }
+    c.start_agent("node1", &["--socket-lb", "host", "--nodeport-localhost"])
+        .unwrap();
+    let _inside = c.node_cgroup("node1").enter().unwrap();
+    let mut served = BTreeSet::new();
+    for _ in 0..20 {
+        let reply = tcp_request_full(&node1, localhost, TIMEOUT).expect("NodePort on 127.0.0.1");
+        assert_eq!(reply.peer, localhost);
+        served.insert(reply.name);
+    }
+    assert_eq!(served.len(), 2, "{served:?}");
 }

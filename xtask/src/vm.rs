@@ -43,8 +43,9 @@ const PACKAGES: [&str; 5] = [
 /// Modules the guest needs before it can mount the host's root (9p over virtio).
 const BOOT_MODULES: [&str; 3] = ["virtio_pci", "9pnet_virtio", "9p"];
 /// Modules the datapath tests need (veth pairs, the bridge between the
-/// emulated nodes, clsact, cls_bpf).
-const TEST_MODULES: &str = "veth bridge sch_ingress cls_bpf";
+/// emulated nodes, clsact, cls_bpf, and sock_diag for UDP: a host's kernel
+/// loads those on first use, the guest's modprobe looks elsewhere).
+const TEST_MODULES: &str = "veth bridge sch_ingress cls_bpf inet_diag udp_diag";
 
 /// The reduced end-to-end scenario: real TCP and UDP through a ClusterIP,
 /// including refusal without endpoints. Emulation is ~10x slower, so few.

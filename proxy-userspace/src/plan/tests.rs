@@ -464,3 +464,27 @@ fn incremental_update_matches_full_desired() {
         previous = m;
     }
 }
+
+#[test]
+fn serves_tells_which_endpoints_a_frontend_still_uses() {
+    // Frontend 1 uses a ready and, beside it, a terminating endpoint (only
+    // ready ones take new connections); frontend 2 uses endpoint 3.
+    let m = model(&[(1, &[(1, READY), (2, TERMINATING)]), (2, &[(3, READY)])]);
+    let maps = Planner::new().desired(&m);
+    let frontend = |svc| ServiceKey::new(Ipv4Addr::new(10, 96, 0, svc), 80, IPPROTO_TCP);
+    let endpoint = |b| {
+        let v = BackendValue::new(Ipv4Addr::new(10, 0, 0, b), 8080, IPPROTO_TCP);
+        (v.addr, v.port)
+    };
+    let serves = |svc, b| {
+        let (addr, port) = endpoint(b);
+        maps.serves(&frontend(svc), addr, port)
+    };
+    assert!(serves(1, 1));
+    assert!(!serves(1, 2), "terminating while a ready one exists");
+    assert!(!serves(1, 3), "another frontend's endpoint");
+    assert!(serves(2, 3));
+    assert!(!serves(9, 3), "no such frontend");
+    let wrong_port = maps.serves(&frontend(1), endpoint(1).0, 9090u16.to_be());
+    assert!(!wrong_port);
+}

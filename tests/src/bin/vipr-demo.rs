@@ -52,6 +52,18 @@ fn show(vipr: &Path, manifests: &Path, requests: usize) -> anyhow::Result<()> {
         demo::dns_addr()
     );
 
+    // A process in node1's own network namespace (a host-network pod, a
+    // node daemon): load-balanced by the socket hooks when it connects.
+    let host = cluster.netns("node1");
+    let reply = echo::tcp_request_full(&host, demo::http_addr(), Duration::from_secs(2))
+        .context("host-network request through the ClusterIP")?;
+    println!(
+        "from node1's own network namespace (host network, socket hooks) {} → served by {}, getpeername {}",
+        demo::http_addr(),
+        reply.name,
+        reply.peer
+    );
+
     let started = std::time::Instant::now();
     let refused = echo::tcp_request(&client, demo::empty_http_addr(), Duration::from_secs(2));
     println!(
