@@ -15,14 +15,15 @@ use std::{
 use tracing::{info, warn};
 
 use crate::healthcheck::HealthChecks;
+pub use crate::socket_lb::SocketLbConfig;
 use crate::{
     datapath::{
         Attacher, DatapathError, InterfaceSelector, KernelMaps, LoadOptions, MapSizes,
-        SocketLbScope, SocketRevNat, XdpMode, attach_socket_lb, attach_xdp, cgroup2_root,
-        detach_socket_lb, detach_xdp, load_probed,
+        SocketLbScope, XdpMode, attach_xdp, detach_xdp, load_probed,
     },
     healthz::Health,
     model::{ModelBuilder, ModelOptions},
+    socket_lb,
     source::{
         Source,
         kube::{KubeSource, KubeSourceError},
@@ -55,27 +56,6 @@ pub struct AgentConfig {
     pub external: ExternalConfig,
     pub socket_lb: SocketLbConfig,
     pub map_sizes: MapSizes,
-}
-
-/// Connect-time load balancing for sockets (`--socket-lb`).
-#[derive(Clone, Debug)]
-pub struct SocketLbConfig {
-    /// `None`: off, and whatever an earlier agent attached is detached.
-    pub scope: Option<SocketLbScope>,
-    /// The cgroup the hooks attach to; default: the cgroup2 mount's root.
-    pub cgroup_root: Option<PathBuf>,
-    /// NodePorts also answer the node on 127.0.0.1.
-    pub nodeport_localhost: bool,
-}
-
-impl SocketLbConfig {
-    pub fn off() -> Self {
-        Self {
-            scope: None,
-            cgroup_root: None,
-            nodeport_localhost: false,
-        }
-    }
 }
 
 /// Where external traffic (NodePort, LoadBalancer, external IPs) comes in.
@@ -192,8 +172,8 @@ pub fn run(
     load_options.socket_lb = config.socket_lb.scope.unwrap_or(SocketLbScope::Host);
     // Logs the kernel's features and the chosen fallbacks; fails naming a missing essential.
     let (mut datapath, features) = load_probed(&load_options)?;
-    let destroy_stale_udp = set_up_socket_lb(config, &mut datapath, &features)?;
-    let socket_revnat = SocketRevNat::take(&mut datapath)?;
+    let stale_udp =
+        socket_lb::set_up(&config.socket_lb, &config.pin_dir, &mut datapath, &features)?;
     let syncer = Syncer::restore(KernelMaps::take(&mut datapath)?)?;
     info!(
         node = %config.node_name,
@@ -247,18 +227,10 @@ pub fn run(
 
         let writes = sync.syncer().writes();
         sync.step(&mut source, tick, health);
-        if destroy_stale_udp && sync.syncer().writes() != writes {
-            let applied = sync.syncer().applied();
-            match socket_revnat
-                .destroy_stale_udp_sockets(|f, addr, port| applied.serves(f, addr, port))
-            {
-                Ok(0) => {}
-                Ok(destroyed) => info!(
-                    destroyed,
-                    "closed UDP sockets connected to endpoints that left"
-                ),
-                Err(error) => warn!(%error, "closing UDP sockets of endpoints that left failed"),
-            }
+        if let Some(stale_udp) = &stale_udp
+            && sync.syncer().writes() != writes
+        {
+            stale_udp.sweep(sync.syncer().applied());
         }
         // The model only moves when a sync commits; walking every frontend
         // on each tick would cost O(Services) per poll.
@@ -271,38 +243,6 @@ pub fn run(
     }
     info!("stopping; programs and maps stay pinned for the next agent (vipr cleanup removes them)");
     Ok(())
-}
-
-/// Attaches the socket hooks (or detaches an earlier agent's when off).
-/// Returns whether UDP sockets of removed endpoints are to be destroyed.
-fn set_up_socket_lb(
-    config: &AgentConfig,
-    datapath: &mut crate::datapath::Datapath,
-    features: &crate::datapath::KernelFeatures,
-) -> Result<bool, AgentError> {
-    let Some(scope) = config.socket_lb.scope else {
-        let detached = detach_socket_lb(&config.pin_dir);
-        info!(detached, "socket load balancing off");
-        return Ok(false);
-    };
-    if let Some(why) = features.socket_lb_missing() {
-        warn!(%why, "socket load balancing unavailable on this kernel: host-network clients are not load-balanced");
-        detach_socket_lb(&config.pin_dir);
-        return Ok(false);
-    }
-    let cgroup = match &config.socket_lb.cgroup_root {
-        Some(path) => path.clone(),
-        None => match cgroup2_root() {
-            Ok(root) => root,
-            Err(error) => {
-                warn!(%error, "socket load balancing needs cgroup2 (or --cgroup-root): host-network clients are not load-balanced");
-                return Ok(false);
-            }
-        },
-    };
-    attach_socket_lb(datapath, &cgroup)?;
-    info!(?scope, cgroup = %cgroup.display(), "socket load balancing on");
-    Ok(features.sock_destroy.is_ok())
 }
 
 /// Keeps the TC programs (and XDP, if enabled) on the external interfaces

@@ -9,5 +9,6 @@ pub mod healthz;
 pub mod inspect;
 pub mod model;
 pub mod plan;
+pub mod socket_lb;
 pub mod source;
 pub mod sync;

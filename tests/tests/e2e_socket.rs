@@ -14,7 +14,7 @@ use proxy_common::Counter;
 use vipr_tests::{
     echo::{ClientError, TcpSession, tcp_request_full, udp_connected_request, udp_request},
     external::*,
-    netns,
+    netns::{self, ChildGuard},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -165,8 +165,31 @@ fn a_connected_udp_socket_leaves_a_removed_backend() {
     let c = cluster("host");
     let node1 = c.topology.netns("node1").unwrap();
     let _inside = c.node_cgroup("node1").enter().unwrap();
+    stale_udp_socket_is_closed(&c, &node1);
+}
+
+#[test]
+fn a_pods_connected_udp_socket_leaves_a_removed_backend_in_all_scope() {
+    let c = cluster("all");
+    let pod = c.topology.netns("web-1").unwrap();
+    let _inside = c.node_cgroup("node1").enter().unwrap();
+    // A process living in the pod's namespace, as a pod's would: the agent
+    // finds pods' namespaces through the processes in its cgroup.
+    let _pod_process = ChildGuard::spawn(
+        netns::command_in(&pod, "sleep")
+            .arg("60")
+            .stdout(std::process::Stdio::null()),
+    )
+    .unwrap();
+    stale_udp_socket_is_closed(&c, &pod);
+}
+
+/// A UDP socket made in `netns` and connected to the dns Service stays on
+/// its backend until that backend leaves; then it is destroyed, and
+/// reconnecting reaches the live backend.
+fn stale_udp_socket_is_closed(c: &ExternalCluster, netns_name: &str) {
     let dns = SocketAddr::from((DNS_IP, 53));
-    let socket = netns::run_in(&node1, || {
+    let socket = netns::run_in(netns_name, || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.connect(dns).unwrap();
         s

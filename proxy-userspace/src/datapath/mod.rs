@@ -11,6 +11,7 @@ mod interfaces;
 mod kernel;
 mod links;
 mod loader;
+mod namespaces;
 mod probe;
 mod sock_destroy;
 mod socket_lb;
@@ -24,6 +25,7 @@ pub use interfaces::{InterfaceSelector, all_interfaces, ipv4_addresses};
 pub use kernel::{KernelMaps, read_counters, source_range_of};
 pub use links::parent_device;
 pub use loader::{Datapath, LoadOptions, MapSizes, OBJECT, cleanup_pins};
+pub use namespaces::{namespaces_in, run_in_each};
 pub use probe::{
     KernelFeatures, XdpSupport, load_probed, program_figures, report as features_report,
 };
