@@ -5,11 +5,13 @@ use std::{path::PathBuf, process::Command};
 use anyhow::{Context as _, bail};
 
 /// Commands the tests and the demo run, and the Debian package of each.
-const TOOLS: [(&str, &str); 5] = [
+const TOOLS: [(&str, &str); 6] = [
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
     ("iptables", "iptables"),
+    // The bench's kube-proxy nftables contender.
+    ("nft", "nftables"),
     // Lists the programs on a cgroup (the socket-LB tests).
     ("bpftool", "bpftool"),
 ];

@@ -1,6 +1,7 @@
 //! The contenders, each installed into a fresh one-node topology: direct
-//! (no load balancer), vipr through its real agent, and kube-proxy's
-//! iptables (legacy and nft backends) and nftables shapes.
+//! (no load balancer), vipr through its real agent (its TC path, and its
+//! connect-time socket load balancing), and kube-proxy's iptables (legacy
+//! and nft backends) and nftables shapes.
 use std::{
     fmt::Write as _,
     fs,
@@ -11,9 +12,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use proxy_common::Counter;
 
-use super::rules::{self, BenchService};
+use super::{
+    PathCounters,
+    rules::{self, BenchService},
+};
 use crate::{
+    cgroup::Cgroup,
     demo::healthz_status,
     netns::{self, ChildGuard, Topology},
 };
@@ -35,16 +41,20 @@ const HEALTHZ_PORT: u16 = 10256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum Contender {
     Direct,
+    /// The TC path: the agent's default `--socket-lb host` leaves pods to TC.
     Vipr,
+    /// `--socket-lb all`: the client's sockets are translated at connect().
+    ViprSocketLb,
     IptablesLegacy,
     IptablesNft,
     Nftables,
 }
 
 impl Contender {
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 6] = [
         Contender::Direct,
         Contender::Vipr,
+        Contender::ViprSocketLb,
         Contender::IptablesLegacy,
         Contender::IptablesNft,
         Contender::Nftables,
@@ -53,6 +63,7 @@ impl Contender {
         match self {
             Contender::Direct => "direct",
             Contender::Vipr => "vipr",
+            Contender::ViprSocketLb => "vipr socket-LB",
             Contender::IptablesLegacy => "iptables-legacy",
             Contender::IptablesNft => "iptables-nft",
             Contender::Nftables => "nftables",
@@ -88,6 +99,10 @@ pub struct Agent {
     pub log: PathBuf,
     vipr: PathBuf,
     node_ns: String,
+    /// Socket-LB only: the group the hooks attach to, where the client must
+    /// make its sockets. Fields drop after `drop` below, so the group goes
+    /// once the agent is stopped and its links are gone.
+    pub cgroup: Option<Cgroup>,
 }
 
 impl Drop for Agent {
@@ -184,7 +199,21 @@ pub fn install(
             let undo = rules::nft_remove_added_endpoint(i, &services[i]);
             timed_stdin(&node_ns, "nft", &["-f", "-"], &undo, work)?;
         }
-        Contender::Vipr => install_vipr(&mut installed, topo, &services, vipr, work, new_endpoint)?,
+        Contender::Vipr | Contender::ViprSocketLb => {
+            // Socket-LB: the hooks go on a group of this measurement's own.
+            let socket_lb = (contender == Contender::ViprSocketLb)
+                .then(|| Cgroup::create(&format!("vipr-bench-{}", topo.prefix())))
+                .transpose()?;
+            install_vipr(
+                &mut installed,
+                topo,
+                &services,
+                vipr,
+                work,
+                new_endpoint,
+                socket_lb,
+            )?
+        }
     }
     Ok(installed)
 }
@@ -274,6 +303,9 @@ fn yaml_service(out: &mut String, name: &str, s: &BenchService) {
     }
 }
 
+/// `socket_lb`: `None` runs the agent's default (`--socket-lb host` on the
+/// cgroup2 root: the pods stay on the TC path); `Some(group)` runs
+/// `--socket-lb all` on `group`, which the agent then owns.
 fn install_vipr(
     installed: &mut Installed,
     topo: &Topology,
@@ -281,6 +313,7 @@ fn install_vipr(
     vipr: &Path,
     work: &Path,
     new_endpoint: (Ipv4Addr, u16),
+    socket_lb: Option<Cgroup>,
 ) -> Result<()> {
     let node_ns = topo.netns("node1")?;
     let manifests = work.join("manifests");
@@ -322,6 +355,10 @@ fn install_vipr(
         .stdin(Stdio::null())
         .stdout(fs::File::create(&log)?)
         .stderr(fs::File::create(work.join("vipr.err"))?);
+    if let Some(group) = &socket_lb {
+        cmd.args(["--socket-lb", "all", "--cgroup-root"])
+            .arg(group.path());
+    }
     let start = Instant::now();
     let child = ChildGuard::spawn(&mut cmd)?;
     let agent = Agent {
@@ -330,6 +367,7 @@ fn install_vipr(
         log: log.clone(),
         vipr: vipr.to_owned(),
         node_ns: node_ns.clone(),
+        cgroup: socket_lb,
     };
     let deadline = start + Duration::from_secs(900);
     while !matches!(healthz_status(&node_ns, HEALTHZ_PORT), Ok(200)) {
@@ -461,13 +499,22 @@ fn map_memlock(pid: u32) -> u64 {
         .sum()
 }
 
-/// Reads vipr's packet counters for this run (to check the path taken).
-pub fn vipr_counter(pin_dir: &Path, name: &str) -> Result<u64> {
-    let counters = vipr::inspect::pinned_counters(pin_dir)?;
-    Ok(counters
-        .iter()
-        .find(|(c, _)| c.name() == name)
-        .map_or(0, |(_, v)| *v))
+impl Agent {
+    /// The datapath counters that tell which path the load took.
+    pub fn path_counters(&self) -> Result<PathCounters> {
+        let counters = vipr::inspect::pinned_counters(&self.pin_dir)?;
+        let get = |counter| {
+            counters
+                .iter()
+                .find(|(c, _)| *c == counter)
+                .map_or(0, |(_, v)| *v)
+        };
+        Ok(PathCounters {
+            dnat_new: get(Counter::DnatNew),
+            dnat_reselected: get(Counter::DnatReselected),
+            sock_translated: get(Counter::SockTranslated),
+        })
+    }
 }
 
 #[cfg(test)]

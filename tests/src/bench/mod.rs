@@ -21,7 +21,7 @@ use std::{
 use anyhow::Result;
 use contenders::{Contender, Installed, install};
 
-use crate::netns::Topology;
+use crate::{cgroup::Cgroup, netns::Topology};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -94,8 +94,41 @@ pub struct Sample {
     pub one_change_s: Option<f64>,
     pub agent_rss_bytes: Option<u64>,
     pub map_memory_bytes: Option<u64>,
-    /// vipr only: new connections its counters saw, to confirm the path.
-    pub dnat_new: Option<u64>,
+    /// vipr only: its counters after the load, to confirm the path.
+    #[serde(flatten)]
+    pub counters: Option<PathCounters>,
+    /// Set when those counters say the load did not take the intended path.
+    pub off_path: Option<String>,
+}
+
+/// vipr's datapath counters after a load.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct PathCounters {
+    /// New flows translated by the TC programs; a SYN on a tuple that
+    /// conntrack still holds (a reused source port) counts as reselected.
+    pub dnat_new: u64,
+    pub dnat_reselected: u64,
+    /// Sockets translated by the cgroup hooks.
+    pub sock_translated: u64,
+}
+
+impl PathCounters {
+    /// Why a load of `connections` TCP connections to `contender` did not
+    /// take its intended path, if it did not: that path saw every
+    /// connection (UDP adds a few), the other next to none (1 %).
+    pub fn off_path(&self, contender: Contender, connections: u64) -> Option<String> {
+        let tc = self.dnat_new + self.dnat_reselected;
+        let (on, other) = match contender {
+            Contender::ViprSocketLb => (self.sock_translated, tc),
+            _ => (tc, self.sock_translated),
+        };
+        (on < connections || other > connections / 100).then(|| {
+            format!(
+                "dnat_new+dnat_reselected={tc} and sock_translated={} for {connections} TCP connections",
+                self.sock_translated
+            )
+        })
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -150,22 +183,22 @@ fn measure(
     std::fs::create_dir_all(work)?;
     let installed: Installed = install(contender, &topo, n, vipr, work, plan.install_budget)?;
     let client = topo.netns("client")?;
-    let tcp = load::tcp_connections(
-        &client,
-        installed.target,
-        plan.client_threads,
-        plan.load_duration,
-    )?;
-    let udp = load::udp_requests(
-        &client,
-        installed.target,
-        plan.client_threads,
-        plan.load_duration,
-    )?;
-    let dnat_new = match &installed.agent {
-        Some(agent) => Some(contenders::vipr_counter(&agent.pin_dir, "dnat_new")?),
-        None => None,
+    let (tcp, udp) = {
+        // Socket-LB: the client makes its sockets inside the hooks' group;
+        // the process leaves it before the agent and the group go.
+        let group = installed.agent.as_ref().and_then(|a| a.cgroup.as_ref());
+        let _inside = group.map(Cgroup::enter).transpose()?;
+        let (target, threads) = (installed.target, plan.client_threads);
+        (
+            load::tcp_connections(&client, target, threads, plan.load_duration)?,
+            load::udp_requests(&client, target, threads, plan.load_duration)?,
+        )
     };
+    let counters = installed
+        .agent
+        .as_ref()
+        .map(|agent| agent.path_counters())
+        .transpose()?;
     drop(installed.agent);
     drop(servers);
     Ok(Sample {
@@ -182,7 +215,8 @@ fn measure(
         one_change_s: installed.one_change.map(|d| d.as_secs_f64()),
         agent_rss_bytes: installed.agent_rss,
         map_memory_bytes: installed.map_memory,
-        dnat_new,
+        counters,
+        off_path: counters.and_then(|c| c.off_path(contender, tcp.completed)),
     })
 }
 
@@ -235,7 +269,7 @@ pub fn run(plan: &Plan, vipr: &Path, work_root: &Path) -> Result<Results> {
                 if over_budget.contains_key(&c) {
                     continue;
                 }
-                let work: PathBuf = work_root.join(format!("{}-{n}", c.name()));
+                let work: PathBuf = work_root.join(format!("{}-{n}", c.name().replace(' ', "-")));
                 let started = Instant::now();
                 match measure(plan, c, n, round, vipr, &work) {
                     Ok(s) => {
@@ -252,6 +286,12 @@ pub fn run(plan: &Plan, vipr: &Path, work_root: &Path) -> Result<Results> {
                             s.udp_failed,
                             started.elapsed().as_secs_f64()
                         );
+                        if let Some(why) = &s.off_path {
+                            println!(
+                                "{:<16} n={n:<7} round={round} NOT ON ITS PATH: {why}",
+                                c.name()
+                            );
+                        }
                         last_install.insert(c, (n, s.install_s));
                         results.samples.push(s);
                     }
@@ -299,4 +339,25 @@ fn machine() -> String {
         })
         .unwrap_or(0);
     format!("{cores} cores ({cpu}), {} GiB", mem_kb / (1024 * 1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_path_holds_each_vipr_contender_to_its_own_counter() {
+        let counters = |dnat_new, dnat_reselected, sock_translated| PathCounters {
+            dnat_new,
+            dnat_reselected,
+            sock_translated,
+        };
+        let (tc, sock) = (Contender::Vipr, Contender::ViprSocketLb);
+        assert_eq!(counters(700, 304, 0).off_path(tc, 1000), None);
+        assert_eq!(counters(0, 0, 1002).off_path(sock, 1000), None);
+        // Hooks not attached: the TC path served the socket-LB contender.
+        assert!(counters(1004, 0, 0).off_path(sock, 1000).is_some());
+        // The default scope translated the pod client.
+        assert!(counters(0, 0, 1004).off_path(tc, 1000).is_some());
+    }
 }

@@ -81,7 +81,11 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
          contenders interleaved round by round, each measurement in a fresh network-namespace topology \
          (one node, one client pod, four backend pods with real servers). The measured Service is the **last** \
          of N in every rule set (the worst case for iptables' linear chain), and every Service has 10 endpoints \
-         (the measured one: the four real pods). `direct` connects to one backend pod IP with no load balancer.\n",
+         (the measured one: the four real pods). `direct` connects to one backend pod IP with no load balancer. \
+         `vipr` is the TC path (per-packet NAT on the pod's veth; the default `--socket-lb host` leaves pods to it); \
+         `vipr socket-LB` runs `--socket-lb all`, so the client's sockets are translated once at connect() \
+         (UDP: connect()/sendmsg()) by cgroup hooks and its packets need no NAT. vipr's counters (`dnat_new`, \
+         `sock_translated`) confirm which path each measurement took.\n",
         results.mode, results.machine, results.kernel
     );
     for (title, file) in plots {
@@ -97,10 +101,12 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     for (key, samples) in &groups {
+        let off_path = samples.iter().any(|s| s.off_path.is_some());
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} |",
             key.0.name(),
+            if off_path { " *" } else { "" },
             key.1,
             fmt_spread(
                 Spread::of(samples.iter().map(|s| s.tcp_conn_per_s).collect()),
@@ -120,6 +126,24 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
             ),
             samples.iter().map(|s| s.tcp_failed).sum::<u64>(),
         );
+    }
+    let off_path: Vec<_> = results
+        .samples
+        .iter()
+        .filter(|s| s.off_path.is_some())
+        .collect();
+    if !off_path.is_empty() {
+        let _ = writeln!(md, "\n\\* Not on the intended path (vipr's counters):\n");
+        for s in off_path {
+            let _ = writeln!(
+                md,
+                "- {} at {} Services, round {}: {}",
+                s.contender.name(),
+                s.services,
+                s.round,
+                s.off_path.as_deref().unwrap_or_default()
+            );
+        }
     }
     let _ = writeln!(md, "\n## UDP request/response\n");
     let _ = writeln!(md, "| contender | Services | req/s | failed |");
@@ -293,7 +317,7 @@ pub fn plot(
         * 2.0;
     let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
     root.fill(&WHITE)?;
-    let colours = [BLACK, RED, BLUE, MAGENTA, GREEN];
+    let colours = [BLACK, RED, CYAN, BLUE, MAGENTA, GREEN];
     macro_rules! draw {
         ($chart:expr) => {{
             let mut chart = $chart;
