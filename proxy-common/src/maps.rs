@@ -45,6 +45,9 @@ pub const SVC_FLAG_SOURCE_RANGES: u16 = 1 << 3;
 /// `BackendValue::flags` bits.
 /// The endpoint runs on this node (no SNAT needed to get its replies back).
 pub const BACKEND_FLAG_LOCAL: u8 = 1 << 0;
+/// The endpoint is neither ready nor serving (terminating and done): no new
+/// connections, and UDP flows pinned to it move on.
+pub const BACKEND_FLAG_NOT_SERVING: u8 = 1 << 1;
 
 /// Source address of hairpin flows (a pod reaching its own Service and
 /// landing on itself): link-local and never a pod's, so the pod's reply comes
@@ -143,6 +146,12 @@ impl BackendValue {
     pub fn local(self) -> Self {
         Self {
             flags: self.flags | BACKEND_FLAG_LOCAL,
+            ..self
+        }
+    }
+    pub fn not_serving(self) -> Self {
+        Self {
+            flags: self.flags | BACKEND_FLAG_NOT_SERVING,
             ..self
         }
     }

@@ -54,10 +54,12 @@ fn reverse_key(flow: &Flow, backend: (u32, u16), to: (u32, u16)) -> CtKey {
     }
 }
 
-/// Drops the reverse entry of a flow that is about to choose again, so a
-/// re-chosen masqueraded flow does not keep its old source port claimed.
+/// Drops both entries of a flow that is about to choose again: a re-chosen
+/// masqueraded flow must not keep its old source port claimed, and a flow
+/// that finds no endpoint now must not find its old one later.
 #[inline(always)]
-pub fn forget_reverse(flow: &Flow, old: &CtValue) {
+pub fn forget(flow: &Flow, old: &CtValue) {
+    let _ = CONNTRACK.remove(forward_key(flow));
     let to = if old.flags & CT_FLAG_SNAT != 0 {
         (old.snat_addr, old.snat_port)
     } else {

@@ -2,8 +2,9 @@
 //! XDP programs share these decisions and differ only in how they carry
 //! them out. Deciding may record conntrack entries.
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, BackendValue, CT_FLAG_SNAT, Counter, CtValue, HAIRPIN_IPV4, SCOPE_INTERNAL,
-    SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, ServiceValue,
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_NOT_SERVING, BackendValue, CT_FLAG_SNAT, Counter, CtValue,
+    HAIRPIN_IPV4, IPPROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE,
+    SVC_FLAG_SOURCE_RANGES, ServiceValue,
 };
 
 use crate::{
@@ -81,15 +82,10 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
     let mut outcome = Counter::DnatNew;
     if let Some(entry) = ct::lookup(&ct::forward_key(flow)) {
         // A new SYN on a reused tuple is a new connection: choose again.
-        if !flow.is_tcp_syn() {
-            if let Some(backend) = lookup_backend(entry.backend_id) {
-                // The id may have been reused for another endpoint since.
-                if backend.addr == entry.nat_addr && backend.port == entry.nat_port {
-                    return Decision::Translate(entry, Counter::DnatEstablished);
-                }
-            }
+        if !flow.is_tcp_syn() && stays_on(flow, &entry) {
+            return Decision::Translate(entry, Counter::DnatEstablished);
         }
-        ct::forget_reverse(flow, &entry);
+        ct::forget(flow, &entry);
         outcome = Counter::DnatReselected;
     }
     let (backend_id, backend) = match new_backend(&service, flow_hash(flow)) {
@@ -136,6 +132,24 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
         ),
         None => Decision::Drop(Counter::DropSnatPortsExhausted),
     }
+}
+
+/// Whether an established flow keeps its endpoint. TCP always does, as
+/// with kube-proxy's conntrack: a connection outlives its endpoint leaving
+/// the EndpointSlice (a failed readiness probe, a scale-down) while the pod
+/// still answers. A UDP flow moves once its endpoint is gone or no longer
+/// serving, instead of sending into the void (kube-proxy #19029, #48370).
+#[inline(always)]
+fn stays_on(flow: &Flow, entry: &CtValue) -> bool {
+    if flow.proto == IPPROTO_TCP {
+        return true;
+    }
+    // The id may have been reused for another endpoint since.
+    lookup_backend(entry.backend_id).is_some_and(|b| {
+        b.addr == entry.nat_addr
+            && b.port == entry.nat_port
+            && b.flags & BACKEND_FLAG_NOT_SERVING == 0
+    })
 }
 
 /// Ingress of an external interface: replies to masqueraded flows first,

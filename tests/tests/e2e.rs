@@ -355,6 +355,77 @@ fn long_lived_session_stays_on_its_backend() {
 }
 
 #[test]
+fn established_tcp_outlives_its_endpoint_leaving() {
+    with_cluster("outlives", |env| {
+        let mut session =
+            TcpSession::connect(&env.netns("client"), demo::http_addr(), REQ_TIMEOUT)?;
+        let mine = session.request()?;
+        // Its endpoint leaves the Service (a failed readiness probe, a
+        // scale-down) while the pod still answers.
+        let remaining: Vec<_> = all_backend_names()
+            .into_iter()
+            .filter(|n| *n != mine)
+            .collect();
+        env.set_endpoints(&remaining)?;
+        assert!(
+            wait_backend_gone(env, &mine, 20),
+            "{mine} still gets new connections"
+        );
+        for _ in 0..5 {
+            assert_eq!(session.request()?, mine, "the established connection stays");
+        }
+        Ok(())
+    });
+}
+
+/// A connected UDP socket in `client` that the test keeps across changes.
+fn kept_udp_socket(env: &Env) -> Result<std::net::UdpSocket> {
+    let socket = netns::run_in(&env.netns("client"), || -> std::io::Result<_> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(demo::dns_addr())?;
+        s.set_read_timeout(Some(REQ_TIMEOUT))?;
+        Ok(s)
+    })??;
+    Ok(socket)
+}
+
+fn ask(socket: &std::net::UdpSocket) -> std::io::Result<String> {
+    socket.send(b"who")?;
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn a_udp_client_keeping_its_socket_follows_endpoint_changes() {
+    with_cluster("udp-kept", |env| {
+        let socket = kept_udp_socket(env)?;
+        let mine = ask(&socket)?;
+        // Its endpoint leaves: the same socket is answered by a live one,
+        // not left sending into the void.
+        let remaining: Vec<_> = all_backend_names()
+            .into_iter()
+            .filter(|n| *n != mine)
+            .collect();
+        env.set_endpoints(&remaining)?;
+        let moved = demo::wait_until(APPLY_TIMEOUT, || {
+            ask(&socket).is_ok_and(|name| name != mine)
+        });
+        assert!(moved, "the UDP flow stayed on {mine}");
+        // No endpoints, then endpoints again: the socket is served again.
+        env.set_endpoints(&[])?;
+        let refused = demo::wait_until(APPLY_TIMEOUT, || {
+            ask(&socket).is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        });
+        assert!(refused, "no endpoints: refused");
+        env.set_endpoints(&all_backend_names())?;
+        let served = demo::wait_until(APPLY_TIMEOUT, || ask(&socket).is_ok());
+        assert!(served, "the kept socket is served once endpoints are back");
+        Ok(())
+    });
+}
+
+#[test]
 fn removed_endpoint_gets_no_new_connections() {
     with_cluster("removed", |env| {
         env.set_endpoints(&["echo-1", "echo-3"])?;

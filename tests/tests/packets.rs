@@ -369,45 +369,97 @@ fn udp_to_a_service_without_endpoints_gets_port_unreachable() {
 }
 
 #[test]
-fn new_syn_on_a_reused_tuple_chooses_again_and_stale_backends_are_replaced() {
+fn new_syn_on_a_reused_tuple_chooses_again_and_established_tcp_keeps_its_endpoint() {
     let mut h = harness();
     let t = to_vip(80);
     h.run(FROM_POD, &tcp(t, 1, true, false, b"")).unwrap();
     let again = h.run(FROM_POD, &tcp(t, 500, true, false, b"")).unwrap();
     assert_eq!(again.counted, vec![("dnat_reselected", 1)]);
 
-    // The backend goes away and another takes its place: the flow moves.
+    // The endpoint leaves the Service (its pod still answering) and another
+    // takes its slot: the established connection stays, as with kube-proxy.
+    replace_endpoint(&mut h, 1, (5, POD_B, 8080, IPPROTO_TCP));
+    let kept = h.run(FROM_POD, &tcp(t, 2, false, true, b"x")).unwrap();
+    assert_eq!(kept.counted, vec![("dnat_established", 1)]);
+    let to_old = Tuple {
+        dst: (POD_A, 8080),
+        ..t
+    };
+    assert_eq!(kept.output, tcp(to_old, 2, false, true, b"x"));
+    // A new connection on the same tuple goes to the endpoint in the slot.
+    let fresh = h.run(FROM_POD, &tcp(t, 900, true, false, b"")).unwrap();
+    assert_eq!(fresh.counted, vec![("dnat_reselected", 1)]);
+    let to_new = Tuple {
+        dst: (POD_B, 8080),
+        ..t
+    };
+    assert_eq!(fresh.output, tcp(to_new, 900, true, false, b""));
+}
+
+/// Slot 0 points at endpoint `new` instead, and endpoint `old` is gone.
+fn replace_endpoint(h: &mut Harness, old: u32, new: (u32, Ipv4Addr, u16, u8)) {
+    point_slot_at(h, new);
+    h.maps.apply(&MapOp::DeleteBackend(old)).unwrap();
+}
+
+/// Slot 0 of the TCP (service 1) or UDP (service 2) frontend points at a new endpoint.
+fn point_slot_at(h: &mut Harness, (id, ip, port, proto): (u32, Ipv4Addr, u16, u8)) {
+    let service_id = if proto == IPPROTO_TCP { 1 } else { 2 };
     h.maps
         .apply(&MapOp::UpsertBackend(
-            5,
-            proxy_common::BackendValue::new(POD_B, 8080, IPPROTO_TCP),
+            id,
+            proxy_common::BackendValue::new(ip, port, proto),
         ))
         .unwrap();
     h.maps
         .apply(&MapOp::UpsertSlot(
             proxy_common::SlotKey {
-                service_id: 1,
+                service_id,
                 slot: 0,
             },
-            5,
+            id,
         ))
         .unwrap();
-    h.maps.apply(&MapOp::DeleteBackend(1)).unwrap();
-    let moved = h.run(FROM_POD, &tcp(t, 2, false, true, b"x")).unwrap();
-    assert_eq!(moved.counted, vec![("dnat_reselected", 1)]);
+}
+
+#[test]
+fn udp_flows_move_off_an_endpoint_that_left_or_stopped_serving() {
+    let mut h = harness();
+    let t = to_vip(53);
+    let at = |ip| Tuple {
+        dst: (ip, 5353),
+        ..t
+    };
     assert_eq!(
-        moved.output,
-        tcp(
-            Tuple {
-                dst: (POD_B, 8080),
-                ..t
-            },
-            2,
-            false,
-            true,
-            b"x"
-        )
+        h.run(FROM_POD, &udp(t, b"q")).unwrap().output,
+        udp(at(POD_A), b"q")
     );
+    // Still serving while terminating: the flow stays.
+    h.maps
+        .apply(&MapOp::UpsertBackend(
+            2,
+            proxy_common::BackendValue::new(POD_A, 5353, IPPROTO_UDP),
+        ))
+        .unwrap();
+    let stays = h.run(FROM_POD, &udp(t, b"q")).unwrap();
+    assert_eq!(stays.counted, vec![("dnat_established", 1)]);
+    // No longer serving: the next datagram goes to a live endpoint.
+    point_slot_at(&mut h, (6, POD_B, 5353, IPPROTO_UDP));
+    h.maps
+        .apply(&MapOp::UpsertBackend(
+            2,
+            proxy_common::BackendValue::new(POD_A, 5353, IPPROTO_UDP).not_serving(),
+        ))
+        .unwrap();
+    let moved = h.run(FROM_POD, &udp(t, b"q")).unwrap();
+    assert_eq!(moved.counted, vec![("dnat_reselected", 1)]);
+    assert_eq!(moved.output, udp(at(POD_B), b"q"));
+    // Gone altogether: the same.
+    h.run(FROM_POD, &udp(t, b"q")).unwrap();
+    replace_endpoint(&mut h, 6, (7, POD_A, 5353, IPPROTO_UDP));
+    let back = h.run(FROM_POD, &udp(t, b"q")).unwrap();
+    assert_eq!(back.counted, vec![("dnat_reselected", 1)]);
+    assert_eq!(back.output, udp(at(POD_A), b"q"));
 }
 
 #[test]

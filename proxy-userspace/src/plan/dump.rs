@@ -3,8 +3,8 @@
 use std::fmt::Write;
 
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SVC_FLAG_HAS_ENDPOINTS,
-    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_NOT_SERVING, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL,
+    SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
 };
 
 /// Service flags as the dump names them.
@@ -57,12 +57,17 @@ pub fn dump_text(maps: &MapContents) -> String {
     for (id, value) in &maps.backends {
         let _ = writeln!(
             out,
-            "backend {id} {}:{}/{}{}",
+            "backend {id} {}:{}/{}{}{}",
             value.ip(),
             value.port(),
             proto_name(value.proto),
             if value.flags & BACKEND_FLAG_LOCAL != 0 {
                 " local"
+            } else {
+                ""
+            },
+            if value.flags & BACKEND_FLAG_NOT_SERVING != 0 {
+                " not-serving"
             } else {
                 ""
             }

@@ -231,6 +231,12 @@ fn backend_values(fe: &Frontend) -> impl Iterator<Item = BackendValue> + '_ {
 }
 
 fn value_of(fe: &Frontend, b: &Backend) -> BackendValue {
-    let value = BackendValue::new(b.ip, b.port, fe.key.protocol.number());
-    if b.local { value.local() } else { value }
+    let mut value = BackendValue::new(b.ip, b.port, fe.key.protocol.number());
+    if b.local {
+        value = value.local();
+    }
+    if !b.conditions.serving {
+        value = value.not_serving();
+    }
+    value
 }

@@ -116,7 +116,7 @@ slot 2/0 -> 2
 backend 1 10.0.0.1:8080/tcp
 backend 2 10.0.0.2:8080/tcp
 backend 3 10.0.0.3:8080/tcp
-backend 4 10.0.0.4:8080/tcp
+backend 4 10.0.0.4:8080/tcp not-serving
 ";
     assert_eq!(dump_text(&maps), want);
 }

@@ -82,7 +82,7 @@ pub fn measured_service() -> BenchService {
 
 /// A contender installed on the node of a fresh topology.
 pub struct Installed {
-    pub target: SocketAddr,
+    pub targets: Vec<SocketAddr>,
     /// Time to program all services from cold.
     pub install: Duration,
     /// Time to apply one endpoint added to the measured service.
@@ -152,7 +152,7 @@ pub fn install(
     let node_ns = topo.netns("node1")?;
     let services = rules::synthetic(count, ENDPOINTS_PER_SERVICE, measured_service());
     let mut installed = Installed {
-        target: SocketAddr::from((VIP, PORT)),
+        targets: vec![SocketAddr::from((VIP, PORT))],
         install: Duration::ZERO,
         one_change: None,
         agent_rss: None,
@@ -162,7 +162,12 @@ pub fn install(
     let new_endpoint = (Ipv4Addr::new(10, 244, 1, 15), TARGET_PORT);
     match contender {
         Contender::Direct => {
-            installed.target = SocketAddr::from((BACKEND_IPS[0], TARGET_PORT));
+            // No balancer: the client spreads over the same endpoints itself,
+            // so every contender keeps the same servers busy.
+            installed.targets = BACKEND_IPS
+                .iter()
+                .map(|ip| SocketAddr::from((*ip, TARGET_PORT)))
+                .collect();
         }
         Contender::IptablesLegacy | Contender::IptablesNft => {
             let tool = if contender == Contender::IptablesLegacy {

@@ -117,17 +117,22 @@ impl LoadResult {
     }
 }
 
-/// Opens a new TCP connection per request from `threads` threads in `netns`.
+/// Opens a new TCP connection per request from `threads` threads in
+/// `netns`, taking `targets` in turn.
 pub fn tcp_connections(
     netns: &str,
-    target: SocketAddr,
+    targets: &[SocketAddr],
     threads: usize,
     duration: Duration,
 ) -> Result<LoadResult> {
-    run_threads(netns, threads, duration, move |deadline| {
+    let targets = targets.to_vec();
+    run_threads(netns, threads, duration, move |thread, deadline| {
         let mut r = LoadResult::default();
         let mut buf = [0u8; 8];
+        let mut turn = thread;
         while Instant::now() < deadline {
+            let target = targets[turn % targets.len()];
+            turn += 1;
             let start = Instant::now();
             let ok = (|| -> std::io::Result<()> {
                 let mut s = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
@@ -152,14 +157,17 @@ pub fn tcp_connections(
     })
 }
 
-/// UDP request/response on one connected socket per thread.
+/// UDP request/response on one connected socket per thread, thread `i`
+/// talking to `targets[i % len]`.
 pub fn udp_requests(
     netns: &str,
-    target: SocketAddr,
+    targets: &[SocketAddr],
     threads: usize,
     duration: Duration,
 ) -> Result<LoadResult> {
-    run_threads(netns, threads, duration, move |deadline| {
+    let targets = targets.to_vec();
+    run_threads(netns, threads, duration, move |thread, deadline| {
+        let target = targets[thread % targets.len()];
         let mut r = LoadResult::default();
         let Ok(sock) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else {
             r.failed += 1;
@@ -189,14 +197,14 @@ fn run_threads(
     netns: &str,
     threads: usize,
     duration: Duration,
-    work: impl Fn(Instant) -> LoadResult + Send + Sync + Clone + 'static,
+    work: impl Fn(usize, Instant) -> LoadResult + Send + Sync + Clone + 'static,
 ) -> Result<LoadResult> {
     let start = Instant::now();
     let deadline = start + duration;
     let handles: Vec<_> = (0..threads)
         .map(|i| {
             let work = work.clone();
-            netns::spawn_thread_in(netns, &format!("load-{i}"), move || work(deadline))
+            netns::spawn_thread_in(netns, &format!("load-{i}"), move || work(i, deadline))
         })
         .collect::<Result<_>>()?;
     let mut total = LoadResult::default();

@@ -188,10 +188,10 @@ fn measure(
         // the process leaves it before the agent and the group go.
         let group = installed.agent.as_ref().and_then(|a| a.cgroup.as_ref());
         let _inside = group.map(Cgroup::enter).transpose()?;
-        let (target, threads) = (installed.target, plan.client_threads);
+        let (targets, threads) = (&installed.targets, plan.client_threads);
         (
-            load::tcp_connections(&client, target, threads, plan.load_duration)?,
-            load::udp_requests(&client, target, threads, plan.load_duration)?,
+            load::tcp_connections(&client, targets, threads, plan.load_duration)?,
+            load::udp_requests(&client, targets, threads, plan.load_duration)?,
         )
     };
     let counters = installed

@@ -81,7 +81,7 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
          contenders interleaved round by round, each measurement in a fresh network-namespace topology \
          (one node, one client pod, four backend pods with real servers). The measured Service is the **last** \
          of N in every rule set (the worst case for iptables' linear chain), and every Service has 10 endpoints \
-         (the measured one: the four real pods). `direct` connects to one backend pod IP with no load balancer. \
+         (the measured one: the four real pods). `direct` has no load balancer: the client itself takes the four pod IPs in turn, so every contender keeps the same servers busy. \
          `vipr` is the TC path (per-packet NAT on the pod's veth; the default `--socket-lb host` leaves pods to it); \
          `vipr socket-LB` runs `--socket-lb all`, so the client's sockets are translated once at connect() \
          (UDP: connect()/sendmsg()) by cgroup hooks and its packets need no NAT. vipr's counters (`dnat_new`, \
