@@ -58,4 +58,6 @@ counters! {
     SockRevNatStale => "sock_rev_nat_stale",
     SockPassNotTranslated => "sock_pass_not_translated",
     DropSockRevNatFull => "drop_sock_rev_nat_full",
+    // Session affinity: a new connection followed the client's affinity.
+    AffinityFollowed => "affinity_followed",
 }

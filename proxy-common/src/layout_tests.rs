@@ -72,3 +72,13 @@ fn socket_revnat_layout() {
     assert_eq!(offset_of!(SockRevValue, proto), 6);
     assert_eq!(offset_of!(SockRevValue, service_id), 8);
 }
+
+#[test]
+fn affinity_layout() {
+    assert_eq!(size_of::<AffinityKey>(), 8);
+    assert_eq!(offset_of!(AffinityKey, client_addr), 4);
+    assert_eq!(size_of::<AffinityValue>(), 8);
+    assert_eq!(offset_of!(AffinityValue, last_used_s), 4);
+    assert_eq!(size_of::<AffinityMember>(), 8);
+    assert_eq!(offset_of!(AffinityMember, backend_id), 4);
+}

@@ -6,6 +6,14 @@
 
 use core::net::Ipv4Addr;
 
+/// `AffinityKey` → `AffinityValue`, LRU: the endpoint each client of a
+/// `sessionAffinity: ClientIP` frontend was last sent to, and when.
+pub const AFFINITY: &str = "VIPR_AFFINITY";
+pub const DEFAULT_MAX_AFFINITY: u32 = 262_144;
+/// `AffinityMember` → timeout in seconds (`u32`): the endpoints an affinity
+/// may still lead to (those new connections may use), per frontend.
+pub const AFFINITY_MEMBERS: &str = "VIPR_AFFINITY_MEMBERS";
+
 /// `ServiceKey` → `ServiceValue`: one entry per (frontend IP, port, protocol).
 pub const SERVICES: &str = "VIPR_SERVICES";
 /// `SlotKey` → backend id (`u32`): the backends a service picks from, slots `0..backend_count`.
@@ -41,6 +49,12 @@ pub const SVC_FLAG_HAS_ENDPOINTS: u16 = 1 << 1;
 pub const SVC_FLAG_MASQUERADE: u16 = 1 << 2;
 /// Only clients in `VIPR_SOURCE_RANGES` for this service are accepted.
 pub const SVC_FLAG_SOURCE_RANGES: u16 = 1 << 3;
+/// `sessionAffinity: ClientIP`: a client's new connections go to the
+/// endpoint its last one went to, while `VIPR_AFFINITY_MEMBERS` has it.
+pub const SVC_FLAG_AFFINITY: u16 = 1 << 4;
+/// The Service is gone: established flows follow conntrack, anything else
+/// passes untouched. Kept until the agent's next full sync.
+pub const SVC_FLAG_DRAINING: u16 = 1 << 5;
 
 /// `BackendValue::flags` bits.
 /// The endpoint runs on this node (no SNAT needed to get its replies back).
@@ -209,6 +223,35 @@ pub struct CtValue {
 /// The flow's source was translated too (masquerade).
 pub const CT_FLAG_SNAT: u8 = 1 << 0;
 
+/// Key of `VIPR_AFFINITY`: one client of one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct AffinityKey {
+    pub service_id: u32,
+    /// Client address, network byte order.
+    pub client_addr: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    /// Seconds since boot (`bpf_ktime_get_ns`) of the client's last new
+    /// connection: the timeout slides with new connections, as kube-proxy's.
+    pub last_used_s: u32,
+}
+
+/// Key of `VIPR_AFFINITY_MEMBERS`: an endpoint an affinity may lead to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct AffinityMember {
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
 /// Key of `VIPR_SOCK_REVNAT`: one socket talking to one backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -278,5 +321,8 @@ mod pod_impls {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for AffinityMember {}
     unsafe impl aya::Pod for SockRevValue {}
 }

@@ -3,14 +3,14 @@
 //! them out. Deciding may record conntrack entries.
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_FLAG_NOT_SERVING, BackendValue, CT_FLAG_SNAT, Counter, CtValue,
-    HAIRPIN_IPV4, IPPROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE,
-    SVC_FLAG_SOURCE_RANGES, ServiceValue,
+    HAIRPIN_IPV4, IPPROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_DRAINING,
+    SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, ServiceValue,
 };
 
 use crate::{
-    ct,
+    affinity, ct,
     lb::{choose_backend_id, flow_hash, lookup_backend, lookup_service, source_allowed},
-    maps::node_ipv4,
+    maps::{count, node_ipv4},
     parse::Flow,
 };
 
@@ -49,11 +49,32 @@ pub fn admits(service: &ServiceValue, src_addr: u32) -> bool {
     service.flags & SVC_FLAG_SOURCE_RANGES == 0 || source_allowed(service, src_addr)
 }
 
-/// The endpoint a new connection to `service` gets (`hash` picks the slot),
-/// or what to do instead: refuse when the service has no endpoints at all,
-/// drop when a traffic policy leaves none for this node.
+/// The endpoint a new connection from `client_addr` to `service` gets: the
+/// one its session affinity leads to, else the slot `hash` picks; or what to
+/// do instead: refuse when the service has no endpoints at all, drop when a
+/// traffic policy leaves none for this node.
 #[inline(always)]
-pub fn new_backend(service: &ServiceValue, hash: u32) -> Result<(u32, BackendValue), Decision> {
+pub fn new_backend(
+    service: &ServiceValue,
+    hash: u32,
+    client_addr: u32,
+) -> Result<(u32, BackendValue), Decision> {
+    let sticky = service.flags & SVC_FLAG_AFFINITY != 0;
+    if sticky && let Some((backend_id, backend)) = affinity::followed(service, client_addr) {
+        affinity::remember(service, client_addr, backend_id);
+        count(Counter::AffinityFollowed);
+        return Ok((backend_id, backend));
+    }
+    let chosen = pick_backend(service, hash)?;
+    if sticky {
+        affinity::remember(service, client_addr, chosen.0);
+    }
+    Ok(chosen)
+}
+
+/// The slot `hash` picks, or why there is none.
+#[inline(always)]
+fn pick_backend(service: &ServiceValue, hash: u32) -> Result<(u32, BackendValue), Decision> {
     if service.backend_count == 0 {
         if service.flags & SVC_FLAG_HAS_ENDPOINTS != 0 {
             return Err(Decision::Drop(Counter::DropNoLocalEndpoints));
@@ -88,7 +109,10 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
         ct::forget(flow, &entry);
         outcome = Counter::DnatReselected;
     }
-    let (backend_id, backend) = match new_backend(&service, flow_hash(flow)) {
+    if service.flags & SVC_FLAG_DRAINING != 0 {
+        return Decision::Pass(Counter::PassNotService);
+    }
+    let (backend_id, backend) = match new_backend(&service, flow_hash(flow), flow.src_addr) {
         Ok(chosen) => chosen,
         Err(no_backend) => return no_backend,
     };

@@ -4,6 +4,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod affinity;
+#[cfg(target_arch = "bpf")]
 mod ct;
 #[cfg(target_arch = "bpf")]
 mod decide;

@@ -4,9 +4,10 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    BackendValue, Counter, CtKey, CtValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK,
-    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS, DEFAULT_MAX_SOCK_REVNAT, DEFAULT_MAX_SOURCE_RANGES,
-    ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey,
+    AffinityKey, AffinityMember, AffinityValue, BackendValue, Counter, CtKey, CtValue,
+    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK, DEFAULT_MAX_SERVICES,
+    DEFAULT_MAX_SLOTS, DEFAULT_MAX_SOCK_REVNAT, DEFAULT_MAX_SOURCE_RANGES, ServiceKey,
+    ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey,
 };
 
 #[map(name = "VIPR_SERVICES")]
@@ -27,6 +28,13 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 #[map(name = "VIPR_SOURCE_RANGES")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
     LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, 0);
+
+#[map(name = "VIPR_AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(DEFAULT_MAX_AFFINITY, 0);
+
+#[map(name = "VIPR_AFFINITY_MEMBERS")]
+pub static AFFINITY_MEMBERS: HashMap<AffinityMember, u32> = HashMap::pinned(DEFAULT_MAX_SLOTS, 0);
 
 #[map(name = "VIPR_SOCK_REVNAT")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =

@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use proxy_common::{
-    Counter, IPPROTO_TCP, IPPROTO_UDP, SCOPE_INTERNAL, SOCKET_LB_ALL, ServiceKey, SockRevKey,
-    SockRevValue,
+    Counter, IPPROTO_TCP, IPPROTO_UDP, SCOPE_INTERNAL, SOCKET_LB_ALL, SVC_FLAG_DRAINING,
+    ServiceKey, SockRevKey, SockRevValue,
 };
 
 use crate::{
@@ -101,16 +101,18 @@ fn to_backend<const SENDMSG: bool>(ctx: &SockAddrContext) -> i32 {
         proto,
         scope: SCOPE_INTERNAL,
     };
-    let Some(service) = lookup_frontend(&frontend) else {
+    let Some(service) = lookup_frontend(&frontend).filter(|s| s.flags & SVC_FLAG_DRAINING == 0)
+    else {
         count(Counter::SockPassNotService);
         return PROCEED;
     };
-    if !admits(&service, source_address::<SENDMSG>(addr)) {
+    let client = source_address::<SENDMSG>(addr);
+    if !admits(&service, client) {
         count(Counter::DropSourceRange);
         return fail_with(EHOSTUNREACH);
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let (_, backend) = match new_backend(&service, socket_hash(cookie)) {
+    let (_, backend) = match new_backend(&service, socket_hash(cookie), client) {
         Ok(chosen) => chosen,
         Err(Decision::Drop(reason)) => {
             count(reason);

@@ -35,7 +35,13 @@ pub fn desired(model: &Model) -> BTreeMap<u16, HealthCheck> {
         let Some(port) = fe.policy.health_check_node_port else {
             continue;
         };
-        let local = fe.active_backends().len();
+        // Ready ones only, as kube-proxy counts: a node whose local endpoints
+        // all terminate fails the check, so the balancer moves away.
+        let local = fe
+            .backends
+            .iter()
+            .filter(|b| b.local && b.conditions.ready)
+            .count();
         let entry = out.entry(port).or_insert(HealthCheck {
             service: fe.service.clone(),
             local_endpoints: 0,

@@ -56,6 +56,15 @@ pub fn pinned_contents(pin_dir: &Path) -> Result<MapContents, DatapathError> {
         let key = key.map_err(err(maps::SOURCE_RANGES))?;
         contents.source_ranges.insert(source_range_of(&key));
     }
+    // Pins of an agent from before session affinity have no such map.
+    if let Ok(pinned) = open(pin_dir, maps::AFFINITY_MEMBERS) {
+        let members: HashMap<_, proxy_common::AffinityMember, u32> =
+            typed(maps::AFFINITY_MEMBERS, Map::HashMap(pinned))?;
+        for entry in members.iter() {
+            let (member, timeout) = entry.map_err(err(maps::AFFINITY_MEMBERS))?;
+            contents.affinity.insert(member, timeout);
+        }
+    }
     Ok(contents)
 }
 

@@ -26,8 +26,14 @@ fn render(manifests: &str) -> Result<String, String> {
         nodeport_addresses: vec![std::net::Ipv4Addr::new(172, 30, 0, 1)],
         ..ModelOptions::default()
     };
-    let (model, errors) =
-        ModelBuilder::new(options).update(&parsed.services, &parsed.endpoint_slices);
+    let mut builder = ModelBuilder::new(options);
+    // node1's Node manifest, if any, gives the zone topology hints are read against.
+    let node = parsed
+        .nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some("node1"));
+    builder.set_node(node);
+    let (model, errors) = builder.update(&parsed.services, &parsed.endpoint_slices);
     let mut out = dump_text(&Planner::new().desired(&model));
     for skipped in &model.skipped {
         let _ = writeln!(out, "# skipped {skipped}");

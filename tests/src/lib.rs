@@ -6,5 +6,22 @@ pub mod cgroup;
 pub mod demo;
 pub mod echo;
 pub mod external;
+pub mod flow_table;
 pub mod netns;
 pub mod packet;
+
+/// The `vipr` binary under test: `VIPR_BIN` (set by `cargo xtask test`),
+/// else the workspace's debug build.
+pub fn vipr_bin() -> std::path::PathBuf {
+    let bin = std::env::var_os("VIPR_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vipr")
+        });
+    assert!(
+        bin.is_file(),
+        "vipr binary {} missing: build it or set VIPR_BIN",
+        bin.display()
+    );
+    bin
+}

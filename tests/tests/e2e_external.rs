@@ -3,7 +3,7 @@
 //! fast path in native mode on the nodes' veth `eth0` (with a pass-through
 //! program on the underlay end, which a veth needs to receive XDP_TX frames),
 //! in generic mode, and the TC path alone.
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use proxy_common::Counter;
 use vipr_tests::{
@@ -14,23 +14,11 @@ use vipr_tests::{
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-fn vipr() -> PathBuf {
-    let bin = std::env::var_os("VIPR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vipr"));
-    assert!(
-        bin.is_file(),
-        "vipr binary {} missing: build it or set VIPR_BIN",
-        bin.display()
-    );
-    bin
-}
-
 fn each_path(test: impl Fn(&ExternalCluster)) {
     let modes =
         std::env::var("VIPR_TEST_XDP_MODES").unwrap_or_else(|_| "native,generic,off".into());
     for xdp in modes.split(',') {
-        let cluster = ExternalCluster::start(&vipr(), xdp).expect("cluster");
+        let cluster = ExternalCluster::start(&vipr_tests::vipr_bin(), xdp).expect("cluster");
         eprintln!("-- with --xdp {xdp}");
         test(&cluster);
     }
@@ -143,7 +131,7 @@ fn load_balancer_source_ranges_allow_and_block() {
 
 #[test]
 fn xdp_auto_leaves_a_veth_uplink_to_tc() {
-    let c = ExternalCluster::start(&vipr(), "auto").expect("cluster");
+    let c = ExternalCluster::start(&vipr_tests::vipr_bin(), "auto").expect("cluster");
     for _ in 0..10 {
         tcp_request_full(
             &c.client,

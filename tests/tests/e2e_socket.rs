@@ -6,7 +6,6 @@
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -34,14 +33,6 @@ fn gone_service() -> String {
     )
 }
 
-fn vipr() -> PathBuf {
-    let bin = std::env::var_os("VIPR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vipr"));
-    assert!(bin.is_file(), "vipr binary {} missing", bin.display());
-    bin
-}
-
 /// The extra Services: one without endpoints, one UDP Service on `dns_pods`.
 fn extra_manifests(dns_pods: &[&str]) -> String {
     let endpoints: String = dns_pods
@@ -58,7 +49,8 @@ fn extra_manifests(dns_pods: &[&str]) -> String {
 }
 
 fn cluster(socket_lb: &str) -> ExternalCluster {
-    let c = ExternalCluster::start_with(&vipr(), "off", socket_lb).expect("cluster");
+    let c =
+        ExternalCluster::start_with(&vipr_tests::vipr_bin(), "off", socket_lb).expect("cluster");
     c.write_manifest("sock.yaml", &extra_manifests(&["web-1", "web-2"]))
         .expect("manifest");
     // Wait until both agents serve the extra Services.
@@ -316,14 +308,14 @@ fn restarts_mode_switches_and_cleanup_leave_no_attachment_behind() {
 
 #[test]
 fn a_deleted_service_leaves_established_connections_and_no_stale_reverse_entry() {
-    let c = cluster("host");
+    let mut c = cluster("host");
     let node1 = c.topology.netns("node1").unwrap();
     c.write_manifest(
         "sock.yaml",
         &(extra_manifests(&["web-1"]) + &gone_service()),
     )
     .unwrap();
-    let _inside = c.node_cgroup("node1").enter().unwrap();
+    let inside = c.node_cgroup("node1").enter().unwrap();
     let gone = SocketAddr::from((GONE_IP, 80));
     wait_for(|| tcp_request_full(&node1, gone, TIMEOUT).is_ok());
     let mut session = TcpSession::connect(&node1, gone, TIMEOUT).expect("connect");
@@ -331,13 +323,21 @@ fn a_deleted_service_leaves_established_connections_and_no_stale_reverse_entry()
     let stale_before = counter(&c, "node1", Counter::SockRevNatStale);
     c.write_manifest("sock.yaml", &extra_manifests(&["web-1"]))
         .unwrap();
-    // Once the Service is gone, its reverse entry is found stale and dropped:
-    // getpeername shows the backend the socket really talks to.
+    // The Service is gone: new connections are no longer translated...
+    wait_for(|| tcp_request_full(&node1, gone, Duration::from_millis(300)).is_err());
+    // ...while the established one carries on, as with kube-proxy, and still
+    // shows the address it asked for (the frontend drains).
+    assert_eq!(session.request().expect("request after deletion"), "web-1");
+    assert_eq!(session.current_peer_addr().unwrap(), gone);
+    drop(inside);
+    // The drain ends with the next full sync (here: a restart); then the
+    // reverse entry is found stale and dropped, and getpeername shows the
+    // backend the socket really talks to.
+    c.start_agent("node1", &["--socket-lb", "host"]).unwrap();
     let backend = SocketAddr::from((PODS[0].2, 8080));
     wait_for(|| session.current_peer_addr().is_ok_and(|p| p == backend));
     assert!(counter(&c, "node1", Counter::SockRevNatStale) > stale_before);
-    // The established connection itself carries on, as with kube-proxy.
-    assert_eq!(session.request().expect("request after deletion"), "web-1");
+    assert_eq!(session.request().expect("request after the drain"), "web-1");
 }
 
 #[test]

@@ -574,3 +574,34 @@ fn a_pod_reaching_its_own_service_gets_a_hairpin_source_and_its_reply_is_restore
         )
     );
 }
+
+#[test]
+fn a_deleted_service_drains_its_established_flows_and_passes_new_ones() {
+    let mut h = harness();
+    let t = to_vip(80);
+    h.run(FROM_POD, &tcp(t, 1, true, false, b"")).unwrap();
+    // The Service is deleted: the agent leaves it draining, without endpoints.
+    h.add_frontend(
+        1,
+        proxy_common::ServiceKey::new(VIP, 80, IPPROTO_TCP),
+        proxy_common::SVC_FLAG_DRAINING,
+        &[],
+    )
+    .unwrap();
+    let going_on = h.run(FROM_POD, &tcp(t, 2, false, true, b"x")).unwrap();
+    assert_eq!(going_on.counted, vec![("dnat_established", 1)]);
+    let to_pod = Tuple {
+        dst: (POD_A, 8080),
+        ..t
+    };
+    assert_eq!(going_on.output, tcp(to_pod, 2, false, true, b"x"));
+    // A new connection to the address passes untouched, as to any address.
+    let other = Tuple {
+        src: (CLIENT, 40_001),
+        ..t
+    };
+    let syn = tcp(other, 1, true, false, b"");
+    let new = h.run(FROM_POD, &syn).unwrap();
+    assert_eq!(new.counted, vec![("pass_not_service", 1)]);
+    assert_eq!(new.output, syn);
+}

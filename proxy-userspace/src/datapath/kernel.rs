@@ -1,8 +1,8 @@
 //! [`ServiceMaps`] on the real BPF maps.
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use proxy_common::{
-    BackendValue, Counter, ServiceKey, ServiceValue, SlotKey, SourceRangeKey, host_addr, maps,
-    wire_addr,
+    AffinityMember, BackendValue, Counter, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    host_addr, maps, wire_addr,
 };
 
 use super::{Datapath, DatapathError, ServiceMaps};
@@ -13,6 +13,7 @@ pub struct KernelMaps {
     slots: HashMap<MapData, SlotKey, u32>,
     backends: HashMap<MapData, u32, BackendValue>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    affinity: HashMap<MapData, AffinityMember, u32>,
 }
 
 /// Bits of the LPM key that are the service id, matched in full.
@@ -65,6 +66,7 @@ impl KernelMaps {
             slots: take(datapath, maps::SLOTS)?,
             backends: take(datapath, maps::BACKENDS)?,
             source_ranges: take(datapath, maps::SOURCE_RANGES)?,
+            affinity: take(datapath, maps::AFFINITY_MEMBERS)?,
         })
     }
 }
@@ -98,6 +100,12 @@ impl ServiceMaps for KernelMaps {
                 ignore_missing(self.source_ranges.remove(&range_key(range)))
                     .map_err(map_err(maps::SOURCE_RANGES))
             }
+            MapOp::UpsertAffinity(member, timeout) => self
+                .affinity
+                .insert(member, timeout, 0)
+                .map_err(map_err(maps::AFFINITY_MEMBERS)),
+            MapOp::DeleteAffinity(member) => ignore_missing(self.affinity.remove(member))
+                .map_err(map_err(maps::AFFINITY_MEMBERS)),
         }
     }
 
@@ -118,6 +126,10 @@ impl ServiceMaps for KernelMaps {
         for key in self.source_ranges.keys() {
             let key = key.map_err(map_err(maps::SOURCE_RANGES))?;
             contents.source_ranges.insert(source_range_of(&key));
+        }
+        for entry in self.affinity.iter() {
+            let (member, timeout) = entry.map_err(map_err(maps::AFFINITY_MEMBERS))?;
+            contents.affinity.insert(member, timeout);
         }
         Ok(contents)
     }

@@ -115,6 +115,8 @@ impl Datapath {
             .map_max_entries(maps::SLOTS, options.sizes.slots)
             .map_max_entries(maps::CONNTRACK, options.sizes.conntrack)
             .map_max_entries(maps::SOCK_REVNAT, options.sizes.socket_revnat)
+            // One member per slot at most.
+            .map_max_entries(maps::AFFINITY_MEMBERS, options.sizes.slots)
             .load(OBJECT)?;
         for name in PROGRAMS {
             program(&mut ebpf, name)?

@@ -5,18 +5,24 @@ use std::collections::btree_map::Entry;
 use std::net::Ipv4Addr;
 
 use super::{
-    Backend, Model, ModelOptions, ServiceModel, ServicePortModel, SkipReason, Skipped, SliceModel,
-    frontends::frontends_of,
+    Backend, Frontend, Model, ModelOptions, NodeModel, ServiceModel, ServicePortModel, SkipReason,
+    Skipped, SliceModel, frontends::frontends_of, topology,
 };
 
-/// Builds the model from already validated objects. Pure and independent of
-/// input order: services and slices are visited sorted by namespace/name.
+/// Builds the model from already validated objects, for this `node` (its
+/// zone steers topology hints). Pure and independent of input order:
+/// services and slices are visited sorted by namespace/name.
 pub fn build_model<'a>(
     services: impl IntoIterator<Item = &'a ServiceModel>,
     slices: impl IntoIterator<Item = &'a SliceModel>,
     opts: &ModelOptions,
+    node: Option<&NodeModel>,
 ) -> Model {
-    let mut model = Model::default();
+    let mut model = Model {
+        node: node.cloned(),
+        ..Model::default()
+    };
+    let zone = node.and_then(|n| n.zone.as_deref());
     let mut services: Vec<&ServiceModel> = services.into_iter().collect();
     services.sort_by(|a, b| a.object.cmp(&b.object));
 
@@ -51,28 +57,60 @@ pub fn build_model<'a>(
             .get(&(svc.object.namespace.as_str(), svc.object.name.as_str()))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        for port in &svc.ports {
-            let backends = backends_for(port, slices);
-            for frontend in frontends_of(&svc.object, svc, port, &backends, opts) {
-                match model.frontends.entry(frontend.key) {
-                    // Only reachable with hand-written manifests: the API server
-                    // never hands out a cluster IP twice.
-                    Entry::Occupied(owner) => model.skipped.push(Skipped {
-                        object: svc.object.clone(),
-                        reason: SkipReason::FrontendConflict {
-                            key: frontend.key,
-                            owner: owner.get().service.clone(),
-                        },
-                    }),
-                    Entry::Vacant(slot) => {
-                        slot.insert(frontend);
-                    }
+        // Same order as the incremental index: own reasons, topology notes, conflicts.
+        let (frontends, notes) = service_frontends(svc, slices, opts, zone);
+        model
+            .skipped
+            .extend(notes.into_iter().map(|reason| Skipped {
+                object: svc.object.clone(),
+                reason,
+            }));
+        for frontend in frontends {
+            match model.frontends.entry(frontend.key) {
+                // Only reachable with hand-written manifests: the API server
+                // never hands out a cluster IP twice.
+                Entry::Occupied(owner) => model.skipped.push(Skipped {
+                    object: svc.object.clone(),
+                    reason: SkipReason::FrontendConflict {
+                        key: frontend.key,
+                        owner: owner.get().service.clone(),
+                    },
+                }),
+                Entry::Vacant(slot) => {
+                    slot.insert(frontend);
                 }
             }
         }
     }
     model.skipped.sort_by(|a, b| a.object.cmp(&b.object));
     model
+}
+
+/// One Service's frontends, port by port, with notes on topology hints that
+/// do not apply on this node (`zone` is this node's).
+pub(super) fn service_frontends(
+    svc: &ServiceModel,
+    slices: &[&SliceModel],
+    opts: &ModelOptions,
+    zone: Option<&str>,
+) -> (Vec<Frontend>, Vec<SkipReason>) {
+    let mut frontends = Vec::new();
+    let mut notes = Vec::new();
+    for port in &svc.ports {
+        let backends = backends_for(port, slices);
+        let (topology, note) =
+            topology::for_port(svc, port, &backends, opts.node_name.as_deref(), zone);
+        notes.extend(note);
+        frontends.extend(frontends_of(
+            &svc.object,
+            svc,
+            port,
+            &backends,
+            &topology,
+            opts,
+        ));
+    }
+    (frontends, notes)
 }
 
 /// Every endpoint serving `port`: the slice port with the same name and
@@ -96,6 +134,7 @@ pub(super) fn backends_for(port: &ServicePortModel, slices: &[&SliceModel]) -> V
                 conditions: ep.conditions,
                 node_name: ep.node_name.clone(),
                 zone: ep.zone.clone(),
+                hints: ep.hints.clone(),
                 target: ep.target.clone(),
                 local: false,
             };

@@ -180,9 +180,15 @@ impl ModelBuilder {
         }
     }
 
-    /// Records this node's Node object (addresses, topology labels).
+    /// Records this node's Node object (addresses, topology labels); a Node
+    /// named other than `node_name` is some other node's and counts as none.
+    /// A zone change recomputes, at the next commit, the Services whose
+    /// endpoints carry zone hints.
     pub fn set_node(&mut self, node: Option<&Node>) {
-        self.index.model.node = node.map(convert_node);
+        let ours = |n: &&Node| {
+            self.options.node_name.is_none() || n.metadata.name == self.options.node_name
+        };
+        self.index.set_node(node.filter(ours).map(convert_node));
     }
 
     /// Brings the model up to date with the objects set since the last

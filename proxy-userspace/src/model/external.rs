@@ -16,10 +16,10 @@ pub(super) fn convert(
     let err = |field: String, message: String| ConversionError::new(object, field, message);
     let mut model = ExternalModel::default();
     for (i, raw) in spec.external_ips.iter().flatten().enumerate() {
-        match raw.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => model.external_ips.push(ip),
-            Ok(IpAddr::V6(_)) => {}
-            Err(_) => {
+        match super::ip::parse_ip(raw) {
+            Some(IpAddr::V4(ip)) => model.external_ips.push(ip),
+            Some(IpAddr::V6(_)) => {}
+            None => {
                 return Err(err(
                     format!("spec.externalIPs[{i}]"),
                     format!("{raw:?} is not a valid IP address"),
@@ -37,10 +37,16 @@ pub(super) fn convert(
             let Some(raw) = entry.ip.as_deref() else {
                 continue; // hostname-only ingress: nothing to program
             };
-            match raw.parse::<IpAddr>() {
-                Ok(IpAddr::V4(ip)) => model.load_balancer_ips.push(ip),
-                Ok(IpAddr::V6(_)) => {}
-                Err(_) => {
+            // The balancer proxies to the nodes itself: traffic to this IP
+            // must reach it, not be captured on the node (kube-proxy: the
+            // LoadBalancerIPMode feature).
+            if entry.ip_mode.as_deref() == Some("Proxy") {
+                continue;
+            }
+            match super::ip::parse_ip(raw) {
+                Some(IpAddr::V4(ip)) => model.load_balancer_ips.push(ip),
+                Some(IpAddr::V6(_)) => {}
+                None => {
                     return Err(err(
                         format!("status.loadBalancer.ingress[{i}].ip"),
                         format!("{raw:?} is not a valid IP address"),
@@ -101,7 +107,7 @@ fn policy(raw: Option<&str>, field: &str, object: &ObjectRef) -> Result<bool, Co
 pub(super) fn parse_cidr(raw: &str) -> Option<Option<(Ipv4Addr, u8)>> {
     let (addr, len) = raw.split_once('/')?;
     let len: u8 = len.parse().ok()?;
-    match addr.parse::<IpAddr>().ok()? {
+    match super::ip::parse_ip(addr)? {
         IpAddr::V4(ip) if len <= 32 => {
             let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
             Some(Some((Ipv4Addr::from(u32::from(ip) & mask), len)))

@@ -6,7 +6,7 @@
 //! serve what arrives from outside (externalTrafficPolicy).
 use super::{
     Backend, Frontend, FrontendKey, ModelOptions, ObjectRef, Policy, Scope, ServiceModel,
-    ServicePortModel,
+    ServicePortModel, Topology,
 };
 
 pub(super) fn frontends_of(
@@ -14,6 +14,7 @@ pub(super) fn frontends_of(
     svc: &ServiceModel,
     port: &ServicePortModel,
     backends: &[Backend],
+    topology: &Topology,
     opts: &ModelOptions,
 ) -> Vec<Frontend> {
     let backends: Vec<Backend> = backends
@@ -24,7 +25,7 @@ pub(super) fn frontends_of(
         })
         .collect();
     let ext = &svc.external;
-    let frontend = |ip, port_number, scope, policy| Frontend {
+    let frontend = |ip, port_number, scope, policy: Policy| Frontend {
         key: FrontendKey {
             ip,
             port: port_number,
@@ -34,7 +35,17 @@ pub(super) fn frontends_of(
         service: service.clone(),
         port_name: port.name.clone(),
         backends: backends.clone(),
-        policy,
+        // kube-proxy never applies hints to Local-policy endpoints.
+        topology: if policy.local_only {
+            Topology::Any
+        } else {
+            topology.clone()
+        },
+        // Affinity is per frontend: each keeps its own client table.
+        policy: Policy {
+            affinity_timeout: svc.affinity_timeout,
+            ..policy
+        },
     };
     // From outside: only local endpoints (client IP kept), or any endpoint
     // with remote ones reached through the node's address.
@@ -43,11 +54,15 @@ pub(super) fn frontends_of(
         masquerade: !ext.external_local,
         source_ranges: source_ranges.to_vec(),
         health_check_node_port: ext.health_check_node_port.filter(|_| ext.external_local),
+        affinity_timeout: None,
     };
     let mut out = Vec::new();
     for &ip in &svc.cluster_ips {
         let policy = Policy {
             local_only: ext.internal_local,
+            // The health check answers whether or not this node has an
+            // external frontend for the Service, as kube-proxy's does.
+            health_check_node_port: ext.health_check_node_port.filter(|_| ext.external_local),
             ..Policy::default()
         };
         out.push(frontend(ip, port.port, Scope::Internal, policy));
@@ -73,16 +88,17 @@ pub(super) fn frontends_of(
         }
     }
     for &ip in &ext.load_balancer_ips {
+        let source_ranges = source_ranges_of(ip, &ext.source_ranges, opts);
         out.push(frontend(
             ip,
             port.port,
             Scope::External,
-            external_policy(&ext.source_ranges),
+            external_policy(&source_ranges),
         ));
         // Pods and the node reaching a LoadBalancer IP go to every endpoint,
         // as with kube-proxy; its source ranges hold for them too.
         let internal = Policy {
-            source_ranges: ext.source_ranges.clone(),
+            source_ranges,
             ..Policy::default()
         };
         out.push(frontend(ip, port.port, Scope::Internal, internal));
@@ -95,6 +111,29 @@ pub(super) fn frontends_of(
             external_policy(&[]),
         ));
         out.push(frontend(ip, port.port, Scope::Internal, Policy::default()));
+    }
+    out
+}
+
+/// A LoadBalancer IP's allowed sources. When they include a node address,
+/// the LB IP itself is allowed too, as kube-proxy does: a node reaching its
+/// load balancer may come back SNATted to the LB IP by the balancer.
+fn source_ranges_of(
+    lb_ip: std::net::Ipv4Addr,
+    ranges: &[(std::net::Ipv4Addr, u8)],
+    opts: &ModelOptions,
+) -> Vec<(std::net::Ipv4Addr, u8)> {
+    let contains = |&(net, len): &(std::net::Ipv4Addr, u8), ip: std::net::Ipv4Addr| {
+        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(net) & mask
+    };
+    let mut out = ranges.to_vec();
+    let node_allowed = opts
+        .nodeport_addresses
+        .iter()
+        .any(|&node| ranges.iter().any(|r| contains(r, node)));
+    if node_allowed && !ranges.iter().any(|r| contains(r, lb_ip)) {
+        out.push((lb_ip, 32));
     }
     out
 }

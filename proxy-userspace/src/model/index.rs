@@ -6,12 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem;
 
-use super::build::backends_for;
+use super::build::service_frontends;
 use super::builder::Entry;
-use super::frontends::frontends_of;
 use super::{
-    Conditions, Counts, Frontend, FrontendKey, Kind, Model, ModelOptions, ObjectRef, ServiceModel,
-    SkipReason, Skipped, SliceModel,
+    Conditions, Counts, Frontend, FrontendKey, Kind, Model, ModelOptions, NodeModel, ObjectRef,
+    ServiceModel, SkipReason, Skipped, SliceModel,
 };
 
 #[derive(Debug, Default)]
@@ -25,8 +24,11 @@ pub(super) struct Index {
     claims: BTreeMap<ObjectRef, Vec<FrontendKey>>,
     /// Services claiming a frontend; the first (by namespace/name) owns it.
     claimants: BTreeMap<FrontendKey, BTreeSet<ObjectRef>>,
-    /// Non-empty skip lists: an object's own reasons, then its conflicts.
+    /// Non-empty skip lists: an object's own reasons, then its topology
+    /// notes, then its conflicts.
     skips: BTreeMap<ObjectRef, Vec<SkipReason>>,
+    /// Each Service's topology notes as of its last recomputation.
+    notes: BTreeMap<ObjectRef, Vec<SkipReason>>,
     stale: BTreeSet<ObjectRef>,
     /// Services to recompute at the next commit.
     dirty: BTreeSet<ObjectRef>,
@@ -89,6 +91,25 @@ impl Index {
         };
     }
 
+    /// Records this node; when its zone changes, the Services whose endpoints
+    /// carry zone hints are recomputed at the next commit (no other can
+    /// choose differently).
+    pub fn set_node(&mut self, node: Option<NodeModel>) {
+        let zone = |n: Option<&NodeModel>| n.and_then(|n| n.zone.clone());
+        if zone(self.model.node.as_ref()) != zone(node.as_ref()) {
+            for slice in self.slices.values().filter_map(|e| e.value.as_ref()) {
+                let Some(name) = &slice.service else { continue };
+                if slice.endpoints.iter().any(|ep| !ep.hints.zones.is_empty()) {
+                    let svc = service_ref((slice.object.namespace.clone(), name.clone()));
+                    if self.services.contains_key(&svc) {
+                        self.dirty.insert(svc);
+                    }
+                }
+            }
+        }
+        self.model.node = node;
+    }
+
     /// Recomputes the dirty Services and says what changed.
     pub fn commit(&mut self) -> Changes {
         let dirty = mem::take(&mut self.dirty);
@@ -100,7 +121,12 @@ impl Index {
         // Frontends computed in this commit, by Service.
         let mut computed: BTreeMap<ObjectRef, Vec<Frontend>> = BTreeMap::new();
         for svc in &dirty {
-            let new = self.candidates_for(svc);
+            let (new, notes) = self.candidates_for(svc);
+            if notes.is_empty() {
+                self.notes.remove(svc);
+            } else {
+                self.notes.insert(svc.clone(), notes);
+            }
             let old_keys = self.claims.remove(svc).unwrap_or_default();
             let old: Vec<&Frontend> = old_keys
                 .iter()
@@ -152,8 +178,9 @@ impl Index {
                     // The key passed to a Service that did not change: compute it.
                     let fes = match computed.get(&o) {
                         Some(fes) => fes,
+                        // Its inputs did not change, so neither did its notes.
                         None => {
-                            let fes = self.candidates_for(&o);
+                            let (fes, _) = self.candidates_for(&o);
                             computed.entry(o).or_insert(fes)
                         }
                     };
@@ -192,10 +219,11 @@ impl Index {
         out
     }
 
-    /// The Service's frontends with their backends, ignoring other Services.
-    fn candidates_for(&self, svc: &ObjectRef) -> Vec<Frontend> {
+    /// The Service's frontends with their backends, ignoring other Services,
+    /// and its topology notes.
+    fn candidates_for(&self, svc: &ObjectRef) -> (Vec<Frontend>, Vec<SkipReason>) {
         let Some(model) = self.services.get(svc).and_then(|e| e.value.as_ref()) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let key = (svc.namespace.clone(), svc.name.clone());
         let slices: Vec<&SliceModel> = self
@@ -205,15 +233,12 @@ impl Index {
             .flatten()
             .filter_map(|o| self.slices.get(o).and_then(|e| e.value.as_ref()))
             .collect();
-        let mut out = Vec::new();
-        for port in &model.ports {
-            let backends = backends_for(port, &slices);
-            out.extend(frontends_of(svc, model, port, &backends, &self.options));
-        }
-        out
+        let zone = self.model.node.as_ref().and_then(|n| n.zone.as_deref());
+        service_frontends(model, &slices, &self.options, zone)
     }
 
-    /// A Service's own skip reasons, then the frontends another Service owns.
+    /// A Service's own skip reasons, its topology notes, then the frontends
+    /// another Service owns.
     fn service_skips(&self, svc: &ObjectRef) -> Vec<SkipReason> {
         let mut reasons = self
             .services
@@ -221,6 +246,7 @@ impl Index {
             .and_then(|e| e.value.as_ref())
             .map(|m| m.skipped.clone())
             .unwrap_or_default();
+        reasons.extend(self.notes.get(svc).into_iter().flatten().cloned());
         for key in self.claims.get(svc).into_iter().flatten() {
             if let Some(owner) = self.claimants.get(key).and_then(BTreeSet::first)
                 && owner != svc

@@ -8,17 +8,21 @@
 //! - [`ModelBuilder`]: remembers the last valid version of every object so an
 //!   invalid update never un-programs what was working.
 
+mod affinity;
 mod build;
 mod builder;
 mod error;
 mod external;
 mod frontends;
 mod index;
+mod ip;
 pub mod node;
 mod service;
+mod skip;
 mod slice;
 #[cfg(test)]
 mod tests;
+mod topology;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,7 +33,9 @@ pub use builder::{Commit, Counts, ModelBuilder, ModelOptions};
 pub use error::ConversionError;
 pub use node::{NodeAddress, NodeModel, convert_node};
 pub use service::{ExternalModel, ServiceModel, ServicePortModel, convert_service};
+pub use skip::{SkipReason, Skipped};
 pub use slice::{EndpointModel, SliceModel, SlicePortModel, convert_slice};
+pub use topology::{Hints, HintsUnused, Topology, TrafficDistribution};
 
 /// Label naming the proxy that should handle a Service (absent: the default proxy).
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -201,6 +207,9 @@ pub struct Policy {
     /// Where kube-proxy-style health checks for this frontend's Service are
     /// answered (externalTrafficPolicy Local only).
     pub health_check_node_port: Option<u16>,
+    /// `sessionAffinity: ClientIP`: how long (seconds) a client's affinity
+    /// to an endpoint outlives its last new connection.
+    pub affinity_timeout: Option<u32>,
 }
 
 /// One endpoint behind a frontend; the protocol is the frontend's.
@@ -211,6 +220,7 @@ pub struct Backend {
     pub conditions: Conditions,
     pub node_name: Option<String>,
     pub zone: Option<String>,
+    pub hints: Hints,
     /// `kind/namespace/name` of the endpoint's targetRef, for humans.
     pub target: Option<String>,
     /// Runs on this node (`nodeName` equals the agent's node name).
@@ -228,20 +238,28 @@ pub struct Frontend {
     /// Non-active ones stay known so established flows to them keep working.
     pub backends: Vec<Backend>,
     pub policy: Policy,
+    /// Which ready endpoints topology hints leave to new connections
+    /// (always `Any` with a `Local` policy).
+    pub topology: Topology,
 }
 
 impl Frontend {
-    /// Backends for NEW connections (kube-proxy semantics): the ready ones;
-    /// if none, the serving-and-terminating ones; else none (the datapath rejects).
-    /// Keeps the (ip, port) order of `backends`.
+    /// Backends for NEW connections (kube-proxy semantics): the ready ones
+    /// `topology` admits; if none, the serving-and-terminating ones anywhere;
+    /// else none (the datapath rejects). Keeps the (ip, port) order of `backends`.
     ///
-    /// With a `Local` policy the same rule applies to this node's endpoints only.
+    /// With a `Local` policy the same rule applies to this node's endpoints
+    /// only, and hints are never looked at.
     pub fn active_backends(&self) -> Vec<&Backend> {
         let candidates = self
             .backends
             .iter()
             .filter(|b| !self.policy.local_only || b.local);
-        let ready: Vec<&Backend> = candidates.clone().filter(|b| b.conditions.ready).collect();
+        let admits = |b: &Backend| self.policy.local_only || self.topology.admits(b);
+        let ready: Vec<&Backend> = candidates
+            .clone()
+            .filter(|b| b.conditions.ready && admits(b))
+            .collect();
         if !ready.is_empty() {
             return ready;
         }
@@ -256,87 +274,6 @@ impl Frontend {
         self.backends
             .iter()
             .any(|b| b.conditions.ready || (b.conditions.serving && b.conditions.terminating))
-    }
-}
-
-/// Why a valid object (or part of one) produces no frontend or backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SkipReason {
-    /// `clusterIP: None`.
-    Headless,
-    /// Carries the `service.kubernetes.io/headless` label.
-    HeadlessLabel,
-    ExternalName,
-    /// Labelled for another proxy (the label's value).
-    OtherProxy(String),
-    /// No cluster IP allocated (manifests written without one).
-    NoClusterIp,
-    Ipv6ClusterIp(String),
-    /// Service port with protocol SCTP (its index in spec.ports).
-    Sctp {
-        port_index: usize,
-    },
-    /// EndpointSlice address types other than IPv4 (IPv6, FQDN).
-    AddressType(String),
-    /// EndpointSlice without the `kubernetes.io/service-name` label.
-    NoServiceNameLabel,
-    /// Another Service (sorted first by namespace/name) already owns this frontend.
-    FrontendConflict {
-        key: FrontendKey,
-        owner: ObjectRef,
-    },
-}
-
-impl fmt::Display for SkipReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SkipReason::Headless => write!(f, "headless (clusterIP None)"),
-            SkipReason::HeadlessLabel => write!(f, "labelled {LABEL_HEADLESS}"),
-            SkipReason::ExternalName => write!(f, "type ExternalName"),
-            SkipReason::OtherProxy(p) => write!(f, "handled by proxy {p:?}"),
-            SkipReason::NoClusterIp => write!(f, "no cluster IP allocated"),
-            SkipReason::Ipv6ClusterIp(ip) => write!(f, "IPv6 cluster IP {ip} not supported"),
-            SkipReason::Sctp { port_index } => {
-                write!(f, "spec.ports[{port_index}]: SCTP not supported")
-            }
-            SkipReason::AddressType(t) => write!(f, "addressType {t} not supported"),
-            SkipReason::NoServiceNameLabel => write!(f, "no {LABEL_SERVICE_NAME} label"),
-            SkipReason::FrontendConflict { key, owner } => {
-                write!(f, "frontend {key} already used by {owner}")
-            }
-        }
-    }
-}
-
-impl SkipReason {
-    /// A short stable name, for counters.
-    pub fn label(&self) -> &'static str {
-        match self {
-            SkipReason::Headless => "headless",
-            SkipReason::HeadlessLabel => "headless-label",
-            SkipReason::ExternalName => "external-name",
-            SkipReason::OtherProxy(_) => "other-proxy",
-            SkipReason::NoClusterIp => "no-cluster-ip",
-            SkipReason::Ipv6ClusterIp(_) => "ipv6-cluster-ip",
-            SkipReason::Sctp { .. } => "sctp",
-            SkipReason::AddressType(t) if t == "IPv6" => "ipv6-address-type",
-            SkipReason::AddressType(_) => "address-type",
-            SkipReason::NoServiceNameLabel => "no-service-name",
-            SkipReason::FrontendConflict { .. } => "frontend-conflict",
-        }
-    }
-}
-
-/// A skipped object or part of one, reported but not an error.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Skipped {
-    pub object: ObjectRef,
-    pub reason: SkipReason,
-}
-
-impl fmt::Display for Skipped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.object, self.reason)
     }
 }
 

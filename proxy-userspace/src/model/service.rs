@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     ConversionError, Kind, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ModelOptions, ObjectRef,
-    Protocol, SkipReason,
+    Protocol, SkipReason, TrafficDistribution,
 };
 
 /// A valid Service reduced to what the proxy needs. An ignored Service has no
@@ -24,6 +24,10 @@ pub struct ServiceModel {
     /// The whole Service, or parts (IPv6 IPs, SCTP ports), left out.
     pub skipped: Vec<SkipReason>,
     pub external: ExternalModel,
+    /// `spec.trafficDistribution`; the endpoints' hints decide (see `topology`).
+    pub traffic_distribution: Option<TrafficDistribution>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds.
+    pub affinity_timeout: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +68,8 @@ pub fn convert_service(
         ports: Vec::new(),
         skipped: vec![reason],
         external: ExternalModel::default(),
+        traffic_distribution: None,
+        affinity_timeout: None,
     };
     // Label filters come first: kube-proxy never even sees these objects.
     if let Some(reason) = label_skip(&svc.metadata, opts) {
@@ -101,7 +107,13 @@ pub fn convert_service(
         ports: Vec::new(),
         skipped: Vec::new(),
         external: super::external::convert(svc, spec, &object)?,
+        traffic_distribution: None,
+        affinity_timeout: super::affinity::timeout_of(spec, &object)?,
     };
+    match super::topology::traffic_distribution(spec.traffic_distribution.as_deref()) {
+        Ok(value) => model.traffic_distribution = value,
+        Err(reason) => model.skipped.push(reason),
+    }
     let exposes_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
     for (i, raw) in ips.iter().enumerate() {
         let field = if field == "spec.clusterIP" {
@@ -109,15 +121,15 @@ pub fn convert_service(
         } else {
             format!("{field}[{i}]")
         };
-        match raw.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) if model.cluster_ips.contains(&ip) => {
+        match super::ip::parse_ip(raw) {
+            Some(IpAddr::V4(ip)) if model.cluster_ips.contains(&ip) => {
                 return Err(err(field, format!("duplicate cluster IP {ip}")));
             }
-            Ok(IpAddr::V4(ip)) => model.cluster_ips.push(ip),
-            Ok(IpAddr::V6(ip)) => model
+            Some(IpAddr::V4(ip)) => model.cluster_ips.push(ip),
+            Some(IpAddr::V6(ip)) => model
                 .skipped
                 .push(SkipReason::Ipv6ClusterIp(ip.to_string())),
-            Err(_) => return Err(err(field, format!("{raw:?} is not a valid IP address"))),
+            None => return Err(err(field, format!("{raw:?} is not a valid IP address"))),
         }
     }
 

@@ -6,8 +6,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::service::{label_skip, object_ref, parse_protocol, valid_port};
 use super::{
-    Conditions, ConversionError, Kind, LABEL_SERVICE_NAME, ModelOptions, ObjectRef, Protocol,
-    SkipReason,
+    Conditions, ConversionError, Hints, Kind, LABEL_SERVICE_NAME, ModelOptions, ObjectRef,
+    Protocol, SkipReason,
 };
 
 /// A valid EndpointSlice reduced to what the proxy needs. A skipped slice has
@@ -38,6 +38,7 @@ pub struct EndpointModel {
     pub conditions: Conditions,
     pub node_name: Option<String>,
     pub zone: Option<String>,
+    pub hints: Hints,
     pub target: Option<String>,
 }
 
@@ -107,7 +108,7 @@ pub fn convert_slice(
                 "must contain at least one address".into(),
             ));
         };
-        let ip = raw.parse::<Ipv4Addr>().map_err(|_| {
+        let ip = super::ip::parse_ipv4(raw).ok_or_else(|| {
             err(
                 format!("endpoints[{i}].addresses[0]"),
                 format!("{raw:?} is not a valid IPv4 address"),
@@ -123,6 +124,7 @@ pub fn convert_slice(
             ),
             node_name: ep.node_name.clone(),
             zone: ep.zone.clone(),
+            hints: Hints::from_api(ep.hints.as_ref()),
             target: ep.target_ref.as_ref().map(|t| {
                 let kind = t.kind.as_deref().unwrap_or("");
                 let ns = t.namespace.as_deref().unwrap_or(&object.namespace);

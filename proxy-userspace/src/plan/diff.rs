@@ -10,13 +10,15 @@ use super::planner::Touched;
 /// (Assuming it held for `applied`; `desired` from the planner always has it.)
 /// The phases that guarantee it:
 /// 1. upsert backends: nothing refers to new ones yet;
-/// 2. upsert slots: they point at backends written in 1 or kept;
+/// 2. upsert slots and affinity members: they point at backends written in
+///    1 or kept;
 /// 3. upsert source ranges, then services: a higher count only covers slots
 ///    written in 2; a lower count still covers slots that exist (they are
 ///    deleted only in 5); a service checking source ranges has them already;
 /// 4. delete services gone from `desired`, then source ranges: nothing refers
 ///    to services, and no service checks a removed range any more;
-/// 5. delete slots: no service counts over them any more (3 and 4);
+/// 5. delete slots and affinity members: no service counts over them any
+///    more (3 and 4);
 /// 6. delete backends: no slot points at them any more (2 and 5).
 ///
 /// Within a phase, ops are in key order, so the output is deterministic.
@@ -30,6 +32,11 @@ pub fn diff(applied: &MapContents, desired: &MapContents) -> Vec<MapOp> {
     for (key, id) in &desired.slots {
         if applied.slots.get(key) != Some(id) {
             ops.push(MapOp::UpsertSlot(*key, *id));
+        }
+    }
+    for (member, timeout) in &desired.affinity {
+        if applied.affinity.get(member) != Some(timeout) {
+            ops.push(MapOp::UpsertAffinity(*member, *timeout));
         }
     }
     for range in desired.source_ranges.difference(&applied.source_ranges) {
@@ -51,6 +58,11 @@ pub fn diff(applied: &MapContents, desired: &MapContents) -> Vec<MapOp> {
     for key in applied.slots.keys() {
         if !desired.slots.contains_key(key) {
             ops.push(MapOp::DeleteSlot(*key));
+        }
+    }
+    for member in applied.affinity.keys() {
+        if !desired.affinity.contains_key(member) {
+            ops.push(MapOp::DeleteAffinity(*member));
         }
     }
     for id in applied.backends.keys() {
@@ -80,6 +92,13 @@ pub fn diff_touched(applied: &MapContents, desired: &MapContents, touched: &Touc
             ops.push(MapOp::UpsertSlot(*key, *id));
         }
     }
+    for member in &touched.affinity {
+        if let Some(timeout) = desired.affinity.get(member)
+            && applied.affinity.get(member) != Some(timeout)
+        {
+            ops.push(MapOp::UpsertAffinity(*member, *timeout));
+        }
+    }
     for range in &touched.source_ranges {
         if desired.source_ranges.contains(range) && !applied.source_ranges.contains(range) {
             ops.push(MapOp::UpsertSourceRange(*range));
@@ -105,6 +124,11 @@ pub fn diff_touched(applied: &MapContents, desired: &MapContents, touched: &Touc
     for key in &touched.slots {
         if applied.slots.contains_key(key) && !desired.slots.contains_key(key) {
             ops.push(MapOp::DeleteSlot(*key));
+        }
+    }
+    for member in &touched.affinity {
+        if applied.affinity.contains_key(member) && !desired.affinity.contains_key(member) {
+            ops.push(MapOp::DeleteAffinity(*member));
         }
     }
     for id in &touched.backends {
@@ -143,6 +167,12 @@ pub fn apply_op(maps: &mut MapContents, op: &MapOp) {
         MapOp::DeleteSourceRange(range) => {
             maps.source_ranges.remove(&range);
         }
+        MapOp::UpsertAffinity(member, timeout) => {
+            maps.affinity.insert(member, timeout);
+        }
+        MapOp::DeleteAffinity(member) => {
+            maps.affinity.remove(&member);
+        }
     }
 }
 
@@ -172,6 +202,14 @@ pub fn check_consistency(maps: &MapContents) -> Vec<String> {
             problems.push(format!(
                 "slot {}/{} points at missing backend {id}",
                 key.service_id, key.slot
+            ));
+        }
+    }
+    for member in maps.affinity.keys() {
+        if !maps.backends.contains_key(&member.backend_id) {
+            problems.push(format!(
+                "affinity member {}/{} is a missing backend",
+                member.service_id, member.backend_id
             ));
         }
     }

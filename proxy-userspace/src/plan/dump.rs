@@ -4,15 +4,18 @@ use std::fmt::Write;
 
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_FLAG_NOT_SERVING, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL,
-    SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
+    SVC_FLAG_AFFINITY, SVC_FLAG_DRAINING, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_LOCAL_ONLY,
+    SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
 };
 
 /// Service flags as the dump names them.
-const FLAG_NAMES: [(u16, &str); 4] = [
+const FLAG_NAMES: [(u16, &str); 6] = [
     (SVC_FLAG_LOCAL_ONLY, "local-only"),
     (SVC_FLAG_HAS_ENDPOINTS, "has-endpoints"),
     (SVC_FLAG_MASQUERADE, "masquerade"),
     (SVC_FLAG_SOURCE_RANGES, "source-ranges"),
+    (SVC_FLAG_AFFINITY, "affinity"),
+    (SVC_FLAG_DRAINING, "draining"),
 ];
 
 use super::maps::MapContents;
@@ -75,6 +78,13 @@ pub fn dump_text(maps: &MapContents) -> String {
     }
     for (id, ip, len) in &maps.source_ranges {
         let _ = writeln!(out, "source-range {id} {ip}/{len}");
+    }
+    for (member, timeout) in &maps.affinity {
+        let _ = writeln!(
+            out,
+            "affinity {}/{} timeout={timeout}s",
+            member.service_id, member.backend_id
+        );
     }
     out
 }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use proxy_common::{BackendValue, ServiceKey, ServiceValue, SlotKey};
+use proxy_common::{AffinityMember, BackendValue, ServiceKey, ServiceValue, SlotKey};
 
 /// The full contents of the three service maps. Built by the planner from the
 /// model (desired), or read back from the kernel (applied).
@@ -14,25 +14,34 @@ pub struct MapContents {
     pub backends: BTreeMap<u32, BackendValue>,
     /// loadBalancerSourceRanges entries: (service id, prefix, prefix length).
     pub source_ranges: BTreeSet<SourceRange>,
+    /// Session affinity: the endpoints an affinity may lead to, per
+    /// frontend, with the frontend's timeout in seconds.
+    pub affinity: BTreeMap<AffinityMember, u32>,
 }
 
 impl MapContents {
-    /// Whether new connections to `frontend` may still go to the endpoint
-    /// at `addr:port` (wire order, as in the maps): it is in one of the
-    /// frontend's slots.
-    pub fn serves(&self, frontend: &ServiceKey, addr: u32, port: u16) -> bool {
-        let Some(service) = self.services.get(frontend) else {
-            return false;
-        };
-        (0..u32::from(service.backend_count)).any(|slot| {
+    /// The endpoints in `service`'s slots, in slot order: the ones new
+    /// connections may get (`None` for a slot that points nowhere).
+    pub fn slot_backends(
+        &self,
+        service: &ServiceValue,
+    ) -> impl Iterator<Item = Option<&BackendValue>> {
+        (0..u32::from(service.backend_count)).map(move |slot| {
             let key = SlotKey {
                 service_id: service.service_id,
                 slot,
             };
-            self.slots
-                .get(&key)
-                .and_then(|id| self.backends.get(id))
-                .is_some_and(|b| b.addr == addr && b.port == port)
+            self.slots.get(&key).and_then(|id| self.backends.get(id))
+        })
+    }
+
+    /// Whether new connections to `frontend` may still go to the endpoint
+    /// at `addr:port` (wire order, as in the maps).
+    pub fn serves(&self, frontend: &ServiceKey, addr: u32, port: u16) -> bool {
+        self.services.get(frontend).is_some_and(|service| {
+            self.slot_backends(service)
+                .flatten()
+                .any(|b| b.addr == addr && b.port == port)
         })
     }
 }
@@ -53,4 +62,6 @@ pub enum MapOp {
     DeleteBackend(u32),
     UpsertSourceRange(SourceRange),
     DeleteSourceRange(SourceRange),
+    UpsertAffinity(AffinityMember, u32),
+    DeleteAffinity(AffinityMember),
 }

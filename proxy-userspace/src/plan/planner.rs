@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use proxy_common::{
-    BackendValue, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE,
-    SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue, SlotKey,
+    AffinityMember, BackendValue, SVC_FLAG_AFFINITY, SVC_FLAG_DRAINING, SVC_FLAG_HAS_ENDPOINTS,
+    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue,
+    SlotKey,
 };
 
 use super::ids::IdTable;
@@ -38,6 +39,7 @@ pub struct Touched {
     pub slots: BTreeSet<SlotKey>,
     pub backends: BTreeSet<u32>,
     pub source_ranges: BTreeSet<super::maps::SourceRange>,
+    pub affinity: BTreeSet<AffinityMember>,
 }
 
 impl Planner {
@@ -103,7 +105,8 @@ impl Planner {
         for key in changed {
             let skey = key_of(key);
             touched.services.insert(skey);
-            if let Some(old) = self.desired.services.remove(&skey) {
+            let old = self.desired.services.remove(&skey);
+            if let Some(old) = old {
                 let ranges: Vec<_> = self
                     .desired
                     .source_ranges
@@ -114,6 +117,22 @@ impl Planner {
                 for range in ranges {
                     self.desired.source_ranges.remove(&range);
                     touched.source_ranges.insert(range);
+                }
+                let members: Vec<AffinityMember> = self
+                    .desired
+                    .affinity
+                    .range(
+                        AffinityMember {
+                            service_id: old.service_id,
+                            backend_id: 0,
+                        }..,
+                    )
+                    .take_while(|(m, _)| m.service_id == old.service_id)
+                    .map(|(m, _)| *m)
+                    .collect();
+                for member in members {
+                    self.desired.affinity.remove(&member);
+                    touched.affinity.insert(member);
                 }
                 for slot in 0..u32::from(old.backend_count) {
                     let slot_key = SlotKey {
@@ -127,9 +146,13 @@ impl Planner {
             let old_backends = self.frontend_backends.remove(&skey).unwrap_or_default();
             // Added before the old ones are dropped, so a backend the frontend
             // keeps never loses its id.
-            match model.frontends.get(key) {
-                Some(fe) => self.add_frontend(fe, &mut touched),
-                None => self.services.release(&skey),
+            match (model.frontends.get(key), old) {
+                (Some(fe), _) => self.add_frontend(fe, &mut touched),
+                // Gone from the model: the frontend drains (see `draining`).
+                (None, Some(old)) => {
+                    self.desired.services.insert(skey, draining(old.service_id));
+                }
+                (None, None) => self.services.release(&skey),
             }
             for value in old_backends {
                 self.drop_backend_ref(value, &mut touched);
@@ -167,6 +190,16 @@ impl Planner {
             self.desired.slots.insert(slot_key, *id);
             touched.slots.insert(slot_key);
         }
+        if let Some(timeout) = fe.policy.affinity_timeout {
+            for &backend_id in &ids {
+                let member = AffinityMember {
+                    service_id,
+                    backend_id,
+                };
+                self.desired.affinity.insert(member, timeout);
+                touched.affinity.insert(member);
+            }
+        }
         let backend_count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
         for &(ip, len) in &fe.policy.source_ranges {
             let range = (service_id, ip, len);
@@ -200,6 +233,18 @@ impl Planner {
     }
 }
 
+/// A deleted frontend keeps its entry, without endpoints, until the next
+/// full sync ([`Planner::desired`]: at start, hourly, after a failed write):
+/// its established flows go on as conntrack has them, as kube-proxy's do,
+/// while new connections pass as if it never existed.
+fn draining(service_id: u32) -> ServiceValue {
+    ServiceValue {
+        service_id,
+        backend_count: 0,
+        flags: SVC_FLAG_DRAINING,
+    }
+}
+
 fn service_key(fe: &Frontend) -> ServiceKey {
     key_of(&fe.key)
 }
@@ -222,6 +267,9 @@ fn flags_of(fe: &Frontend) -> u16 {
     }
     if !fe.policy.source_ranges.is_empty() {
         flags |= SVC_FLAG_SOURCE_RANGES;
+    }
+    if fe.policy.affinity_timeout.is_some() {
+        flags |= SVC_FLAG_AFFINITY;
     }
     flags
 }

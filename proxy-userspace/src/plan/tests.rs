@@ -48,6 +48,7 @@ fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
                 conditions,
                 node_name: None,
                 zone: None,
+                hints: Default::default(),
                 target: None,
             })
             .collect();
@@ -61,6 +62,7 @@ fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
             key,
             Frontend {
                 policy: Default::default(),
+                topology: Default::default(),
                 key,
                 service,
                 port_name: String::new(),
@@ -449,7 +451,12 @@ fn incremental_update_matches_full_desired() {
             .collect();
         let touched = planner.update(&m, &changed);
         let desired = planner.current().clone();
-        assert_eq!(desired, planner.clone().desired(&m), "round {round}");
+        // Deleted frontends drain until the next full sync; otherwise the same.
+        let mut settled = desired.clone();
+        settled
+            .services
+            .retain(|_, v| v.flags & proxy_common::SVC_FLAG_DRAINING == 0);
+        assert_eq!(settled, planner.clone().desired(&m), "round {round}");
         let ops = diff_touched(&applied, &desired, &touched);
         assert_eq!(ops, diff(&applied, &desired), "round {round}");
         for op in &ops {
@@ -487,4 +494,82 @@ fn serves_tells_which_endpoints_a_frontend_still_uses() {
     assert!(!serves(9, 3), "no such frontend");
     let wrong_port = maps.serves(&frontend(1), endpoint(1).0, 9090u16.to_be());
     assert!(!wrong_port);
+}
+
+/// `model` with ClientIP affinity (`timeout` seconds) on every frontend.
+fn sticky(specs: &[Spec], timeout: u32) -> Model {
+    let mut m = model(specs);
+    for fe in m.frontends.values_mut() {
+        fe.policy.affinity_timeout = Some(timeout);
+    }
+    m
+}
+
+#[test]
+fn affinity_members_are_the_endpoints_new_connections_use() {
+    let m = sticky(&[(10, &[(1, READY), (2, TERMINATING), (3, READY)])], 600);
+    let maps = Planner::new().desired(&m);
+    let want = "\
+svc 10.96.0.10:80/tcp id=1 count=2 has-endpoints affinity
+slot 1/0 -> 1
+slot 1/1 -> 3
+backend 1 10.0.0.1:8080/tcp
+backend 2 10.0.0.2:8080/tcp
+backend 3 10.0.0.3:8080/tcp
+affinity 1/1 timeout=600s
+affinity 1/3 timeout=600s
+";
+    assert_eq!(dump_text(&maps), want);
+}
+
+#[test]
+fn affinity_members_follow_endpoint_changes_incrementally() {
+    let before = sticky(&[(10, &[(1, READY), (2, READY)])], 600);
+    let mut planner = Planner::new();
+    let applied = planner.desired(&before);
+    // Endpoint 1 starts terminating and the timeout changes.
+    let after = sticky(&[(10, &[(1, TERMINATING), (2, READY)])], 60);
+    let changed: std::collections::BTreeSet<FrontendKey> =
+        after.frontends.keys().copied().collect();
+    let touched = planner.update(&after, &changed);
+    let ops = diff_touched(&applied, planner.current(), &touched);
+    let maps = apply_checked(&applied, &ops);
+    assert_eq!(maps, Planner::new().desired(&after));
+    let members: Vec<_> = maps
+        .affinity
+        .iter()
+        .map(|(m, t)| (m.backend_id, *t))
+        .collect();
+    assert_eq!(members, vec![(2, 60)]);
+}
+
+#[test]
+fn a_deleted_frontend_drains_until_the_next_full_sync() {
+    let mut planner = Planner::new();
+    let before = model(&[(10, &[(1, READY)]), (20, &[(2, READY)])]);
+    let applied = planner.desired(&before);
+    let after = model(&[(20, &[(2, READY)])]);
+    let changed: std::collections::BTreeSet<FrontendKey> =
+        before.frontends.keys().copied().collect();
+    let touched = planner.update(&after, &changed);
+    let ops = diff_touched(&applied, planner.current(), &touched);
+    let maps = apply_checked(&applied, &ops);
+    let want = "\
+svc 10.96.0.10:80/tcp id=1 count=0 draining
+svc 10.96.0.20:80/tcp id=2 count=1 has-endpoints
+slot 2/0 -> 2
+backend 2 10.0.0.2:8080/tcp
+";
+    assert_eq!(dump_text(&maps), want);
+    // Back before the drain ended: the same id, serving again.
+    let touched = planner.update(&before, &changed);
+    let again = apply_checked(&maps, &diff_touched(&maps, planner.current(), &touched));
+    assert_eq!(again.services[&svc_key(10)].service_id, 1);
+    assert_eq!(
+        again.services[&svc_key(10)].flags & proxy_common::SVC_FLAG_DRAINING,
+        0
+    );
+    // A full sync ends any drain.
+    planner.update(&after, &changed);
+    assert!(!planner.desired(&after).services.contains_key(&svc_key(10)));
 }

@@ -1,6 +1,7 @@
-//! Where Services and EndpointSlices come from: a manifests directory or the
-//! Kubernetes API. A source says *which* objects may have changed and hands
-//! over their current versions (or every object); the model never sees events.
+//! Where Services, EndpointSlices and this node's Node come from: a
+//! manifests directory or the Kubernetes API. A source says *which* objects
+//! may have changed and hands over their current versions (or every object);
+//! the model never sees events.
 pub mod kube;
 pub mod manifests;
 
@@ -56,11 +57,12 @@ impl Source {
         match self {
             // The directory is the whole truth and the model keeps it, so
             // a periodic full pass has nothing to re-read here.
+            // Like the API source, every change carries the current Node.
             Source::Manifests(dir) => match dir.poll() {
                 Ok(Some(changes)) => Update::Changed {
                     services: changes.services,
                     slices: changes.slices,
-                    node: None,
+                    node: dir.node(),
                 },
                 Ok(None) => Update::None,
                 Err(error) => {

@@ -196,27 +196,24 @@ impl Harness {
     }
 
     /// Frontend (`ip:port/proto`) → its active backends in slot order, read
-    /// back from the maps as the datapath sees them.
+    /// back from the maps as the datapath sees them. Frontends of deleted
+    /// Services that still drain their established flows are left out.
     pub fn table(&self) -> BTreeMap<String, Vec<String>> {
         let maps = self.maps();
         let mut out = BTreeMap::new();
-        for (key, value) in &maps.services {
+        let serving = maps
+            .services
+            .iter()
+            .filter(|(_, v)| v.flags & proxy_common::SVC_FLAG_DRAINING == 0);
+        for (key, value) in serving {
             let proto = if key.proto == proxy_common::IPPROTO_UDP {
                 "udp"
             } else {
                 "tcp"
             };
-            let backends = (0..u32::from(value.backend_count))
-                .map(|slot| {
-                    let slot = SlotKey {
-                        service_id: value.service_id,
-                        slot,
-                    };
-                    maps.slots
-                        .get(&slot)
-                        .and_then(|id| maps.backends.get(id))
-                        .map_or_else(|| "missing".into(), |b| format!("{}:{}", b.ip(), b.port()))
-                })
+            let backends = maps
+                .slot_backends(value)
+                .map(|b| b.map_or_else(|| "missing".into(), |b| format!("{}:{}", b.ip(), b.port())))
                 .collect();
             out.insert(format!("{}:{}/{proto}", key.ip(), key.port()), backends);
         }

@@ -39,8 +39,12 @@ fn random_slice(rng: &mut Rng, name: &str, rv: u64) -> EndpointSlice {
     let service = format!("s{}", rng.next(5));
     let endpoints: Vec<String> = (0..rng.next(4))
         .map(|_| {
+            let hints = match rng.next(3) {
+                0 => "",
+                n => &format!(", hints: {{forZones: [{{name: z{n}}}]}}"),
+            };
             format!(
-                "{{addresses: [10.0.0.{}], conditions: {{ready: {}}}}}",
+                "{{addresses: [10.0.0.{}], conditions: {{ready: {}}}{hints}}}",
                 rng.next(5) + 1,
                 rng.next(3) != 0
             )
@@ -60,9 +64,20 @@ endpoints: [{}]",
     ))
 }
 
+/// This node in zone `z1`, `z2`, or without a zone label.
+fn random_node(rng: &mut Rng) -> k8s_openapi::api::core::v1::Node {
+    let labels = match rng.next(3) {
+        0 => "{}".to_string(),
+        n => format!("{{topology.kubernetes.io/zone: z{n}}}"),
+    };
+    serde_yaml_ng::from_str(&format!("metadata: {{name: node1, labels: {labels}}}"))
+        .expect("test Node")
+}
+
 fn reference(
     services: &BTreeMap<String, Service>,
     slices: &BTreeMap<String, EndpointSlice>,
+    node: &k8s_openapi::api::core::v1::Node,
 ) -> Model {
     let opts = ModelOptions::default();
     let services: Vec<ServiceModel> = services
@@ -73,7 +88,8 @@ fn reference(
         .values()
         .filter_map(|s| convert_slice(s, &opts).ok())
         .collect();
-    build_model(&services, &slices, &ModelOptions::default())
+    let node = convert_node(node);
+    build_model(&services, &slices, &ModelOptions::default(), Some(&node))
 }
 
 #[test]
@@ -84,7 +100,14 @@ fn incremental_model_equals_full_rebuild() {
     let mut slices = BTreeMap::new();
     let mut previous = Model::default();
     let mut rv = 0;
+    let mut node = random_node(&mut rng);
+    builder.set_node(Some(&node));
     for round in 0..400u64 {
+        // Now and then the node moves zone (or loses its label).
+        if rng.next(5) == 0 {
+            node = random_node(&mut rng);
+            builder.set_node(Some(&node));
+        }
         // A few changes per round, as between two syncs.
         for _ in 0..=rng.next(3) {
             rv += 1;
@@ -117,7 +140,7 @@ fn incremental_model_equals_full_rebuild() {
             }
         }
         let commit = builder.commit();
-        let want = reference(&services, &slices);
+        let want = reference(&services, &slices, &node);
         assert_eq!(builder.model().frontends, want.frontends, "round {round}");
         assert_eq!(builder.model().skipped, want.skipped, "round {round}");
         // `changed` is exactly the set of frontends that differ.

@@ -215,6 +215,7 @@ impl KubeSource {
                 .map(|s| (**s).clone())
                 .collect(),
             endpoint_slices: self.slices.state().iter().map(|s| (**s).clone()).collect(),
+            nodes: self.nodes.state().iter().map(|n| (**n).clone()).collect(),
         }
     }
 

@@ -4,21 +4,24 @@
 //! costs what that file holds, not what the directory holds.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
+use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::model::ObjectRef;
 
 /// An object's definitions by file; within a file, its first document.
+/// Objects are keyed by [`ObjectRef`], or by name for cluster-scoped Nodes.
 #[derive(Debug)]
-pub(super) struct Definitions<T> {
-    by_object: HashMap<ObjectRef, BTreeMap<PathBuf, Arc<T>>>,
+pub(super) struct Definitions<T, K = ObjectRef> {
+    by_object: HashMap<K, BTreeMap<PathBuf, Arc<T>>>,
     /// Objects touched since [`Definitions::take_changes`], with the
     /// definition in force before: several files may change in one poll.
-    touched: BTreeMap<ObjectRef, Option<Arc<T>>>,
+    touched: BTreeMap<K, Option<Arc<T>>>,
 }
 
-impl<T> Default for Definitions<T> {
+impl<T, K> Default for Definitions<T, K> {
     fn default() -> Self {
         Self {
             by_object: HashMap::new(),
@@ -27,14 +30,14 @@ impl<T> Default for Definitions<T> {
     }
 }
 
-impl<T: PartialEq> Definitions<T> {
+impl<T: PartialEq, K: Clone + Eq + Hash + Ord + Display> Definitions<T, K> {
     /// The definition in force for `object`.
-    pub(super) fn winner(&self, object: &ObjectRef) -> Option<&Arc<T>> {
+    pub(super) fn winner(&self, object: &K) -> Option<&Arc<T>> {
         self.by_object.get(object)?.values().next()
     }
 
     /// Every object with the definition in force, in object order.
-    pub(super) fn winners(&self) -> BTreeMap<&ObjectRef, &Arc<T>> {
+    pub(super) fn winners(&self) -> BTreeMap<&K, &Arc<T>> {
         self.by_object
             .iter()
             .filter_map(|(object, defs)| Some((object, defs.values().next()?)))
@@ -42,12 +45,7 @@ impl<T: PartialEq> Definitions<T> {
     }
 
     /// Replaces what `path` defines (`old`) by `new`.
-    pub(super) fn replace_file(
-        &mut self,
-        path: &Path,
-        old: &[(ObjectRef, Arc<T>)],
-        new: &[(ObjectRef, Arc<T>)],
-    ) {
+    pub(super) fn replace_file(&mut self, path: &Path, old: &[(K, Arc<T>)], new: &[(K, Arc<T>)]) {
         for (object, _) in old.iter().chain(new) {
             if !self.touched.contains_key(object) {
                 let before = self.winner(object).cloned();
@@ -74,7 +72,7 @@ impl<T: PartialEq> Definitions<T> {
 
     /// Every object whose definition in force changed since the last call,
     /// in object order (`None`: no file defines it any more).
-    pub(super) fn take_changes(&mut self) -> Vec<(ObjectRef, Option<Arc<T>>)> {
+    pub(super) fn take_changes(&mut self) -> Vec<(K, Option<Arc<T>>)> {
         let mut changed = Vec::new();
         for (object, before) in std::mem::take(&mut self.touched) {
             let after = self.winner(&object).cloned();
@@ -91,7 +89,7 @@ impl<T: PartialEq> Definitions<T> {
         changed
     }
 
-    fn warn_if_duplicate(&self, object: &ObjectRef) {
+    fn warn_if_duplicate(&self, object: &K) {
         let Some(defs) = self.by_object.get(object) else {
             return;
         };

@@ -4,8 +4,12 @@
 //! so the agent can call it every few hundred milliseconds; when a file
 //! changed it hands over only the objects whose content changed, so one
 //! edit costs the same with ten Services as with a hundred thousand.
+//!
+//! A `v1 Node` manifest stands in for the API's Node object, so topology
+//! hints can be used without an API server: only the agent's own Node counts.
 
 mod defs;
+mod objects;
 mod parse;
 #[cfg(test)]
 mod tests;
@@ -19,18 +23,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::model::{Kind, ObjectRef};
+use crate::model::ObjectRef;
 use defs::Definitions;
+use objects::{FileObjects, NodeName};
 pub use parse::{ParseError, Parsed, parse_str};
 
-/// Every Service and EndpointSlice currently in force, in object order.
+/// Every Service, EndpointSlice and Node currently in force, in object order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    pub nodes: Vec<Node>,
 }
 
 /// Objects whose definition in force changed since the last poll, in
@@ -39,11 +45,13 @@ pub struct Snapshot {
 pub struct Changes {
     pub services: Vec<(ObjectRef, Option<Arc<Service>>)>,
     pub slices: Vec<(ObjectRef, Option<Arc<EndpointSlice>>)>,
+    /// By node name.
+    pub nodes: Vec<(String, Option<Arc<Node>>)>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.slices.is_empty()
+        self.services.is_empty() && self.slices.is_empty() && self.nodes.is_empty()
     }
 }
 
@@ -63,44 +71,10 @@ pub struct ManifestDir {
     files: BTreeMap<PathBuf, FileState>,
     services: Definitions<Service>,
     slices: Definitions<EndpointSlice>,
+    nodes: Definitions<Node, NodeName>,
+    /// The agent's node: the one Node manifest that counts.
+    node_name: Option<String>,
     polled: bool,
-}
-
-/// One file's objects, keyed by identity.
-#[derive(Debug, Default)]
-struct FileObjects {
-    services: Vec<(ObjectRef, Arc<Service>)>,
-    slices: Vec<(ObjectRef, Arc<EndpointSlice>)>,
-}
-
-impl FileObjects {
-    /// Objects without a name cannot be told apart, so they are left out
-    /// with a warning rather than failing the whole file.
-    fn new(path: &Path, parsed: Parsed) -> Self {
-        fn keyed<T>(
-            path: &Path,
-            kind: Kind,
-            objects: Vec<T>,
-            meta: impl Fn(&T) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-        ) -> Vec<(ObjectRef, Arc<T>)> {
-            let mut out = Vec::with_capacity(objects.len());
-            for object in objects {
-                match ObjectRef::of(kind, meta(&object)) {
-                    Ok(key) => out.push((key, Arc::new(object))),
-                    Err(error) => {
-                        tracing::warn!(path = %path.display(), %error, "object ignored");
-                    }
-                }
-            }
-            out
-        }
-        Self {
-            services: keyed(path, Kind::Service, parsed.services, |s| &s.metadata),
-            slices: keyed(path, Kind::EndpointSlice, parsed.endpoint_slices, |s| {
-                &s.metadata
-            }),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -133,7 +107,32 @@ impl ManifestDir {
             files: BTreeMap::new(),
             services: Definitions::default(),
             slices: Definitions::default(),
+            nodes: Definitions::default(),
+            node_name: None,
             polled: false,
+        }
+    }
+
+    /// Names the agent's node: only the Node manifest of that name counts.
+    pub fn with_node_name(mut self, name: impl Into<String>) -> Self {
+        self.node_name = Some(name.into());
+        self
+    }
+
+    /// This node's Node manifest in force. Without a node name, the only
+    /// Node defined, if there is exactly one (the model then keeps it only
+    /// if its name is the agent's).
+    pub fn node(&self) -> Option<Arc<Node>> {
+        match &self.node_name {
+            Some(name) => self.nodes.winner(&NodeName(name.clone())).cloned(),
+            None => {
+                let winners = self.nodes.winners();
+                let mut all = winners.into_values();
+                match (all.next(), all.next()) {
+                    (Some(only), None) => Some(only.clone()),
+                    _ => None,
+                }
+            }
         }
     }
 
@@ -166,6 +165,7 @@ impl ManifestDir {
         let changes = Changes {
             services: self.services.take_changes(),
             slices: self.slices.take_changes(),
+            nodes: self.node_changes(),
         };
         Ok((first || !changes.is_empty()).then_some(changes))
     }
@@ -185,7 +185,34 @@ impl ManifestDir {
                 .into_values()
                 .map(|s| (**s).clone())
                 .collect(),
+            nodes: self
+                .nodes
+                .winners()
+                .into_values()
+                .map(|n| (**n).clone())
+                .collect(),
         }
+    }
+
+    /// Node definitions that changed, with a word when one is not this node's.
+    fn node_changes(&mut self) -> Vec<(String, Option<Arc<Node>>)> {
+        let changes = self.nodes.take_changes();
+        let defined = || changes.iter().filter(|(_, node)| node.is_some());
+        match &self.node_name {
+            Some(ours) => {
+                for (NodeName(name), _) in defined().filter(|(n, _)| &n.0 != ours) {
+                    tracing::debug!(node = %name, "ignoring the Node manifest of another node");
+                }
+            }
+            None if defined().next().is_some() && self.node().is_none() => {
+                tracing::warn!("several Node manifests and no node name: none of them is used");
+            }
+            None => {}
+        }
+        changes
+            .into_iter()
+            .map(|(NodeName(name), node)| (name, node))
+            .collect()
     }
 
     /// Current per-file problems, by file name.
@@ -227,6 +254,7 @@ impl ManifestDir {
         self.services
             .replace_file(path, &old.services, &new.services);
         self.slices.replace_file(path, &old.slices, &new.slices);
+        self.nodes.replace_file(path, &old.nodes, &new.nodes);
     }
 
     /// Brings one file's state up to date.

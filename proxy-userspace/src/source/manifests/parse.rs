@@ -1,6 +1,6 @@
-//! Multi-document Kubernetes YAML → Services and EndpointSlices.
+//! Multi-document Kubernetes YAML → Services, EndpointSlices and Nodes.
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -11,6 +11,9 @@ use serde_yaml_ng::Value;
 pub struct Parsed {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// Only the agent's own Node counts (its zone steers topology hints);
+    /// which one that is, is the reader's business.
+    pub nodes: Vec<Node>,
 }
 
 /// Why a YAML text could not be read; the message of a YAML or schema error
@@ -26,9 +29,9 @@ pub struct ParseError {
 }
 
 /// Parses every document of `text`, in the schema kubectl uses: `v1 Service`,
-/// `discovery.k8s.io/v1 EndpointSlice`, and `v1 List` of those. Other kinds
-/// are ignored (debug log); empty documents are skipped. The first bad
-/// document fails the whole text, so a half-written file never counts.
+/// `discovery.k8s.io/v1 EndpointSlice`, `v1 Node`, and `v1 List` of those.
+/// Other kinds are ignored (debug log); empty documents are skipped. The
+/// first bad document fails the whole text, so a half-written file never counts.
 pub fn parse_str(text: &str) -> Result<Parsed, ParseError> {
     let mut parsed = Parsed::default();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -77,6 +80,7 @@ fn add(parsed: &mut Parsed, value: Value, origin: Option<(&str, usize)>) -> Resu
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             parsed.endpoint_slices.push(typed(value, origin)?)
         }
+        ("v1", "Node") => parsed.nodes.push(typed(value, origin)?),
         (api, kind) => tracing::debug!(
             api_version = api,
             kind,

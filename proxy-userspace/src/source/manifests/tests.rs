@@ -324,3 +324,57 @@ fn the_first_definition_in_file_name_order_counts() {
     let changes = manifests.poll().expect("poll").expect("web added");
     assert_eq!(changed_names(&changes), [("web".to_string(), true)]);
 }
+
+fn node(name: &str, zone: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\n"
+    )
+}
+
+fn zone(node: Option<Arc<k8s_openapi::api::core::v1::Node>>) -> Option<String> {
+    node?
+        .metadata
+        .labels
+        .as_ref()?
+        .get(crate::model::node::LABEL_ZONE)
+        .cloned()
+}
+
+#[test]
+fn only_this_nodes_node_manifest_counts() {
+    let dir = TempDir::new("nodes");
+    let both = |zone1: &str| format!("{}---\n{}", node("node2", "zone-b"), node("node1", zone1));
+    dir.write("nodes.yaml", &both("zone-a"));
+    let mut manifests = ManifestDir::new(dir.path()).with_node_name("node1");
+    let first = manifests.poll().expect("poll").expect("first");
+    assert_eq!(first.nodes.len(), 2);
+    assert_eq!(manifests.snapshot().nodes.len(), 2);
+    assert_eq!(zone(manifests.node()).as_deref(), Some("zone-a"));
+
+    // A Node alone changing is a change: its zone steers topology hints.
+    dir.write("nodes.yaml", &both("zone-c"));
+    let changes = manifests.poll().expect("poll").expect("zone moved");
+    let names: Vec<&str> = changes.nodes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["node1"]);
+    assert_eq!(zone(manifests.node()).as_deref(), Some("zone-c"));
+
+    // Without a node name, only a lone Node manifest is handed over.
+    let mut unnamed = ManifestDir::new(dir.path());
+    unnamed.poll().expect("poll");
+    assert_eq!(unnamed.node(), None, "two Nodes, no name");
+
+    // The source hands the current Node over with every change.
+    let mut source = crate::source::Source::Manifests(ManifestDir::new(dir.path()));
+    dir.write("nodes.yaml", &node("node1", "zone-d"));
+    match source.poll(false) {
+        crate::source::Update::Changed { node, .. } => {
+            assert_eq!(zone(node).as_deref(), Some("zone-d"));
+        }
+        other => panic!("expected changes, got {other:?}"),
+    }
+
+    fs::remove_file(dir.path().join("nodes.yaml")).expect("rm");
+    let changes = manifests.poll().expect("poll").expect("gone");
+    assert!(changes.nodes.iter().all(|(_, n)| n.is_none()));
+    assert_eq!(manifests.node(), None);
+}

@@ -1,0 +1,68 @@
+//! One file's objects, keyed by identity: Services and EndpointSlices by
+//! kind and namespace/name, Nodes (cluster-scoped) by name.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::Parsed;
+use crate::model::{Kind, ObjectRef};
+
+/// A Node's identity (cluster-scoped, so its name), logged as `Node NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct NodeName(pub(super) String);
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Node {}", self.0)
+    }
+}
+
+/// One file's objects, keyed by identity.
+#[derive(Debug, Default)]
+pub(super) struct FileObjects {
+    pub(super) services: Vec<(ObjectRef, Arc<Service>)>,
+    pub(super) slices: Vec<(ObjectRef, Arc<EndpointSlice>)>,
+    pub(super) nodes: Vec<(NodeName, Arc<Node>)>,
+}
+
+impl FileObjects {
+    /// Objects without a name cannot be told apart, so they are left out
+    /// with a warning rather than failing the whole file.
+    pub(super) fn new(path: &Path, parsed: Parsed) -> Self {
+        fn keyed<T>(
+            path: &Path,
+            kind: Kind,
+            objects: Vec<T>,
+            meta: impl Fn(&T) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        ) -> Vec<(ObjectRef, Arc<T>)> {
+            let mut out = Vec::with_capacity(objects.len());
+            for object in objects {
+                match ObjectRef::of(kind, meta(&object)) {
+                    Ok(key) => out.push((key, Arc::new(object))),
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "object ignored");
+                    }
+                }
+            }
+            out
+        }
+        let mut nodes = Vec::with_capacity(parsed.nodes.len());
+        for node in parsed.nodes {
+            match node.metadata.name.clone().filter(|n| !n.is_empty()) {
+                Some(name) => nodes.push((NodeName(name), Arc::new(node))),
+                None => tracing::warn!(path = %path.display(), "Node without a name ignored"),
+            }
+        }
+        Self {
+            services: keyed(path, Kind::Service, parsed.services, |s| &s.metadata),
+            slices: keyed(path, Kind::EndpointSlice, parsed.endpoint_slices, |s| {
+                &s.metadata
+            }),
+            nodes,
+        }
+    }
+}
