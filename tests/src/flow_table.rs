@@ -459,6 +459,13 @@ impl Proxier {
     /// Returns the conversion errors.
     pub fn sync(&mut self, manifests: &str) -> Result<Vec<String>> {
         let parsed = parse_str(manifests).map_err(|e| anyhow!("manifests: {e}"))?;
+        // This node's Node, if the manifests hold it (its zone steers hints).
+        self.builder.set_node(
+            parsed
+                .nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(NODE_NAME)),
+        );
         let (model, errors) = self
             .builder
             .update(&parsed.services, &parsed.endpoint_slices);
