@@ -182,6 +182,9 @@ pub struct SyncLoop<M: ServiceMaps> {
     waiting_reported: bool,
     /// Bumped each time the model commits, so readers can tell it moved.
     generation: u64,
+    /// Parts of objects served without (a conflict, unusable topology),
+    /// each logged once when it appears.
+    reported_problems: BTreeSet<String>,
 }
 
 impl<M: ServiceMaps> SyncLoop<M> {
@@ -196,6 +199,7 @@ impl<M: ServiceMaps> SyncLoop<M> {
             feed_time: Duration::ZERO,
             waiting_reported: false,
             generation: 0,
+            reported_problems: BTreeSet::new(),
         }
     }
 
@@ -273,6 +277,11 @@ impl<M: ServiceMaps> SyncLoop<M> {
                 let elapsed = start.elapsed() + std::mem::take(&mut self.feed_time);
                 add_commit(&mut report, &commit, elapsed);
                 log(&report, self.builder.skip_counts());
+                if report.converted > 0 {
+                    for problem in self.new_problems() {
+                        tracing::warn!(%problem, "served without this part of its spec");
+                    }
+                }
                 if report.failed_ops == 0 {
                     health.record_sync();
                 }
@@ -283,6 +292,35 @@ impl<M: ServiceMaps> SyncLoop<M> {
                 None
             }
         }
+    }
+
+    /// Problems with what an object asks for that the last sync found and
+    /// earlier ones did not, to be logged once each (the sync line only
+    /// counts them). IPv6 and other kinds vipr leaves out by design are
+    /// only counted.
+    fn new_problems(&mut self) -> Vec<String> {
+        use crate::model::SkipReason;
+        let current: BTreeSet<String> = self
+            .builder
+            .model()
+            .skipped
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.reason,
+                    SkipReason::UnknownTrafficDistribution(_)
+                        | SkipReason::TopologyUnused { .. }
+                        | SkipReason::FrontendConflict { .. }
+                )
+            })
+            .map(ToString::to_string)
+            .collect();
+        let new = current
+            .difference(&self.reported_problems)
+            .cloned()
+            .collect();
+        self.reported_problems = current;
+        new
     }
 
     /// Hands an update to the model. True if it may have changed something.
@@ -406,6 +444,35 @@ endpoints: [{addresses: [10.244.1.11]}]
         assert!(full.full && full.ops > 0, "{full:?}");
         assert_eq!(sync.syncer().maps.contents, *sync.syncer().applied());
         assert!(!sync.syncer().maps.contents.services.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_problem_with_an_object_is_reported_once() {
+        let dir = std::env::temp_dir().join(format!("vipr-sync-problems-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let odd = SERVICE.replace("spec: {", "spec: {trafficDistribution: PreferFarAway, ");
+        assert_ne!(odd, SERVICE, "the fixture has a spec");
+        std::fs::write(dir.join("web.yaml"), &odd).expect("write");
+        let mut source = Source::Manifests(ManifestDir::new(&dir));
+        let syncer = Syncer::restore(FakeMaps::default()).expect("restore");
+        let mut sync = SyncLoop::new(
+            ModelBuilder::new(ModelOptions::default()),
+            syncer,
+            Periods::default(),
+        );
+        let health = Health::new(Duration::from_secs(20));
+        sync.step(&mut source, Instant::now(), &health)
+            .expect("sync");
+        assert_eq!(
+            sync.reported_problems.len(),
+            1,
+            "{:?}",
+            sync.reported_problems
+        );
+        let line = sync.reported_problems.iter().next().unwrap();
+        assert!(line.contains("PreferFarAway"), "{line}");
+        assert!(sync.new_problems().is_empty(), "reported once");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
