@@ -276,6 +276,7 @@ fn restarts_mode_switches_and_cleanup_leave_no_attachment_behind() {
     let node1 = c.topology.netns("node1").unwrap();
     let hooks = vipr::datapath::SOCKET_PROGRAMS.len();
     assert_eq!(socket_programs(&c, "node1", hooks), hooks);
+    assert_pins_private(&c.pins("node1"));
     for mode in ["host", "all", "host"] {
         c.start_agent("node1", &["--socket-lb", mode]).unwrap();
         assert_eq!(
@@ -360,4 +361,29 @@ fn nodeports_answer_the_node_on_localhost_only_when_asked() {
         served.insert(reply.name);
     }
     assert_eq!(served.len(), 2, "{served:?}");
+}
+
+/// Pinned maps and links are the datapath's state: directories 0700, pins
+/// 0600, owned by root.
+fn assert_pins_private(dir: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid()),
+        (0o700, 0),
+        "{}",
+        dir.display()
+    );
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            assert_pins_private(&path);
+        } else {
+            let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen > 0, "{} is empty", dir.display());
 }

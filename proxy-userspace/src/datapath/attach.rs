@@ -158,7 +158,7 @@ impl Attacher {
         datapath: &mut Datapath,
         interface: &str,
     ) -> Result<(), DatapathError> {
-        std::fs::create_dir_all(&self.link_dir).map_err(|source| DatapathError::Pins {
+        super::loader::private_dir(&self.link_dir).map_err(|source| DatapathError::Pins {
             path: self.link_dir.display().to_string(),
             source,
         })?;

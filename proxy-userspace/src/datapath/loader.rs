@@ -94,10 +94,12 @@ impl Datapath {
         }
         ensure_bpffs(&options.pin_dir)?;
         let map_dir = options.pin_dir.join("maps");
-        std::fs::create_dir_all(&map_dir).map_err(|source| DatapathError::Pins {
-            path: map_dir.display().to_string(),
-            source,
-        })?;
+        for dir in [&options.pin_dir, &map_dir] {
+            private_dir(dir).map_err(|source| DatapathError::Pins {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
         let node_ipv4 = options.node_ipv4.map_or(0, proxy_common::wire_addr);
         // The namespace the agent runs in is the node's: host-scope socket
         // translation keys on it.
@@ -186,6 +188,20 @@ pub fn cleanup_pins(pin_dir: &Path) -> Result<(), DatapathError> {
 }
 
 pub(super) const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// Creates `dir` (and its missing parents) readable by root only, and
+/// makes it so if it exists: pinned maps and links are the datapath's state.
+/// Pins themselves are 0600 (bpffs applies the umask to 0600).
+pub(super) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+}
+
+const PRIVATE_DIR_MODE: u32 = 0o700;
 
 /// Mounts bpffs at /sys/fs/bpf when the pins go there and nothing is mounted
 /// yet, as a fresh host (or a container with /sys bind-mounted) may have it.

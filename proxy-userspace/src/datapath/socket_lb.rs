@@ -70,7 +70,7 @@ pub fn attach_socket_lb(datapath: &mut Datapath, cgroup: &Path) -> Result<(), Da
         path: path.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(&dir).map_err(|e| pins_error(&dir, e))?;
+    super::loader::private_dir(&dir).map_err(|e| pins_error(&dir, e))?;
     let attach_error = |message: String| DatapathError::Interface {
         interface: format!("cgroup {}", cgroup.display()),
         message,

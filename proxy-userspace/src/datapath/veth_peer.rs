@@ -40,7 +40,7 @@ pub fn attach_pass_through(
     for map in [maps::SERVICES, maps::BACKENDS, maps::SLOTS, maps::CONNTRACK] {
         loader.map_max_entries(map, 1);
     }
-    std::fs::create_dir_all(&map_dir).map_err(|source| DatapathError::Pins {
+    super::loader::private_dir(&map_dir).map_err(|source| DatapathError::Pins {
         path: map_dir.display().to_string(),
         source,
     })?;
@@ -59,7 +59,7 @@ pub fn attach_pass_through(
         let Some(dir) = pin_dir else { continue };
         let link = FdLink::try_from(program.take_link(id).map_err(|e| error(interface, e))?)
             .map_err(|e| error(interface, e))?;
-        std::fs::create_dir_all(dir).map_err(|source| DatapathError::Pins {
+        super::loader::private_dir(dir).map_err(|source| DatapathError::Pins {
             path: dir.display().to_string(),
             source,
         })?;

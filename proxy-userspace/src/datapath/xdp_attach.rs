@@ -54,7 +54,7 @@ pub fn attach_xdp(
             Ok(id) => {
                 let link = program.take_link(id).map_err(|e| error(interface, e))?;
                 if let Some(dir) = pin.parent() {
-                    let _ = std::fs::create_dir_all(dir);
+                    let _ = super::loader::private_dir(dir);
                 }
                 match FdLink::try_from(link) {
                     Ok(fd_link) => {
