@@ -100,6 +100,7 @@ impl Datapath {
                 source,
             })?;
         }
+        super::pins::check_pinned_layouts(&map_dir)?;
         let node_ipv4 = options.node_ipv4.map_or(0, proxy_common::wire_addr);
         // The namespace the agent runs in is the node's: host-scope socket
         // translation keys on it.

@@ -12,6 +12,7 @@ mod kernel;
 mod links;
 mod loader;
 mod namespaces;
+mod pins;
 mod probe;
 mod sock_destroy;
 mod socket_lb;
@@ -64,6 +65,16 @@ pub enum DatapathError {
     MissingFeatures(String),
     #[error("probing kernel features: {0}")]
     Probe(String),
+    #[error(
+        "pinned map {path} has another layout ({found}) than this vipr reads ({expected}): \
+         it was left by an incompatible version; remove the pins (`vipr cleanup --bpffs DIR`) \
+         to start afresh, which resets established flows"
+    )]
+    IncompatiblePins {
+        path: String,
+        expected: String,
+        found: String,
+    },
     #[error("bpffs directory {path}: {source}")]
     Pins {
         path: String,

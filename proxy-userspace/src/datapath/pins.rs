@@ -1,0 +1,100 @@
+//! Maps pinned by an earlier agent are reused (that is how established flows
+//! survive a restart), but only when their layout is the one this agent's
+//! programs read: a map of another type or key/value size is refused with a
+//! clear error, never reused or rewritten.
+use std::{mem::size_of, path::Path};
+
+use aya::maps::{MapInfo, MapType};
+use proxy_common::{
+    AffinityKey, AffinityMember, AffinityValue, BackendValue, CtKey, CtValue, ServiceKey,
+    ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey, maps,
+};
+
+use super::DatapathError;
+
+/// An LPM trie key carries its prefix length in front of the data.
+const LPM_PREFIX_LEN: usize = size_of::<u32>();
+
+/// Every map the object pins: name, type, key size, value size.
+const LAYOUTS: [(&str, MapType, usize, usize); 9] = [
+    (
+        maps::SERVICES,
+        MapType::Hash,
+        size_of::<ServiceKey>(),
+        size_of::<ServiceValue>(),
+    ),
+    (
+        maps::SLOTS,
+        MapType::Hash,
+        size_of::<SlotKey>(),
+        size_of::<u32>(),
+    ),
+    (
+        maps::BACKENDS,
+        MapType::Hash,
+        size_of::<u32>(),
+        size_of::<BackendValue>(),
+    ),
+    (
+        maps::CONNTRACK,
+        MapType::LruHash,
+        size_of::<CtKey>(),
+        size_of::<CtValue>(),
+    ),
+    (
+        maps::COUNTERS,
+        MapType::PerCpuArray,
+        size_of::<u32>(),
+        size_of::<u64>(),
+    ),
+    (
+        maps::SOURCE_RANGES,
+        MapType::LpmTrie,
+        LPM_PREFIX_LEN + size_of::<SourceRangeKey>(),
+        size_of::<u8>(),
+    ),
+    (
+        maps::SOCK_REVNAT,
+        MapType::LruHash,
+        size_of::<SockRevKey>(),
+        size_of::<SockRevValue>(),
+    ),
+    (
+        maps::AFFINITY,
+        MapType::LruHash,
+        size_of::<AffinityKey>(),
+        size_of::<AffinityValue>(),
+    ),
+    (
+        maps::AFFINITY_MEMBERS,
+        MapType::Hash,
+        size_of::<AffinityMember>(),
+        size_of::<u32>(),
+    ),
+];
+
+/// Fails naming the first pinned map under `map_dir` whose layout differs.
+/// Maps not pinned yet are fine: the load creates them.
+pub fn check_pinned_layouts(map_dir: &Path) -> Result<(), DatapathError> {
+    for (name, map_type, key_size, value_size) in LAYOUTS {
+        let path = map_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&path).map_err(|source| DatapathError::Map { name, source })?;
+        let found = (
+            info.map_type().ok(),
+            info.key_size() as usize,
+            info.value_size() as usize,
+        );
+        if found != (Some(map_type), key_size, value_size) {
+            return Err(DatapathError::IncompatiblePins {
+                path: path.display().to_string(),
+                expected: format!("{map_type:?}, key {key_size} B, value {value_size} B"),
+                found: format!("{:?}, key {} B, value {} B", found.0, found.1, found.2),
+            });
+        }
+    }
+    Ok(())
+}

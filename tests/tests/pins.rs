@@ -1,0 +1,39 @@
+//! Pins of an incompatible layout are refused with a clear message instead
+//! of being reused or rewritten.
+use std::path::PathBuf;
+
+use vipr::datapath::{Datapath, LoadOptions, cleanup_pins};
+
+/// Removes the pin directory whatever happens.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = cleanup_pins(&self.0);
+    }
+}
+
+#[test]
+fn pins_of_another_layout_are_refused_naming_the_map_and_the_way_out() {
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/vipr-pins-test-{}",
+        std::process::id()
+    )));
+    let options = LoadOptions::new(&pins.0);
+    drop(Datapath::load(&options).expect("first load (needs root)"));
+    // The same pins load again: that is how a restart keeps its flows.
+    drop(Datapath::load(&options).expect("reload over our own pins"));
+    // An older agent's services map had another layout: stand one in.
+    let maps = pins.0.join("maps");
+    std::fs::rename(maps.join("VIPR_COUNTERS"), maps.join("VIPR_SERVICES")).unwrap();
+    let error = Datapath::load(&options)
+        .err()
+        .expect("incompatible pins are refused")
+        .to_string();
+    assert!(error.contains("VIPR_SERVICES"), "{error}");
+    assert!(error.contains("vipr cleanup"), "{error}");
+    assert!(
+        maps.join("VIPR_SERVICES").exists(),
+        "the pins are left as they were"
+    );
+}
