@@ -89,7 +89,10 @@ fn to_backend<const SENDMSG: bool>(ctx: &SockAddrContext) -> i32 {
         unsafe { ((*addr).user_ip4, (*addr).user_port, (*addr).protocol) };
     let proto = match protocol as u8 {
         p @ (IPPROTO_TCP | IPPROTO_UDP) => p,
-        _ => return PROCEED,
+        _ => {
+            count(Counter::PassOtherProtocol);
+            return PROCEED;
+        }
     };
     if user_ip4 & LOOPBACK_MASK == LOOPBACK_NET && !in_node_netns(ctx) {
         count(Counter::SockPassNotService);

@@ -25,16 +25,6 @@ pub struct SocketLbConfig {
     pub nodeport_localhost: bool,
 }
 
-impl SocketLbConfig {
-    pub fn off() -> Self {
-        Self {
-            scope: None,
-            cgroup_root: None,
-            nodeport_localhost: false,
-        }
-    }
-}
-
 /// Attaches the hooks. Returns what closes stale UDP sockets, when the
 /// hooks are on and the kernel can destroy sockets.
 pub fn set_up(
