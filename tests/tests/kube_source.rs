@@ -246,6 +246,39 @@ async fn api_server_down_keeps_serving_then_converges() -> Result<()> {
     Ok(())
 }
 
+/// A rolling restart of the API server: three outages in about half a
+/// minute, each with a change made meanwhile. The watch backoff is capped
+/// at 2 s, so each change reaches the maps within about that of the server
+/// coming back (kube-rs's default backoff took 6 to 23 s here). The delays
+/// are printed, not asserted: the machine is shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_the_maps_soon_after_each_api_server_restart() -> Result<()> {
+    let api = api_with(&[
+        service("web", "10.96.0.10", &[80]),
+        slice("web-a", "web", 8080, &["10.0.0.1"]),
+    ])
+    .await?;
+    let mut h = Harness::start(&api, Default::default()).await?;
+    h.until("initial", |h| h.table().len() == 1).await?;
+    let mut delays = Vec::new();
+    for endpoint in ["10.0.0.2", "10.0.0.3", "10.0.0.4"] {
+        api.stop();
+        h.run_for(Duration::from_secs(8)).await;
+        api.apply(&slice("web-a", "web", 8080, &[endpoint]))?;
+        api.resume().await?;
+        let back = Instant::now();
+        let want = vec![format!("{endpoint}:8080")];
+        h.until("the change after a restart", |h| {
+            h.backends("10.96.0.10:80/tcp") == want
+        })
+        .await?;
+        delays.push(back.elapsed());
+    }
+    eprintln!("change in the maps after each API server restart: {delays:?}");
+    h.assert_consistent();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abrupt_watch_disconnects_resume_without_relisting() -> Result<()> {
     let api = api_with(&[

@@ -15,6 +15,9 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use backon::BackoffBuilder as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
@@ -237,6 +240,47 @@ fn object(kind: Kind, namespace: String, name: String) -> ObjectRef {
     }
 }
 
+/// Retry delays of a failing watch: exponential from 200 ms, capped at 2 s,
+/// and back to 200 ms with any event. kube-rs's default (800 ms doubling to
+/// 30 s, reset only after 2 quiet minutes) left a change waiting 6 to 23 s
+/// after an API server came back; a cap of 2 s bounds that wait while still
+/// easing off a server that refuses connections.
+struct WatchBackoff {
+    builder: backon::ExponentialBuilder,
+    delays: backon::ExponentialBackoff,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const CAP: Duration = Duration::from_secs(2);
+
+    fn new() -> Self {
+        let builder = backon::ExponentialBuilder::default()
+            .with_min_delay(Self::FIRST)
+            .with_max_delay(Self::CAP)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
+        Self {
+            delays: builder.build(),
+            builder,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        self.delays.next()
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.delays = self.builder.build();
+    }
+}
+
 /// One reflector: watcher (with backoff) → trim → store, marking what each
 /// event touched.
 fn spawn<K>(
@@ -255,7 +299,7 @@ where
     let kind = K::kind(&K::DynamicType::default()).to_string();
     tokio::spawn(async move {
         let stream = watcher(api, config)
-            .default_backoff()
+            .backoff(WatchBackoff::new())
             .modify(trim)
             .reflect(writer);
         let mut stream = std::pin::pin!(stream);
