@@ -281,6 +281,18 @@ pub struct SockRevValue {
     pub service_id: u32,
 }
 
+impl SockRevValue {
+    /// The frontend the socket asked for (socket hooks serve the internal scope).
+    pub fn frontend(&self) -> ServiceKey {
+        ServiceKey {
+            addr: self.addr,
+            port: self.port,
+            proto: self.proto,
+            scope: SCOPE_INTERNAL,
+        }
+    }
+}
+
 /// Which sockets the cgroup hooks translate (global `SOCKET_LB_SCOPE`):
 /// only those in the agent's own network namespace (the node's), or all
 /// in the cgroup, pods included.

@@ -202,13 +202,7 @@ fn to_frontend(ctx: &SockAddrContext) {
         count(Counter::SockPassNotTranslated);
         return;
     };
-    let frontend = ServiceKey {
-        addr: entry.addr,
-        port: entry.port,
-        proto: entry.proto,
-        scope: SCOPE_INTERNAL,
-    };
-    if lookup_frontend(&frontend).is_none_or(|s| s.service_id != entry.service_id) {
+    if lookup_frontend(&entry.frontend()).is_none_or(|s| s.service_id != entry.service_id) {
         let _ = SOCK_REVNAT.remove(&key);
         count(Counter::SockRevNatStale);
         return;

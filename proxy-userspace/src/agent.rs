@@ -99,10 +99,10 @@ fn node_addresses(
         .flat_map(|(_, ips)| ips.iter().copied())
         .collect();
     let in_cidr = |ip: &std::net::Ipv4Addr| {
-        external.nodeport_cidrs.iter().any(|(net, len)| {
-            let mask = if *len == 0 { 0 } else { u32::MAX << (32 - len) };
-            u32::from(*ip) & mask == u32::from(*net) & mask
-        })
+        external
+            .nodeport_cidrs
+            .iter()
+            .any(|range| crate::model::ip::cidr_contains(*range, *ip))
     };
     let mut nodeport: Vec<std::net::Ipv4Addr> = if external.nodeport_cidrs.is_empty() {
         own.clone()

@@ -26,15 +26,7 @@ fn workspace_root() -> PathBuf {
 }
 
 fn vipr_bin() -> PathBuf {
-    let bin = std::env::var_os("VIPR_BIN")
-        .map_or_else(|| workspace_root().join("target/debug/vipr"), PathBuf::from);
-    assert!(
-        bin.is_file(),
-        "vipr binary not found at {}: build it first (`cargo build -p proxy-userspace`) \
-         or point VIPR_BIN at it",
-        bin.display()
-    );
-    bin
+    vipr_tests::vipr_bin()
 }
 
 /// A temporary directory removed on drop.

@@ -144,8 +144,10 @@ fn host_clients_meet_source_ranges_and_refusal_at_once() {
     .unwrap();
     let error = udp.expect_err("sendto a Service without endpoints");
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+    // Refused, not timed out (the clients wait 2 s): the same bound as the
+    // TC path's refusal tests in e2e.rs.
     assert!(
-        start.elapsed() < Duration::from_millis(500),
+        start.elapsed() < Duration::from_secs(1),
         "{:?}",
         start.elapsed()
     );

@@ -63,6 +63,8 @@ pub enum DatapathError {
     Interface { interface: String, message: String },
     #[error("this kernel lacks what the datapath needs: {0}")]
     MissingFeatures(String),
+    #[error("sock_diag: {0}")]
+    SockDiag(String),
     #[error("probing kernel features: {0}")]
     Probe(String),
     #[error(

@@ -24,7 +24,7 @@ use netlink_packet_sock_diag::{
     message::SockDiagDestroy,
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
-use proxy_common::{SCOPE_INTERNAL, ServiceKey, SockRevKey, SockRevValue, maps, wire_addr};
+use proxy_common::{ServiceKey, SockRevKey, SockRevValue, maps, wire_addr};
 
 use super::{Datapath, DatapathError};
 
@@ -34,7 +34,7 @@ const UDP_CONNECTED: u8 = 1;
 const ANSWER_BUFFER: usize = 64 * 1024;
 
 fn fail(message: String) -> DatapathError {
-    DatapathError::Probe(format!("sock_diag: {message}"))
+    DatapathError::SockDiag(message)
 }
 
 /// The socket hooks' reverse map: which frontend each socket asked for.
@@ -68,13 +68,7 @@ impl SocketRevNat {
             let Ok(entry) = self.0.get(&key, 0) else {
                 continue;
             };
-            let frontend = ServiceKey {
-                addr: entry.addr,
-                port: entry.port,
-                proto: entry.proto,
-                scope: SCOPE_INTERNAL,
-            };
-            if serves(&frontend, key.addr, key.port) {
+            if serves(&entry.frontend(), key.addr, key.port) {
                 continue;
             }
             match destroy(&socket, id) {

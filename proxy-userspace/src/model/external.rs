@@ -108,10 +108,10 @@ pub(super) fn parse_cidr(raw: &str) -> Option<Option<(Ipv4Addr, u8)>> {
     let (addr, len) = raw.split_once('/')?;
     let len: u8 = len.parse().ok()?;
     match super::ip::parse_ip(addr)? {
-        IpAddr::V4(ip) if len <= 32 => {
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            Some(Some((Ipv4Addr::from(u32::from(ip) & mask), len)))
-        }
+        IpAddr::V4(ip) if len <= 32 => Some(Some((
+            Ipv4Addr::from(u32::from(ip) & super::ip::prefix_mask(len)),
+            len,
+        ))),
         IpAddr::V6(_) if len <= 128 => Some(None),
         _ => None,
     }

@@ -123,10 +123,7 @@ fn source_ranges_of(
     ranges: &[(std::net::Ipv4Addr, u8)],
     opts: &ModelOptions,
 ) -> Vec<(std::net::Ipv4Addr, u8)> {
-    let contains = |&(net, len): &(std::net::Ipv4Addr, u8), ip: std::net::Ipv4Addr| {
-        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        u32::from(ip) & mask == u32::from(net) & mask
-    };
+    let contains = |range: &(std::net::Ipv4Addr, u8), ip| super::ip::cidr_contains(*range, ip);
     let mut out = ranges.to_vec();
     let node_allowed = opts
         .nodeport_addresses

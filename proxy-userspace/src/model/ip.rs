@@ -26,6 +26,19 @@ pub(super) fn parse_ipv4(raw: &str) -> Option<Ipv4Addr> {
     parts.next().is_none().then_some(Ipv4Addr::from(octets))
 }
 
+/// The netmask of a `/len` IPv4 prefix (0 for `/0`).
+pub fn prefix_mask(len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(len.min(32)))
+        .unwrap_or(0)
+}
+
+/// Whether `ip` lies in the prefix `net/len`.
+pub fn cidr_contains((net, len): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
+    let mask = prefix_mask(len);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +62,22 @@ mod tests {
         ] {
             assert_eq!(parse_ip(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn prefixes_contain_their_addresses_only() {
+        let net = (Ipv4Addr::new(10, 1, 0, 0), 16);
+        assert!(cidr_contains(net, Ipv4Addr::new(10, 1, 255, 7)));
+        assert!(!cidr_contains(net, Ipv4Addr::new(10, 2, 0, 1)));
+        assert!(cidr_contains(
+            (Ipv4Addr::UNSPECIFIED, 0),
+            Ipv4Addr::new(8, 8, 8, 8)
+        ));
+        assert!(!cidr_contains(
+            (Ipv4Addr::new(1, 2, 3, 4), 32),
+            Ipv4Addr::new(1, 2, 3, 5)
+        ));
+        assert_eq!(prefix_mask(0), 0);
+        assert_eq!(prefix_mask(24), 0xffff_ff00);
     }
 }

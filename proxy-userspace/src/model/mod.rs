@@ -15,7 +15,7 @@ mod error;
 mod external;
 mod frontends;
 mod index;
-mod ip;
+pub mod ip;
 pub mod node;
 mod service;
 mod skip;
