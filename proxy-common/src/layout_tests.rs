@@ -32,11 +32,12 @@ fn conntrack_layout() {
     assert_eq!(offset_of!(CtKey, dst_port), 10);
     assert_eq!(offset_of!(CtKey, proto), 12);
     assert_eq!(offset_of!(CtKey, direction), 13);
-    assert_eq!(size_of::<CtValue>(), 20);
+    assert_eq!(size_of::<CtValue>(), 24);
     assert_eq!(offset_of!(CtValue, snat_addr), 8);
     assert_eq!(offset_of!(CtValue, nat_port), 12);
     assert_eq!(offset_of!(CtValue, snat_port), 14);
     assert_eq!(offset_of!(CtValue, flags), 16);
+    assert_eq!(offset_of!(CtValue, last_seen), 20);
     assert_eq!(size_of::<SourceRangeKey>(), 8);
 }
 
@@ -81,4 +82,51 @@ fn affinity_layout() {
     assert_eq!(offset_of!(AffinityValue, last_used_s), 4);
     assert_eq!(size_of::<AffinityMember>(), 8);
     assert_eq!(offset_of!(AffinityMember, backend_id), 4);
+}
+
+#[test]
+fn partners_lead_back_to_each_other() {
+    use crate::{CT_FLAG_SNAT, CT_FORWARD, CT_REVERSE, CtKey, CtValue};
+    let forward = CtKey {
+        src_addr: 1,
+        dst_addr: 2,
+        src_port: 3,
+        dst_port: 4,
+        proto: 6,
+        direction: CT_FORWARD,
+        _pad: [0; 2],
+    };
+    let to_backend = CtValue {
+        nat_addr: 9,
+        nat_port: 10,
+        ..CtValue::default()
+    };
+    let reverse = forward.partner(&to_backend);
+    assert_eq!((reverse.src_addr, reverse.src_port), (9, 10));
+    assert_eq!((reverse.dst_addr, reverse.dst_port), (1, 3));
+    assert_eq!(reverse.direction, CT_REVERSE);
+    let back_to_frontend = CtValue {
+        nat_addr: 2,
+        nat_port: 4,
+        ..CtValue::default()
+    };
+    assert_eq!(reverse.partner(&back_to_frontend), forward);
+
+    let masqueraded = CtValue {
+        snat_addr: 7,
+        snat_port: 8,
+        flags: CT_FLAG_SNAT,
+        ..to_backend
+    };
+    let reverse = forward.partner(&masqueraded);
+    assert_eq!((reverse.dst_addr, reverse.dst_port), (7, 8));
+    let restore = CtValue {
+        nat_addr: 2,
+        nat_port: 4,
+        snat_addr: 1,
+        snat_port: 3,
+        flags: CT_FLAG_SNAT,
+        ..CtValue::default()
+    };
+    assert_eq!(reverse.partner(&restore), forward);
 }

@@ -20,7 +20,9 @@ pub const SERVICES: &str = "VIPR_SERVICES";
 pub const SLOTS: &str = "VIPR_SLOTS";
 /// backend id (`u32`) → `BackendValue`.
 pub const BACKENDS: &str = "VIPR_BACKENDS";
-/// `CtKey` → `CtValue`, LRU: established flows, both directions.
+/// `CtKey` → `CtValue`, a plain hash (never evicts): tracked flows, both
+/// directions. The agent removes entries whose flow is over or idle past
+/// its state's timeout; when full, new flows are dropped, old ones kept.
 pub const CONNTRACK: &str = "VIPR_CONNTRACK";
 /// Per-CPU `u64` array indexed by [`crate::Counter`].
 pub const COUNTERS: &str = "VIPR_COUNTERS";
@@ -200,6 +202,47 @@ pub struct CtKey {
     pub _pad: [u8; 2],
 }
 
+impl CtKey {
+    /// The key of the other direction of the same flow, from this entry's
+    /// value: the kernel writes both with it, the agent's sweep pairs them.
+    pub fn partner(&self, value: &CtValue) -> CtKey {
+        let masqueraded = value.flags & CT_FLAG_SNAT != 0;
+        if self.direction == CT_FORWARD {
+            // The backend answers the client, or the node address it hides behind.
+            let (to_addr, to_port) = if masqueraded {
+                (value.snat_addr, value.snat_port)
+            } else {
+                (self.src_addr, self.src_port)
+            };
+            CtKey {
+                src_addr: value.nat_addr,
+                dst_addr: to_addr,
+                src_port: value.nat_port,
+                dst_port: to_port,
+                proto: self.proto,
+                direction: CT_REVERSE,
+                _pad: [0; 2],
+            }
+        } else {
+            // The client sent to the frontend the reply is restored to.
+            let (client_addr, client_port) = if masqueraded {
+                (value.snat_addr, value.snat_port)
+            } else {
+                (self.dst_addr, self.dst_port)
+            };
+            CtKey {
+                src_addr: client_addr,
+                dst_addr: value.nat_addr,
+                src_port: client_port,
+                dst_port: value.nat_port,
+                proto: self.proto,
+                direction: CT_FORWARD,
+                _pad: [0; 2],
+            }
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -218,10 +261,20 @@ pub struct CtValue {
     /// `CT_FLAG_*` bits.
     pub flags: u8,
     pub _pad: [u8; 3],
+    /// When a packet last used this entry: whole seconds of the kernel's
+    /// coarse monotonic clock (CLOCK_MONOTONIC), refreshed at most once a
+    /// second per entry.
+    pub last_seen: u32,
 }
 
 /// The flow's source was translated too (masquerade).
 pub const CT_FLAG_SNAT: u8 = 1 << 0;
+/// Reverse entries: a reply has used it (the flow is established).
+pub const CT_FLAG_REPLIED: u8 = 1 << 1;
+/// A TCP FIN went this entry's way (forward: the client's, reverse: the backend's).
+pub const CT_FLAG_FIN: u8 = 1 << 2;
+/// A TCP RST went this entry's way: the connection is over.
+pub const CT_FLAG_RST: u8 = 1 << 3;
 
 /// Key of `VIPR_AFFINITY`: one client of one frontend.
 #[repr(C)]

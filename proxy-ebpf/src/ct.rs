@@ -1,16 +1,53 @@
 //! Connection tracking: a forward entry pins a client flow to its backend, a
-//! reverse entry lets replies be translated back to the frontend.
-use aya_ebpf::bindings::BPF_NOEXIST;
+//! reverse entry lets replies be translated back to the frontend. Every
+//! packet that uses an entry notes when, and whether it closed the flow;
+//! the agent's sweep removes what is over or idle from those notes.
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use proxy_common::{
-    CT_FLAG_SNAT, CT_FORWARD, CT_REVERSE, CtKey, CtValue, SNAT_PORT_COUNT, SNAT_PORT_FIRST,
+    CT_FLAG_FIN, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, CT_REVERSE, CtKey, CtValue,
+    SNAT_PORT_COUNT, SNAT_PORT_FIRST,
 };
 
-use crate::{lb::flow_hash, maps::CONNTRACK, parse::Flow};
+use crate::{
+    lb::flow_hash,
+    maps::CONNTRACK,
+    parse::{Flow, TCP_FLAG_FIN, TCP_FLAG_RST},
+};
 
 /// Ports tried for a masqueraded flow before giving up.
 const SNAT_PORT_ATTEMPTS: u32 = 8;
 /// Step between attempts; prime, so attempts spread over the range.
 const SNAT_PORT_STEP: u32 = 7_919;
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
+/// What a full preallocated hash map answers an insert with.
+const MAP_FULL: i32 = -7; // -E2BIG
+
+/// Why a flow could not be recorded.
+pub enum RecordError {
+    /// The conntrack map is full.
+    Full,
+    /// Every source port tried for a masqueraded flow was taken.
+    PortsExhausted,
+}
+
+/// `CtValue::last_seen` of now.
+#[inline(always)]
+fn now_seconds() -> u32 {
+    (unsafe { bpf_ktime_get_coarse_ns() } / NANOS_PER_SECOND) as u32
+}
+
+/// The closing flags a packet of `flow` leaves on the entry it uses.
+#[inline(always)]
+fn closing_marks(flow: &Flow) -> u8 {
+    let mut marks = 0;
+    if flow.tcp_flags & TCP_FLAG_FIN != 0 {
+        marks |= CT_FLAG_FIN;
+    }
+    if flow.tcp_flags & TCP_FLAG_RST != 0 {
+        marks |= CT_FLAG_RST;
+    }
+    marks
+}
 
 #[inline(always)]
 pub fn forward_key(flow: &Flow) -> CtKey {
@@ -34,23 +71,24 @@ pub fn reply_key(flow: &Flow) -> CtKey {
     }
 }
 
+/// The entry under `key`, noting on it that a packet of `flow` used it now,
+/// with its FIN/RST and the `extra` flags.
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<CtValue> {
-    // Copied out: an LRU entry may be recycled under us.
-    unsafe { CONNTRACK.get(key).copied() }
-}
-
-/// The reverse key of a reply from `backend` to `to`.
-#[inline(always)]
-fn reverse_key(flow: &Flow, backend: (u32, u16), to: (u32, u16)) -> CtKey {
-    CtKey {
-        src_addr: backend.0,
-        dst_addr: to.0,
-        src_port: backend.1,
-        dst_port: to.1,
-        proto: flow.proto,
-        direction: CT_REVERSE,
-        _pad: [0; 2],
+pub fn lookup_for(key: &CtKey, flow: &Flow, extra: u8) -> Option<CtValue> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    let now = now_seconds();
+    // Written only on change: a write per packet would bounce the entry's
+    // cache line between the CPUs a flow's packets arrive on.
+    unsafe {
+        if (*entry).last_seen != now {
+            (*entry).last_seen = now;
+        }
+        let flags = (*entry).flags | closing_marks(flow) | extra;
+        if (*entry).flags != flags {
+            (*entry).flags = flags;
+        }
+        // Copied out: the agent's sweep may delete the entry under us.
+        Some(*entry)
     }
 }
 
@@ -59,42 +97,48 @@ fn reverse_key(flow: &Flow, backend: (u32, u16), to: (u32, u16)) -> CtKey {
 /// that finds no endpoint now must not find its old one later.
 #[inline(always)]
 pub fn forget(flow: &Flow, old: &CtValue) {
-    let _ = CONNTRACK.remove(forward_key(flow));
-    let to = if old.flags & CT_FLAG_SNAT != 0 {
-        (old.snat_addr, old.snat_port)
-    } else {
-        (flow.src_addr, flow.src_port)
-    };
-    let _ = CONNTRACK.remove(reverse_key(flow, (old.nat_addr, old.nat_port), to));
+    let forward = forward_key(flow);
+    let _ = CONNTRACK.remove(&forward);
+    let _ = CONNTRACK.remove(&forward.partner(old));
 }
 
 /// Records both directions of a flow translated to a backend (DNAT only).
+/// Neither entry stays if both cannot.
 #[inline(always)]
 pub fn record(
     flow: &Flow,
     backend_id: u32,
     backend_addr: u32,
     backend_port: u16,
-) -> Result<(), i32> {
+) -> Result<(), RecordError> {
+    let now = now_seconds();
     let forward = CtValue {
         backend_id,
         nat_addr: backend_addr,
         nat_port: backend_port,
+        flags: closing_marks(flow),
+        last_seen: now,
         ..CtValue::default()
     };
-    CONNTRACK.insert(forward_key(flow), forward, 0)?;
+    let forward_key = forward_key(flow);
+    CONNTRACK
+        .insert(&forward_key, &forward, 0)
+        .map_err(|_| RecordError::Full)?;
     let reverse = CtValue {
         backend_id,
         nat_addr: flow.dst_addr,
         nat_port: flow.dst_port,
+        last_seen: now,
         ..CtValue::default()
     };
-    let key = reverse_key(
-        flow,
-        (backend_addr, backend_port),
-        (flow.src_addr, flow.src_port),
-    );
-    CONNTRACK.insert(key, reverse, 0)
+    if CONNTRACK
+        .insert(&forward_key.partner(&forward), &reverse, 0)
+        .is_err()
+    {
+        let _ = CONNTRACK.remove(&forward_key);
+        return Err(RecordError::Full);
+    }
+    Ok(())
 }
 
 /// Records a flow translated to a backend *and* masqueraded behind
@@ -107,7 +151,8 @@ pub fn record_masqueraded(
     backend_addr: u32,
     backend_port: u16,
     node_addr: u32,
-) -> Option<u16> {
+) -> Result<u16, RecordError> {
+    let now = now_seconds();
     let reverse = CtValue {
         backend_id,
         nat_addr: flow.dst_addr,
@@ -116,29 +161,37 @@ pub fn record_masqueraded(
         snat_port: flow.src_port,
         flags: CT_FLAG_SNAT,
         _pad: [0; 3],
+        last_seen: now,
     };
+    let mut forward = CtValue {
+        backend_id,
+        nat_addr: backend_addr,
+        nat_port: backend_port,
+        snat_addr: node_addr,
+        snat_port: 0,
+        flags: CT_FLAG_SNAT | closing_marks(flow),
+        _pad: [0; 3],
+        last_seen: now,
+    };
+    let forward_key = forward_key(flow);
     let start = flow_hash(flow);
     let mut attempt = 0;
     while attempt < SNAT_PORT_ATTEMPTS {
         let offset = start.wrapping_add(attempt * SNAT_PORT_STEP) % SNAT_PORT_COUNT as u32;
-        let port = (SNAT_PORT_FIRST + offset as u16).to_be();
-        let key = reverse_key(flow, (backend_addr, backend_port), (node_addr, port));
-        if CONNTRACK.insert(key, reverse, BPF_NOEXIST as u64).is_ok() {
-            let forward = CtValue {
-                backend_id,
-                nat_addr: backend_addr,
-                nat_port: backend_port,
-                snat_addr: node_addr,
-                snat_port: port,
-                flags: CT_FLAG_SNAT,
-                _pad: [0; 3],
-            };
-            return CONNTRACK
-                .insert(forward_key(flow), forward, 0)
-                .ok()
-                .map(|_| port);
+        forward.snat_port = (SNAT_PORT_FIRST + offset as u16).to_be();
+        let reverse_key = forward_key.partner(&forward);
+        match CONNTRACK.insert(&reverse_key, &reverse, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                if CONNTRACK.insert(&forward_key, &forward, 0).is_err() {
+                    let _ = CONNTRACK.remove(&reverse_key);
+                    return Err(RecordError::Full);
+                }
+                return Ok(forward.snat_port);
+            }
+            Err(MAP_FULL) => return Err(RecordError::Full),
+            // Taken by another flow: try the next port.
+            Err(_) => attempt += 1,
         }
-        attempt += 1;
     }
-    None
+    Err(RecordError::PortsExhausted)
 }

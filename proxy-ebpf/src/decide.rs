@@ -2,13 +2,15 @@
 //! XDP programs share these decisions and differ only in how they carry
 //! them out. Deciding may record conntrack entries.
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, BACKEND_FLAG_NOT_SERVING, BackendValue, CT_FLAG_SNAT, Counter, CtValue,
-    HAIRPIN_IPV4, IPPROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_DRAINING,
-    SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, ServiceValue,
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_NOT_SERVING, BackendValue, CT_FLAG_REPLIED, CT_FLAG_SNAT,
+    Counter, CtValue, HAIRPIN_IPV4, IPPROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_AFFINITY,
+    SVC_FLAG_DRAINING, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
+    ServiceValue,
 };
 
 use crate::{
-    affinity, ct,
+    affinity,
+    ct::{self, RecordError},
     lb::{choose_backend_id, flow_hash, lookup_backend, lookup_service, source_allowed},
     maps::{count, node_ipv4},
     parse::Flow,
@@ -101,7 +103,7 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
         return Decision::Drop(Counter::DropSourceRange);
     }
     let mut outcome = Counter::DnatNew;
-    if let Some(entry) = ct::lookup(&ct::forward_key(flow)) {
+    if let Some(entry) = ct::lookup_for(&ct::forward_key(flow), flow, 0) {
         // A new SYN on a reused tuple is a new connection: choose again.
         if !flow.is_tcp_syn() && stays_on(flow, &entry) {
             return Decision::Translate(entry, Counter::DnatEstablished);
@@ -142,7 +144,7 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
         return Decision::Drop(Counter::DropSnatPortsExhausted);
     }
     match ct::record_masqueraded(flow, backend_id, backend.addr, backend.port, node) {
-        Some(port) => Decision::Translate(
+        Ok(port) => Decision::Translate(
             CtValue {
                 backend_id,
                 nat_addr: backend.addr,
@@ -151,10 +153,12 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
                 snat_port: port,
                 flags: CT_FLAG_SNAT,
                 _pad: [0; 3],
+                last_seen: 0,
             },
             outcome,
         ),
-        None => Decision::Drop(Counter::DropSnatPortsExhausted),
+        Err(RecordError::Full) => Decision::Drop(Counter::DropConntrackFull),
+        Err(RecordError::PortsExhausted) => Decision::Drop(Counter::DropSnatPortsExhausted),
     }
 }
 
@@ -189,7 +193,8 @@ pub fn from_outside(flow: &Flow, scope: u8) -> Decision {
 /// The conntrack entry of a reply to a masqueraded (or hairpin) flow.
 #[inline(always)]
 fn masqueraded_reply(flow: &Flow) -> Option<CtValue> {
-    ct::lookup(&ct::reply_key(flow)).filter(|e| e.flags & CT_FLAG_SNAT != 0)
+    ct::lookup_for(&ct::reply_key(flow), flow, CT_FLAG_REPLIED)
+        .filter(|e| e.flags & CT_FLAG_SNAT != 0)
 }
 
 /// What pods send: their own hairpin replies first (one compare for all
@@ -207,7 +212,7 @@ pub fn from_pod(flow: &Flow) -> Decision {
 /// Reply path towards a client: restore the frontend as the source.
 #[inline(always)]
 pub fn from_service(flow: &Flow) -> Decision {
-    match ct::lookup(&ct::reply_key(flow)) {
+    match ct::lookup_for(&ct::reply_key(flow), flow, CT_FLAG_REPLIED) {
         // Replies of masqueraded flows are handled where they arrive.
         Some(entry) if entry.flags & CT_FLAG_SNAT == 0 => Decision::RestoreSource(entry),
         _ => Decision::Pass(Counter::PassNotTranslated),

@@ -20,7 +20,7 @@ pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(DEFAULT_MAX_SLOTS, 0);
 pub static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(DEFAULT_MAX_BACKENDS, 0);
 
 #[map(name = "VIPR_CONNTRACK")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_MAX_CONNTRACK, 0);
+pub static CONNTRACK: HashMap<CtKey, CtValue> = HashMap::pinned(DEFAULT_MAX_CONNTRACK, 0);
 
 #[map(name = "VIPR_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

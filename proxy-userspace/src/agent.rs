@@ -14,12 +14,13 @@ use std::{
 
 use tracing::{info, warn};
 
+use crate::conntrack::{CtTimeouts, Sweeper};
 use crate::healthcheck::HealthChecks;
 pub use crate::socket_lb::SocketLbConfig;
 use crate::{
     datapath::{
-        Attacher, DatapathError, InterfaceSelector, KernelMaps, LoadOptions, MapSizes,
-        SocketLbScope, XdpMode, attach_xdp, detach_xdp, load_probed,
+        Attacher, ConntrackTable, DatapathError, InterfaceSelector, KernelMaps, LoadOptions,
+        MapSizes, SocketLbScope, XdpMode, attach_xdp, detach_xdp, load_probed,
     },
     healthz::Health,
     model::{ModelBuilder, ModelOptions},
@@ -56,6 +57,23 @@ pub struct AgentConfig {
     pub external: ExternalConfig,
     pub socket_lb: SocketLbConfig,
     pub map_sizes: MapSizes,
+    pub conntrack: ConntrackConfig,
+}
+
+/// How tracked flows end (`--conntrack-*`).
+#[derive(Clone, Debug)]
+pub struct ConntrackConfig {
+    pub timeouts: CtTimeouts,
+    pub sweep_period: Duration,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        Self {
+            timeouts: CtTimeouts::default(),
+            sweep_period: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Where external traffic (NodePort, LoadBalancer, external IPs) comes in.
@@ -177,6 +195,11 @@ pub fn run(
     let stale_udp =
         socket_lb::set_up(&config.socket_lb, &config.pin_dir, &mut datapath, &features)?;
     let syncer = Syncer::restore(KernelMaps::take(&mut datapath)?)?;
+    let mut conntrack = Sweeper::new(
+        ConntrackTable::take(&mut datapath)?,
+        config.conntrack.timeouts,
+        config.conntrack.sweep_period,
+    );
     info!(
         node = %config.node_name,
         pins = %config.pin_dir.display(),
@@ -234,6 +257,7 @@ pub fn run(
         {
             stale_udp.sweep(sync.syncer().applied());
         }
+        conntrack.tick(tick);
         // The model only moves when a sync commits; walking every frontend
         // on each tick would cost O(Services) per poll.
         if health_generation != Some(sync.generation()) {

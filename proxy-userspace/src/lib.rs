@@ -3,6 +3,7 @@
 //! Data flows one way: `source` → `model` → `plan` → `datapath`.
 //! See ARCHITECTURE.md for the map of the code.
 pub mod agent;
+pub mod conntrack;
 pub mod datapath;
 pub mod healthcheck;
 pub mod healthz;

@@ -9,7 +9,8 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use vipr::{
-    agent::{self, AgentConfig, ExternalConfig, SocketLbConfig, SourceConfig},
+    agent::{self, AgentConfig, ConntrackConfig, ExternalConfig, SocketLbConfig, SourceConfig},
+    conntrack::CtTimeouts,
     datapath::{MapSizes, SocketLbScope, XdpMode},
     healthz::{self, Health},
     inspect,
@@ -100,10 +101,30 @@ enum Command {
         /// Capacity of the slots map (endpoints summed over frontends).
         #[arg(long, default_value_t = MapSizes::default().slots)]
         max_slots: u32,
-        /// Capacity of the conntrack map (two entries per flow; least
-        /// recently used flows are evicted when full).
+        /// Capacity of the conntrack map (two entries per flow). Never
+        /// evicts: when full, new flows are dropped (drop_conntrack_full)
+        /// and established ones kept until they close or idle out.
         #[arg(long, default_value_t = MapSizes::default().conntrack)]
         max_conntrack: u32,
+        /// Silence after which an established TCP flow's entries go.
+        #[arg(long, default_value = "6h", value_parser = parse_duration)]
+        conntrack_tcp_timeout_established: Duration,
+        /// Silence after which a TCP flow that never got a reply goes.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        conntrack_tcp_timeout_opening: Duration,
+        /// How long a closed TCP flow (RST, or FIN both ways) is kept.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        conntrack_tcp_timeout_close: Duration,
+        /// Silence after which a UDP flow without replies goes.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        conntrack_udp_timeout: Duration,
+        /// Silence after which a UDP flow with replies goes.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        conntrack_udp_timeout_stream: Duration,
+        /// The conntrack sweep runs at least this often, and sooner when new
+        /// flows may have filled half the table.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        conntrack_sweep_period: Duration,
         /// Connect-time load balancing in cgroup socket hooks: `host` serves
         /// processes in the node's network namespace (host-network pods,
         /// node daemons); `all` serves pods' sockets too (no per-packet NAT
@@ -177,13 +198,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| text.split_at(i))
-        .ok_or_else(|| format!("{text}: give a unit (ms, s or m)"))?;
+        .ok_or_else(|| format!("{text}: give a unit (ms, s, m or h)"))?;
     let n: u64 = number.parse().map_err(|e| format!("{text}: {e}"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{text}: unit must be ms, s or m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{text}: unit must be ms, s, m or h")),
     }
 }
 
@@ -216,6 +238,12 @@ async fn main() -> anyhow::Result<()> {
             max_backends,
             max_slots,
             max_conntrack,
+            conntrack_tcp_timeout_established,
+            conntrack_tcp_timeout_opening,
+            conntrack_tcp_timeout_close,
+            conntrack_udp_timeout,
+            conntrack_udp_timeout_stream,
+            conntrack_sweep_period,
             socket_lb,
             cgroup_root,
             nodeport_localhost,
@@ -251,6 +279,16 @@ async fn main() -> anyhow::Result<()> {
                     slots: max_slots,
                     conntrack: max_conntrack,
                     socket_revnat: max_socket_revnat,
+                },
+                conntrack: ConntrackConfig {
+                    timeouts: CtTimeouts {
+                        tcp_established: conntrack_tcp_timeout_established,
+                        tcp_opening: conntrack_tcp_timeout_opening,
+                        tcp_closed: conntrack_tcp_timeout_close,
+                        udp: conntrack_udp_timeout,
+                        udp_stream: conntrack_udp_timeout_stream,
+                    },
+                    sweep_period: conntrack_sweep_period,
                 },
                 socket_lb: SocketLbConfig {
                     scope: match socket_lb {

@@ -49,6 +49,15 @@ pub fn tcp(t: Tuple, seq: u32, syn: bool, ack: bool, payload: &[u8]) -> Vec<u8> 
     out
 }
 
+/// A TCP segment that closes: FIN+ACK, or RST with `rst`.
+pub fn tcp_closing(t: Tuple, seq: u32, rst: bool) -> Vec<u8> {
+    let b = builder(t).tcp(t.src.1, t.dst.1, seq, 64_240);
+    let b = if rst { b.rst() } else { b.fin().ack(1) };
+    let mut out = Vec::new();
+    b.write(&mut out, b"").expect("build tcp");
+    out
+}
+
 pub fn udp(t: Tuple, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     builder(t)

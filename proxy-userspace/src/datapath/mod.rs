@@ -6,6 +6,7 @@
 //! in-memory fake for tests.
 
 mod attach;
+mod conntrack;
 mod fake;
 mod interfaces;
 mod kernel;
@@ -21,6 +22,7 @@ mod veth_peer;
 mod xdp_attach;
 
 pub use attach::{AttachMode, Attacher, cleanup_attachments};
+pub use conntrack::{ConntrackTable, conntrack_clock};
 pub use fake::FakeMaps;
 pub use interfaces::{InterfaceSelector, all_interfaces, ipv4_addresses};
 pub use kernel::{KernelMaps, read_counters, source_range_of};
@@ -65,6 +67,8 @@ pub enum DatapathError {
     MissingFeatures(String),
     #[error("sock_diag: {0}")]
     SockDiag(String),
+    #[error("reading the monotonic clock: {0}")]
+    Clock(String),
     #[error("probing kernel features: {0}")]
     Probe(String),
     #[error(

@@ -37,7 +37,7 @@ const LAYOUTS: [(&str, MapType, usize, usize); 9] = [
     ),
     (
         maps::CONNTRACK,
-        MapType::LruHash,
+        MapType::Hash,
         size_of::<CtKey>(),
         size_of::<CtValue>(),
     ),

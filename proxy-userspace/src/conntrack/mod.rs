@@ -1,0 +1,238 @@
+//! When a tracked flow is over: state-aware timeouts, as nf_conntrack keeps
+//! them, applied to the kernel's notes on each entry (last packet, FIN, RST,
+//! replied). Pure: the datapath reads the table and deletes what this says.
+//!
+//! The conntrack map never evicts on its own, so an idle keep-alive
+//! connection keeps its entries however many short connections pass; only
+//! its own state and silence end it.
+mod sweeper;
+
+use std::{collections::HashMap, time::Duration};
+
+pub use sweeper::Sweeper;
+
+use proxy_common::{
+    CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FORWARD, CtKey, CtValue, IPPROTO_TCP,
+};
+
+/// How long a flow may stay silent in each state before its entries go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// TCP that has seen a reply and is not closing (nf_conntrack's
+    /// ESTABLISHED; kube-proxy raises it to a day, Cilium keeps 6 h).
+    pub tcp_established: Duration,
+    /// TCP without a reply yet (SYN_SENT/SYN_RECV).
+    pub tcp_opening: Duration,
+    /// TCP after a RST, or a FIN each way (CLOSE/TIME_WAIT).
+    pub tcp_closed: Duration,
+    /// UDP (and other protocols) that has seen no reply.
+    pub udp: Duration,
+    /// UDP that has seen replies (nf_conntrack's "stream").
+    pub udp_stream: Duration,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established: Duration::from_secs(6 * 3600),
+            tcp_opening: Duration::from_secs(60),
+            tcp_closed: Duration::from_secs(10),
+            udp: Duration::from_secs(30),
+            udp_stream: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A reverse entry whose forward entry is gone lives this long: the kernel
+/// writes a masqueraded flow's reverse entry first, so a sweep may catch
+/// one alone for an instant.
+const ORPHAN_GRACE_SECONDS: u32 = 2;
+
+impl CtTimeouts {
+    /// The silence allowed to the flow of a forward entry and, if there is
+    /// one, its reverse entry.
+    pub fn allowed_silence(
+        &self,
+        key: &CtKey,
+        forward: &CtValue,
+        reverse: Option<&CtValue>,
+    ) -> Duration {
+        let reverse_flags = reverse.map_or(0, |r| r.flags);
+        let replied = reverse_flags & CT_FLAG_REPLIED != 0;
+        if key.proto != IPPROTO_TCP {
+            return if replied { self.udp_stream } else { self.udp };
+        }
+        let reset = (forward.flags | reverse_flags) & CT_FLAG_RST != 0;
+        let fin_both_ways = forward.flags & reverse_flags & CT_FLAG_FIN != 0;
+        if reset || fin_both_ways {
+            self.tcp_closed
+        } else if replied {
+            self.tcp_established
+        } else {
+            self.tcp_opening
+        }
+    }
+}
+
+/// The entries of one flow to delete together: its forward entry (or a lone
+/// reverse one) and the other direction's, if present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub key: CtKey,
+    pub partner: Option<CtKey>,
+}
+
+/// What to delete from a snapshot of the table at `now` (the kernel's
+/// monotonic seconds): both entries of every flow silent past its allowed
+/// time, and reverse entries left without a forward one.
+pub fn expired(table: &HashMap<CtKey, CtValue>, now: u32, timeouts: &CtTimeouts) -> Vec<Expired> {
+    let mut gone = Vec::new();
+    for (key, value) in table {
+        let partner = key.partner(value);
+        let paired = table.get(&partner);
+        if key.direction != CT_FORWARD {
+            if paired.is_none() && now.saturating_sub(value.last_seen) >= ORPHAN_GRACE_SECONDS {
+                gone.push(Expired {
+                    key: *key,
+                    partner: None,
+                });
+            }
+            continue;
+        }
+        let last_seen = value.last_seen.max(paired.map_or(0, |r| r.last_seen));
+        let allowed = timeouts.allowed_silence(key, value, paired).as_secs();
+        if u64::from(now.saturating_sub(last_seen)) >= allowed {
+            gone.push(Expired {
+                key: *key,
+                partner: paired.map(|_| partner),
+            });
+        }
+    }
+    gone
+}
+
+#[cfg(test)]
+mod tests {
+    use proxy_common::{CT_REVERSE, IPPROTO_UDP};
+
+    use super::*;
+
+    const NOW: u32 = 100_000;
+
+    fn flow(proto: u8, client_port: u16) -> (CtKey, CtValue, CtKey, CtValue) {
+        let forward = CtKey {
+            src_addr: 1,
+            dst_addr: 2,
+            src_port: client_port,
+            dst_port: 80,
+            proto,
+            direction: CT_FORWARD,
+            _pad: [0; 2],
+        };
+        let to_backend = CtValue {
+            nat_addr: 3,
+            nat_port: 8080,
+            last_seen: NOW,
+            ..CtValue::default()
+        };
+        let reverse = forward.partner(&to_backend);
+        let to_frontend = CtValue {
+            nat_addr: 2,
+            nat_port: 80,
+            last_seen: NOW,
+            ..CtValue::default()
+        };
+        (forward, to_backend, reverse, to_frontend)
+    }
+
+    fn table(flows: &[(CtKey, CtValue, CtKey, CtValue)]) -> HashMap<CtKey, CtValue> {
+        flows
+            .iter()
+            .flat_map(|&(fk, fv, rk, rv)| [(fk, fv), (rk, rv)])
+            .collect()
+    }
+
+    fn sweep_at(table: &HashMap<CtKey, CtValue>, seconds_later: u32) -> Vec<CtKey> {
+        let mut gone: Vec<CtKey> = expired(table, NOW + seconds_later, &CtTimeouts::default())
+            .into_iter()
+            .flat_map(|e| std::iter::once(e.key).chain(e.partner))
+            .collect();
+        gone.sort_by_key(|k| (k.src_port, k.direction));
+        gone
+    }
+
+    #[test]
+    fn established_tcp_stays_for_hours_and_goes_after_six() {
+        let (fk, fv, rk, mut rv) = flow(IPPROTO_TCP, 1000);
+        rv.flags = CT_FLAG_REPLIED;
+        let t = table(&[(fk, fv, rk, rv)]);
+        assert!(sweep_at(&t, 5 * 3600).is_empty());
+        assert_eq!(sweep_at(&t, 6 * 3600).len(), 2);
+    }
+
+    #[test]
+    fn unanswered_syn_goes_after_a_minute() {
+        let (fk, fv, rk, rv) = flow(IPPROTO_TCP, 1000);
+        let t = table(&[(fk, fv, rk, rv)]);
+        assert!(sweep_at(&t, 59).is_empty());
+        let gone = sweep_at(&t, 60);
+        assert!(gone.contains(&fk) && gone.contains(&rk));
+    }
+
+    #[test]
+    fn closed_tcp_goes_after_ten_seconds_half_closed_does_not() {
+        let (fk, mut fv, rk, mut rv) = flow(IPPROTO_TCP, 1000);
+        fv.flags = CT_FLAG_FIN;
+        rv.flags = CT_FLAG_REPLIED;
+        let half_closed = table(&[(fk, fv, rk, rv)]);
+        assert!(sweep_at(&half_closed, 3600).is_empty());
+        rv.flags |= CT_FLAG_FIN;
+        let closed = table(&[(fk, fv, rk, rv)]);
+        assert!(sweep_at(&closed, 9).is_empty());
+        assert_eq!(sweep_at(&closed, 10).len(), 2);
+        let (fk, fv, rk, mut rv) = flow(IPPROTO_TCP, 1001);
+        rv.flags = CT_FLAG_REPLIED | CT_FLAG_RST;
+        assert_eq!(sweep_at(&table(&[(fk, fv, rk, rv)]), 10).len(), 2);
+    }
+
+    #[test]
+    fn the_later_direction_keeps_the_flow_alive() {
+        let (fk, mut fv, rk, mut rv) = flow(IPPROTO_TCP, 1000);
+        fv.last_seen = NOW - 7200;
+        rv.flags = CT_FLAG_REPLIED;
+        rv.last_seen = NOW;
+        assert!(sweep_at(&table(&[(fk, fv, rk, rv)]), 60).is_empty());
+    }
+
+    #[test]
+    fn udp_with_replies_lasts_longer_than_without() {
+        let (fk, fv, rk, rv) = flow(IPPROTO_UDP, 53);
+        let one_way = table(&[(fk, fv, rk, rv)]);
+        assert_eq!(sweep_at(&one_way, 30).len(), 2);
+        let (fk, fv, rk, mut rv) = flow(IPPROTO_UDP, 54);
+        rv.flags = CT_FLAG_REPLIED;
+        let stream = table(&[(fk, fv, rk, rv)]);
+        assert!(sweep_at(&stream, 119).is_empty());
+        assert_eq!(sweep_at(&stream, 120).len(), 2);
+    }
+
+    #[test]
+    fn lone_entries_go_and_other_flows_stay() {
+        let (fk, fv, rk, rv) = flow(IPPROTO_TCP, 1000);
+        let (ok, ov, pk, mut pv) = flow(IPPROTO_TCP, 2000);
+        pv.flags = CT_FLAG_REPLIED;
+        let mut t = table(&[(fk, fv, rk, rv), (ok, ov, pk, pv)]);
+        t.remove(&fk);
+        assert!(
+            sweep_at(&t, 1).is_empty(),
+            "a fresh lone reverse entry may be a flow being written"
+        );
+        assert_eq!(sweep_at(&t, ORPHAN_GRACE_SECONDS), vec![rk]);
+        t.remove(&rk);
+        t.remove(&pk);
+        // A forward entry alone is judged by its own notes.
+        assert!(sweep_at(&t, 59).is_empty());
+        assert_eq!(sweep_at(&t, 60), vec![ok]);
+        assert_eq!(rk.direction, CT_REVERSE);
+    }
+}

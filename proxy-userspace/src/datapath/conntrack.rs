@@ -1,0 +1,104 @@
+//! The conntrack map as the agent's sweep sees it: a snapshot to judge, and
+//! deletion of what the judgement found over, unless a packet used it since.
+use std::collections::HashMap as StdHashMap;
+
+use aya::maps::{HashMap, IterableMap, MapData, MapError, PerCpuArray};
+use nix::time::{ClockId, clock_gettime};
+use proxy_common::{Counter, CtKey, CtValue, maps};
+
+use super::{Datapath, DatapathError, kernel::take};
+
+pub struct ConntrackTable {
+    map: HashMap<MapData, CtKey, CtValue>,
+    counters: PerCpuArray<MapData, u64>,
+    capacity: u32,
+}
+
+fn map_err(source: MapError) -> DatapathError {
+    DatapathError::Map {
+        name: maps::CONNTRACK,
+        source,
+    }
+}
+
+/// The clock of `CtValue::last_seen`: the kernel's coarse monotonic clock
+/// (`bpf_ktime_get_coarse_ns`), in whole seconds.
+pub fn conntrack_clock() -> Result<u32, DatapathError> {
+    let now = clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
+        .map_err(|errno| DatapathError::Clock(errno.to_string()))?;
+    Ok(now.tv_sec() as u32)
+}
+
+impl ConntrackTable {
+    pub fn take(datapath: &mut Datapath) -> Result<Self, DatapathError> {
+        let map: HashMap<MapData, CtKey, CtValue> = take(datapath, maps::CONNTRACK)?;
+        let capacity = map.map().info().map_err(map_err)?.max_entries();
+        Ok(Self {
+            map,
+            counters: take(datapath, maps::COUNTERS)?,
+            capacity,
+        })
+    }
+
+    /// Every entry now. Entries deleted while the walk runs are skipped.
+    pub fn snapshot(&self) -> Result<StdHashMap<CtKey, CtValue>, DatapathError> {
+        let mut table = StdHashMap::new();
+        for entry in self.map.iter() {
+            match entry {
+                Ok((key, value)) => {
+                    table.insert(key, value);
+                }
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(map_err(source)),
+            }
+        }
+        Ok(table)
+    }
+
+    /// Deletes the entries of `keys` together, unless one of them was used
+    /// after `seen` recorded it (a packet came while the sweep judged).
+    /// Returns whether they went.
+    pub fn remove_unless_used(
+        &mut self,
+        keys: &[CtKey],
+        seen: &StdHashMap<CtKey, CtValue>,
+    ) -> Result<bool, DatapathError> {
+        for key in keys {
+            let then = seen.get(key).map(|v| v.last_seen);
+            match self.map.get(key, 0) {
+                Ok(now) if Some(now.last_seen) != then => return Ok(false),
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_err(source)),
+            }
+        }
+        for key in keys {
+            match self.map.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_err(source)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Flows the kernel has recorded since it was loaded (new and
+    /// re-chosen), summed over CPUs: what fills the table.
+    pub fn flows_recorded(&self) -> Result<u64, DatapathError> {
+        let mut total = 0;
+        for counter in [Counter::DnatNew, Counter::DnatReselected] {
+            let per_cpu =
+                self.counters
+                    .get(&(counter as u32), 0)
+                    .map_err(|source| DatapathError::Map {
+                        name: maps::COUNTERS,
+                        source,
+                    })?;
+            total += per_cpu.iter().sum::<u64>();
+        }
+        Ok(total)
+    }
+
+    /// Entries the map holds at most (two per flow).
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+}
