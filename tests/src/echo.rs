@@ -16,9 +16,13 @@ use nix::sys::socket::{setsockopt, sockopt};
 use crate::netns;
 
 const POLL: Duration = Duration::from_millis(50);
+/// A request the server answers only once told to (`EchoServer::release_held`).
+const HOLD_REQUEST: &[u8] = b"hold\n";
 
 #[derive(Debug, Default)]
 struct Stats {
+    /// Held requests (`hold` lines) are answered once this is set.
+    release_held: AtomicBool,
     tcp_connections: AtomicUsize,
     tcp_requests: AtomicUsize,
     udp_requests: AtomicUsize,
@@ -108,6 +112,12 @@ impl EchoServer {
         self.stats.udp_requests.load(Ordering::SeqCst)
     }
 
+    /// Answers every `hold` request received so far and from now on: the
+    /// server speaks first on connections idle since they sent one.
+    pub fn release_held(&self) {
+        self.stats.release_held.store(true, Ordering::SeqCst);
+    }
+
     /// Source addresses of TCP connections and UDP datagrams, as the server saw them.
     pub fn peers(&self) -> Vec<SocketAddr> {
         self.stats
@@ -178,9 +188,21 @@ fn serve_tcp(mut stream: TcpStream, stop: &AtomicBool, stats: &Stats, reply: &[u
         return;
     }
     let mut buf = [0u8; 4096];
+    let mut held = 0;
     while !stop.load(Ordering::SeqCst) {
+        if held > 0 && stats.release_held.load(Ordering::SeqCst) {
+            for _ in 0..std::mem::take(&mut held) {
+                if stream.write_all(reply).is_err() {
+                    return;
+                }
+            }
+        }
         match stream.read(&mut buf) {
             Ok(0) => return,
+            // A whole `hold` line: answered when released, not now.
+            Ok(n) if buf[..n] == *HOLD_REQUEST && !stats.release_held.load(Ordering::SeqCst) => {
+                held += 1;
+            }
             Ok(n) => {
                 for _ in buf[..n].iter().filter(|&&b| b == b'\n') {
                     if stream.write_all(reply).is_err() {
@@ -367,6 +389,17 @@ impl TcpSession {
         let deadline = Instant::now() + self.timeout;
         self.stream.write_all(b"who\n")?;
         read_line(&mut self.stream, deadline)
+    }
+
+    /// Sends a request the server answers only when released, so that the
+    /// server speaks first after the connection has been idle.
+    pub fn hold(&mut self) -> Result<(), ClientError> {
+        Ok(self.stream.write_all(HOLD_REQUEST)?)
+    }
+
+    /// Waits for the answer to a held request.
+    pub fn held_reply(&mut self) -> Result<String, ClientError> {
+        read_line(&mut self.stream, Instant::now() + self.timeout)
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -108,6 +108,11 @@ impl ExternalCluster {
 
     /// `socket_lb`: the agents' `--socket-lb` value.
     pub fn start_with(vipr: &Path, xdp: &str, socket_lb: &str) -> Result<Self> {
+        Self::start_with_args(vipr, xdp, &["--socket-lb", socket_lb])
+    }
+
+    /// `agent_args`: more `vipr run` flags for both agents.
+    pub fn start_with_args(vipr: &Path, xdp: &str, agent_args: &[&str]) -> Result<Self> {
         crate::demo::ensure_bpffs()?;
         let mut topology = Topology::new()?;
         topology.add_node("node1")?.add_node("node2")?;
@@ -175,7 +180,7 @@ impl ExternalCluster {
                 .push(EchoServer::start(&ns, pod, Some(8080), Some(5353))?);
         }
         for node in ["node1", "node2"] {
-            cluster.start_agent(node, &["--socket-lb", socket_lb])?;
+            cluster.start_agent(node, agent_args)?;
             // The agent enables accept_local where it may; the datapath must
             // not need it (an unprivileged agent may not write sysctls).
             let ns = cluster.topology.netns(node)?;
