@@ -2,20 +2,23 @@
 //! reverse entry lets replies be translated back to the frontend. Every
 //! packet that uses an entry notes when, and whether it closed the flow;
 //! the agent's sweep removes what is over or idle from those notes.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+};
 use proxy_common::{
     CT_FLAG_FIN, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, CT_REVERSE, CtKey, CtValue,
     SNAT_PORT_COUNT, SNAT_PORT_FIRST,
 };
 
 use crate::{
-    lb::flow_hash,
     maps::CONNTRACK,
     parse::{Flow, TCP_FLAG_FIN, TCP_FLAG_RST},
 };
 
-/// Ports tried for a masqueraded flow before giving up.
-const SNAT_PORT_ATTEMPTS: u32 = 8;
+/// Ports tried for a masqueraded flow before giving up. Closed flows hold
+/// their port until swept, so a busy backend's range may be mostly taken.
+const SNAT_PORT_ATTEMPTS: u32 = 16;
 /// Step between attempts; prime, so attempts spread over the range.
 const SNAT_PORT_STEP: u32 = 7_919;
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
@@ -174,7 +177,9 @@ pub fn record_masqueraded(
         last_seen: now,
     };
     let forward_key = forward_key(flow);
-    let start = flow_hash(flow);
+    // Random, not the flow's hash: a retransmitted SYN whose ports were all
+    // taken tries other ones.
+    let start = unsafe { bpf_get_prandom_u32() };
     let mut attempt = 0;
     while attempt < SNAT_PORT_ATTEMPTS {
         let offset = start.wrapping_add(attempt * SNAT_PORT_STEP) % SNAT_PORT_COUNT as u32;

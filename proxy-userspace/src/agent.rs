@@ -19,8 +19,8 @@ use crate::healthcheck::HealthChecks;
 pub use crate::socket_lb::SocketLbConfig;
 use crate::{
     datapath::{
-        Attacher, ConntrackTable, DatapathError, InterfaceSelector, KernelMaps, LoadOptions,
-        MapSizes, SocketLbScope, XdpMode, attach_xdp, detach_xdp, load_probed,
+        AttachMode, Attacher, ConntrackTable, DatapathError, InterfaceSelector, KernelMaps,
+        LoadOptions, MapSizes, SocketLbScope, XdpMode, attach_xdp, detach_xdp, load_probed,
     },
     healthz::Health,
     model::{ModelBuilder, ModelOptions},
@@ -58,6 +58,8 @@ pub struct AgentConfig {
     pub socket_lb: SocketLbConfig,
     pub map_sizes: MapSizes,
     pub conntrack: ConntrackConfig,
+    /// `None`: TCX where the kernel has it, else clsact.
+    pub tc_attach: Option<AttachMode>,
 }
 
 /// How tracked flows end (`--conntrack-*`).
@@ -206,8 +208,9 @@ pub fn run(
         restored_services = syncer.applied().services.len(),
         "datapath loaded"
     );
-    let mut attacher = Attacher::new(&config.pin_dir).with_mode(features.tc_attach);
-    let mut external_attacher = Attacher::external(&config.pin_dir).with_mode(features.tc_attach);
+    let tc_attach = config.tc_attach.unwrap_or(features.tc_attach);
+    let mut attacher = Attacher::new(&config.pin_dir).with_mode(tc_attach);
+    let mut external_attacher = Attacher::external(&config.pin_dir).with_mode(tc_attach);
     // External interfaces with accept_local and XDP done.
     let mut external_set_up: std::collections::BTreeSet<String> = Default::default();
     let mut health_checks = HealthChecks::default();

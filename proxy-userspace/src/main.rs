@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use vipr::{
     agent::{self, AgentConfig, ConntrackConfig, ExternalConfig, SocketLbConfig, SourceConfig},
     conntrack::CtTimeouts,
-    datapath::{MapSizes, SocketLbScope, XdpMode},
+    datapath::{AttachMode, MapSizes, SocketLbScope, XdpMode},
     healthz::{self, Health},
     inspect,
     sync::Periods,
@@ -125,6 +125,11 @@ enum Command {
         /// flows may have filled half the table.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         conntrack_sweep_period: Duration,
+        /// How TC programs attach: `auto` takes TCX links where the kernel
+        /// has them, else clsact filters; `clsact` forces the filters (to
+        /// sit beside tools that use them, or to test that path).
+        #[arg(long, value_enum, default_value = "auto")]
+        tc_attach: TcAttachFlag,
         /// Connect-time load balancing in cgroup socket hooks: `host` serves
         /// processes in the node's network namespace (host-network pods,
         /// node daemons); `all` serves pods' sockets too (no per-packet NAT
@@ -172,6 +177,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TcAttachFlag {
+    Auto,
+    Tcx,
+    Clsact,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -244,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
             conntrack_udp_timeout,
             conntrack_udp_timeout_stream,
             conntrack_sweep_period,
+            tc_attach,
             socket_lb,
             cgroup_root,
             nodeport_localhost,
@@ -279,6 +292,11 @@ async fn main() -> anyhow::Result<()> {
                     slots: max_slots,
                     conntrack: max_conntrack,
                     socket_revnat: max_socket_revnat,
+                },
+                tc_attach: match tc_attach {
+                    TcAttachFlag::Auto => None,
+                    TcAttachFlag::Tcx => Some(AttachMode::Tcx),
+                    TcAttachFlag::Clsact => Some(AttachMode::Clsact),
                 },
                 conntrack: ConntrackConfig {
                     timeouts: CtTimeouts {

@@ -311,6 +311,7 @@ impl<M: ServiceMaps> SyncLoop<M> {
                     SkipReason::UnknownTrafficDistribution(_)
                         | SkipReason::TopologyUnused { .. }
                         | SkipReason::FrontendConflict { .. }
+                        | SkipReason::SpecialAddress { .. }
                 )
             })
             .map(ToString::to_string)

@@ -84,6 +84,15 @@ pub fn manifests(local_pods: &[&str]) -> String {
     )
 }
 
+/// How an agent is stopped before the next one starts.
+#[derive(Clone, Copy, Debug)]
+pub enum Stop {
+    /// SIGTERM: the agent's own orderly exit.
+    Term,
+    /// SIGKILL: a crash.
+    Kill,
+}
+
 pub struct ExternalCluster {
     pub topology: Topology,
     pub servers: Vec<EchoServer>,
@@ -193,10 +202,28 @@ impl ExternalCluster {
     /// Starts `node`'s agent with `socket_args` (`--socket-lb`, ...) after
     /// stopping the one running, which leaves its pins for the new one.
     pub fn start_agent(&mut self, node: &str, socket_args: &[&str]) -> Result<()> {
+        let vipr = self.vipr.clone();
+        self.restart_agent(node, Stop::Term, &vipr, socket_args)
+    }
+
+    /// Stops `node`'s agent as `stop` says and starts `vipr` (possibly
+    /// another build) with `args` in its place, on the same pins; returns
+    /// once the new one is healthy.
+    pub fn restart_agent(
+        &mut self,
+        node: &str,
+        stop: Stop,
+        vipr: &Path,
+        args: &[&str],
+    ) -> Result<()> {
         if let Some(i) = self.agents.iter().position(|a| a.0 == node) {
             let (_, _, _, mut child) = self.agents.remove(i);
-            child.terminate()?;
+            match stop {
+                Stop::Term => child.terminate()?,
+                Stop::Kill => child.kill()?,
+            };
         }
+        let socket_args = args;
         let xdp = self.xdp.clone();
         let cgroup = self.cgroup(node).to_owned();
         let ns = self.topology.netns(node)?;
@@ -211,7 +238,7 @@ impl ExternalCluster {
             .open(&log)?;
         let mut cmd = netns::command_in(&ns, "setpriv");
         cmd.args(["--pdeathsig", "TERM", "--"])
-            .arg(&self.vipr)
+            .arg(vipr)
             .args(["run", "--node-name", node, "--pod-interfaces"])
             .arg(self.topology.pod_interface_glob())
             .arg("--manifests")

@@ -9,6 +9,7 @@ pub mod external;
 pub mod flow_table;
 pub mod netns;
 pub mod packet;
+pub mod soak;
 
 /// The `vipr` binary under test: `VIPR_BIN` (set by `cargo xtask test`),
 /// else the workspace's debug build.

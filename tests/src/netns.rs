@@ -277,6 +277,15 @@ impl ChildGuard {
         }
     }
 
+    /// SIGKILL, no grace: what a crash or an OOM kill does.
+    pub fn kill(&mut self) -> Result<Option<ExitStatus>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        let _ = child.kill();
+        Ok(Some(child.wait()?))
+    }
+
     /// Sends SIGTERM, waits up to the grace period, then SIGKILLs. Returns the exit status.
     pub fn terminate(&mut self) -> Result<Option<ExitStatus>> {
         let Some(mut child) = self.child.take() else {

@@ -1,16 +1,23 @@
 //! When the agent sweeps the conntrack table: at least every period, and
 //! sooner when the flows recorded since the last sweep may have filled half
-//! of it, but never so often that sweeping takes more than a tenth of the
+//! of it or half of a masquerade port range, or when a new flow found no
+//! room; but never so often that sweeping takes more than a tenth of the
 //! agent's time.
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use proxy_common::SNAT_PORT_COUNT;
+
 use super::{CtTimeouts, expired};
-use crate::datapath::{ConntrackTable, DatapathError, conntrack_clock};
+use crate::datapath::{ConntrackTable, DatapathError, Pressure, conntrack_clock};
 
 /// Sweeps may take at most 1/this of the time between them.
 const SWEEP_DUTY_DIVISOR: u32 = 10;
+/// Masqueraded flows to one backend share its port range, and closed ones
+/// hold their port until swept: sweep before that many new flows could
+/// have taken half of it.
+const FLOWS_PER_PORT_RANGE_SWEEP: u64 = SNAT_PORT_COUNT as u64 / 2;
 
 /// What one sweep found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,7 +34,7 @@ pub struct Sweeper {
     timeouts: CtTimeouts,
     period: Duration,
     last: Option<(Instant, SweepStats)>,
-    flows_at_last: u64,
+    at_last: Pressure,
 }
 
 impl Sweeper {
@@ -37,30 +44,30 @@ impl Sweeper {
             timeouts,
             period,
             last: None,
-            flows_at_last: 0,
+            at_last: Pressure::default(),
         }
     }
 
     /// Sweeps if it is due; logs, never fails: a missed sweep only delays.
     pub fn tick(&mut self, now: Instant) {
-        let flows = match self.table.flows_recorded() {
-            Ok(flows) => flows,
+        let pressure = match self.table.pressure() {
+            Ok(pressure) => pressure,
             Err(error) => return warn!(%error, "reading the flow counters failed"),
         };
-        if !self.due(now, flows) {
+        if !self.due(now, pressure) {
             return;
         }
         match self.sweep() {
             Ok(stats) => {
                 debug!(?stats, "conntrack swept");
                 self.last = Some((now, stats));
-                self.flows_at_last = flows;
+                self.at_last = pressure;
             }
             Err(error) => warn!(%error, "conntrack sweep failed; will retry"),
         }
     }
 
-    fn due(&self, now: Instant, flows: u64) -> bool {
+    fn due(&self, now: Instant, pressure: Pressure) -> bool {
         let Some((at, stats)) = self.last else {
             return true;
         };
@@ -69,8 +76,10 @@ impl Sweeper {
             return true;
         }
         let live = (stats.entries - stats.removed) as u64;
-        let new_entries = 2 * flows.saturating_sub(self.flows_at_last);
-        let filling = 2 * (live + new_entries) >= u64::from(self.table.capacity());
+        let new_flows = pressure.flows.saturating_sub(self.at_last.flows);
+        let filling = 2 * (live + 2 * new_flows) >= u64::from(self.table.capacity())
+            || new_flows >= FLOWS_PER_PORT_RANGE_SWEEP
+            || pressure.refused > self.at_last.refused;
         filling && since >= stats.took * SWEEP_DUTY_DIVISOR
     }
 

@@ -10,7 +10,10 @@ use std::{
 use aya::programs::{
     LinkOrder, SchedClassifier, TcAttachType,
     links::{FdLink, PinnedLink},
-    tc::{SchedClassifierLink, TcAttachOptions, qdisc_add_clsact, qdisc_detach_program},
+    tc::{
+        NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact,
+        qdisc_detach_program,
+    },
 };
 use proxy_common::programs;
 use tracing::{info, warn};
@@ -22,6 +25,12 @@ pub enum AttachMode {
     Tcx,
     Clsact,
 }
+
+/// Where vipr's clsact filters sit, fixed so that the next agent finds its
+/// predecessor's filter and swaps the program in it atomically. Ahead of
+/// the kernel's automatic priorities (49152 and up).
+const CLSACT_PRIORITY: u16 = 50;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 /// Program, hook and the pin-name suffix of its link, for one kind of interface.
 type Hooks = [(&'static str, TcAttachType, &'static str); 2];
@@ -124,10 +133,19 @@ impl Attacher {
             self.mode = Some(self.probe_tcx(datapath, interface)?);
             return Ok(());
         }
+        // Attached the new way first, then the other way's attachments
+        // (an earlier agent's, in the other mode) go: never a moment without.
         match self.mode {
-            Some(AttachMode::Tcx) => self.attach_tcx(datapath, interface),
-            _ => attach_clsact(datapath, interface, self.hooks),
+            Some(AttachMode::Tcx) => {
+                self.attach_tcx(datapath, interface)?;
+                detach_clsact(interface, self.hooks);
+            }
+            _ => {
+                attach_clsact(datapath, interface, self.hooks)?;
+                self.remove_link_pins(interface);
+            }
         }
+        Ok(())
     }
 
     /// Attaches to the first interface with TCX; if the kernel refuses, with clsact.
@@ -218,16 +236,36 @@ fn attach_clsact(
     // EEXIST when the qdisc is already there is fine.
     let _ = qdisc_add_clsact(interface);
     for &(name, attach_type, _) in hooks {
-        // Replace what an earlier agent left attached.
-        let _ = qdisc_detach_program(interface, attach_type, name);
         let program = datapath.program(name)?;
-        let id = program
-            .attach_with_options(
-                interface,
-                attach_type,
-                TcAttachOptions::Netlink(Default::default()),
-            )
-            .map_err(|e| interface_error(interface, e))?;
+        // An earlier agent's filter gets the new program in place, atomically.
+        let replaced = SchedClassifierLink::attached(
+            interface,
+            attach_type,
+            CLSACT_PRIORITY,
+            CLSACT_HANDLE,
+            None,
+        )
+        .ok()
+        .and_then(|earlier| program.attach_to_link(earlier).ok());
+        let id = match replaced {
+            Some(id) => id,
+            None => {
+                // None there, or one left by a vipr that let the kernel
+                // choose its place: that one must go first.
+                let _ = qdisc_detach_program(interface, attach_type, name);
+                program
+                    .attach_with_options(
+                        interface,
+                        attach_type,
+                        TcAttachOptions::Netlink(NlOptions {
+                            priority: CLSACT_PRIORITY,
+                            handle: CLSACT_HANDLE,
+                            ..NlOptions::default()
+                        }),
+                    )
+                    .map_err(|e| interface_error(interface, e))?
+            }
+        };
         let link = program
             .take_link(id)
             .map_err(|e| interface_error(interface, e))?;
@@ -235,6 +273,13 @@ fn attach_clsact(
         std::mem::forget(link);
     }
     Ok(())
+}
+
+/// Removes vipr's clsact filters of `hooks` from `interface`, if any.
+fn detach_clsact(interface: &str, hooks: &Hooks) {
+    for &(name, attach_type, _) in hooks {
+        let _ = qdisc_detach_program(interface, attach_type, name);
+    }
 }
 
 fn interface_error(interface: &str, error: impl std::fmt::Display) -> DatapathError {

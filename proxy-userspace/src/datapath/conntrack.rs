@@ -8,6 +8,13 @@ use proxy_common::{Counter, CtKey, CtValue, maps};
 
 use super::{Datapath, DatapathError, kernel::take};
 
+/// Counter readings that tell the sweep to hurry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub flows: u64,
+    pub refused: u64,
+}
+
 pub struct ConntrackTable {
     map: HashMap<MapData, CtKey, CtValue>,
     counters: PerCpuArray<MapData, u64>,
@@ -80,11 +87,19 @@ impl ConntrackTable {
         Ok(true)
     }
 
-    /// Flows the kernel has recorded since it was loaded (new and
-    /// re-chosen), summed over CPUs: what fills the table.
-    pub fn flows_recorded(&self) -> Result<u64, DatapathError> {
+    /// What fills the table, summed over CPUs since the programs were
+    /// loaded: flows recorded (new and re-chosen), and new flows dropped
+    /// for want of room (a full table, or no free masquerade port).
+    pub fn pressure(&self) -> Result<Pressure, DatapathError> {
+        Ok(Pressure {
+            flows: self.sum(&[Counter::DnatNew, Counter::DnatReselected])?,
+            refused: self.sum(&[Counter::DropConntrackFull, Counter::DropSnatPortsExhausted])?,
+        })
+    }
+
+    fn sum(&self, counters: &[Counter]) -> Result<u64, DatapathError> {
         let mut total = 0;
-        for counter in [Counter::DnatNew, Counter::DnatReselected] {
+        for &counter in counters {
             let per_cpu =
                 self.counters
                     .get(&(counter as u32), 0)

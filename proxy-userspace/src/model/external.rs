@@ -4,26 +4,31 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 
-use super::{ConversionError, ExternalModel, ObjectRef, service::valid_port};
+use super::{ConversionError, ExternalModel, ObjectRef, SkipReason, service::valid_port};
 
 /// Validates and extracts the external fields. IPv6 addresses and ranges are
-/// left out (IPv6 is not load-balanced yet).
+/// left out (IPv6 is not load-balanced yet); so are special addresses (see
+/// `SpecialIp`), each with a reason in `skipped`.
 pub(super) fn convert(
     svc: &Service,
     spec: &ServiceSpec,
     object: &ObjectRef,
+    skipped: &mut Vec<SkipReason>,
 ) -> Result<ExternalModel, ConversionError> {
     let err = |field: String, message: String| ConversionError::new(object, field, message);
     let mut model = ExternalModel::default();
     for (i, raw) in spec.external_ips.iter().flatten().enumerate() {
+        let field = || format!("spec.externalIPs[{i}]");
         match super::ip::parse_ip(raw) {
-            Some(IpAddr::V4(ip)) => model.external_ips.push(ip),
+            // The API server refuses these (ValidateNonSpecialIP); one bad
+            // entry costs only itself, as the other IPs are still good.
+            Some(IpAddr::V4(ip)) => match SkipReason::special_address(ip, field) {
+                Some(reason) => skipped.push(reason),
+                None => model.external_ips.push(ip),
+            },
             Some(IpAddr::V6(_)) => {}
             None => {
-                return Err(err(
-                    format!("spec.externalIPs[{i}]"),
-                    format!("{raw:?} is not a valid IP address"),
-                ));
+                return Err(err(field(), format!("{raw:?} is not a valid IP address")));
             }
         }
     }
@@ -43,14 +48,18 @@ pub(super) fn convert(
             if entry.ip_mode.as_deref() == Some("Proxy") {
                 continue;
             }
+            let field = || format!("status.loadBalancer.ingress[{i}].ip");
             match super::ip::parse_ip(raw) {
-                Some(IpAddr::V4(ip)) => model.load_balancer_ips.push(ip),
+                // Stricter than the API server, which takes any IP here:
+                // no load balancer has such an address, and a status
+                // written into a manifest must not capture the node's own.
+                Some(IpAddr::V4(ip)) => match SkipReason::special_address(ip, field) {
+                    Some(reason) => skipped.push(reason),
+                    None => model.load_balancer_ips.push(ip),
+                },
                 Some(IpAddr::V6(_)) => {}
                 None => {
-                    return Err(err(
-                        format!("status.loadBalancer.ingress[{i}].ip"),
-                        format!("{raw:?} is not a valid IP address"),
-                    ));
+                    return Err(err(field(), format!("{raw:?} is not a valid IP address")));
                 }
             }
         }

@@ -2,6 +2,8 @@
 //! IPv4 with leading zeros ("10.180.00.001"), and kube-proxy reads them as
 //! decimal (netutils.ParseIPSloppy): so does vipr. Rust's parser refuses
 //! them, and no crate offers Go's legacy rule, hence these few lines.
+//! Also: which addresses may never be a Service's frontend or endpoint.
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// An IPv4 or IPv6 address; IPv4 octets may have leading zeros.
@@ -37,6 +39,66 @@ pub fn prefix_mask(len: u8) -> u32 {
 pub fn cidr_contains((net, len): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
     let mask = prefix_mask(len);
     u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// Addresses that belong to the node itself or to no single host. As a
+/// frontend one would capture what the node sends there (its loopback
+/// services, `connect(0.0.0.0)`, broadcast or multicast datagrams); as an
+/// endpoint it would hand clients the node's host-only services or the
+/// cloud metadata server (169.254.169.254), and 169.254.7.1 is vipr's own
+/// hairpin source. The API server refuses the first three classes, and
+/// 224.0.0.0/24 of multicast, in externalIPs and endpoint addresses
+/// (ValidateNonSpecialIP); vipr refuses them wherever an address is
+/// programmed, since manifests never meet the API server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SpecialIp {
+    Unspecified,
+    Loopback,
+    LinkLocal,
+    Multicast,
+    Broadcast,
+}
+
+impl SpecialIp {
+    /// The class of `ip`, if it has one.
+    pub fn of(ip: Ipv4Addr) -> Option<Self> {
+        if ip.is_unspecified() {
+            Some(Self::Unspecified)
+        } else if ip.is_loopback() {
+            Some(Self::Loopback)
+        } else if ip.is_link_local() {
+            Some(Self::LinkLocal)
+        } else if ip.is_multicast() {
+            Some(Self::Multicast)
+        } else if ip.is_broadcast() {
+            Some(Self::Broadcast)
+        } else {
+            None
+        }
+    }
+
+    /// A short stable name, for counters.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified-address",
+            Self::Loopback => "loopback-address",
+            Self::LinkLocal => "link-local-address",
+            Self::Multicast => "multicast-address",
+            Self::Broadcast => "broadcast-address",
+        }
+    }
+}
+
+impl fmt::Display for SpecialIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unspecified => "unspecified",
+            Self::Loopback => "in the loopback range (127.0.0.0/8)",
+            Self::LinkLocal => "in the link-local range (169.254.0.0/16)",
+            Self::Multicast => "multicast (224.0.0.0/4)",
+            Self::Broadcast => "the broadcast address",
+        })
+    }
 }
 
 #[cfg(test)]
@@ -79,5 +141,37 @@ mod tests {
         ));
         assert_eq!(prefix_mask(0), 0);
         assert_eq!(prefix_mask(24), 0xffff_ff00);
+    }
+
+    #[test]
+    fn special_classes_and_their_edges() {
+        let class = |s: &str| SpecialIp::of(s.parse().expect("test IP"));
+        for (addr, want) in [
+            ("0.0.0.0", Some(SpecialIp::Unspecified)),
+            ("127.0.0.1", Some(SpecialIp::Loopback)),
+            ("127.255.255.254", Some(SpecialIp::Loopback)),
+            ("169.254.169.254", Some(SpecialIp::LinkLocal)),
+            ("169.254.0.0", Some(SpecialIp::LinkLocal)),
+            ("224.0.0.251", Some(SpecialIp::Multicast)),
+            ("239.255.255.250", Some(SpecialIp::Multicast)),
+            ("255.255.255.255", Some(SpecialIp::Broadcast)),
+            // Neighbours of those ranges are ordinary addresses.
+            ("0.0.0.1", None),
+            ("126.255.255.255", None),
+            ("128.0.0.0", None),
+            ("169.253.255.255", None),
+            ("169.255.0.0", None),
+            ("223.255.255.255", None),
+            ("240.0.0.1", None),
+            ("255.255.255.254", None),
+            ("10.0.0.0", None),
+        ] {
+            assert_eq!(class(addr), want, "{addr}");
+        }
+        // Endpoints can never be the address vipr masquerades hairpin flows behind.
+        assert_eq!(
+            SpecialIp::of(Ipv4Addr::from(proxy_common::HAIRPIN_IPV4)),
+            Some(SpecialIp::LinkLocal)
+        );
     }
 }

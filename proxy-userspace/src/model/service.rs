@@ -17,11 +17,12 @@ use super::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceModel {
     pub object: ObjectRef,
-    /// IPv4 cluster IPs in spec order.
+    /// IPv4 cluster IPs in spec order, special addresses left out.
     pub cluster_ips: Vec<Ipv4Addr>,
     /// TCP and UDP ports in spec order.
     pub ports: Vec<ServicePortModel>,
-    /// The whole Service, or parts (IPv6 IPs, SCTP ports), left out.
+    /// The whole Service, or parts (IPv6 IPs, SCTP ports, special
+    /// addresses), left out.
     pub skipped: Vec<SkipReason>,
     pub external: ExternalModel,
     /// `spec.trafficDistribution`; the endpoints' hints decide (see `topology`).
@@ -43,9 +44,11 @@ pub struct ServicePortModel {
 /// What a Service offers outside the pod network.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExternalModel {
-    /// `status.loadBalancer.ingress[].ip` (LoadBalancer Services only).
+    /// `status.loadBalancer.ingress[].ip` (LoadBalancer Services only),
+    /// special addresses (`SpecialIp`) left out.
     pub load_balancer_ips: Vec<Ipv4Addr>,
-    /// `spec.externalIPs`.
+    /// `spec.externalIPs`, special addresses left out; the node's own
+    /// addresses are kept, as kube-proxy keeps them.
     pub external_ips: Vec<Ipv4Addr>,
     /// externalTrafficPolicy: Local.
     pub external_local: bool,
@@ -101,12 +104,14 @@ pub fn convert_service(
     if ips.first() == Some(&"None") {
         return Ok(ignored(SkipReason::Headless));
     }
+    // Reported after the Service's other reasons, in spec order.
+    let mut external_skipped = Vec::new();
     let mut model = ServiceModel {
         object: object.clone(),
         cluster_ips: Vec::new(),
         ports: Vec::new(),
         skipped: Vec::new(),
-        external: super::external::convert(svc, spec, &object)?,
+        external: super::external::convert(svc, spec, &object, &mut external_skipped)?,
         traffic_distribution: None,
         affinity_timeout: super::affinity::timeout_of(spec, &object)?,
     };
@@ -125,7 +130,13 @@ pub fn convert_service(
             Some(IpAddr::V4(ip)) if model.cluster_ips.contains(&ip) => {
                 return Err(err(field, format!("duplicate cluster IP {ip}")));
             }
-            Some(IpAddr::V4(ip)) => model.cluster_ips.push(ip),
+            // The API server's allocator gives service-CIDR addresses only,
+            // which no working cluster puts in these ranges; manifests
+            // bypass it, so vipr checks.
+            Some(IpAddr::V4(ip)) => match SkipReason::special_address(ip, || field.clone()) {
+                Some(reason) => model.skipped.push(reason),
+                None => model.cluster_ips.push(ip),
+            },
             Some(IpAddr::V6(ip)) => model
                 .skipped
                 .push(SkipReason::Ipv6ClusterIp(ip.to_string())),
@@ -184,6 +195,7 @@ pub fn convert_service(
             Err(message) => return Err(err(format!("spec.ports[{i}].protocol"), message)),
         }
     }
+    model.skipped.extend(external_skipped);
     Ok(model)
 }
 

@@ -2,7 +2,9 @@
 //! reported (listed in the model, counted by label), never errors.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 
+use super::ip::SpecialIp;
 use super::{FrontendKey, HintsUnused, LABEL_HEADLESS, LABEL_SERVICE_NAME, ObjectRef, Protocol};
 
 /// Why a valid object (or part of one) produces no frontend or backend, or
@@ -41,6 +43,14 @@ pub enum SkipReason {
         protocol: Protocol,
         why: HintsUnused,
     },
+    /// A cluster IP, external IP, LoadBalancer IP or endpoint address (at
+    /// `field`) that would reach or capture the node's own services: that
+    /// address alone is left out, the rest of the object is served.
+    SpecialAddress {
+        field: String,
+        ip: Ipv4Addr,
+        class: SpecialIp,
+    },
 }
 
 impl fmt::Display for SkipReason {
@@ -69,6 +79,9 @@ impl fmt::Display for SkipReason {
                 protocol,
                 why,
             } => write!(f, "port {port}/{protocol}: topology hints not used: {why}"),
+            SkipReason::SpecialAddress { field, ip, class } => {
+                write!(f, "{field}: {ip} is {class}; not served")
+            }
         }
     }
 }
@@ -90,7 +103,18 @@ impl SkipReason {
             SkipReason::FrontendConflict { .. } => "frontend-conflict",
             SkipReason::UnknownTrafficDistribution(_) => "traffic-distribution",
             SkipReason::TopologyUnused { .. } => "topology-unused",
+            SkipReason::SpecialAddress { class, .. } => class.label(),
         }
+    }
+
+    /// Why `ip`, found at `field`, may not be used, if it is a special
+    /// address. `field` is only formatted then: slices hold many endpoints.
+    pub(super) fn special_address(ip: Ipv4Addr, field: impl FnOnce() -> String) -> Option<Self> {
+        SpecialIp::of(ip).map(|class| SkipReason::SpecialAddress {
+            field: field(),
+            ip,
+            class,
+        })
     }
 }
 

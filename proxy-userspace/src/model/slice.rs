@@ -11,7 +11,8 @@ use super::{
 };
 
 /// A valid EndpointSlice reduced to what the proxy needs. A skipped slice has
-/// no service, ports or endpoints, and says why in `skipped`.
+/// no service, ports or endpoints, and says why in `skipped`; so does a
+/// used slice about each endpoint it leaves out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceModel {
     pub object: ObjectRef,
@@ -33,7 +34,8 @@ pub struct SlicePortModel {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointModel {
-    /// `addresses[0]`: the API says addresses are fungible and kube-proxy uses the first.
+    /// `addresses[0]`: the API says addresses are fungible and kube-proxy uses
+    /// the first. Never a special address (`SpecialIp`).
     pub ip: Ipv4Addr,
     pub conditions: Conditions,
     pub node_name: Option<String>,
@@ -101,6 +103,7 @@ pub fn convert_slice(
     }
 
     let mut endpoints = Vec::new();
+    let mut skipped = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {
         let Some(raw) = ep.addresses.first() else {
             return Err(err(
@@ -114,6 +117,16 @@ pub fn convert_slice(
                 format!("{raw:?} is not a valid IPv4 address"),
             )
         })?;
+        // The API server refuses these (ValidateNonSpecialIP): they would
+        // lead clients to the node's host-only services or the cloud
+        // metadata server. Only this endpoint goes, as kube-proxy drops an
+        // endpoint without addresses and keeps the rest.
+        if let Some(reason) =
+            SkipReason::special_address(ip, || format!("endpoints[{i}].addresses[0]"))
+        {
+            skipped.push(reason);
+            continue;
+        }
         let c = ep.conditions.as_ref();
         endpoints.push(EndpointModel {
             ip,
@@ -138,6 +151,6 @@ pub fn convert_slice(
         service: Some(service.clone()),
         ports,
         endpoints,
-        skipped: Vec::new(),
+        skipped,
     })
 }

@@ -43,9 +43,13 @@ fn random_slice(rng: &mut Rng, name: &str, rv: u64) -> EndpointSlice {
                 0 => "",
                 n => &format!(", hints: {{forZones: [{{name: z{n}}}]}}"),
             };
+            // Same draws as ever; the fifth address is one that is skipped.
+            let address = match rng.next(5) + 1 {
+                5 => "169.254.169.254".to_string(),
+                n => format!("10.0.0.{n}"),
+            };
             format!(
-                "{{addresses: [10.0.0.{}], conditions: {{ready: {}}}{hints}}}",
-                rng.next(5) + 1,
+                "{{addresses: [{address}], conditions: {{ready: {}}}{hints}}}",
                 rng.next(3) != 0
             )
         })

@@ -2,6 +2,7 @@
 
 mod incremental;
 mod invalid;
+mod special;
 mod topology;
 
 use std::net::Ipv4Addr;
