@@ -101,7 +101,9 @@ fn idle_connections_outlive_twenty_tables_of_short_ones_and_a_full_table_keeps_t
         }
     }
     let took = started.elapsed();
-    let full_drops = cluster.counter("node1", Counter::DropConntrackFull).unwrap();
+    let full_drops = cluster
+        .counter("node1", Counter::DropConntrackFull)
+        .unwrap();
     eprintln!(
         "{short} short connections in {:.1} s ({:.0}/s), {failed} failed, \
          {full_drops} SYNs dropped on a full table; {} idle connections \
@@ -137,7 +139,9 @@ fn idle_connections_outlive_twenty_tables_of_short_ones_and_a_full_table_keeps_t
         matches!(timed_out, Some(ClientError::Timeout)),
         "a connection beyond the table times out: {timed_out:?} after {filled}"
     );
-    let drops_now = cluster.counter("node1", Counter::DropConntrackFull).unwrap();
+    let drops_now = cluster
+        .counter("node1", Counter::DropConntrackFull)
+        .unwrap();
     assert!(drops_now > full_drops, "the refused SYN is counted");
     eprintln!(
         "table full after {filled} more connections; drop_conntrack_full {full_drops} -> {drops_now}"
