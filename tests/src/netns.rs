@@ -128,6 +128,29 @@ fn ip(args: &[&str]) -> Result<String> {
     cmd("ip", args)
 }
 
+/// Runs `ip -n netns -batch -` on `commands` (one per line).
+fn ip_batch(netns: &str, commands: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["-n", netns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run ip -batch")?;
+    child
+        .stdin
+        .take()
+        .context("ip stdin")?
+        .write_all(commands.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "ip -batch in {netns}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
 /// Writes a sysctl inside `netns` (`key` like `net/ipv4/ip_forward`).
 pub fn sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{key}");
@@ -572,6 +595,23 @@ impl Topology {
             host_if,
         });
         Ok(self)
+    }
+
+    /// Gives pod `name` more addresses (each a /32 on its eth0, routed to
+    /// it by its node): one pod answering for many endpoints.
+    pub fn add_pod_addresses(&self, name: &str, addrs: &[Ipv4Addr]) -> Result<()> {
+        let pod = self.pod(name)?;
+        let node_ns = self.node(&pod.node)?.netns.clone();
+        let on_pod: String = addrs
+            .iter()
+            .map(|a| format!("addr add {a}/32 dev eth0\n"))
+            .collect();
+        let on_node: String = addrs
+            .iter()
+            .map(|a| format!("route add {a}/32 dev {}\n", pod.host_if))
+            .collect();
+        ip_batch(&pod.netns, &on_pod)?;
+        ip_batch(&node_ns, &on_node)
     }
 
     fn node(&self, name: &str) -> Result<&Node> {

@@ -5,7 +5,7 @@
 //! SIGKILL, and a switch to another build of the binary. Nothing may fail,
 //! reset, or move to another backend. Once with TCX links, once with clsact
 //! filters.
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use vipr_tests::{
     external::*,
@@ -17,25 +17,9 @@ const CLUSTER_IP: [u8; 4] = [10, 96, 0, 50];
 const LOAD_THREADS: usize = 2;
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// Another build of the agent: `VIPR_BIN_ALT` (set by `cargo xtask test`
-/// to the release build), else the workspace's release build.
-fn other_build() -> PathBuf {
-    let bin = std::env::var_os("VIPR_BIN_ALT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/vipr")
-        });
-    assert!(
-        bin.is_file(),
-        "{} missing: `cargo build --release -p proxy-userspace`, or set VIPR_BIN_ALT",
-        bin.display()
-    );
-    bin
-}
-
 fn restarts_under_load(tc_attach: &str) {
     let args = ["--tc-attach", tc_attach];
-    let (vipr, other) = (vipr_tests::vipr_bin(), other_build());
+    let (vipr, other) = (vipr_tests::vipr_bin(), vipr_tests::vipr_release_bin());
     let mut cluster = ExternalCluster::start_with_args(&vipr, "off", &args).expect("cluster");
     let pod = |name| cluster.topology.netns(name).unwrap();
     let (client, web1, web2) = (cluster.client.clone(), pod("web-1"), pod("web-2"));

@@ -116,12 +116,15 @@ fn main() -> anyhow::Result<()> {
                 )?;
             }
             let vipr = build_agent(&root)?;
+            // Another build of the same source: the restart test upgrades to it.
+            cargo(&root, &["build", "--release", "-p", "proxy-userspace"])?;
             // Pure and unit tests in parallel; the kernel-facing tests share
             // kernel state and run one at a time.
             cargo(&root, &["test", "--workspace", "--exclude", "vipr-tests"])?;
             let status = Command::new(env_cargo())
                 .current_dir(&root)
                 .env("VIPR_BIN", &vipr)
+                .env("VIPR_BIN_ALT", root.join("target/release/vipr"))
                 .args(["test", "-p", "vipr-tests", "--", "--test-threads=1"])
                 .status()?;
             if !status.success() {

@@ -69,6 +69,17 @@ impl ApiServer {
     /// Listens on 127.0.0.1 (a free port). Needs a tokio runtime.
     pub async fn start() -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(listener)
+    }
+
+    /// Listens on 127.0.0.1 inside `netns`, for an agent running there.
+    pub async fn start_in(netns: &str) -> anyhow::Result<Self> {
+        let listener = crate::netns::run_in(netns, || std::net::TcpListener::bind("127.0.0.1:0"))??;
+        listener.set_nonblocking(true)?;
+        Self::serve(tokio::net::TcpListener::from_std(listener)?)
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
