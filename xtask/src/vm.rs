@@ -61,6 +61,10 @@ const SOCKET_TESTS: [&str; 3] = [
     "a_connected_udp_socket_leaves_a_removed_backend",
 ];
 
+/// Agents restarted and upgraded under load, with clsact filters (what a
+/// kernel before 6.6 has instead of TCX).
+const RESTART_TEST: &str = "agents_restart_and_upgrade_under_load_with_clsact";
+
 /// A guest that has not finished by then is stuck.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const EXIT_MARKER: &str = "VIPR-VM-EXIT=";
@@ -100,10 +104,13 @@ poweroff -f
 /// What the host built for the guest to run.
 struct Payload {
     vipr: PathBuf,
+    /// The release build: the restart test upgrades the agents to it.
+    vipr_release: PathBuf,
     /// The packet test binaries (TC and XDP programs).
     packets: Vec<PathBuf>,
     e2e: PathBuf,
     e2e_socket: PathBuf,
+    e2e_restart: PathBuf,
 }
 
 /// One kernel's outcome, for the summary.
@@ -184,6 +191,7 @@ fn package_installed(package: &str) -> bool {
 /// Builds the agent and the kernel-facing test binaries on the host.
 fn build_payload(root: &Path) -> anyhow::Result<Payload> {
     super::build_agent(root)?;
+    super::cargo(root, &["build", "--release", "-p", "proxy-userspace"])?;
     let out = Command::new(super::env_cargo())
         .current_dir(root)
         .args([
@@ -215,12 +223,14 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
     };
     Ok(Payload {
         vipr: stage(root.join("target/debug/vipr"), "vipr")?,
-        packets: ["packets", "packets_xdp"]
+        vipr_release: stage(root.join("target/release/vipr"), "vipr-release")?,
+        packets: ["packets", "packets_xdp", "packets_conntrack"]
             .into_iter()
             .map(|name| stage(executable(name)?, name))
             .collect::<anyhow::Result<_>>()?,
         e2e: stage(executable("e2e")?, "e2e")?,
         e2e_socket: stage(executable("e2e_socket")?, "e2e_socket")?,
+        e2e_restart: stage(executable("e2e_restart")?, "e2e_restart")?,
     })
 }
 
@@ -363,7 +373,7 @@ fn guest_script(root: &Path, modules_root: &Path, payload: &Payload) -> String {
     let socket_filters = SOCKET_TESTS.join(" ");
     format!(
         r#"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root RUST_BACKTRACE=1 VIPR_BIN={vipr}
+export HOME=/root RUST_BACKTRACE=1 VIPR_BIN={vipr} VIPR_BIN_ALT={vipr_release}
 cd {root}
 echo "== guest kernel $(uname -r)"
 modprobe -d {modules} -a {TEST_MODULES} || {{ echo "vm: modprobe {TEST_MODULES} failed"; exit 90; }}
@@ -377,9 +387,13 @@ echo "== vipr features"
 {e2e} --test-threads=1 --exact {e2e_filters} || rc=1
 echo "== socket load balancing ({socket_filters})"
 {e2e_socket} --test-threads=1 --exact {socket_filters} || rc=1
+echo "== restarts and an upgrade under load ({RESTART_TEST})"
+{e2e_restart} --test-threads=1 --exact --nocapture {RESTART_TEST} || rc=1
 exit $rc
 "#,
         vipr = payload.vipr.display(),
+        vipr_release = payload.vipr_release.display(),
+        e2e_restart = payload.e2e_restart.display(),
         root = root.display(),
         modules = modules_root.display(),
         packets = payload
