@@ -5,8 +5,8 @@
 use std::net::Ipv4Addr;
 
 use proxy_common::{
-    BackendValue, IPPROTO_TCP, SCOPE_EXTERNAL, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE,
-    SVC_FLAG_SOURCE_RANGES, ServiceKey, programs::FROM_EXTERNAL,
+    BackendValue, IPPROTO_TCP, SCOPE_EXTERNAL, SNAT_PORT_FIRST, SVC_FLAG_HAS_ENDPOINTS,
+    SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, ServiceKey, programs::FROM_EXTERNAL,
 };
 use vipr_tests::{netns, packet::*};
 
@@ -65,13 +65,23 @@ fn xdp_and_tc_translate_alike() {
             );
             let xdp = harness().run_xdp(&syn).unwrap();
             let tc = harness().run(FROM_EXTERNAL, &syn).unwrap();
-            assert_eq!(addresses(&xdp.output), addresses(&tc.output), "port {port}");
-            // Same L3/L4 bytes apart from the TTL and its checksum, which only XDP forwarding changes.
+            // The masquerade port is drawn at random: both from the range.
+            let ((xdp_src, xdp_port), xdp_dst) = addresses(&xdp.output);
+            let ((tc_src, tc_port), tc_dst) = addresses(&tc.output);
+            assert_eq!((xdp_src, xdp_dst), (tc_src, tc_dst), "port {port}");
+            for p in [xdp_port, tc_port] {
+                assert!((SNAT_PORT_FIRST..=u16::MAX).contains(&p), "port {p}");
+            }
+            for frame in [&xdp.output, &tc.output] {
+                assert_eq!(checksum_errors(frame), Vec::<String>::new(), "port {port}");
+            }
+            // Same L3/L4 bytes apart from the TTL and its checksum, which
+            // only XDP forwarding changes, and the port with its checksum.
             let strip = |f: &[u8]| {
                 let mut v = f[14..].to_vec();
-                v[8] = 0;
-                v[10] = 0;
-                v[11] = 0;
+                for byte in [8, 10, 11, 20, 21, 36, 37] {
+                    v[byte] = 0;
+                }
                 v
             };
             assert_eq!(strip(&xdp.output), strip(&tc.output), "port {port}");

@@ -387,8 +387,11 @@ echo "== vipr features"
 {e2e} --test-threads=1 --exact {e2e_filters} || rc=1
 echo "== socket load balancing ({socket_filters})"
 {e2e_socket} --test-threads=1 --exact {socket_filters} || rc=1
-echo "== restarts and an upgrade under load ({RESTART_TEST})"
-{e2e_restart} --test-threads=1 --exact --nocapture {RESTART_TEST} || rc=1
+# Only where clsact is what the kernel has (no TCX): minutes under TCG.
+case "$(uname -r)" in 6.1.*)
+    echo "== restarts and an upgrade under load ({RESTART_TEST})"
+    {e2e_restart} --test-threads=1 --exact --nocapture {RESTART_TEST} || rc=1
+esac
 exit $rc
 "#,
         vipr = payload.vipr.display(),
