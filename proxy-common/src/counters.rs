@@ -60,4 +60,10 @@ counters! {
     DropSockRevNatFull => "drop_sock_rev_nat_full",
     // Session affinity: a new connection followed the client's affinity.
     AffinityFollowed => "affinity_followed",
+    // A new flow whose translated tuple is another flow's (same client
+    // address and port, same backend, another frontend): the backend could
+    // not tell them apart.
+    DropConntrackCollision => "drop_conntrack_collision",
+    // A RST to a Service without endpoints: never answered with a RST.
+    DropRstNotRefused => "drop_rst_not_refused",
 }

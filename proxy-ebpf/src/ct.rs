@@ -29,6 +29,8 @@ const MAP_FULL: i32 = -7; // -E2BIG
 pub enum RecordError {
     /// The conntrack map is full.
     Full,
+    /// Another flow already has this one's translated tuple.
+    Collision,
     /// Every source port tried for a masqueraded flow was taken.
     PortsExhausted,
 }
@@ -106,7 +108,9 @@ pub fn forget(flow: &Flow, old: &CtValue) {
 }
 
 /// Records both directions of a flow translated to a backend (DNAT only).
-/// Neither entry stays if both cannot.
+/// Neither entry stays if both cannot. The reverse entry is only written if
+/// absent: a second flow from the same client port to another frontend of
+/// the same backend would reach the backend as the same connection.
 #[inline(always)]
 pub fn record(
     flow: &Flow,
@@ -134,14 +138,17 @@ pub fn record(
         last_seen: now,
         ..CtValue::default()
     };
-    if CONNTRACK
-        .insert(&forward_key.partner(&forward), &reverse, 0)
-        .is_err()
-    {
-        let _ = CONNTRACK.remove(&forward_key);
-        return Err(RecordError::Full);
+    match CONNTRACK.insert(&forward_key.partner(&forward), &reverse, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let _ = CONNTRACK.remove(&forward_key);
+            Err(if error == MAP_FULL {
+                RecordError::Full
+            } else {
+                RecordError::Collision
+            })
+        }
     }
-    Ok(())
 }
 
 /// Records a flow translated to a backend *and* masqueraded behind

@@ -13,7 +13,7 @@ use crate::{
     ct::{self, RecordError},
     lb::{choose_backend_id, flow_hash, lookup_backend, lookup_service, source_allowed},
     maps::{count, node_ipv4},
-    parse::Flow,
+    parse::{Flow, TCP_FLAG_RST},
 };
 
 pub enum Decision {
@@ -116,6 +116,10 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
     }
     let (backend_id, backend) = match new_backend(&service, flow_hash(flow), flow.src_addr) {
         Ok(chosen) => chosen,
+        // As a TCP stack never answers a RST with one (RFC 9293).
+        Err(Decision::Refuse) if flow.tcp_flags & TCP_FLAG_RST != 0 => {
+            return Decision::Drop(Counter::DropRstNotRefused);
+        }
         Err(no_backend) => return no_backend,
     };
     // A pod landing on itself would see its own address as the source and
@@ -124,8 +128,10 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
     let masquerade = hairpin
         || service.flags & SVC_FLAG_MASQUERADE != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
     if !masquerade {
-        if ct::record(flow, backend_id, backend.addr, backend.port).is_err() {
-            return Decision::Drop(Counter::DropConntrackFull);
+        match ct::record(flow, backend_id, backend.addr, backend.port) {
+            Ok(()) => {}
+            Err(RecordError::Collision) => return Decision::Drop(Counter::DropConntrackCollision),
+            Err(_) => return Decision::Drop(Counter::DropConntrackFull),
         }
         let entry = CtValue {
             backend_id,
@@ -158,7 +164,9 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
             outcome,
         ),
         Err(RecordError::Full) => Decision::Drop(Counter::DropConntrackFull),
-        Err(RecordError::PortsExhausted) => Decision::Drop(Counter::DropSnatPortsExhausted),
+        Err(RecordError::PortsExhausted | RecordError::Collision) => {
+            Decision::Drop(Counter::DropSnatPortsExhausted)
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod echo;
 pub mod external;
 pub mod flow_table;
+pub mod fuzz_packets;
 pub mod netns;
 pub mod packet;
 pub mod soak;

@@ -605,3 +605,18 @@ fn a_deleted_service_drains_its_established_flows_and_passes_new_ones() {
     assert_eq!(new.counted, vec![("pass_not_service", 1)]);
     assert_eq!(new.output, syn);
 }
+
+#[test]
+fn a_rst_to_a_service_without_endpoints_is_dropped_not_answered() {
+    let mut h = harness();
+    let t = Tuple {
+        src: (CLIENT, 40_000),
+        dst: (EMPTY_VIP, 80),
+    };
+    let run = h.run(FROM_POD, &tcp_closing(t, 5, true)).unwrap();
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    assert_eq!(run.counted, [("drop_rst_not_refused", 1)]);
+    // Anything else still gets its RST.
+    let run = h.run(FROM_POD, &tcp(t, 5, true, false, b"")).unwrap();
+    assert_eq!(run.counted, [("reject_tcp_rst", 1)]);
+}

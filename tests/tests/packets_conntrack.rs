@@ -158,3 +158,29 @@ fn a_full_table_drops_new_flows_counted_and_keeps_the_old() {
         reply(&mut h, port);
     }
 }
+
+#[test]
+fn a_flow_that_would_reach_the_backend_as_another_is_dropped_counted() {
+    // Two frontends, one backend: the same client port to both would be
+    // one connection to the backend.
+    let mut h = harness(None);
+    let other_vip = Ipv4Addr::new(10, 96, 0, 11);
+    h.add_service(2, (other_vip, 80), IPPROTO_TCP, &[(1, POD_A, 8080)])
+        .unwrap();
+    open(&mut h, 4000);
+    let second = Tuple {
+        src: (CLIENT, 4000),
+        dst: (other_vip, 80),
+    };
+    let run = h.run(FROM_POD, &tcp(second, 1, true, false, b"")).unwrap();
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    assert_eq!(run.counted, [("drop_conntrack_collision", 1)]);
+    // The first flow's replies still come from its own frontend.
+    let run = h
+        .run(TO_POD, &tcp(from_backend(4000), 1, true, true, b""))
+        .unwrap();
+    assert_eq!(run.counted, [("rev_nat", 1)]);
+    let source = &run.output[26..30];
+    assert_eq!(source, VIP.octets(), "restored to the first frontend");
+    assert_eq!(snapshot(&h).len(), 2, "nothing of the second flow stays");
+}

@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask <setup|build-ebpf|demo|test|bench|bench-sync>`.
+//! Project tasks: `cargo xtask <setup|build-ebpf|demo|test|bench|bench-sync|fuzz>`.
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -34,6 +35,14 @@ enum Task {
         /// Also run cargo fmt --check and clippy -D warnings first.
         #[arg(long)]
         lint: bool,
+    },
+    /// Fuzz for longer than `test` does: each cargo-fuzz target (object
+    /// conversion, manifests parser) for `--seconds`, then the packet fuzzer.
+    Fuzz {
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        #[arg(long, default_value_t = 10_000_000)]
+        packets: u64,
     },
     /// Run the packet tests and a reduced end-to-end scenario on Debian's
     /// 6.1 and 6.12 kernels under qemu (software emulation).
@@ -130,7 +139,13 @@ fn main() -> anyhow::Result<()> {
             if !status.success() {
                 bail!("kernel-facing tests failed");
             }
-            Ok(())
+            fuzz::run_targets(&root, fuzz::TEST_SECONDS)
+        }
+        Task::Fuzz { seconds, packets } => {
+            require_root()?;
+            setup::run()?;
+            fuzz::run_targets(&root, seconds)?;
+            fuzz::run_packets(&root, packets)
         }
         Task::VmTest { kernel } => {
             require_root()?;

@@ -20,6 +20,7 @@ pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
     nightly_with_rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     Ok(())
 }
 
@@ -147,6 +148,27 @@ fn bpf_linker() -> anyhow::Result<()> {
         .status()?;
     if !status.success() {
         bail!("building bpf-linker failed");
+    }
+    Ok(())
+}
+
+/// cargo-fuzz for the nightly toolchain (`cargo xtask fuzz`, and the short
+/// fuzzing runs of `cargo xtask test`).
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let nightly_cargo = crate::fuzz::nightly_cargo;
+    let present = nightly_cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (about a minute)");
+    let status = nightly_cargo()
+        .args(["install", "cargo-fuzz", "--locked", "--version", "^0.13"])
+        .status()?;
+    if !status.success() {
+        bail!("installing cargo-fuzz failed");
     }
     Ok(())
 }

@@ -67,6 +67,9 @@ pub fn build_model<'a>(
             }));
         for frontend in frontends {
             match model.frontends.entry(frontend.key) {
+                // The Service's own earlier frontend (an external IP equal to
+                // its cluster IP): the first stands, no conflict, as in the index.
+                Entry::Occupied(owner) if owner.get().service == svc.object => {}
                 // Only reachable with hand-written manifests: the API server
                 // never hands out a cluster IP twice.
                 Entry::Occupied(owner) => model.skipped.push(Skipped {

@@ -269,3 +269,20 @@ fn contested_frontend_passes_to_the_unchanged_claimant() {
     assert_eq!(builder.model().frontends[&key].service.name, "b");
     assert!(builder.model().skipped.is_empty());
 }
+
+/// A Service claiming one frontend twice (an external IP equal to its
+/// cluster IP) is no conflict with itself, built at once or incrementally
+/// (found by the `model_objects` fuzz target).
+#[test]
+fn a_service_repeating_its_own_frontend_is_no_conflict() {
+    let web = svc(
+        "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, externalIPs: [10.96.0.10], ports: [{port: 80}]}",
+    );
+    let converted = convert_service(&web, &ModelOptions::default()).expect("valid");
+    let full = build_model([&converted], [], &ModelOptions::default(), None);
+    assert_eq!(full.skipped, vec![], "no self-conflict");
+    let mut builder = ModelBuilder::new(ModelOptions::default());
+    let (model, errors) = builder.update(&[web], &[]);
+    assert!(errors.is_empty());
+    assert_eq!(model, full);
+}
