@@ -16,31 +16,30 @@ pub mod soak;
 /// The `vipr` binary under test: `VIPR_BIN` (set by `cargo xtask test`),
 /// else the workspace's debug build.
 pub fn vipr_bin() -> std::path::PathBuf {
-    let bin = std::env::var_os("VIPR_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vipr")
-        });
-    assert!(
-        bin.is_file(),
-        "vipr binary {} missing: build it or set VIPR_BIN",
-        bin.display()
-    );
-    bin
+    built_vipr("VIPR_BIN", "debug", "build it")
 }
 
 /// The release build of `vipr`: `VIPR_BIN_ALT` (set by `cargo xtask test`),
 /// else the workspace's release build. The restart test switches to it as
 /// "another build"; the churn test measures the agent's CPU with it.
 pub fn vipr_release_bin() -> std::path::PathBuf {
-    let bin = std::env::var_os("VIPR_BIN_ALT")
+    built_vipr(
+        "VIPR_BIN_ALT",
+        "release",
+        "`cargo build --release -p proxy-userspace`",
+    )
+}
+
+fn built_vipr(variable: &str, profile: &str, how: &str) -> std::path::PathBuf {
+    let bin = std::env::var_os(variable)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/vipr")
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("../target/{profile}/vipr"))
         });
     assert!(
         bin.is_file(),
-        "{} missing: `cargo build --release -p proxy-userspace`, or set VIPR_BIN_ALT",
+        "vipr binary {} missing: {how}, or set {variable}",
         bin.display()
     );
     bin
