@@ -50,6 +50,10 @@ enum Task {
         /// 6.1, 6.12 or all.
         #[arg(long, default_value = "all")]
         kernel: String,
+        /// Also restart and upgrade the agents under load on 6.1 (clsact;
+        /// several minutes under emulation).
+        #[arg(long)]
+        with_restart: bool,
     },
     /// Benchmarks: vipr against kube-proxy's iptables/nftables shapes and
     /// no load balancer; writes a JSON result file, a Markdown report and plots.
@@ -147,10 +151,13 @@ fn main() -> anyhow::Result<()> {
             fuzz::run_targets(&root, seconds)?;
             fuzz::run_packets(&root, packets)
         }
-        Task::VmTest { kernel } => {
+        Task::VmTest {
+            kernel,
+            with_restart,
+        } => {
             require_root()?;
             setup::run()?;
-            vm::run(&root, &kernel)
+            vm::run(&root, &kernel, with_restart)
         }
         Task::Bench {
             quick: _,
