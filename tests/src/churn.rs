@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, TcpListener},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -175,11 +175,6 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
         return 0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Address of the Service's frontend.
-pub fn frontend(cluster_ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::from((cluster_ip, port))
 }
 
 #[cfg(test)]

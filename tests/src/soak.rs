@@ -6,7 +6,7 @@ use std::{
     io::{self, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -197,7 +197,7 @@ pub struct LongLived {
     pub tcp: usize,
     pub udp: usize,
     /// Backends the flows started on, for the report.
-    pub spread: Arc<Mutex<Vec<String>>>,
+    pub spread: Vec<String>,
 }
 
 impl LongLived {
@@ -213,13 +213,11 @@ impl LongLived {
             .iter()
             .map(|(netns, target)| UdpFlow::open(netns, *target))
             .collect::<Result<Vec<_>>>()?;
-        let spread = Arc::new(Mutex::new(
-            sessions
-                .iter()
-                .map(|s| s.2.clone())
-                .chain(flows.iter().map(|f| f.backend.clone()))
-                .collect(),
-        ));
+        let spread = sessions
+            .iter()
+            .map(|s| s.2.clone())
+            .chain(flows.iter().map(|f| f.backend.clone()))
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let (counts, flag) = ((sessions.len(), flows.len()), stop.clone());
         let thread = std::thread::spawn(move || {

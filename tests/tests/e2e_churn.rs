@@ -173,7 +173,7 @@ async fn endpoints_replaced_100_times_a_second_while_a_client_connects() -> Resu
         })
     };
     let client = topo.netns("client")?;
-    let frontend = frontend(CLUSTER_IP, 80);
+    let frontend = std::net::SocketAddr::from((CLUSTER_IP, 80));
     let load = NewConnections::start(&[(client, frontend)], LOAD_THREADS, Some(check))?;
 
     let log_before = std::fs::metadata(&log)?.len() as usize;

@@ -69,7 +69,7 @@ fn restarts_under_load(tc_attach: &str) {
     }
     let (new, took) = load.finish();
     let mut spread = std::collections::BTreeMap::<String, usize>::new();
-    for backend in steady.spread.lock().unwrap().iter() {
+    for backend in &steady.spread {
         *spread.entry(backend.clone()).or_default() += 1;
     }
     let long = steady.finish();

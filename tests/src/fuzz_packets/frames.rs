@@ -6,8 +6,7 @@ use std::net::Ipv4Addr;
 use fastrand::Rng;
 
 pub const ETH: usize = 14;
-pub const TCP: u8 = 6;
-pub const UDP: u8 = 17;
+pub use proxy_common::{IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
 pub const ICMP: u8 = 1;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
