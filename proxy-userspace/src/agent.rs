@@ -33,6 +33,9 @@ use crate::{
     sync::{Periods, SyncLoop, Syncer},
 };
 
+/// Objects converted in one sync past which the heap is trimmed after it.
+const HEAP_TRIM_AFTER_CONVERTED: usize = 1_000;
+
 /// Where Services and EndpointSlices come from: exactly one source.
 #[derive(Clone, Debug)]
 pub enum SourceConfig {
@@ -254,7 +257,12 @@ pub fn run(
         }
 
         let writes = sync.syncer().writes();
-        sync.step(&mut source, tick, health);
+        let report = sync.step(&mut source, tick, health);
+        // A sync that converted many objects (the first, a relist) leaves
+        // their parsing's memory free but held by the allocator.
+        if report.is_some_and(|r| r.converted >= HEAP_TRIM_AFTER_CONVERTED) {
+            crate::datapath::trim_heap();
+        }
         if let Some(stale_udp) = &stale_udp
             && sync.syncer().writes() != writes
         {

@@ -246,7 +246,7 @@ impl<M: ServiceMaps> SyncLoop<M> {
             .last_sync
             .is_none_or(|t| now.duration_since(t) >= self.periods.sync);
         let fed = Instant::now();
-        let fed_something = self.feed(source.poll(full_due));
+        let fed_something = self.feed(source.poll());
         // Polls that found nothing are the source's idle cost, not the change's.
         if fed_something {
             self.feed_time += fed.elapsed();
@@ -328,18 +328,20 @@ impl<M: ServiceMaps> SyncLoop<M> {
     fn feed(&mut self, update: Update) -> bool {
         let errors = match update {
             Update::None => return false,
-            Update::Full {
-                services,
-                slices,
+            Update::Converted {
+                objects,
+                relisted,
                 node,
-                trust_resource_version,
             } => {
                 self.builder.set_node(node.as_deref());
-                self.builder.replace_all(
-                    services.iter().map(AsRef::as_ref),
-                    slices.iter().map(AsRef::as_ref),
-                    trust_resource_version,
-                )
+                let mut errors = Vec::new();
+                for (object, converted) in objects {
+                    errors.extend(self.builder.apply_converted(&object, converted));
+                }
+                for (kind, listed) in &relisted {
+                    self.builder.retain_listed(*kind, listed);
+                }
+                errors
             }
             Update::Changed {
                 services,

@@ -37,7 +37,7 @@ pub use socket_lb::{
     SOCKET_PROGRAMS, SocketLbScope, attach_socket_lb, cgroup2_root, detach_socket_lb,
     load_socket_programs,
 };
-pub use sys::netns_cookie;
+pub use sys::{netns_cookie, trim_heap, use_one_malloc_arena};
 pub use veth_peer::attach_pass_through;
 pub use xdp_attach::{XdpMode, attach_xdp, detach_xdp};
 

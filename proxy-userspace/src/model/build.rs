@@ -54,7 +54,7 @@ pub fn build_model<'a>(
                 reason: reason.clone(),
             }));
         let slices = by_service
-            .get(&(svc.object.namespace.as_str(), svc.object.name.as_str()))
+            .get(&(&*svc.object.namespace, &*svc.object.name))
             .map(Vec::as_slice)
             .unwrap_or_default();
         // Same order as the incremental index: own reasons, topology notes, conflicts.

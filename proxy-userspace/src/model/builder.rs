@@ -2,7 +2,7 @@
 //! model built from them, updated per Service so that the cost of a change
 //! grows with the change and not with the number of Services.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -67,6 +67,37 @@ pub struct Counts {
     pub added: usize,
     pub changed: usize,
     pub removed: usize,
+}
+
+/// An object as a source converted it on arrival, so that the source need
+/// not keep the API object: the model keeps only what it reads.
+#[derive(Clone, Debug)]
+pub struct Converted {
+    /// The object's resourceVersion, when it identifies the content.
+    pub resource_version: Option<String>,
+    pub model: ConvertedModel,
+}
+
+#[derive(Clone, Debug)]
+pub enum ConvertedModel {
+    Service(Result<ServiceModel, ConversionError>),
+    Slice(Result<SliceModel, ConversionError>),
+}
+
+impl Converted {
+    pub fn service(svc: &Service, opts: &ModelOptions) -> Self {
+        Self {
+            resource_version: svc.metadata.resource_version.clone(),
+            model: ConvertedModel::Service(convert_service(svc, opts)),
+        }
+    }
+
+    pub fn slice(slice: &EndpointSlice, opts: &ModelOptions) -> Self {
+        Self {
+            resource_version: slice.metadata.resource_version.clone(),
+            model: ConvertedModel::Slice(convert_slice(slice, opts)),
+        }
+    }
 }
 
 /// The last version seen of one object. `value` is its last *valid* version.
@@ -180,6 +211,56 @@ impl ModelBuilder {
         }
     }
 
+    /// Sets one object a source converted on arrival (`None`: deleted).
+    /// Returns its conversion error, if it is invalid.
+    pub fn apply_converted(
+        &mut self,
+        object: &ObjectRef,
+        converted: Option<Converted>,
+    ) -> Option<ConversionError> {
+        let Some(Converted {
+            resource_version,
+            model,
+        }) = converted
+        else {
+            self.remove(object);
+            return None;
+        };
+        self.converted += 1;
+        match model {
+            ConvertedModel::Service(result) => apply_result(
+                &mut self.index,
+                object,
+                resource_version,
+                result,
+                <Service as Convert>::entry,
+                <Service as Convert>::set,
+            ),
+            ConvertedModel::Slice(result) => apply_result(
+                &mut self.index,
+                object,
+                resource_version,
+                result,
+                <EndpointSlice as Convert>::entry,
+                <EndpointSlice as Convert>::set,
+            ),
+        }
+    }
+
+    /// After a relist of `kind`: forgets its objects that were not listed
+    /// (their Delete events may have been missed).
+    pub fn retain_listed(&mut self, kind: Kind, listed: &HashSet<ObjectRef>) {
+        let gone: Vec<ObjectRef> = self
+            .index
+            .objects()
+            .filter(|o| o.kind == kind && !listed.contains(*o))
+            .cloned()
+            .collect();
+        for object in gone {
+            self.remove(&object);
+        }
+    }
+
     /// Records this node's Node object (addresses, topology labels); a Node
     /// named other than `node_name` is some other node's and counts as none.
     /// A zone change recomputes, at the next commit, the Services whose
@@ -216,26 +297,7 @@ impl ModelBuilder {
         }
         self.converted += 1;
         let result = obj.convert(&self.options);
-        let previous = O::entry(&self.index, object).and_then(|e| e.value.clone());
-        let (value, error) = match result {
-            Ok(model) if model.object() == object => (Some(model), None),
-            Ok(model) => {
-                let e = ConversionError::new(
-                    object,
-                    "metadata.name",
-                    format!("does not match its store key ({})", model.object()),
-                );
-                (previous, Some(e))
-            }
-            Err(e) => (previous, Some(e)),
-        };
-        let entry = Entry {
-            resource_version: rv,
-            value,
-            error: error.clone(),
-        };
-        O::set(&mut self.index, object.clone(), Some(entry));
-        error
+        apply_result(&mut self.index, object, rv, result, O::entry, O::set)
     }
 
     /// One object of a full set, with the duplicate and last-good rules.
@@ -307,6 +369,37 @@ impl ModelBuilder {
             Kind::EndpointSlice => self.index.set_slice(object.clone(), None),
         }
     }
+}
+
+/// Keeps `object`'s last valid version when `result` is an error.
+fn apply_result<M: Clone + HasObject>(
+    index: &mut Index,
+    object: &ObjectRef,
+    resource_version: Option<String>,
+    result: Result<M, ConversionError>,
+    entry: for<'a> fn(&'a Index, &ObjectRef) -> Option<&'a Entry<M>>,
+    set: fn(&mut Index, ObjectRef, Option<Entry<M>>),
+) -> Option<ConversionError> {
+    let previous = || entry(index, object).and_then(|e| e.value.clone());
+    let (value, error) = match result {
+        Ok(model) if model.object() == object => (Some(model), None),
+        Ok(model) => {
+            let e = ConversionError::new(
+                object,
+                "metadata.name",
+                format!("does not match its store key ({})", model.object()),
+            );
+            (previous(), Some(e))
+        }
+        Err(e) => (previous(), Some(e)),
+    };
+    let entry = Entry {
+        resource_version,
+        value,
+        error: error.clone(),
+    };
+    set(index, object.clone(), Some(entry));
+    error
 }
 
 /// The two input kinds, so the keep-last-good rules are written once.

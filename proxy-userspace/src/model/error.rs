@@ -9,8 +9,8 @@ use super::{Kind, ObjectRef};
 pub struct ConversionError {
     pub kind: Kind,
     /// "" if the object has no usable name.
-    pub namespace: String,
-    pub name: String,
+    pub namespace: super::Name,
+    pub name: super::Unique,
     /// Path of the offending field, kubectl style (`spec.ports[1].port`).
     pub field: String,
     pub message: String,

@@ -20,7 +20,7 @@ pub(super) fn frontends_of(
     let backends: Vec<Backend> = backends
         .iter()
         .map(|b| Backend {
-            local: opts.node_name.is_some() && b.node_name == opts.node_name,
+            local: opts.node_name.is_some() && b.node_name.as_deref() == opts.node_name.as_deref(),
             ..b.clone()
         })
         .collect();

@@ -9,8 +9,8 @@ use std::mem;
 use super::build::service_frontends;
 use super::builder::Entry;
 use super::{
-    Conditions, Counts, Frontend, FrontendKey, Kind, Model, ModelOptions, NodeModel, ObjectRef,
-    ServiceModel, SkipReason, Skipped, SliceModel,
+    Conditions, Counts, Frontend, FrontendKey, Kind, Model, ModelOptions, Name, NodeModel,
+    ObjectRef, ServiceModel, SkipReason, Skipped, SliceModel, Unique,
 };
 
 #[derive(Debug, Default)]
@@ -18,7 +18,7 @@ pub(super) struct Index {
     pub services: BTreeMap<ObjectRef, Entry<ServiceModel>>,
     pub slices: BTreeMap<ObjectRef, Entry<SliceModel>>,
     /// (namespace, service name) → slices labelled for it.
-    by_service: BTreeMap<(String, String), BTreeSet<ObjectRef>>,
+    by_service: BTreeMap<(Name, Unique), BTreeSet<ObjectRef>>,
     /// The frontend keys each Service claims, in port × IP order. Only the
     /// owner's frontend is kept (in the model), not one copy per claimant.
     claims: BTreeMap<ObjectRef, Vec<FrontendKey>>,
@@ -324,7 +324,7 @@ fn count_endpoints(counts: &mut Counts, old: &[&Frontend], new: &[Frontend]) {
     counts.removed += old.keys().filter(|k| !new.contains_key(*k)).count();
 }
 
-fn service_ref((namespace, name): (String, String)) -> ObjectRef {
+fn service_ref((namespace, name): (Name, Unique)) -> ObjectRef {
     ObjectRef {
         kind: Kind::Service,
         namespace,

@@ -16,6 +16,7 @@ mod external;
 mod frontends;
 mod index;
 pub mod ip;
+pub mod name;
 pub mod node;
 mod service;
 mod skip;
@@ -29,8 +30,9 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 pub use build::build_model;
-pub use builder::{Commit, Counts, ModelBuilder, ModelOptions};
+pub use builder::{Commit, Converted, ConvertedModel, Counts, ModelBuilder, ModelOptions};
 pub use error::ConversionError;
+pub use name::{Name, Unique};
 pub use node::{NodeAddress, NodeModel, convert_node};
 pub use service::{ExternalModel, ServiceModel, ServicePortModel, convert_service};
 pub use skip::{SkipReason, Skipped};
@@ -64,8 +66,8 @@ impl fmt::Display for Kind {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectRef {
     pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Name,
+    pub name: Unique,
 }
 
 impl ObjectRef {
@@ -218,11 +220,11 @@ pub struct Backend {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub conditions: Conditions,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
+    pub node_name: Option<Name>,
+    pub zone: Option<Name>,
     pub hints: Hints,
     /// `kind/namespace/name` of the endpoint's targetRef, for humans.
-    pub target: Option<String>,
+    pub target: Option<Unique>,
     /// Runs on this node (`nodeName` equals the agent's node name).
     pub local: bool,
 }
@@ -233,7 +235,7 @@ pub struct Frontend {
     pub key: FrontendKey,
     /// Owning Service (namespace/name) and the name of its port ("" if unnamed).
     pub service: ObjectRef,
-    pub port_name: String,
+    pub port_name: Name,
     /// All known endpoints, any condition, sorted by (ip, port), no duplicates.
     /// Non-active ones stay known so established flows to them keep working.
     pub backends: Vec<Backend>,

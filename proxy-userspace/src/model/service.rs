@@ -8,8 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    ConversionError, Kind, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ModelOptions, ObjectRef,
-    Protocol, SkipReason, TrafficDistribution,
+    ConversionError, Kind, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ModelOptions, Name, ObjectRef,
+    Protocol, SkipReason, TrafficDistribution, Unique,
 };
 
 /// A valid Service reduced to what the proxy needs. An ignored Service has no
@@ -34,7 +34,7 @@ pub struct ServiceModel {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePortModel {
     /// "" when unnamed; matched against EndpointSlice port names.
-    pub name: String,
+    pub name: Name,
     pub port: u16,
     pub protocol: Protocol,
     /// Set for NodePort and LoadBalancer Services.
@@ -178,7 +178,7 @@ pub fn convert_service(
         }
         match parse_protocol(proto) {
             Ok(Some(protocol)) => model.ports.push(ServicePortModel {
-                name: name.to_string(),
+                name: Name::from(name),
                 port,
                 protocol,
                 node_port: match p.node_port {
@@ -202,13 +202,13 @@ pub fn convert_service(
 /// Kind + namespace/name; the namespace defaults to "default" as with kubectl.
 pub(crate) fn object_ref(kind: Kind, meta: &ObjectMeta) -> Result<ObjectRef, ConversionError> {
     let namespace = match meta.namespace.as_deref() {
-        None | Some("") => "default".to_string(),
-        Some(ns) => ns.to_string(),
+        None | Some("") => "default",
+        Some(ns) => ns,
     };
     let object = ObjectRef {
         kind,
-        namespace,
-        name: meta.name.clone().unwrap_or_default(),
+        namespace: Name::from(namespace),
+        name: Unique::from(meta.name.as_deref().unwrap_or_default()),
     };
     if object.name.is_empty() {
         return Err(ConversionError::new(&object, "metadata.name", "missing"));

@@ -6,8 +6,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::service::{label_skip, object_ref, parse_protocol, valid_port};
 use super::{
-    Conditions, ConversionError, Hints, Kind, LABEL_SERVICE_NAME, ModelOptions, ObjectRef,
-    Protocol, SkipReason,
+    Conditions, ConversionError, Hints, Kind, LABEL_SERVICE_NAME, ModelOptions, Name, ObjectRef,
+    Protocol, SkipReason, Unique, name::name,
 };
 
 /// A valid EndpointSlice reduced to what the proxy needs. A skipped slice has
@@ -17,7 +17,7 @@ use super::{
 pub struct SliceModel {
     pub object: ObjectRef,
     /// Value of the `kubernetes.io/service-name` label (same namespace).
-    pub service: Option<String>,
+    pub service: Option<Unique>,
     /// TCP and UDP ports with a port number; others cannot match a Service port.
     pub ports: Vec<SlicePortModel>,
     pub endpoints: Vec<EndpointModel>,
@@ -27,7 +27,7 @@ pub struct SliceModel {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlicePortModel {
     /// "" when unnamed; equals the Service port's name it serves.
-    pub name: String,
+    pub name: Name,
     pub port: u16,
     pub protocol: Protocol,
 }
@@ -38,10 +38,10 @@ pub struct EndpointModel {
     /// the first. Never a special address (`SpecialIp`).
     pub ip: Ipv4Addr,
     pub conditions: Conditions,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
+    pub node_name: Option<Name>,
+    pub zone: Option<Name>,
     pub hints: Hints,
-    pub target: Option<String>,
+    pub target: Option<Unique>,
 }
 
 /// Validates `slice` and reduces it to a [`SliceModel`]. Pure.
@@ -96,13 +96,13 @@ pub fn convert_slice(
             )
         })?;
         ports.push(SlicePortModel {
-            name: p.name.clone().unwrap_or_default(),
+            name: name(p.name.as_deref().unwrap_or_default()),
             port,
             protocol,
         });
     }
 
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     let mut skipped = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {
         let Some(raw) = ep.addresses.first() else {
@@ -135,20 +135,20 @@ pub fn convert_slice(
                 c.and_then(|c| c.serving),
                 c.and_then(|c| c.terminating),
             ),
-            node_name: ep.node_name.clone(),
-            zone: ep.zone.clone(),
+            node_name: ep.node_name.as_deref().map(name),
+            zone: ep.zone.as_deref().map(name),
             hints: Hints::from_api(ep.hints.as_ref()),
             target: ep.target_ref.as_ref().map(|t| {
                 let kind = t.kind.as_deref().unwrap_or("");
-                let ns = t.namespace.as_deref().unwrap_or(&object.namespace);
+                let ns = t.namespace.as_deref().unwrap_or(&*object.namespace);
                 let name = t.name.as_deref().unwrap_or("");
-                format!("{kind}/{ns}/{name}")
+                Unique::from(format!("{kind}/{ns}/{name}"))
             }),
         });
     }
     Ok(SliceModel {
         object: object.clone(),
-        service: Some(service.clone()),
+        service: Some(Unique::from(service.as_str())),
         ports,
         endpoints,
         skipped,

@@ -14,7 +14,7 @@ use std::fmt;
 
 use k8s_openapi::api::discovery::v1::EndpointHints;
 
-use super::{Backend, ServiceModel, ServicePortModel, SkipReason};
+use super::{Backend, Name, ServiceModel, ServicePortModel, SkipReason};
 
 /// `spec.trafficDistribution` (PreferClose is the older name of PreferSameZone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,9 +42,9 @@ pub(super) fn traffic_distribution(
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hints {
     /// `hints.forZones[].name`.
-    pub zones: Vec<String>,
+    pub zones: Box<[Name]>,
     /// `hints.forNodes[].name`.
-    pub nodes: Vec<String>,
+    pub nodes: Box<[Name]>,
 }
 
 impl Hints {
@@ -57,13 +57,13 @@ impl Hints {
                 .for_zones
                 .iter()
                 .flatten()
-                .map(|z| z.name.clone())
+                .map(|z| Name::from(z.name.as_str()))
                 .collect(),
             nodes: hints
                 .for_nodes
                 .iter()
                 .flatten()
-                .map(|n| n.name.clone())
+                .map(|n| Name::from(n.name.as_str()))
                 .collect(),
         }
     }
@@ -76,9 +76,9 @@ pub enum Topology {
     #[default]
     Any,
     /// Those whose `hints.forZones` names this zone.
-    SameZone(String),
+    SameZone(Name),
     /// Those whose `hints.forNodes` names this node.
-    SameNode(String),
+    SameNode(Name),
 }
 
 impl Topology {
@@ -167,16 +167,16 @@ fn choose(
         return (Topology::Any, None);
     }
     let node = node_name.unwrap_or("");
-    let names = |list: &[String], name: &str| list.iter().any(|n| n == name);
+    let names = |list: &[Name], name: &str| list.iter().any(|n| &**n == name);
     if ready.iter().all(|b| !b.hints.nodes.is_empty())
         && ready.iter().any(|b| names(&b.hints.nodes, node))
     {
-        return (Topology::SameNode(node.to_string()), None);
+        return (Topology::SameNode(Name::from(node)), None);
     }
     let zone = zone.unwrap_or("");
     let missing = ready.iter().filter(|b| b.hints.zones.is_empty()).count();
     if missing == 0 && ready.iter().any(|b| names(&b.hints.zones, zone)) {
-        return (Topology::SameZone(zone.to_string()), None);
+        return (Topology::SameZone(Name::from(zone)), None);
     }
     let hinted = ready
         .iter()

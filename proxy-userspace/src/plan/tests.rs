@@ -56,7 +56,7 @@ fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
         let service = ObjectRef {
             kind: Kind::Service,
             namespace: "default".into(),
-            name: format!("s{svc}"),
+            name: format!("s{svc}").into(),
         };
         m.frontends.insert(
             key,
@@ -65,7 +65,7 @@ fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
                 topology: Default::default(),
                 key,
                 service,
-                port_name: String::new(),
+                port_name: "".into(),
                 backends,
             },
         );

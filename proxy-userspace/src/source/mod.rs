@@ -5,32 +5,31 @@
 pub mod kube;
 pub mod manifests;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::model::ObjectRef;
+use crate::model::{Converted, Kind, ObjectRef};
 
 /// What a source has for the model since it was last asked.
 #[derive(Debug, Default)]
 pub enum Update {
     #[default]
     None,
-    /// Every object: the model replaces its whole set (a listing, a relist,
-    /// a periodic resync).
-    Full {
-        services: Vec<Arc<Service>>,
-        slices: Vec<Arc<EndpointSlice>>,
-        node: Option<Arc<Node>>,
-        /// resourceVersions identify content (API server objects), so an
-        /// object whose version is unchanged need not be converted again.
-        trust_resource_version: bool,
-    },
     /// Only these objects may have changed; `None` means deleted.
     Changed {
         services: Vec<(ObjectRef, Option<Arc<Service>>)>,
         slices: Vec<(ObjectRef, Option<Arc<EndpointSlice>>)>,
+        node: Option<Arc<Node>>,
+    },
+    /// Objects converted on arrival (`None`: deleted), in arrival order of
+    /// their last event, then the kinds relisted since: their objects that
+    /// were not listed are gone.
+    Converted {
+        objects: Vec<(ObjectRef, Option<Converted>)>,
+        relisted: Vec<(Kind, HashSet<ObjectRef>)>,
         node: Option<Arc<Node>>,
     },
 }
@@ -51,12 +50,10 @@ impl Source {
         }
     }
 
-    /// What changed since the last call; with `full`, every object. Errors
-    /// are logged by the source and leave the model as it is.
-    pub fn poll(&mut self, full: bool) -> Update {
+    /// What changed since the last call. Errors are logged by the source
+    /// and leave the model as it is.
+    pub fn poll(&mut self) -> Update {
         match self {
-            // The directory is the whole truth and the model keeps it, so
-            // a periodic full pass has nothing to re-read here.
             // Like the API source, every change carries the current Node.
             Source::Manifests(dir) => match dir.poll() {
                 Ok(Some(changes)) => Update::Changed {
@@ -70,7 +67,7 @@ impl Source {
                     Update::None
                 }
             },
-            Source::Kube(kube) => kube.poll(full),
+            Source::Kube(kube) => kube.poll(),
         }
     }
 }

@@ -56,7 +56,8 @@ endpoints: [{}]
     )
 }
 
-fn node() -> String {
+/// This node's Node object, as a YAML document.
+pub fn node() -> String {
     format!(
         "apiVersion: v1
 kind: Node

@@ -259,14 +259,14 @@ fn contested_frontend_passes_to_the_unchanged_claimant() {
         protocol: Protocol::Tcp,
         scope: Default::default(),
     };
-    assert_eq!(builder.model().frontends[&key].service.name, "a");
+    assert_eq!(&*builder.model().frontends[&key].service.name, "a");
     assert_eq!(builder.model().skipped.len(), 1, "b's conflict is reported");
 
     builder.apply_service(&object("a"), None);
     let commit = builder.commit();
     assert_eq!(commit.services_recomputed, 1, "only a changed");
     assert_eq!(commit.changed, BTreeSet::from([key]));
-    assert_eq!(builder.model().frontends[&key].service.name, "b");
+    assert_eq!(&*builder.model().frontends[&key].service.name, "b");
     assert!(builder.model().skipped.is_empty());
 }
 

@@ -488,7 +488,7 @@ fn frontend_claimed_twice_goes_to_the_first_service() {
 spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}");
     let m = model(&[web("10.96.0.10"), other], &[]);
     assert_eq!(
-        frontend(&m, "10.96.0.10", 80, Protocol::Tcp).service.name,
+        &*frontend(&m, "10.96.0.10", 80, Protocol::Tcp).service.name,
         "aaa"
     );
     assert_eq!(m.skipped.len(), 1);

@@ -1,18 +1,20 @@
-//! The Kubernetes API as a source: kube-rs reflectors (watcher + Store) on
-//! v1 Services, discovery.k8s.io/v1 EndpointSlices and this node's v1 Node.
+//! The Kubernetes API as a source: kube-rs watchers on v1 Services and
+//! discovery.k8s.io/v1 EndpointSlices, and a reflector (watcher + Store) on
+//! this node's v1 Node.
 //!
-//! The watcher relists on 410 Gone, re-watches from the last
-//! resourceVersion after a broken stream and backs off while the API server
-//! is unreachable; meanwhile the stores keep their last state, so nothing
-//! programmed changes. Events only mark which objects to look at again: the
-//! objects themselves are always read from the stores (a relist can drop
-//! Delete events, so a relist marks everything).
+//! Services and EndpointSlices are converted as they arrive and only the
+//! conversion is kept, by the model: no store holds the API objects, which
+//! would be the agent's largest copy of the cluster. The watcher relists on
+//! 410 Gone, re-watches from the last resourceVersion after a broken stream
+//! and backs off while the API server is unreachable; meanwhile the model
+//! keeps its last state, so nothing programmed changes. A relist can miss
+//! Delete events, so it hands over the set of listed objects and the model
+//! forgets the rest.
 
 mod trim;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
-use std::hash::Hash;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,13 +27,14 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Config, Resource, ResourceExt};
+use kube::{Api, Client, Config, Resource};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
 use super::Update;
-use super::manifests::Snapshot;
-use crate::model::{Kind, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ObjectRef};
+use crate::model::{
+    Converted, Kind, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ModelOptions, ObjectRef,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeSourceError {
@@ -65,27 +68,46 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, KubeSourceErro
     Ok(Client::try_from(config)?)
 }
 
-/// Which objects were touched since the last poll.
+/// What arrived since the last poll.
 #[derive(Debug, Default)]
 struct Pending {
-    /// A store was (re)listed: look at everything.
-    full: bool,
-    services: BTreeSet<(String, String)>,
-    slices: BTreeSet<(String, String)>,
+    /// The last event's conversion per object (`None`: deleted), in the
+    /// order objects were first touched.
+    objects: Vec<(ObjectRef, Option<Converted>)>,
+    /// Position of each object in `objects`.
+    positions: HashMap<ObjectRef, usize>,
+    /// Kinds relisted, with every object listed or applied since.
+    relisted: BTreeMap<Kind, HashSet<ObjectRef>>,
     node: bool,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        !self.full && self.services.is_empty() && self.slices.is_empty() && !self.node
+        self.objects.is_empty() && self.relisted.is_empty() && !self.node
+    }
+
+    fn set(&mut self, object: ObjectRef, converted: Option<Converted>) {
+        // An object applied after a relist but before this poll must
+        // survive that relist's removal of what was not listed.
+        if let Some(listed) = self.relisted.get_mut(&object.kind) {
+            match converted {
+                Some(_) => listed.insert(object.clone()),
+                None => listed.remove(&object),
+            };
+        }
+        match self.positions.get(&object) {
+            Some(&at) => self.objects[at].1 = converted,
+            None => {
+                self.positions.insert(object.clone(), self.objects.len());
+                self.objects.push((object, converted));
+            }
+        }
     }
 }
 
-/// Three reflectors running on the tokio runtime they were started on;
-/// stopped when this is dropped.
+/// Two watchers and a reflector running on the tokio runtime they were
+/// started on; stopped when this is dropped.
 pub struct KubeSource {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     node_name: String,
     pending: Arc<Mutex<Pending>>,
@@ -102,7 +124,7 @@ impl Drop for KubeSource {
 }
 
 impl KubeSource {
-    /// Starts the reflectors (needs a tokio runtime). Objects labelled
+    /// Starts the watchers (needs a tokio runtime). Objects labelled
     /// headless, or for another proxy when `proxy_name` is unset, are left
     /// out by the API server as kube-proxy does; the model filters again.
     pub fn start(client: Client, node_name: &str, proxy_name: Option<&str>) -> Self {
@@ -111,46 +133,46 @@ impl KubeSource {
             selector.push(format!("!{LABEL_SERVICE_PROXY_NAME}"));
         }
         let labels = selector.join(",");
+        // Conversion reads only the proxy name; the rest is the model's.
+        let options = Arc::new(ModelOptions {
+            proxy_name: proxy_name.map(str::to_owned),
+            ..ModelOptions::default()
+        });
         let pending = Arc::new(Mutex::new(Pending::default()));
         let listed: [Arc<AtomicBool>; 3] = Default::default();
-        let (services, w_services) = reflector::store();
-        let (slices, w_slices) = reflector::store();
         let (nodes, w_nodes) = reflector::store();
         let tasks = vec![
-            spawn(
+            spawn_converting(
                 Api::<Service>::all(client.clone()),
                 watcher::Config::default().labels(&labels),
-                w_services,
-                trim::service,
-                |p, o| p.services.insert(key(o)),
-                pending.clone(),
-                listed[0].clone(),
+                Kind::Service,
+                Converted::service,
+                Converter {
+                    options: options.clone(),
+                    pending: pending.clone(),
+                    listed: listed[0].clone(),
+                },
             ),
-            spawn(
+            spawn_converting(
                 Api::<EndpointSlice>::all(client.clone()),
                 watcher::Config::default().labels(&labels),
-                w_slices,
-                trim::endpoint_slice,
-                |p, o| p.slices.insert(key(o)),
-                pending.clone(),
-                listed[1].clone(),
+                Kind::EndpointSlice,
+                Converted::slice,
+                Converter {
+                    options,
+                    pending: pending.clone(),
+                    listed: listed[1].clone(),
+                },
             ),
-            spawn(
+            spawn_node(
                 Api::<Node>::all(client),
                 watcher::Config::default().fields(&format!("metadata.name={node_name}")),
                 w_nodes,
-                trim::node,
-                |p, _| {
-                    p.node = true;
-                    true
-                },
                 pending.clone(),
                 listed[2].clone(),
             ),
         ];
         Self {
-            services,
-            slices,
             nodes,
             node_name: node_name.to_string(),
             pending,
@@ -159,84 +181,23 @@ impl KubeSource {
         }
     }
 
-    /// Every store has finished its initial list.
+    /// Every kind has finished its initial list.
     pub fn ready(&self) -> bool {
         self.listed.iter().all(|l| l.load(Ordering::Acquire))
     }
 
-    /// The objects touched since the last call, read from the stores; with
-    /// `full` (or after a relist) every object.
-    pub fn poll(&mut self, full: bool) -> Update {
+    /// What arrived since the last call, with this node's Node.
+    pub fn poll(&mut self) -> Update {
         let pending =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        let node = self.nodes.get(&reflector::ObjectRef::new(&self.node_name));
-        if full || pending.full {
-            return Update::Full {
-                services: self.services.state(),
-                slices: self.slices.state(),
-                node,
-                trust_resource_version: true,
-            };
-        }
         if pending.is_empty() {
             return Update::None;
         }
-        let services = pending
-            .services
-            .into_iter()
-            .map(|(ns, name)| {
-                let obj = self
-                    .services
-                    .get(&reflector::ObjectRef::new(&name).within(&ns));
-                (object(Kind::Service, ns, name), obj)
-            })
-            .collect();
-        let slices = pending
-            .slices
-            .into_iter()
-            .map(|(ns, name)| {
-                let obj = self
-                    .slices
-                    .get(&reflector::ObjectRef::new(&name).within(&ns));
-                (object(Kind::EndpointSlice, ns, name), obj)
-            })
-            .collect();
-        Update::Changed {
-            services,
-            slices,
-            node,
+        Update::Converted {
+            objects: pending.objects,
+            relisted: pending.relisted.into_iter().collect(),
+            node: self.nodes.get(&reflector::ObjectRef::new(&self.node_name)),
         }
-    }
-
-    /// Copies of every stored object, in the manifests source's shape.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            services: self
-                .services
-                .state()
-                .iter()
-                .map(|s| (**s).clone())
-                .collect(),
-            endpoint_slices: self.slices.state().iter().map(|s| (**s).clone()).collect(),
-            nodes: self.nodes.state().iter().map(|n| (**n).clone()).collect(),
-        }
-    }
-
-    /// Number of stored Services and EndpointSlices.
-    pub fn len(&self) -> (usize, usize) {
-        (self.services.len(), self.slices.len())
-    }
-}
-
-fn key<K: ResourceExt>(obj: &K) -> (String, String) {
-    (obj.namespace().unwrap_or_default(), obj.name_any())
-}
-
-fn object(kind: Kind, namespace: String, name: String) -> ObjectRef {
-    ObjectRef {
-        kind,
-        namespace,
-        name,
     }
 }
 
@@ -281,55 +242,149 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// One reflector: watcher (with backoff) → trim → store, marking what each
-/// event touched.
-fn spawn<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    writer: Writer<K>,
-    trim: fn(&mut K),
-    mark: fn(&mut Pending, &K) -> bool,
+/// What a converting watcher shares with the source.
+struct Converter {
+    options: Arc<ModelOptions>,
     pending: Arc<Mutex<Pending>>,
     listed: Arc<AtomicBool>,
+}
+
+impl Converter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One watcher (with backoff) whose objects are converted on arrival.
+fn spawn_converting<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: Kind,
+    convert: fn(&K, &ModelOptions) -> Converted,
+    shared: Converter,
 ) -> JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone,
 {
-    let kind = K::kind(&K::DynamicType::default()).to_string();
     tokio::spawn(async move {
-        let stream = watcher(api, config)
-            .backoff(WatchBackoff::new())
-            .modify(trim)
-            .reflect(writer);
+        let stream = watcher(api, config).backoff(WatchBackoff::new());
         let mut stream = std::pin::pin!(stream);
-        let mut failing = false;
+        let mut outage = Outage::new(kind);
+        // Objects listed so far by a relist under way.
+        let mut relisting: Option<HashSet<ObjectRef>> = None;
         while let Some(event) = stream.next().await {
-            let lock = || pending.lock().unwrap_or_else(PoisonError::into_inner);
-            match event {
-                Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
-                    mark(&mut lock(), &obj);
-                }
-                Ok(watcher::Event::InitDone) => {
-                    lock().full = true;
-                    listed.store(true, Ordering::Release);
-                    tracing::info!(%kind, "listed");
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+            let event = match event {
+                Ok(event) => event,
                 Err(error) => {
-                    // Once per outage at warn; the backoff retries quietly.
-                    if failing {
-                        tracing::debug!(%kind, %error, "watch still failing");
-                    } else {
-                        tracing::warn!(%kind, %error, "watch failed; serving the last known state, retrying with backoff");
-                    }
-                    failing = true;
+                    outage.failed(&error);
                     continue;
                 }
-            }
-            if std::mem::take(&mut failing) {
-                tracing::info!(%kind, "watch recovered");
+            };
+            outage.recovered();
+            match event {
+                watcher::Event::Init => relisting = Some(HashSet::new()),
+                watcher::Event::InitApply(obj) => {
+                    let Some(object) = identity(kind, &obj) else {
+                        continue;
+                    };
+                    relisting.get_or_insert_default().insert(object.clone());
+                    let converted = convert(&obj, &shared.options);
+                    shared.lock().set(object, Some(converted));
+                }
+                watcher::Event::InitDone => {
+                    let listed = relisting.take().unwrap_or_default();
+                    shared.lock().relisted.insert(kind, listed);
+                    shared.listed.store(true, Ordering::Release);
+                    tracing::info!(%kind, "listed");
+                }
+                watcher::Event::Apply(obj) => {
+                    let Some(object) = identity(kind, &obj) else {
+                        continue;
+                    };
+                    let converted = convert(&obj, &shared.options);
+                    shared.lock().set(object, Some(converted));
+                }
+                watcher::Event::Delete(obj) => {
+                    let Some(object) = identity(kind, &obj) else {
+                        continue;
+                    };
+                    shared.lock().set(object, None);
+                }
             }
         }
     })
+}
+
+/// The object's identity; an object without one (never from a real API
+/// server) is logged and left out.
+fn identity<K: Resource>(kind: Kind, obj: &K) -> Option<ObjectRef> {
+    ObjectRef::of(kind, obj.meta())
+        .inspect_err(|error| tracing::warn!(%error, "object without identity ignored"))
+        .ok()
+}
+
+/// This node's Node: a reflector, as it is one small object.
+fn spawn_node(
+    api: Api<Node>,
+    config: watcher::Config,
+    writer: Writer<Node>,
+    pending: Arc<Mutex<Pending>>,
+    listed: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stream = watcher(api, config)
+            .backoff(WatchBackoff::new())
+            .modify(trim::node)
+            .reflect(writer);
+        let mut stream = std::pin::pin!(stream);
+        let mut outage = Outage::new("Node");
+        while let Some(event) = stream.next().await {
+            let lock = || pending.lock().unwrap_or_else(PoisonError::into_inner);
+            match event {
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => lock().node = true,
+                Ok(watcher::Event::InitDone) => {
+                    lock().node = true;
+                    listed.store(true, Ordering::Release);
+                    tracing::info!(kind = "Node", "listed");
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Err(error) => {
+                    outage.failed(&error);
+                    continue;
+                }
+            }
+            outage.recovered();
+        }
+    })
+}
+
+/// Logs a watch outage once at warn, and its end; the backoff retries quietly.
+struct Outage {
+    kind: String,
+    failing: bool,
+}
+
+impl Outage {
+    fn new(kind: impl ToString) -> Self {
+        Self {
+            kind: kind.to_string(),
+            failing: false,
+        }
+    }
+
+    fn failed(&mut self, error: &watcher::Error) {
+        let kind = &self.kind;
+        if self.failing {
+            tracing::debug!(%kind, %error, "watch still failing");
+        } else {
+            tracing::warn!(%kind, %error, "watch failed; serving the last known state, retrying with backoff");
+        }
+        self.failing = true;
+    }
+
+    fn recovered(&mut self) {
+        if std::mem::take(&mut self.failing) {
+            tracing::info!(kind = %self.kind, "watch recovered");
+        }
+    }
 }

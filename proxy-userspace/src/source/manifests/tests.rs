@@ -241,7 +241,7 @@ fn changed_names(changes: &Changes) -> Vec<(String, bool)> {
     let slices = changes.slices.iter().map(|(o, v)| (o, v.is_some()));
     services
         .chain(slices)
-        .map(|(o, present)| (o.name.clone(), present))
+        .map(|(o, present)| (o.name.to_string(), present))
         .collect()
 }
 
@@ -366,7 +366,7 @@ fn only_this_nodes_node_manifest_counts() {
     // The source hands the current Node over with every change.
     let mut source = crate::source::Source::Manifests(ManifestDir::new(dir.path()));
     dir.write("nodes.yaml", &node("node1", "zone-d"));
-    match source.poll(false) {
+    match source.poll() {
         crate::source::Update::Changed { node, .. } => {
             assert_eq!(zone(node).as_deref(), Some("zone-d"));
         }
