@@ -157,9 +157,11 @@ pub enum AgentError {
 /// the current tokio runtime.
 pub async fn open_source(config: &AgentConfig) -> Result<Source, AgentError> {
     Ok(match &config.source {
-        SourceConfig::Manifests(dir) => {
-            Source::Manifests(ManifestDir::new(dir).with_node_name(&config.node_name))
-        }
+        SourceConfig::Manifests(dir) => Source::Manifests(
+            ManifestDir::new(dir)
+                .with_node_name(&config.node_name)
+                .with_proxy_name(config.proxy_name.clone()),
+        ),
         SourceConfig::Kube { kubeconfig } => {
             let client = crate::source::kube::connect(kubeconfig.as_deref()).await?;
             Source::Kube(KubeSource::start(

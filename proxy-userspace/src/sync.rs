@@ -343,21 +343,6 @@ impl<M: ServiceMaps> SyncLoop<M> {
                 }
                 errors
             }
-            Update::Changed {
-                services,
-                slices,
-                node,
-            } => {
-                self.builder.set_node(node.as_deref());
-                let mut errors = Vec::new();
-                for (object, svc) in &services {
-                    errors.extend(self.builder.apply_service(object, svc.as_deref()));
-                }
-                for (object, slice) in &slices {
-                    errors.extend(self.builder.apply_slice(object, slice.as_deref()));
-                }
-                errors
-            }
         };
         for error in &errors {
             tracing::warn!(%error, "invalid object; keeping its last valid version");

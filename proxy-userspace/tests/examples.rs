@@ -21,8 +21,15 @@ fn examples_give_the_demo_topology() {
     assert_eq!(snapshot.services.len(), 2);
     assert_eq!(snapshot.endpoint_slices.len(), 2);
 
-    let (model, errors) = ModelBuilder::new(ModelOptions::default())
-        .update(&snapshot.services, &snapshot.endpoint_slices);
+    let mut builder = ModelBuilder::new(ModelOptions::default());
+    let errors: Vec<_> = snapshot
+        .services
+        .iter()
+        .chain(&snapshot.endpoint_slices)
+        .filter_map(|(object, converted)| builder.apply_converted(object, Some(converted.clone())))
+        .collect();
+    builder.commit();
+    let model = builder.model().clone();
     assert!(errors.is_empty(), "{errors:?}");
     assert!(model.skipped.is_empty(), "{:?}", model.skipped);
     let echo = Ipv4Addr::new(10, 96, 0, 10);

@@ -3,6 +3,7 @@
 //! grows with the change and not with the number of Services.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -71,31 +72,31 @@ pub struct Counts {
 
 /// An object as a source converted it on arrival, so that the source need
 /// not keep the API object: the model keeps only what it reads.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Converted {
     /// The object's resourceVersion, when it identifies the content.
     pub resource_version: Option<String>,
     pub model: ConvertedModel,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ConvertedModel {
-    Service(Result<ServiceModel, ConversionError>),
-    Slice(Result<SliceModel, ConversionError>),
+    Service(Result<Arc<ServiceModel>, ConversionError>),
+    Slice(Result<Arc<SliceModel>, ConversionError>),
 }
 
 impl Converted {
     pub fn service(svc: &Service, opts: &ModelOptions) -> Self {
         Self {
             resource_version: svc.metadata.resource_version.clone(),
-            model: ConvertedModel::Service(convert_service(svc, opts)),
+            model: ConvertedModel::Service(convert_service(svc, opts).map(Arc::new)),
         }
     }
 
     pub fn slice(slice: &EndpointSlice, opts: &ModelOptions) -> Self {
         Self {
             resource_version: slice.metadata.resource_version.clone(),
-            model: ConvertedModel::Slice(convert_slice(slice, opts)),
+            model: ConvertedModel::Slice(convert_slice(slice, opts).map(Arc::new)),
         }
     }
 }
@@ -106,7 +107,8 @@ pub(super) struct Entry<T> {
     /// Only set when the caller vouches that it identifies the content
     /// (objects from the API server), to skip converting an unchanged object.
     pub resource_version: Option<String>,
-    pub value: Option<T>,
+    /// Shared with the source that converted it, if that source keeps it.
+    pub value: Option<Arc<T>>,
     pub error: Option<ConversionError>,
 }
 
@@ -296,7 +298,7 @@ impl ModelBuilder {
             return None;
         }
         self.converted += 1;
-        let result = obj.convert(&self.options);
+        let result = obj.convert(&self.options).map(Arc::new);
         apply_result(&mut self.index, object, rv, result, O::entry, O::set)
     }
 
@@ -335,7 +337,7 @@ impl ModelBuilder {
                 }
                 let entry = Entry {
                     resource_version: rv,
-                    value: Some(model),
+                    value: Some(Arc::new(model)),
                     error: None,
                 };
                 O::set(&mut self.index, object.clone(), Some(entry));
@@ -376,7 +378,7 @@ fn apply_result<M: Clone + HasObject>(
     index: &mut Index,
     object: &ObjectRef,
     resource_version: Option<String>,
-    result: Result<M, ConversionError>,
+    result: Result<Arc<M>, ConversionError>,
     entry: for<'a> fn(&'a Index, &ObjectRef) -> Option<&'a Entry<M>>,
     set: fn(&mut Index, ObjectRef, Option<Entry<M>>),
 ) -> Option<ConversionError> {

@@ -46,8 +46,8 @@ impl Index {
     }
 
     pub fn set_service(&mut self, object: ObjectRef, entry: Option<Entry<ServiceModel>>) {
-        let old = self.services.get(&object).and_then(|e| e.value.as_ref());
-        if old != entry.as_ref().and_then(|e| e.value.as_ref()) {
+        let old = self.services.get(&object).and_then(|e| e.value.as_deref());
+        if old != entry.as_ref().and_then(|e| e.value.as_deref()) {
             self.dirty.insert(object.clone());
         }
         self.set_stale(&object, entry.as_ref());
@@ -58,8 +58,8 @@ impl Index {
     }
 
     pub fn set_slice(&mut self, object: ObjectRef, entry: Option<Entry<SliceModel>>) {
-        let old = self.slices.get(&object).and_then(|e| e.value.as_ref());
-        let new = entry.as_ref().and_then(|e| e.value.as_ref());
+        let old = self.slices.get(&object).and_then(|e| e.value.as_deref());
+        let new = entry.as_ref().and_then(|e| e.value.as_deref());
         if old != new {
             let old_service = old.and_then(|m| m.service.clone());
             let new_service = new.and_then(|m| m.service.clone());
@@ -97,7 +97,7 @@ impl Index {
     pub fn set_node(&mut self, node: Option<NodeModel>) {
         let zone = |n: Option<&NodeModel>| n.and_then(|n| n.zone.clone());
         if zone(self.model.node.as_ref()) != zone(node.as_ref()) {
-            for slice in self.slices.values().filter_map(|e| e.value.as_ref()) {
+            for slice in self.slices.values().filter_map(|e| e.value.as_deref()) {
                 let Some(name) = &slice.service else { continue };
                 if slice.endpoints.iter().any(|ep| !ep.hints.zones.is_empty()) {
                     let svc = service_ref((slice.object.namespace.clone(), name.clone()));
@@ -222,7 +222,7 @@ impl Index {
     /// The Service's frontends with their backends, ignoring other Services,
     /// and its topology notes.
     fn candidates_for(&self, svc: &ObjectRef) -> (Vec<Frontend>, Vec<SkipReason>) {
-        let Some(model) = self.services.get(svc).and_then(|e| e.value.as_ref()) else {
+        let Some(model) = self.services.get(svc).and_then(|e| e.value.as_deref()) else {
             return (Vec::new(), Vec::new());
         };
         let key = (svc.namespace.clone(), svc.name.clone());
@@ -231,7 +231,7 @@ impl Index {
             .get(&key)
             .into_iter()
             .flatten()
-            .filter_map(|o| self.slices.get(o).and_then(|e| e.value.as_ref()))
+            .filter_map(|o| self.slices.get(o).and_then(|e| e.value.as_deref()))
             .collect();
         let zone = self.model.node.as_ref().and_then(|n| n.zone.as_deref());
         service_frontends(model, &slices, &self.options, zone)
@@ -243,7 +243,7 @@ impl Index {
         let mut reasons = self
             .services
             .get(svc)
-            .and_then(|e| e.value.as_ref())
+            .and_then(|e| e.value.as_deref())
             .map(|m| m.skipped.clone())
             .unwrap_or_default();
         reasons.extend(self.notes.get(svc).into_iter().flatten().cloned());

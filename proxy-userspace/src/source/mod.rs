@@ -8,8 +8,7 @@ pub mod manifests;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 
 use crate::model::{Converted, Kind, ObjectRef};
 
@@ -18,12 +17,6 @@ use crate::model::{Converted, Kind, ObjectRef};
 pub enum Update {
     #[default]
     None,
-    /// Only these objects may have changed; `None` means deleted.
-    Changed {
-        services: Vec<(ObjectRef, Option<Arc<Service>>)>,
-        slices: Vec<(ObjectRef, Option<Arc<EndpointSlice>>)>,
-        node: Option<Arc<Node>>,
-    },
     /// Objects converted on arrival (`None`: deleted), in arrival order of
     /// their last event, then the kinds relisted since: their objects that
     /// were not listed are gone.
@@ -35,6 +28,8 @@ pub enum Update {
 }
 
 /// The one source an agent runs.
+// One per agent, made once: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Source {
     Manifests(manifests::ManifestDir),
     Kube(kube::KubeSource),
@@ -56,9 +51,16 @@ impl Source {
         match self {
             // Like the API source, every change carries the current Node.
             Source::Manifests(dir) => match dir.poll() {
-                Ok(Some(changes)) => Update::Changed {
-                    services: changes.services,
-                    slices: changes.slices,
+                // The model keeps its own copy; the directory's stays for
+                // telling which definition of an object is in force.
+                Ok(Some(changes)) => Update::Converted {
+                    objects: changes
+                        .services
+                        .into_iter()
+                        .chain(changes.slices)
+                        .map(|(object, c)| (object, c.map(|c| (*c).clone())))
+                        .collect(),
+                    relisted: Vec::new(),
                     node: dir.node(),
                 },
                 Ok(None) => Update::None,

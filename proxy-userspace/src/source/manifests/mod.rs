@@ -23,19 +23,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 
-use crate::model::ObjectRef;
+use crate::model::{Converted, ModelOptions, ObjectRef};
 use defs::Definitions;
 use objects::{FileObjects, NodeName};
 pub use parse::{ParseError, Parsed, parse_str};
 
-/// Every Service, EndpointSlice and Node currently in force, in object order.
+/// Every Service, EndpointSlice (as converted) and Node currently in
+/// force, in object order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
+    pub services: Vec<(ObjectRef, Converted)>,
+    pub endpoint_slices: Vec<(ObjectRef, Converted)>,
     pub nodes: Vec<Node>,
 }
 
@@ -43,8 +43,8 @@ pub struct Snapshot {
 /// object order; `None`: no file defines it any more.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Changes {
-    pub services: Vec<(ObjectRef, Option<Arc<Service>>)>,
-    pub slices: Vec<(ObjectRef, Option<Arc<EndpointSlice>>)>,
+    pub services: Vec<(ObjectRef, Option<Arc<Converted>>)>,
+    pub slices: Vec<(ObjectRef, Option<Arc<Converted>>)>,
     /// By node name.
     pub nodes: Vec<(String, Option<Arc<Node>>)>,
 }
@@ -69,8 +69,10 @@ pub enum ManifestError {
 pub struct ManifestDir {
     path: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
-    services: Definitions<Service>,
-    slices: Definitions<EndpointSlice>,
+    /// What conversion reads (the proxy name).
+    options: Arc<ModelOptions>,
+    services: Definitions<Converted>,
+    slices: Definitions<Converted>,
     nodes: Definitions<Node, NodeName>,
     /// The agent's node: the one Node manifest that counts.
     node_name: Option<String>,
@@ -105,6 +107,7 @@ impl ManifestDir {
         Self {
             path: path.into(),
             files: BTreeMap::new(),
+            options: Arc::default(),
             services: Definitions::default(),
             slices: Definitions::default(),
             nodes: Definitions::default(),
@@ -116,6 +119,16 @@ impl ManifestDir {
     /// Names the agent's node: only the Node manifest of that name counts.
     pub fn with_node_name(mut self, name: impl Into<String>) -> Self {
         self.node_name = Some(name.into());
+        self
+    }
+
+    /// Objects labelled for another proxy than this one (`None`: the
+    /// default proxy) are left out, as kube-proxy does.
+    pub fn with_proxy_name(mut self, name: Option<String>) -> Self {
+        self.options = Arc::new(ModelOptions {
+            proxy_name: name,
+            ..ModelOptions::default()
+        });
         self
     }
 
@@ -176,14 +189,14 @@ impl ManifestDir {
             services: self
                 .services
                 .winners()
-                .into_values()
-                .map(|s| (**s).clone())
+                .into_iter()
+                .map(|(o, s)| (o.clone(), (**s).clone()))
                 .collect(),
             endpoint_slices: self
                 .slices
                 .winners()
-                .into_values()
-                .map(|s| (**s).clone())
+                .into_iter()
+                .map(|(o, s)| (o.clone(), (**s).clone()))
                 .collect(),
             nodes: self
                 .nodes
@@ -251,6 +264,8 @@ impl ManifestDir {
     }
 
     fn define(&mut self, path: &Path, old: &FileObjects, new: &FileObjects) {
+        let path: Arc<Path> = Arc::from(path);
+        let path = &path;
         self.services
             .replace_file(path, &old.services, &new.services);
         self.slices.replace_file(path, &old.slices, &new.slices);
@@ -292,7 +307,7 @@ impl ManifestDir {
         }
         match parse_str(&text) {
             Ok(parsed) => {
-                let objects = FileObjects::new(&path, parsed);
+                let objects = FileObjects::new(&path, parsed, &self.options);
                 let old = self.files.remove(&path);
                 if old.as_ref().is_some_and(|old| old.error.is_some()) {
                     tracing::info!(path = %path.display(), "manifest fixed");

@@ -4,6 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::model::{ConvertedModel, ServiceModel};
 
 const SERVICE: &str = "apiVersion: v1
 kind: Service
@@ -57,21 +58,18 @@ impl Drop for TempDir {
 }
 
 fn names(snapshot: &Snapshot) -> (Vec<String>, Vec<String>) {
-    let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        m.name.clone().unwrap_or_default()
+    let names = |objects: &[(ObjectRef, Converted)]| {
+        objects.iter().map(|(o, _)| o.name.to_string()).collect()
     };
-    (
-        snapshot
-            .services
-            .iter()
-            .map(|s| name(&s.metadata))
-            .collect(),
-        snapshot
-            .endpoint_slices
-            .iter()
-            .map(|s| name(&s.metadata))
-            .collect(),
-    )
+    (names(&snapshot.services), names(&snapshot.endpoint_slices))
+}
+
+/// The Service a conversion made, if it was valid.
+fn service_model(converted: &Converted) -> Option<&ServiceModel> {
+    match &converted.model {
+        ConvertedModel::Service(Ok(svc)) => Some(svc),
+        _ => None,
+    }
 }
 
 #[test]
@@ -156,11 +154,7 @@ fn poll_reports_changes_only() {
     dir.write("a.yaml", &SERVICE.replace("port: 80", "port: 81"));
     manifests.poll().expect("poll").expect("changed");
     let snapshot = manifests.snapshot();
-    let port = snapshot.services[0]
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.as_ref())
-        .map(|p| p[0].port);
+    let port = service_model(&snapshot.services[0].1).map(|s| s.ports[0].port);
     assert_eq!(port, Some(81));
 
     dir.write("b.yml", SLICE);
@@ -264,8 +258,9 @@ fn only_objects_whose_content_changed_are_handed_over() {
     assert_eq!(changed_names(&changes), [("svc-7".to_string(), true)]);
     let ip = changes.services[0]
         .1
-        .as_ref()
-        .and_then(|s| s.spec.as_ref()?.cluster_ip.clone());
+        .as_deref()
+        .and_then(service_model)
+        .map(|s| s.cluster_ips[0].to_string());
     assert_eq!(ip.as_deref(), Some("10.96.2.7"));
 
     // Moving an object between files with the same content is no change.
@@ -309,8 +304,9 @@ fn the_first_definition_in_file_name_order_counts() {
     let changes = manifests.poll().expect("poll").expect("b in force");
     let ip = changes.services[0]
         .1
-        .as_ref()
-        .and_then(|s| s.spec.as_ref()?.cluster_ip.clone());
+        .as_deref()
+        .and_then(service_model)
+        .map(|s| s.cluster_ips[0].to_string());
     assert_eq!(ip.as_deref(), Some("10.96.0.3"));
 
     // Objects without a name are left out, the rest of the file applies.
@@ -367,7 +363,7 @@ fn only_this_nodes_node_manifest_counts() {
     let mut source = crate::source::Source::Manifests(ManifestDir::new(dir.path()));
     dir.write("nodes.yaml", &node("node1", "zone-d"));
     match source.poll() {
-        crate::source::Update::Changed { node, .. } => {
+        crate::source::Update::Converted { node, .. } => {
             assert_eq!(zone(node).as_deref(), Some("zone-d"));
         }
         other => panic!("expected changes, got {other:?}"),
