@@ -109,7 +109,8 @@ pub(super) struct Entry<T> {
     pub resource_version: Option<String>,
     /// Shared with the source that converted it, if that source keeps it.
     pub value: Option<Arc<T>>,
-    pub error: Option<ConversionError>,
+    /// Boxed: nearly every object has none, and the entry is kept per object.
+    pub error: Option<Box<ConversionError>>,
 }
 
 impl ModelBuilder {
@@ -319,7 +320,7 @@ impl ModelBuilder {
             && entry.resource_version == rv
             && entry.value.is_some()
         {
-            errors.extend(entry.error.clone());
+            errors.extend(entry.error.as_deref().cloned());
             seen.insert(object);
             return;
         }
@@ -357,7 +358,7 @@ impl ModelBuilder {
                 let entry = Entry {
                     resource_version: rv,
                     value: Some(previous),
-                    error: Some(e),
+                    error: Some(Box::new(e)),
                 };
                 O::set(&mut self.index, object.clone(), Some(entry));
                 seen.insert(object);
@@ -398,7 +399,7 @@ fn apply_result<M: Clone + HasObject>(
     let entry = Entry {
         resource_version,
         value,
-        error: error.clone(),
+        error: error.clone().map(Box::new),
     };
     set(index, object.clone(), Some(entry));
     error
