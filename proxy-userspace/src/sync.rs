@@ -32,6 +32,12 @@ pub struct SyncReport {
     pub services: Counts,
     pub endpoints: Counts,
     pub elapsed: Duration,
+    /// Where `elapsed` went: taking objects into the model and computing
+    /// frontends (conversion happens on arrival, before), planning map
+    /// contents and the diff, and writing the maps.
+    pub model_time: Duration,
+    pub plan_time: Duration,
+    pub write_time: Duration,
 }
 
 /// Holds what is applied and brings the maps to what the model wants.
@@ -75,11 +81,12 @@ impl<M: ServiceMaps> Syncer<M> {
         let start = Instant::now();
         let desired = self.planner.desired(model);
         let ops = diff(&self.applied, &desired);
+        let planned = Instant::now();
         let failed_ops = self.write(&ops)?;
         if failed_ops == 0 {
             self.applied = desired;
         }
-        Ok(report(model, ops.len(), failed_ops, true, start))
+        Ok(report(model, ops.len(), failed_ops, true, start, planned))
     }
 
     /// Applies only the entries of the `changed` frontends: the cost grows
@@ -95,8 +102,9 @@ impl<M: ServiceMaps> Syncer<M> {
         let start = Instant::now();
         let touched = self.planner.update(model, changed);
         let ops = diff_touched(&self.applied, self.planner.current(), &touched);
+        let planned = Instant::now();
         let failed_ops = self.write(&ops)?;
-        Ok(report(model, ops.len(), failed_ops, false, start))
+        Ok(report(model, ops.len(), failed_ops, false, start, planned))
     }
 
     /// Re-reads the kernel maps, then [`Syncer::sync`]: repairs entries
@@ -135,13 +143,22 @@ impl<M: ServiceMaps> Syncer<M> {
     }
 }
 
-fn report(model: &Model, ops: usize, failed_ops: usize, full: bool, start: Instant) -> SyncReport {
+fn report(
+    model: &Model,
+    ops: usize,
+    failed_ops: usize,
+    full: bool,
+    start: Instant,
+    planned: Instant,
+) -> SyncReport {
     SyncReport {
         full,
         frontends: model.frontends.len(),
         ops,
         failed_ops,
         elapsed: start.elapsed(),
+        plan_time: planned.duration_since(start),
+        write_time: planned.elapsed(),
         ..SyncReport::default()
     }
 }
@@ -265,6 +282,7 @@ impl<M: ServiceMaps> SyncLoop<M> {
         self.pending = false;
         let start = Instant::now();
         let commit = self.builder.commit();
+        let model_time = start.elapsed() + self.feed_time;
         self.generation += 1;
         let model = self.builder.model();
         let result = if full_due {
@@ -276,6 +294,7 @@ impl<M: ServiceMaps> SyncLoop<M> {
             Ok(mut report) => {
                 let elapsed = start.elapsed() + std::mem::take(&mut self.feed_time);
                 add_commit(&mut report, &commit, elapsed);
+                report.model_time = model_time;
                 log(&report, self.builder.skip_counts());
                 if report.converted > 0 {
                     for problem in self.new_problems() {
@@ -375,6 +394,9 @@ fn log(r: &SyncReport, skipped: &std::collections::BTreeMap<&'static str, usize>
         failed = r.failed_ops,
         skipped = ?skipped,
         elapsed_us = r.elapsed.as_micros() as u64,
+        model_us = r.model_time.as_micros() as u64,
+        plan_us = r.plan_time.as_micros() as u64,
+        write_us = r.write_time.as_micros() as u64,
         "synced"
     );
 }

@@ -132,13 +132,8 @@ pub(super) fn backends_for(port: &ServicePortModel, slices: &[&SliceModel]) -> V
         };
         for ep in &slice.endpoints {
             let backend = Backend {
-                ip: ep.ip,
+                endpoint: ep.clone(),
                 port: sp.port,
-                conditions: ep.conditions,
-                node_name: ep.node_name.clone(),
-                zone: ep.zone.clone(),
-                hints: ep.hints.clone(),
-                target: ep.target.clone(),
                 local: false,
             };
             match out.entry((ep.ip, sp.port)) {

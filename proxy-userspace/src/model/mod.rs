@@ -28,6 +28,7 @@ mod topology;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 pub use build::build_model;
 pub use builder::{Commit, Converted, ConvertedModel, Counts, ModelBuilder, ModelOptions};
@@ -214,19 +215,22 @@ pub struct Policy {
     pub affinity_timeout: Option<u32>,
 }
 
-/// One endpoint behind a frontend; the protocol is the frontend's.
+/// One endpoint behind a frontend; the protocol is the frontend's. It
+/// reads as its endpoint (`backend.ip`, `backend.conditions`, ...), which it
+/// shares with the EndpointSlice it came from rather than copying it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backend {
-    pub ip: Ipv4Addr,
+    pub endpoint: Arc<EndpointModel>,
     pub port: u16,
-    pub conditions: Conditions,
-    pub node_name: Option<Name>,
-    pub zone: Option<Name>,
-    pub hints: Hints,
-    /// `kind/namespace/name` of the endpoint's targetRef, for humans.
-    pub target: Option<Unique>,
     /// Runs on this node (`nodeName` equals the agent's node name).
     pub local: bool,
+}
+
+impl std::ops::Deref for Backend {
+    type Target = EndpointModel;
+    fn deref(&self) -> &EndpointModel {
+        &self.endpoint
+    }
 }
 
 /// A (cluster IP, port, protocol) of a Service with every endpoint known for it.

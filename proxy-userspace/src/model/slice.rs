@@ -1,6 +1,7 @@
 //! Validation and normalisation of one discovery/v1 `EndpointSlice`.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -20,7 +21,8 @@ pub struct SliceModel {
     pub service: Option<Unique>,
     /// TCP and UDP ports with a port number; others cannot match a Service port.
     pub ports: Vec<SlicePortModel>,
-    pub endpoints: Vec<EndpointModel>,
+    /// Shared with the backends the model makes of them.
+    pub endpoints: Vec<Arc<EndpointModel>>,
     pub skipped: Vec<SkipReason>,
 }
 
@@ -128,7 +130,7 @@ pub fn convert_slice(
             continue;
         }
         let c = ep.conditions.as_ref();
-        endpoints.push(EndpointModel {
+        endpoints.push(Arc::new(EndpointModel {
             ip,
             conditions: Conditions::from_api(
                 c.and_then(|c| c.ready),
@@ -144,7 +146,7 @@ pub fn convert_slice(
                 let name = t.name.as_deref().unwrap_or("");
                 Unique::from(format!("{kind}/{ns}/{name}"))
             }),
-        });
+        }));
     }
     Ok(SliceModel {
         object: object.clone(),

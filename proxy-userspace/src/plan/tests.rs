@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 use proxy_common::{BackendValue, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey};
 
 use super::*;
-use crate::model::{Backend, Conditions, Frontend, FrontendKey, Kind, Model, ObjectRef, Protocol};
+use crate::model::{
+    Backend, Conditions, EndpointModel, Frontend, FrontendKey, Kind, Model, ObjectRef, Protocol,
+};
 
 const READY: Conditions = Conditions {
     ready: true,
@@ -43,13 +45,15 @@ fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
             .iter()
             .map(|&(b, conditions)| Backend {
                 local: false,
-                ip: Ipv4Addr::new(10, 0, 0, b),
+                endpoint: std::sync::Arc::new(EndpointModel {
+                    ip: Ipv4Addr::new(10, 0, 0, b),
+                    conditions,
+                    node_name: None,
+                    zone: None,
+                    hints: Default::default(),
+                    target: None,
+                }),
                 port: 8080,
-                conditions,
-                node_name: None,
-                zone: None,
-                hints: Default::default(),
-                target: None,
             })
             .collect();
         backends.sort_by_key(|b| (b.ip, b.port));

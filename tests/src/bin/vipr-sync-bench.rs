@@ -66,9 +66,9 @@ async fn main() -> Result<()> {
     }
     let sources = std::env::var("VIPR_BENCH_SOURCES").unwrap_or_else(|_| "api,manifests".into());
     println!(
-        "\n| agent `vipr run` | source | start → listed | listed → maps written | start → healthy | RSS | peak RSS | map writes, one endpoint change |"
+        "\n| agent `vipr run` | source | start → listed | listed → maps written | first sync: model / plan / write | start → healthy | RSS | peak RSS | map writes, one endpoint change |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &n in &counts {
         for source in sources.split(',') {
             let source = match source {
@@ -235,9 +235,10 @@ async fn agent(bin: &Path, source: AgentSource, n: usize, endpoints: usize) -> R
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
     let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
     println!(
-        "| {n} × {endpoints} | {source:?} | {} | {} | {} | {} | {} | {} |",
+        "| {n} × {endpoints} | {source:?} | {} | {} | {} | {} | {} | {} | {} |",
         ms(m.listed),
         ms(m.written.saturating_sub(m.listed)),
+        m.phases,
         ms(m.healthy),
         mib(m.rss_kib),
         mib(m.peak_kib),
@@ -272,6 +273,8 @@ struct Measured {
     /// Start to the first sync's log line (maps written).
     written: Duration,
     healthy: Duration,
+    /// The first sync's own account of its time.
+    phases: String,
     rss_kib: u64,
     peak_kib: u64,
     writes: String,
@@ -297,7 +300,7 @@ async fn measure(
     }
     let healthy = start.elapsed();
     let mut listed = Duration::ZERO;
-    let written = loop {
+    let (written, phases) = loop {
         let (at, line) = lines.recv_timeout(Duration::from_secs(10))?;
         if line.contains(" listed") {
             listed = at;
@@ -306,7 +309,19 @@ async fn measure(
         if !line.contains(&format!("frontends={n}")) {
             bail!("first sync did not program {n} frontends: {line}");
         }
-        break at;
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .and_then(|us| us.parse::<f64>().ok())
+                .map_or("?".to_string(), |us| format!("{:.0}", us / 1e3))
+        };
+        let phases = format!(
+            "{} / {} / {} ms",
+            field("model_us="),
+            field("plan_us="),
+            field("write_us=")
+        );
+        break (at, phases);
     };
     // Let the allocator settle before reading RSS.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -331,6 +346,7 @@ async fn measure(
         listed,
         written,
         healthy,
+        phases,
         rss_kib,
         peak_kib,
         writes,
