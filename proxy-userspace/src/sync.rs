@@ -40,11 +40,15 @@ pub struct SyncReport {
     pub write_time: Duration,
 }
 
-/// Holds what is applied and brings the maps to what the model wants.
+/// Brings the maps to what the model wants. While the maps are in step
+/// with the planner's contents, those are the one copy of what is applied
+/// (at 100,000 Services a second copy was 70 MB); a copy read back from
+/// the maps exists only until a full sync succeeds (start, resync, failure).
 pub struct Syncer<M: ServiceMaps> {
     pub maps: M,
     planner: Planner,
-    applied: MapContents,
+    /// What the maps hold when it may differ from the planner's contents.
+    applied: Option<MapContents>,
     /// A write failed: the next sync compares everything, not just changes.
     needs_full: bool,
     /// Map writes done so far: tells the agent the maps moved.
@@ -58,7 +62,7 @@ impl<M: ServiceMaps> Syncer<M> {
         let applied = maps.dump()?;
         Ok(Self {
             planner: Planner::restore(&applied),
-            applied,
+            applied: Some(applied),
             maps,
             needs_full: true,
             writes: 0,
@@ -66,7 +70,9 @@ impl<M: ServiceMaps> Syncer<M> {
     }
 
     pub fn applied(&self) -> &MapContents {
-        &self.applied
+        self.applied
+            .as_ref()
+            .unwrap_or_else(|| self.planner.current())
     }
 
     /// Map writes done since the start.
@@ -79,12 +85,18 @@ impl<M: ServiceMaps> Syncer<M> {
     /// the next sync retries exactly what is missing.
     pub fn sync(&mut self, model: &Model) -> Result<SyncReport, DatapathError> {
         let start = Instant::now();
-        let desired = self.planner.desired(model);
-        let ops = diff(&self.applied, &desired);
+        let applied = match self.applied.take() {
+            Some(applied) => applied,
+            // In step with the planner, whose contents are about to change.
+            None => self.maps.dump()?,
+        };
+        self.planner.plan(model);
+        let ops = diff(&applied, self.planner.current());
+        self.applied = Some(applied);
         let planned = Instant::now();
         let failed_ops = self.write(&ops)?;
         if failed_ops == 0 {
-            self.applied = desired;
+            self.applied = None;
         }
         Ok(report(model, ops.len(), failed_ops, true, start, planned))
     }
@@ -96,12 +108,12 @@ impl<M: ServiceMaps> Syncer<M> {
         model: &Model,
         changed: &BTreeSet<FrontendKey>,
     ) -> Result<SyncReport, DatapathError> {
-        if self.needs_full {
+        if self.needs_full || self.applied.is_some() {
             return self.sync(model);
         }
         let start = Instant::now();
-        let touched = self.planner.update(model, changed);
-        let ops = diff_touched(&self.applied, self.planner.current(), &touched);
+        let (touched, before) = self.planner.update_noting_before(model, changed);
+        let ops = diff_touched(&before, self.planner.current(), &touched);
         let planned = Instant::now();
         let failed_ops = self.write(&ops)?;
         Ok(report(model, ops.len(), failed_ops, false, start, planned))
@@ -110,7 +122,7 @@ impl<M: ServiceMaps> Syncer<M> {
     /// Re-reads the kernel maps, then [`Syncer::sync`]: repairs entries
     /// changed or removed behind the agent's back.
     pub fn resync(&mut self, model: &Model) -> Result<SyncReport, DatapathError> {
-        self.applied = self.maps.dump()?;
+        self.applied = Some(self.maps.dump()?);
         self.sync(model)
     }
 
@@ -121,7 +133,9 @@ impl<M: ServiceMaps> Syncer<M> {
             match self.maps.apply(op) {
                 Ok(()) => {
                     self.writes += 1;
-                    apply_op(&mut self.applied, op)
+                    if let Some(applied) = &mut self.applied {
+                        apply_op(applied, op);
+                    }
                 }
                 Err(error) => {
                     // One line, not one per op: a full map fails them by the million.
@@ -137,7 +151,7 @@ impl<M: ServiceMaps> Syncer<M> {
         }
         self.needs_full = failed_ops > 0;
         if self.needs_full {
-            self.applied = self.maps.dump()?;
+            self.applied = Some(self.maps.dump()?);
         }
         Ok(failed_ops)
     }

@@ -77,6 +77,12 @@ impl Planner {
     /// service, active or not, so flows pinned to a terminating one go on.
     /// Ids of keys gone from the model become reusable from the next call.
     pub fn desired(&mut self, model: &Model) -> MapContents {
+        self.plan(model);
+        self.desired.clone()
+    }
+
+    /// [`Planner::desired`] without the copy: the result is [`Planner::current`].
+    pub fn plan(&mut self, model: &Model) {
         let service_keys: BTreeSet<ServiceKey> =
             model.frontends.values().map(service_key).collect();
         let backend_keys: BTreeSet<BackendValue> =
@@ -89,24 +95,37 @@ impl Planner {
         let mut scratch = Touched::default();
         // Allocation follows model order (frontends by ip:port/proto, backends by
         // ip:port), so ids are deterministic for a given history of models.
+        let mut scratch_before = MapContents::default();
         for fe in model.frontends.values() {
-            self.add_frontend(fe, &mut scratch);
+            self.add_frontend(fe, &mut scratch, &mut scratch_before);
         }
-        self.desired.clone()
     }
 
     /// Rewrites the entries of the `changed` frontends (as [`Planner::desired`]
     /// would) and returns the keys it touched. The cost grows with the
     /// changed frontends and their backends, not with the model.
     pub fn update(&mut self, model: &Model, changed: &BTreeSet<FrontendKey>) -> Touched {
+        self.update_noting_before(model, changed).0
+    }
+
+    /// [`Planner::update`], with what the touched keys held before it (a
+    /// key absent there was absent): what the maps hold when they were in
+    /// step with [`Planner::current`], so the caller need not keep a copy.
+    pub fn update_noting_before(
+        &mut self,
+        model: &Model,
+        changed: &BTreeSet<FrontendKey>,
+    ) -> (Touched, MapContents) {
         self.services.start_round();
         self.backends.start_round();
         let mut touched = Touched::default();
+        let mut before = MapContents::default();
         for key in changed {
             let skey = key_of(key);
             touched.services.insert(skey);
             let old = self.desired.services.remove(&skey);
             if let Some(old) = old {
+                before.services.insert(skey, old);
                 let ranges: Vec<_> = self
                     .desired
                     .source_ranges
@@ -117,6 +136,7 @@ impl Planner {
                 for range in ranges {
                     self.desired.source_ranges.remove(&range);
                     touched.source_ranges.insert(range);
+                    before.source_ranges.insert(range);
                 }
                 let members: Vec<AffinityMember> = self
                     .desired
@@ -131,7 +151,9 @@ impl Planner {
                     .map(|(m, _)| *m)
                     .collect();
                 for member in members {
-                    self.desired.affinity.remove(&member);
+                    if let Some(timeout) = self.desired.affinity.remove(&member) {
+                        before.affinity.insert(member, timeout);
+                    }
                     touched.affinity.insert(member);
                 }
                 for slot in 0..u32::from(old.backend_count) {
@@ -139,7 +161,9 @@ impl Planner {
                         service_id: old.service_id,
                         slot,
                     };
-                    self.desired.slots.remove(&slot_key);
+                    if let Some(id) = self.desired.slots.remove(&slot_key) {
+                        before.slots.insert(slot_key, id);
+                    }
                     touched.slots.insert(slot_key);
                 }
             }
@@ -147,7 +171,7 @@ impl Planner {
             // Added before the old ones are dropped, so a backend the frontend
             // keeps never loses its id.
             match (model.frontends.get(key), old) {
-                (Some(fe), _) => self.add_frontend(fe, &mut touched),
+                (Some(fe), _) => self.add_frontend(fe, &mut touched, &mut before),
                 // Gone from the model: the frontend drains (see `draining`).
                 (None, Some(old)) => {
                     self.desired.services.insert(skey, draining(old.service_id));
@@ -155,14 +179,14 @@ impl Planner {
                 (None, None) => self.services.release(&skey),
             }
             for value in old_backends {
-                self.drop_backend_ref(value, &mut touched);
+                self.drop_backend_ref(value, &mut touched, &mut before);
             }
         }
-        touched
+        (touched, before)
     }
 
     /// Writes one frontend's service, slots and backends into `desired`.
-    fn add_frontend(&mut self, fe: &Frontend, touched: &mut Touched) {
+    fn add_frontend(&mut self, fe: &Frontend, touched: &mut Touched, before: &mut MapContents) {
         let skey = service_key(fe);
         let values: Vec<BackendValue> = backend_values(fe).collect();
         for value in &values {
@@ -171,7 +195,9 @@ impl Planner {
             if *refs == 1
                 && let Some(id) = self.backends.get_or_alloc(value)
             {
-                self.desired.backends.insert(id, *value);
+                if let Some(old) = self.desired.backends.insert(id, *value) {
+                    before.backends.entry(id).or_insert(old);
+                }
                 touched.backends.insert(id);
             }
         }
@@ -216,7 +242,12 @@ impl Planner {
         );
     }
 
-    fn drop_backend_ref(&mut self, value: BackendValue, touched: &mut Touched) {
+    fn drop_backend_ref(
+        &mut self,
+        value: BackendValue,
+        touched: &mut Touched,
+        before: &mut MapContents,
+    ) {
         let Some(refs) = self.backend_refs.get_mut(&value) else {
             return;
         };
@@ -226,7 +257,9 @@ impl Planner {
         }
         self.backend_refs.remove(&value);
         if let Some(id) = self.backends.get(&value) {
-            self.desired.backends.remove(&id);
+            if let Some(old) = self.desired.backends.remove(&id) {
+                before.backends.entry(id).or_insert(old);
+            }
             touched.backends.insert(id);
         }
         self.backends.release(&value);

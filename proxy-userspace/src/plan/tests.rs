@@ -453,7 +453,7 @@ fn incremental_update_matches_full_desired() {
             .filter(|k| previous.frontends.get(k) != m.frontends.get(k))
             .copied()
             .collect();
-        let touched = planner.update(&m, &changed);
+        let (touched, before) = planner.update_noting_before(&m, &changed);
         let desired = planner.current().clone();
         // Deleted frontends drain until the next full sync; otherwise the same.
         let mut settled = desired.clone();
@@ -463,6 +463,9 @@ fn incremental_update_matches_full_desired() {
         assert_eq!(settled, planner.clone().desired(&m), "round {round}");
         let ops = diff_touched(&applied, &desired, &touched);
         assert_eq!(ops, diff(&applied, &desired), "round {round}");
+        // What the touched keys held before is all the syncer keeps.
+        let from_before = diff_touched(&before, &desired, &touched);
+        assert_eq!(from_before, ops, "round {round}: noted before");
         for op in &ops {
             apply_op(&mut applied, op);
             let problems = check_consistency(&applied);
