@@ -178,7 +178,7 @@ pub fn convert_service(
         }
         match parse_protocol(proto) {
             Ok(Some(protocol)) => model.ports.push(ServicePortModel {
-                name: Name::from(name),
+                name: super::name::name(name),
                 port,
                 protocol,
                 node_port: match p.node_port {
@@ -207,7 +207,7 @@ pub(crate) fn object_ref(kind: Kind, meta: &ObjectMeta) -> Result<ObjectRef, Con
     };
     let object = ObjectRef {
         kind,
-        namespace: Name::from(namespace),
+        namespace: super::name::name(namespace),
         name: Unique::from(meta.name.as_deref().unwrap_or_default()),
     };
     if object.name.is_empty() {

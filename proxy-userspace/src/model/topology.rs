@@ -57,13 +57,13 @@ impl Hints {
                 .for_zones
                 .iter()
                 .flatten()
-                .map(|z| Name::from(z.name.as_str()))
+                .map(|z| super::name::name(z.name.as_str()))
                 .collect(),
             nodes: hints
                 .for_nodes
                 .iter()
                 .flatten()
-                .map(|n| Name::from(n.name.as_str()))
+                .map(|n| super::name::name(n.name.as_str()))
                 .collect(),
         }
     }
@@ -171,12 +171,12 @@ fn choose(
     if ready.iter().all(|b| !b.hints.nodes.is_empty())
         && ready.iter().any(|b| names(&b.hints.nodes, node))
     {
-        return (Topology::SameNode(Name::from(node)), None);
+        return (Topology::SameNode(super::name::name(node)), None);
     }
     let zone = zone.unwrap_or("");
     let missing = ready.iter().filter(|b| b.hints.zones.is_empty()).count();
     if missing == 0 && ready.iter().any(|b| names(&b.hints.zones, zone)) {
-        return (Topology::SameZone(Name::from(zone)), None);
+        return (Topology::SameZone(super::name::name(zone)), None);
     }
     let hinted = ready
         .iter()
