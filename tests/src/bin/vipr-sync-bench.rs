@@ -18,6 +18,7 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -224,10 +225,15 @@ async fn agent(bin: &Path, source: AgentSource, n: usize, endpoints: usize) -> R
         .env("NO_COLOR", "1")
         .stderr(Stdio::null())
         .stdout(Stdio::piped())
+        // Its own process group: a profiler wrapper's agent goes with it.
+        .process_group(0)
         .spawn()?;
     let lines = log_lines(&mut child, start);
     let result = measure(&feed, &lines, healthz, start, n, endpoints, child.id()).await;
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("--")
+        .arg(format!("-{}", child.id()))
+        .status();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&pins);
     let _ = std::fs::remove_dir_all(&dir);
