@@ -4,16 +4,26 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
 
-/// Commands the tests and the demo run, and the Debian package of each.
-const TOOLS: [(&str, &str); 6] = [
+/// Commands the tests, the demo and the bench run, and the Debian package
+/// of each (`vipr-bench` checks the same list before it measures).
+const TOOLS: [(&str, &str); 11] = [
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
+    ("setpriv", "util-linux"),
     ("iptables", "iptables"),
+    // The bench's kube-proxy iptables contenders, one per backend.
+    ("iptables-legacy-restore", "iptables"),
+    ("iptables-nft-restore", "iptables"),
     // The bench's kube-proxy nftables contender.
     ("nft", "nftables"),
     // Lists the programs on a cgroup (the socket-LB tests).
     ("bpftool", "bpftool"),
+    // The bench's real workload: nginx behind every contender, wrk as client.
+    // `nginx`: the name every Debian release has (the -light/-full
+    // flavours are bookworm's and changed after it).
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -45,15 +55,25 @@ pub(crate) fn run_checked(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 fn apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = TOOLS
+    let mut missing: Vec<&str> = TOOLS
         .iter()
         .filter(|(tool, _)| !found(tool))
         .map(|(_, package)| *package)
         .collect();
+    missing.sort_unstable();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
-    apt_install("setup", &missing)
+    apt_install("setup", &missing)?;
+    // Debian starts a freshly installed nginx on port 80; the bench runs its
+    // own in network namespaces and wants none on the host.
+    if missing.contains(&"nginx") && found("systemctl") {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "nginx.service"])
+            .status();
+    }
+    Ok(())
 }
 
 /// `apt-get update` and install `packages` (never empty), non-interactively.

@@ -93,6 +93,21 @@ pub struct Installed {
     pub agent: Option<Agent>,
 }
 
+impl Installed {
+    /// Socket-LB: moves this process into the hooks' group, so the client's
+    /// sockets (and the processes it starts) are made there, until the
+    /// guard drops; the other contenders have no group.
+    pub fn enter_client_group(&self) -> Result<Option<crate::cgroup::Inside>> {
+        let group = self.agent.as_ref().and_then(|a| a.cgroup.as_ref());
+        group.map(Cgroup::enter).transpose()
+    }
+
+    /// vipr's path counters now (vipr only).
+    pub fn path_counters(&self) -> Result<Option<PathCounters>> {
+        self.agent.as_ref().map(Agent::path_counters).transpose()
+    }
+}
+
 pub struct Agent {
     pub child: ChildGuard,
     pub pin_dir: PathBuf,

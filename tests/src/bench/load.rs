@@ -1,12 +1,13 @@
 //! Load for the benchmarks: blocking servers with a few accept threads, and
 //! client threads that open a new connection per request (connect, request,
-//! response, close with RST so no TIME_WAIT skews later rounds).
+//! response, close with RST so no TIME_WAIT skews later rounds), for a
+//! duration or a fixed number of connections.
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -118,19 +119,38 @@ impl LoadResult {
 }
 
 /// Opens a new TCP connection per request from `threads` threads in
-/// `netns`, taking `targets` in turn.
+/// `netns`, taking `targets` in turn, for `duration`.
 pub fn tcp_connections(
     netns: &str,
     targets: &[SocketAddr],
     threads: usize,
     duration: Duration,
 ) -> Result<LoadResult> {
+    let until = Until::Deadline(Instant::now() + duration);
+    run_threads(netns, threads, until, tcp_worker(targets))
+}
+
+/// As [`tcp_connections`], but exactly `count` connection attempts: the
+/// CPU figures divide by a known number of connections, whatever the rate.
+pub fn tcp_connection_count(
+    netns: &str,
+    targets: &[SocketAddr],
+    threads: usize,
+    count: u64,
+) -> Result<LoadResult> {
+    let until = Until::Count(Arc::new(AtomicU64::new(count)));
+    run_threads(netns, threads, until, tcp_worker(targets))
+}
+
+fn tcp_worker(
+    targets: &[SocketAddr],
+) -> impl Fn(usize, &Until) -> LoadResult + Send + Sync + Clone + 'static {
     let targets = targets.to_vec();
-    run_threads(netns, threads, duration, move |thread, deadline| {
+    move |thread, until| {
         let mut r = LoadResult::default();
         let mut buf = [0u8; 8];
         let mut turn = thread;
-        while Instant::now() < deadline {
+        while until.more() {
             let target = targets[turn % targets.len()];
             turn += 1;
             let start = Instant::now();
@@ -154,7 +174,7 @@ pub fn tcp_connections(
             }
         }
         r
-    })
+    }
 }
 
 /// UDP request/response on one connected socket per thread, thread `i`
@@ -166,7 +186,8 @@ pub fn udp_requests(
     duration: Duration,
 ) -> Result<LoadResult> {
     let targets = targets.to_vec();
-    run_threads(netns, threads, duration, move |thread, deadline| {
+    let until = Until::Deadline(Instant::now() + duration);
+    run_threads(netns, threads, until, move |thread, until| {
         let target = targets[thread % targets.len()];
         let mut r = LoadResult::default();
         let Ok(sock) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else {
@@ -179,7 +200,7 @@ pub fn udp_requests(
             return r;
         }
         let mut buf = [0u8; 8];
-        while Instant::now() < deadline {
+        while until.more() {
             let start = Instant::now();
             match sock.send(REQUEST).and_then(|_| sock.recv(&mut buf)) {
                 Ok(_) => {
@@ -193,18 +214,36 @@ pub fn udp_requests(
     })
 }
 
+/// When a load ends: at a deadline, or once `count` attempts are claimed.
+#[derive(Clone)]
+enum Until {
+    Deadline(Instant),
+    Count(Arc<AtomicU64>),
+}
+
+impl Until {
+    /// Whether to make one more attempt (claims it when counting).
+    fn more(&self) -> bool {
+        match self {
+            Until::Deadline(deadline) => Instant::now() < *deadline,
+            Until::Count(left) => left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok(),
+        }
+    }
+}
+
 fn run_threads(
     netns: &str,
     threads: usize,
-    duration: Duration,
-    work: impl Fn(usize, Instant) -> LoadResult + Send + Sync + Clone + 'static,
+    until: Until,
+    work: impl Fn(usize, &Until) -> LoadResult + Send + Sync + Clone + 'static,
 ) -> Result<LoadResult> {
     let start = Instant::now();
-    let deadline = start + duration;
     let handles: Vec<_> = (0..threads)
         .map(|i| {
-            let work = work.clone();
-            netns::spawn_thread_in(netns, &format!("load-{i}"), move || work(i, deadline))
+            let (work, until) = (work.clone(), until.clone());
+            netns::spawn_thread_in(netns, &format!("load-{i}"), move || work(i, &until))
         })
         .collect::<Result<_>>()?;
     let mut total = LoadResult::default();

@@ -5,78 +5,32 @@
 //! contenders are interleaved round by round; figures are medians with
 //! min–max over rounds; ratios to `direct` are taken within a round; a
 //! measurement with failed requests, or that did not take the intended path
-//! (vipr's counters), is reported as such. Nothing here asserts on timing.
+//! (vipr's counters), is reported as such; a contender that fails (rather
+//! than being out over the install budget) fails the run once the report is
+//! written. Nothing here asserts on timing.
 pub mod contenders;
+pub mod cpu;
+pub mod http;
 pub mod load;
 pub mod packet_cost;
+mod plan;
 pub mod report;
+mod report_workload;
 pub mod rules;
+pub mod tools;
+mod workload;
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Result;
 use contenders::{Contender, Installed, install};
+pub use plan::Plan;
 
-use crate::{cgroup::Cgroup, netns::Topology};
-
-/// What to run.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    pub service_counts: Vec<usize>,
-    pub rounds: usize,
-    pub load_duration: Duration,
-    pub client_threads: usize,
-    /// Skip a contender at N when its estimated install time exceeds this.
-    pub install_budget: Duration,
-    pub packet_service_counts: Vec<u32>,
-    pub conntrack_fill: u32,
-}
-
-impl Plan {
-    pub fn quick() -> Self {
-        Self {
-            service_counts: vec![1, 1_000, 10_000],
-            rounds: 3,
-            load_duration: Duration::from_secs(2),
-            client_threads: 4,
-            // Keeps the quick run under 10 minutes: `nft -f` needs 45–130 s
-            // for 10,000 Services here, so it is usually out at 10,000.
-            install_budget: Duration::from_secs(40),
-            // The 1,000,000 rows are the full run's.
-            packet_service_counts: vec![1, 10_000],
-            conntrack_fill: 100_000,
-        }
-    }
-    /// A minute-long functional check of every contender and path.
-    pub fn smoke() -> Self {
-        Self {
-            service_counts: vec![1, 100],
-            rounds: 1,
-            load_duration: Duration::from_millis(500),
-            client_threads: 2,
-            install_budget: Duration::from_secs(60),
-            packet_service_counts: vec![1],
-            conntrack_fill: 1_000,
-        }
-    }
-    pub fn full() -> Self {
-        Self {
-            service_counts: vec![1, 1_000, 10_000, 100_000],
-            // Three rounds keep the run near 45 minutes on 2 cores: the
-            // iptables contenders spend minutes per load at 100,000.
-            rounds: 3,
-            load_duration: Duration::from_secs(4),
-            client_threads: 4,
-            install_budget: Duration::from_secs(400),
-            packet_service_counts: vec![1, 1_000, 10_000, 100_000, 1_000_000],
-            conntrack_fill: 1_000_000,
-        }
-    }
-}
+use crate::netns::Topology;
 
 /// One contender at one N in one round.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -97,8 +51,11 @@ pub struct Sample {
     /// vipr only: its counters after the load, to confirm the path.
     #[serde(flatten)]
     pub counters: Option<PathCounters>,
-    /// Set when those counters say the load did not take the intended path.
+    /// Set when those counters say a load did not take the intended path.
     pub off_path: Option<String>,
+    /// At [`Plan::workload_service_counts`] only.
+    pub cpu: Option<cpu::CpuPerConn>,
+    pub http: Vec<http::HttpSample>,
 }
 
 /// vipr's datapath counters after a load.
@@ -113,6 +70,15 @@ pub struct PathCounters {
 }
 
 impl PathCounters {
+    /// What was counted since `before`.
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            dnat_new: self.dnat_new.saturating_sub(before.dnat_new),
+            dnat_reselected: self.dnat_reselected.saturating_sub(before.dnat_reselected),
+            sock_translated: self.sock_translated.saturating_sub(before.sock_translated),
+        }
+    }
+
     /// Why a load of `connections` TCP connections to `contender` did not
     /// take its intended path, if it did not: that path saw every
     /// connection (UDP adds a few), the other next to none (1 %).
@@ -144,7 +110,10 @@ pub struct Results {
     pub kernel: String,
     pub mode: String,
     pub samples: Vec<Sample>,
+    /// Out: over the install budget (by design, with the reason).
     pub skipped: Vec<Skipped>,
+    /// Failed: the run exits non-zero when this is not empty.
+    pub failures: Vec<Skipped>,
     pub packet_cost: Vec<packet_cost::PacketCost>,
     pub nodeport_cost: Option<packet_cost::NodePortCost>,
 }
@@ -186,21 +155,33 @@ fn measure(
     let (tcp, udp) = {
         // Socket-LB: the client makes its sockets inside the hooks' group;
         // the process leaves it before the agent and the group go.
-        let group = installed.agent.as_ref().and_then(|a| a.cgroup.as_ref());
-        let _inside = group.map(Cgroup::enter).transpose()?;
+        let _inside = installed.enter_client_group()?;
         let (targets, threads) = (&installed.targets, plan.client_threads);
         (
             load::tcp_connections(&client, targets, threads, plan.load_duration)?,
             load::udp_requests(&client, targets, threads, plan.load_duration)?,
         )
     };
-    let counters = installed
-        .agent
-        .as_ref()
-        .map(|agent| agent.path_counters())
-        .transpose()?;
+    let counters = installed.path_counters()?;
+    let mut off_path: Vec<String> = counters
+        .and_then(|c| c.off_path(contender, tcp.completed))
+        .into_iter()
+        .collect();
+    let (cpu, http) = if plan.workload_service_counts.contains(&n) {
+        workload::run(
+            plan,
+            contender,
+            &topo,
+            &installed,
+            servers,
+            work,
+            &mut off_path,
+        )?
+    } else {
+        drop(servers);
+        (None, Vec::new())
+    };
     drop(installed.agent);
-    drop(servers);
     Ok(Sample {
         contender,
         services: n,
@@ -216,7 +197,9 @@ fn measure(
         agent_rss_bytes: installed.agent_rss,
         map_memory_bytes: installed.map_memory,
         counters,
-        off_path: counters.and_then(|c| c.off_path(contender, tcp.completed)),
+        off_path: (!off_path.is_empty()).then(|| off_path.join("; ")),
+        cpu,
+        http,
     })
 }
 
@@ -286,6 +269,7 @@ pub fn run(plan: &Plan, vipr: &Path, work_root: &Path) -> Result<Results> {
                             s.udp_failed,
                             started.elapsed().as_secs_f64()
                         );
+                        workload::print(&s);
                         if let Some(why) = &s.off_path {
                             println!(
                                 "{:<16} n={n:<7} round={round} NOT ON ITS PATH: {why}",
@@ -307,7 +291,7 @@ pub fn run(plan: &Plan, vipr: &Path, work_root: &Path) -> Result<Results> {
                     }
                     Err(e) => {
                         println!("{:<16} n={n:<7} round={round} FAILED: {e:#}", c.name());
-                        results.skipped.push(Skipped {
+                        results.failures.push(Skipped {
                             contender: c,
                             services: n,
                             reason: format!("round {round} failed: {e:#}"),

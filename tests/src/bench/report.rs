@@ -58,7 +58,7 @@ fn ratios_to_direct(results: &Results, key: Key) -> Option<Spread> {
     )
 }
 
-fn fmt_spread(s: Option<Spread>, scale: f64, digits: usize) -> String {
+pub(super) fn fmt_spread(s: Option<Spread>, scale: f64, digits: usize) -> String {
     match s {
         Some(s) => format!(
             "{:.d$} ({:.d$}–{:.d$})",
@@ -88,6 +88,22 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
          `sock_translated`) confirm which path each measurement took.\n",
         results.mode, results.machine, results.kernel
     );
+    if !results.failures.is_empty() {
+        let _ = writeln!(
+            md,
+            "## FAILED\n\nThese measurements failed (the run exited non-zero):\n"
+        );
+        for f in &results.failures {
+            let _ = writeln!(
+                md,
+                "- {} at {} Services: {}",
+                f.contender.name(),
+                f.services,
+                f.reason
+            );
+        }
+        let _ = writeln!(md);
+    }
     for (title, file) in plots {
         let _ = writeln!(md, "![{title}]({file})\n");
     }
@@ -218,7 +234,7 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
         );
     }
     if !results.skipped.is_empty() {
-        let _ = writeln!(md, "\nNot measured:\n");
+        let _ = writeln!(md, "\nOut (over the install budget), not measured:\n");
         for s in &results.skipped {
             let _ = writeln!(
                 md,
@@ -229,6 +245,7 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
             );
         }
     }
+    super::report_workload::markdown(results, &mut md);
     let _ = writeln!(
         md,
         "\n## Kernel cost per packet (BPF_PROG_TEST_RUN, vipr's TC programs)\n"

@@ -1,10 +1,11 @@
 //! `cargo xtask bench` runs this. Usage:
 //!   vipr-bench VIPR_BIN OUT_DIR (--quick | --full | --packets-only | --smoke)
 //! Prints every sample as it lands; writes OUT_DIR/benchmarks.{json,md} and plots.
+//! Exits non-zero, after writing what it has, when a contender failed.
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use vipr_tests::bench::{self, Plan, Results, packet_cost};
+use vipr_tests::bench::{self, Plan, Results, contenders::Contender, packet_cost};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -19,6 +20,14 @@ fn main() -> anyhow::Result<()> {
         "--smoke" => (Plan::smoke(), true),
         _ => bail!("{usage}"),
     };
+    if connections {
+        bench::tools::check(&Contender::ALL, &vipr)?;
+        // A bench killed outright (SIGKILL) leaves its namespaces; its
+        // nginx, wrk and agent die with it (pdeathsig).
+        for ns in vipr_tests::netns::cleanup_dead_runs()? {
+            println!("deleted {ns}, left by a run that is gone");
+        }
+    }
     let work = std::env::temp_dir().join(format!("vipr-bench-{}", std::process::id()));
     let mut results = if connections {
         bench::run(&plan, &vipr, &work)?
@@ -81,5 +90,17 @@ fn main() -> anyhow::Result<()> {
         "\nwrote {}/benchmarks.md, benchmarks.json and plots",
         out_dir.display()
     );
+    if !results.failures.is_empty() {
+        println!("\nFAILED:");
+        for f in &results.failures {
+            println!(
+                "  {} at {} Services: {}",
+                f.contender.name(),
+                f.services,
+                f.reason
+            );
+        }
+        bail!("{} measurement(s) failed", results.failures.len());
+    }
     Ok(())
 }
