@@ -47,10 +47,10 @@ pub struct SyncReport {
 pub struct Syncer<M: ServiceMaps> {
     pub maps: M,
     planner: Planner,
-    /// What the maps hold when it may differ from the planner's contents.
+    /// What the maps hold when it may differ from the planner's contents
+    /// (at start, or after a failed write): the next sync then compares
+    /// everything, not just changes.
     applied: Option<MapContents>,
-    /// A write failed: the next sync compares everything, not just changes.
-    needs_full: bool,
     /// Map writes done so far: tells the agent the maps moved.
     writes: u64,
 }
@@ -64,7 +64,6 @@ impl<M: ServiceMaps> Syncer<M> {
             planner: Planner::restore(&applied),
             applied: Some(applied),
             maps,
-            needs_full: true,
             writes: 0,
         })
     }
@@ -108,7 +107,7 @@ impl<M: ServiceMaps> Syncer<M> {
         model: &Model,
         changed: &BTreeSet<FrontendKey>,
     ) -> Result<SyncReport, DatapathError> {
-        if self.needs_full || self.applied.is_some() {
+        if self.applied.is_some() {
             return self.sync(model);
         }
         let start = Instant::now();
@@ -149,8 +148,7 @@ impl<M: ServiceMaps> Syncer<M> {
         if failed_ops > 1 {
             tracing::warn!(failed_ops, "map writes failed in this sync");
         }
-        self.needs_full = failed_ops > 0;
-        if self.needs_full {
+        if failed_ops > 0 {
             self.applied = Some(self.maps.dump()?);
         }
         Ok(failed_ops)

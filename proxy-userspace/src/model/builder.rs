@@ -71,33 +71,21 @@ pub struct Counts {
 }
 
 /// An object as a source converted it on arrival, so that the source need
-/// not keep the API object: the model keeps only what it reads.
+/// not keep the API object: the model keeps only what it reads. Cheap to
+/// clone (the conversion is shared).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Converted {
-    /// The object's resourceVersion, when it identifies the content.
-    pub resource_version: Option<String>,
-    pub model: ConvertedModel,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum ConvertedModel {
+pub enum Converted {
     Service(Result<Arc<ServiceModel>, ConversionError>),
     Slice(Result<Arc<SliceModel>, ConversionError>),
 }
 
 impl Converted {
     pub fn service(svc: &Service, opts: &ModelOptions) -> Self {
-        Self {
-            resource_version: svc.metadata.resource_version.clone(),
-            model: ConvertedModel::Service(convert_service(svc, opts).map(Arc::new)),
-        }
+        Self::Service(convert_service(svc, opts).map(Arc::new))
     }
 
     pub fn slice(slice: &EndpointSlice, opts: &ModelOptions) -> Self {
-        Self {
-            resource_version: slice.metadata.resource_version.clone(),
-            model: ConvertedModel::Slice(convert_slice(slice, opts).map(Arc::new)),
-        }
+        Self::Slice(convert_slice(slice, opts).map(Arc::new))
     }
 }
 
@@ -215,37 +203,31 @@ impl ModelBuilder {
     }
 
     /// Sets one object a source converted on arrival (`None`: deleted).
-    /// Returns its conversion error, if it is invalid.
+    /// Returns its conversion error, if it is invalid. No resourceVersion
+    /// is kept: the source converted the object already, so there is no
+    /// conversion left to skip.
     pub fn apply_converted(
         &mut self,
         object: &ObjectRef,
         converted: Option<Converted>,
     ) -> Option<ConversionError> {
-        let Some(Converted {
-            resource_version,
-            model,
-        }) = converted
-        else {
+        let Some(converted) = converted else {
             self.remove(object);
             return None;
         };
         self.converted += 1;
-        match model {
-            ConvertedModel::Service(result) => apply_result(
-                &mut self.index,
+        let index = &mut self.index;
+        match converted {
+            Converted::Service(result) => {
+                apply_result(index, object, None, result, Service::entry, Service::set)
+            }
+            Converted::Slice(result) => apply_result(
+                index,
                 object,
-                resource_version,
+                None,
                 result,
-                <Service as Convert>::entry,
-                <Service as Convert>::set,
-            ),
-            ConvertedModel::Slice(result) => apply_result(
-                &mut self.index,
-                object,
-                resource_version,
-                result,
-                <EndpointSlice as Convert>::entry,
-                <EndpointSlice as Convert>::set,
+                EndpointSlice::entry,
+                EndpointSlice::set,
             ),
         }
     }

@@ -31,7 +31,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 pub use build::build_model;
-pub use builder::{Commit, Converted, ConvertedModel, Counts, ModelBuilder, ModelOptions};
+pub use builder::{Commit, Converted, Counts, ModelBuilder, ModelOptions};
 pub use error::ConversionError;
 pub use name::{Name, Unique};
 pub use node::{NodeAddress, NodeModel, convert_node};

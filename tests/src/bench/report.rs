@@ -71,6 +71,19 @@ pub(super) fn fmt_spread(s: Option<Spread>, scale: f64, digits: usize) -> String
     }
 }
 
+/// One line per measurement that failed or was left out, with why.
+fn list_not_measured(md: &mut String, items: &[super::Skipped]) {
+    for s in items {
+        let _ = writeln!(
+            md,
+            "- {} at {} Services: {}",
+            s.contender.name(),
+            s.services,
+            s.reason
+        );
+    }
+}
+
 pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
     let groups = group(results);
     let mut md = String::new();
@@ -93,15 +106,7 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
             md,
             "## FAILED\n\nThese measurements failed (the run exited non-zero):\n"
         );
-        for f in &results.failures {
-            let _ = writeln!(
-                md,
-                "- {} at {} Services: {}",
-                f.contender.name(),
-                f.services,
-                f.reason
-            );
-        }
+        list_not_measured(&mut md, &results.failures);
         let _ = writeln!(md);
     }
     for (title, file) in plots {
@@ -235,15 +240,7 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
     }
     if !results.skipped.is_empty() {
         let _ = writeln!(md, "\nOut (over the install budget), not measured:\n");
-        for s in &results.skipped {
-            let _ = writeln!(
-                md,
-                "- {} at {} Services: {}",
-                s.contender.name(),
-                s.services,
-                s.reason
-            );
-        }
+        list_not_measured(&mut md, &results.skipped);
     }
     super::report_workload::markdown(results, &mut md);
     let _ = writeln!(

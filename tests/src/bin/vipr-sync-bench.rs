@@ -230,10 +230,8 @@ async fn agent(bin: &Path, source: AgentSource, n: usize, endpoints: usize) -> R
         .spawn()?;
     let lines = log_lines(&mut child, start);
     let result = measure(&feed, &lines, healthz, start, n, endpoints, child.id()).await;
-    let _ = Command::new("kill")
-        .arg("--")
-        .arg(format!("-{}", child.id()))
-        .status();
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&pins);
     let _ = std::fs::remove_dir_all(&dir);

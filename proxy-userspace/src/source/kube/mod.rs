@@ -388,3 +388,52 @@ impl Outage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ConversionError;
+
+    fn slice(name: &str) -> ObjectRef {
+        ObjectRef {
+            kind: Kind::EndpointSlice,
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn converted(object: &ObjectRef) -> Option<Converted> {
+        Some(Converted::Slice(Err(ConversionError::new(
+            object, "field", "test",
+        ))))
+    }
+
+    /// A relist's "not listed, so gone" must spare what arrived after it
+    /// and before the poll, and must not spare what was deleted since.
+    #[test]
+    fn objects_applied_after_a_relist_survive_it() {
+        let (listed, late, deleted) = (slice("listed"), slice("late"), slice("deleted"));
+        let mut pending = Pending::default();
+        pending.set(listed.clone(), converted(&listed));
+        pending.set(deleted.clone(), converted(&deleted));
+        let relist: HashSet<ObjectRef> = [listed.clone(), deleted.clone()].into();
+        pending.relisted.insert(Kind::EndpointSlice, relist);
+
+        pending.set(late.clone(), converted(&late));
+        pending.set(deleted.clone(), None);
+        pending.set(listed.clone(), converted(&listed));
+
+        let survivors = &pending.relisted[&Kind::EndpointSlice];
+        assert_eq!(survivors, &HashSet::from([listed.clone(), late.clone()]));
+        // One entry per object, in first-touched order, with its last event.
+        let order: Vec<(&str, bool)> = pending
+            .objects
+            .iter()
+            .map(|(o, c)| (&*o.name, c.is_some()))
+            .collect();
+        assert_eq!(
+            order,
+            [("listed", true), ("deleted", false), ("late", true)]
+        );
+    }
+}

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::model::{ConvertedModel, ServiceModel};
+use crate::model::ServiceModel;
 
 const SERVICE: &str = "apiVersion: v1
 kind: Service
@@ -66,8 +66,8 @@ fn names(snapshot: &Snapshot) -> (Vec<String>, Vec<String>) {
 
 /// The Service a conversion made, if it was valid.
 fn service_model(converted: &Converted) -> Option<&ServiceModel> {
-    match &converted.model {
-        ConvertedModel::Service(Ok(svc)) => Some(svc),
+    match converted {
+        Converted::Service(Ok(svc)) => Some(svc),
         _ => None,
     }
 }
