@@ -14,7 +14,7 @@ use crate::{
     datapath::{DatapathError, ServiceMaps},
     healthz::Health,
     model::{Commit, Counts, FrontendKey, Model, ModelBuilder},
-    plan::{MapContents, MapOp, Planner, apply_op, diff, diff_touched},
+    plan::{MapContents, MapOp, Planner, diff, diff_touched},
     source::{Source, Update},
 };
 
@@ -125,26 +125,22 @@ impl<M: ServiceMaps> Syncer<M> {
         self.sync(model)
     }
 
-    /// Writes `ops` in order, keeping `applied` in step. Returns how many failed.
+    /// Writes `ops` in order. Returns how many failed.
     fn write(&mut self, ops: &[MapOp]) -> Result<usize, DatapathError> {
         let mut failed_ops = 0;
-        for op in ops {
-            match self.maps.apply(op) {
-                Ok(()) => {
-                    self.writes += 1;
-                    if let Some(applied) = &mut self.applied {
-                        apply_op(applied, op);
-                    }
+        // The read-back copy, if any, is not kept in step op by op: a
+        // failure reads it back again, success drops it.
+        let Self { maps, writes, .. } = self;
+        maps.apply_all(ops, &mut |op, result| match result {
+            Ok(()) => *writes += 1,
+            Err(error) => {
+                // One line, not one per op: a full map fails them by the million.
+                if failed_ops == 0 {
+                    tracing::warn!(%error, ?op, "map write failed (a full map? see --max-*); will retry on the next sync");
                 }
-                Err(error) => {
-                    // One line, not one per op: a full map fails them by the million.
-                    if failed_ops == 0 {
-                        tracing::warn!(%error, ?op, "map write failed (a full map? see --max-*); will retry on the next sync");
-                    }
-                    failed_ops += 1;
-                }
+                failed_ops += 1;
             }
-        }
+        });
         if failed_ops > 1 {
             tracing::warn!(failed_ops, "map writes failed in this sync");
         }

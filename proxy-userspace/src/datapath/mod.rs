@@ -92,6 +92,18 @@ pub enum DatapathError {
 /// kernel or against a fake.
 pub trait ServiceMaps {
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError>;
+    /// Applies `ops` in order, telling `done` each op's result. An
+    /// implementation may write a run of ops of one kind at once: the diff's
+    /// order matters only between kinds (see `plan::diff`).
+    fn apply_all(
+        &mut self,
+        ops: &[MapOp],
+        done: &mut dyn FnMut(&MapOp, Result<(), DatapathError>),
+    ) {
+        for op in ops {
+            done(op, self.apply(op));
+        }
+    }
     /// Reads back everything currently in the maps.
     fn dump(&self) -> Result<MapContents, DatapathError>;
 }

@@ -1,6 +1,10 @@
 //! The one userspace module with `unsafe`: system calls that neither aya
 //! nor nix wrap. Each block states why it is sound; keep it that way.
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::Pod;
+use aya::maps::{HashMap, IterableMap, MapData};
+use aya_obj::generated::{bpf_attr, bpf_cmd};
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
@@ -55,4 +59,61 @@ pub fn trim_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// `BPF_MAP_UPDATE_BATCH` on a hash map: `keys[i]` → `values[i]`, any
+/// existing value replaced, in one system call. aya 0.14 wraps no batch
+/// command. Returns the error of the first element the kernel could not
+/// write (the ones before it are written).
+pub fn update_batch<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    keys: &[K],
+    values: &[V],
+) -> std::io::Result<()> {
+    batch(map, bpf_cmd::BPF_MAP_UPDATE_BATCH, keys, Some(values))
+}
+
+/// `BPF_MAP_DELETE_BATCH` on a hash map. Stops at the first key that is
+/// not there (ENOENT), having deleted the ones before it.
+pub fn delete_batch<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    keys: &[K],
+) -> std::io::Result<()> {
+    batch(map, bpf_cmd::BPF_MAP_DELETE_BATCH, keys, None)
+}
+
+fn batch<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    command: bpf_cmd,
+    keys: &[K],
+    values: Option<&[V]>,
+) -> std::io::Result<()> {
+    let count = u32::try_from(keys.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    if values.is_some_and(|values| values.len() != keys.len()) {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: bpf_attr is a C union of plain integers; all-zero bytes are a
+    // valid value of it (and what the kernel wants in unused fields).
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.batch.map_fd = map.map().fd().as_fd().as_raw_fd() as u32;
+    attr.batch.keys = keys.as_ptr() as u64;
+    attr.batch.values = values.map_or(0, |values| values.as_ptr() as u64);
+    attr.batch.count = count;
+    // SAFETY: the kernel reads `count` keys of the map's key size from
+    // `keys` and as many values of its value size from `values`; aya's
+    // HashMap checked at construction that those sizes are
+    // size_of::<K>() and size_of::<V>(), and both slices hold `count`
+    // elements and live across the call. It writes only `attr.batch.count`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

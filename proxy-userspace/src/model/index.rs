@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem;
 
+use hashbrown::HashMap;
+
 use super::build::service_frontends;
 use super::builder::Entry;
 use super::{
@@ -15,20 +17,23 @@ use super::{
 
 #[derive(Debug, Default)]
 pub(super) struct Index {
-    pub services: BTreeMap<ObjectRef, Entry<ServiceModel>>,
-    pub slices: BTreeMap<ObjectRef, Entry<SliceModel>>,
+    // Tables looked up by object are hashed: nothing depends on their
+    // order, and at 200,000 objects tree lookups (string compares) were a
+    // third of the model's time.
+    pub services: HashMap<ObjectRef, Entry<ServiceModel>>,
+    pub slices: HashMap<ObjectRef, Entry<SliceModel>>,
     /// (namespace, service name) → slices labelled for it.
     by_service: BTreeMap<(Name, Unique), SortedSet<ObjectRef>>,
     /// The frontend keys each Service claims, in port × IP order. Only the
     /// owner's frontend is kept (in the model), not one copy per claimant.
-    claims: BTreeMap<ObjectRef, Vec<FrontendKey>>,
+    claims: HashMap<ObjectRef, Vec<FrontendKey>>,
     /// Services claiming a frontend; the first (by namespace/name) owns it.
     claimants: BTreeMap<FrontendKey, SortedSet<ObjectRef>>,
     /// Non-empty skip lists: an object's own reasons, then its topology
     /// notes, then its conflicts.
     skips: BTreeMap<ObjectRef, Vec<SkipReason>>,
     /// Each Service's topology notes as of its last recomputation.
-    notes: BTreeMap<ObjectRef, Vec<SkipReason>>,
+    notes: HashMap<ObjectRef, Vec<SkipReason>>,
     stale: BTreeSet<ObjectRef>,
     /// Services to recompute at the next commit.
     dirty: BTreeSet<ObjectRef>,
@@ -119,7 +124,7 @@ impl Index {
         };
         let mut touched = BTreeSet::new();
         // Frontends computed in this commit, by Service.
-        let mut computed: BTreeMap<ObjectRef, Vec<Frontend>> = BTreeMap::new();
+        let mut computed: HashMap<ObjectRef, Vec<Frontend>> = HashMap::new();
         for svc in &dirty {
             let (new, notes) = self.candidates_for(svc);
             if notes.is_empty() {

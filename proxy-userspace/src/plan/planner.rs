@@ -1,6 +1,8 @@
 //! Model → desired map contents, with stable ids; in full or per frontend.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+
+use hashbrown::HashMap;
 use std::net::Ipv4Addr;
 
 use proxy_common::{
@@ -26,9 +28,9 @@ pub struct Planner {
     backends: IdTable<BackendValue>,
     desired: MapContents,
     /// Every backend (any condition) of each frontend in `desired`.
-    frontend_backends: BTreeMap<ServiceKey, Vec<BackendValue>>,
+    frontend_backends: HashMap<ServiceKey, Vec<BackendValue>>,
     /// How many frontends list each backend; the entry goes at zero.
-    backend_refs: BTreeMap<BackendValue, u32>,
+    backend_refs: HashMap<BackendValue, u32>,
 }
 
 /// The map keys an incremental update may have changed: the diff looks at
@@ -83,22 +85,24 @@ impl Planner {
 
     /// [`Planner::desired`] without the copy: the result is [`Planner::current`].
     pub fn plan(&mut self, model: &Model) {
-        let service_keys: BTreeSet<ServiceKey> =
-            model.frontends.values().map(service_key).collect();
-        let backend_keys: BTreeSet<BackendValue> =
-            model.frontends.values().flat_map(backend_values).collect();
-        self.services.retain(|k| service_keys.contains(k));
-        self.backends.retain(|k| backend_keys.contains(k));
+        // Ids released in an earlier round become free now; keys gone from
+        // the model lose theirs after the frontends are added, so no id
+        // passes from an old key to a new one within this round.
+        self.services.start_round();
+        self.backends.start_round();
         self.desired = MapContents::default();
         self.frontend_backends.clear();
         self.backend_refs.clear();
-        let mut scratch = Touched::default();
         // Allocation follows model order (frontends by ip:port/proto, backends by
         // ip:port), so ids are deterministic for a given history of models.
-        let mut scratch_before = MapContents::default();
         for fe in model.frontends.values() {
-            self.add_frontend(fe, &mut scratch, &mut scratch_before);
+            self.add_frontend(fe, None);
         }
+        let (desired, backend_refs) = (&self.desired, &self.backend_refs);
+        self.services
+            .release_unless(|key| desired.services.contains_key(key));
+        self.backends
+            .release_unless(|value| backend_refs.contains_key(value));
     }
 
     /// Rewrites the entries of the `changed` frontends (as [`Planner::desired`]
@@ -118,14 +122,13 @@ impl Planner {
     ) -> (Touched, MapContents) {
         self.services.start_round();
         self.backends.start_round();
-        let mut touched = Touched::default();
-        let mut before = MapContents::default();
+        let mut notes = Notes::default();
         for key in changed {
             let skey = key_of(key);
-            touched.services.insert(skey);
+            notes.touched.services.insert(skey);
             let old = self.desired.services.remove(&skey);
             if let Some(old) = old {
-                before.services.insert(skey, old);
+                notes.before.services.insert(skey, old);
                 let ranges: Vec<_> = self
                     .desired
                     .source_ranges
@@ -135,8 +138,8 @@ impl Planner {
                     .collect();
                 for range in ranges {
                     self.desired.source_ranges.remove(&range);
-                    touched.source_ranges.insert(range);
-                    before.source_ranges.insert(range);
+                    notes.touched.source_ranges.insert(range);
+                    notes.before.source_ranges.insert(range);
                 }
                 let members: Vec<AffinityMember> = self
                     .desired
@@ -152,9 +155,9 @@ impl Planner {
                     .collect();
                 for member in members {
                     if let Some(timeout) = self.desired.affinity.remove(&member) {
-                        before.affinity.insert(member, timeout);
+                        notes.before.affinity.insert(member, timeout);
                     }
-                    touched.affinity.insert(member);
+                    notes.touched.affinity.insert(member);
                 }
                 for slot in 0..u32::from(old.backend_count) {
                     let slot_key = SlotKey {
@@ -162,16 +165,16 @@ impl Planner {
                         slot,
                     };
                     if let Some(id) = self.desired.slots.remove(&slot_key) {
-                        before.slots.insert(slot_key, id);
+                        notes.before.slots.insert(slot_key, id);
                     }
-                    touched.slots.insert(slot_key);
+                    notes.touched.slots.insert(slot_key);
                 }
             }
             let old_backends = self.frontend_backends.remove(&skey).unwrap_or_default();
             // Added before the old ones are dropped, so a backend the frontend
             // keeps never loses its id.
             match (model.frontends.get(key), old) {
-                (Some(fe), _) => self.add_frontend(fe, &mut touched, &mut before),
+                (Some(fe), _) => self.add_frontend(fe, Some(&mut notes)),
                 // Gone from the model: the frontend drains (see `draining`).
                 (None, Some(old)) => {
                     self.desired.services.insert(skey, draining(old.service_id));
@@ -179,14 +182,15 @@ impl Planner {
                 (None, None) => self.services.release(&skey),
             }
             for value in old_backends {
-                self.drop_backend_ref(value, &mut touched, &mut before);
+                self.drop_backend_ref(value, &mut notes);
             }
         }
-        (touched, before)
+        (notes.touched, notes.before)
     }
 
-    /// Writes one frontend's service, slots and backends into `desired`.
-    fn add_frontend(&mut self, fe: &Frontend, touched: &mut Touched, before: &mut MapContents) {
+    /// Writes one frontend's service, slots and backends into `desired`,
+    /// noting what it touched when asked (an incremental update).
+    fn add_frontend(&mut self, fe: &Frontend, mut notes: Option<&mut Notes>) {
         let skey = service_key(fe);
         let values: Vec<BackendValue> = backend_values(fe).collect();
         for value in &values {
@@ -195,10 +199,13 @@ impl Planner {
             if *refs == 1
                 && let Some(id) = self.backends.get_or_alloc(value)
             {
-                if let Some(old) = self.desired.backends.insert(id, *value) {
-                    before.backends.entry(id).or_insert(old);
+                let old = self.desired.backends.insert(id, *value);
+                if let Some(notes) = notes.as_deref_mut() {
+                    if let Some(old) = old {
+                        notes.before.backends.entry(id).or_insert(old);
+                    }
+                    notes.touched.backends.insert(id);
                 }
-                touched.backends.insert(id);
             }
         }
         self.frontend_backends.insert(skey, values);
@@ -214,7 +221,9 @@ impl Planner {
         for (slot, id) in (0u32..).zip(&ids) {
             let slot_key = SlotKey { service_id, slot };
             self.desired.slots.insert(slot_key, *id);
-            touched.slots.insert(slot_key);
+            if let Some(notes) = notes.as_deref_mut() {
+                notes.touched.slots.insert(slot_key);
+            }
         }
         if let Some(timeout) = fe.policy.affinity_timeout {
             for &backend_id in &ids {
@@ -223,14 +232,18 @@ impl Planner {
                     backend_id,
                 };
                 self.desired.affinity.insert(member, timeout);
-                touched.affinity.insert(member);
+                if let Some(notes) = notes.as_deref_mut() {
+                    notes.touched.affinity.insert(member);
+                }
             }
         }
         let backend_count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
         for &(ip, len) in &fe.policy.source_ranges {
             let range = (service_id, ip, len);
             self.desired.source_ranges.insert(range);
-            touched.source_ranges.insert(range);
+            if let Some(notes) = notes.as_deref_mut() {
+                notes.touched.source_ranges.insert(range);
+            }
         }
         self.desired.services.insert(
             skey,
@@ -242,12 +255,7 @@ impl Planner {
         );
     }
 
-    fn drop_backend_ref(
-        &mut self,
-        value: BackendValue,
-        touched: &mut Touched,
-        before: &mut MapContents,
-    ) {
+    fn drop_backend_ref(&mut self, value: BackendValue, notes: &mut Notes) {
         let Some(refs) = self.backend_refs.get_mut(&value) else {
             return;
         };
@@ -258,12 +266,19 @@ impl Planner {
         self.backend_refs.remove(&value);
         if let Some(id) = self.backends.get(&value) {
             if let Some(old) = self.desired.backends.remove(&id) {
-                before.backends.entry(id).or_insert(old);
+                notes.before.backends.entry(id).or_insert(old);
             }
-            touched.backends.insert(id);
+            notes.touched.backends.insert(id);
         }
         self.backends.release(&value);
     }
+}
+
+/// What an incremental update touched, and what those keys held before.
+#[derive(Default)]
+struct Notes {
+    touched: Touched,
+    before: MapContents,
 }
 
 /// A deleted frontend keeps its entry, without endpoints, until the next
