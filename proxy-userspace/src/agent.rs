@@ -3,6 +3,7 @@
 //! Each tick: attach to pod interfaces that appeared, forget the ones that
 //! went, and let the sync loop take the source's changes to the maps.
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
     sync::{
@@ -12,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use proxy_common::maps;
 use tracing::{info, warn};
 
 use crate::conntrack::{CtTimeouts, Sweeper};
@@ -23,7 +25,9 @@ use crate::{
         LoadOptions, MapSizes, SocketLbScope, XdpMode, attach_xdp, detach_xdp, load_probed,
     },
     healthz::Health,
+    metrics::{DatapathSnapshot, MapFill, Metrics, no_local_endpoints},
     model::{ModelBuilder, ModelOptions},
+    plan::MapContents,
     socket_lb,
     source::{
         Source,
@@ -179,6 +183,7 @@ pub fn run(
     config: &AgentConfig,
     mut source: Source,
     health: &Health,
+    metrics: &Arc<Metrics>,
     stop: &AtomicBool,
 ) -> Result<(), AgentError> {
     let selector = InterfaceSelector::new(&config.pod_interfaces)?;
@@ -216,8 +221,8 @@ pub fn run(
     let tc_attach = config.tc_attach.unwrap_or(features.tc_attach);
     let mut attacher = Attacher::new(&config.pin_dir).with_mode(tc_attach);
     let mut external_attacher = Attacher::external(&config.pin_dir).with_mode(tc_attach);
-    // External interfaces with accept_local and XDP done.
-    let mut external_set_up: std::collections::BTreeSet<String> = Default::default();
+    // External interfaces with accept_local and XDP done, and the XDP mode each got.
+    let mut external_set_up: BTreeMap<String, Option<&'static str>> = BTreeMap::new();
     let mut health_checks = HealthChecks::default();
     let builder = ModelBuilder::new(ModelOptions {
         proxy_name: config.proxy_name.clone(),
@@ -225,7 +230,8 @@ pub fn run(
         nodeport_addresses,
         nodeport_localhost: config.socket_lb.nodeport_localhost,
     });
-    let mut sync = SyncLoop::new(builder, syncer, config.periods);
+    let mut sync = SyncLoop::new(builder, syncer, config.periods).with_metrics(metrics.clone());
+    let mut metrics_refreshed: Option<Instant> = None;
     let mut missing_reported = false;
     let mut health_generation = None;
 
@@ -276,12 +282,60 @@ pub fn run(
         if health_generation != Some(sync.generation()) {
             let all_open = health_checks.reconcile(sync.model());
             health_generation = all_open.then_some(sync.generation());
+            let (internal, external) = no_local_endpoints(sync.model());
+            metrics.set_no_local_endpoints(internal, external);
+        }
+        if metrics_refreshed.is_none_or(|at| tick.duration_since(at) >= METRICS_REFRESH) {
+            metrics_refreshed = Some(tick);
+            let snapshot = DatapathSnapshot {
+                counters: conntrack.read_counters().unwrap_or_else(|error| {
+                    warn!(%error, "reading the datapath counters failed");
+                    Vec::new()
+                }),
+                maps: map_fill(config, sync.syncer().applied(), conntrack.live_entries()),
+                interfaces: vec![
+                    ("pod", attacher.attached().count()),
+                    ("external", external_attacher.attached().count()),
+                ],
+                xdp: external_set_up
+                    .iter()
+                    .filter_map(|(name, mode)| Some((name.clone(), (*mode)?)))
+                    .collect(),
+            };
+            metrics.datapath.update(&snapshot);
         }
 
         std::thread::sleep(config.poll_interval.saturating_sub(tick.elapsed()));
     }
     info!("stopping; programs and maps stay pinned for the next agent (vipr cleanup removes them)");
     Ok(())
+}
+
+/// How often the loop refreshes the datapath metrics: a scrape reads them
+/// at most this old, and the loop reads the kernel counters at most this often.
+const METRICS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Fill levels of the maps that grow with the cluster.
+fn map_fill(config: &AgentConfig, applied: &MapContents, conntrack: Option<u64>) -> Vec<MapFill> {
+    let sizes = config.map_sizes;
+    let fill = |map, entries: usize, capacity: u32| MapFill {
+        map,
+        entries: entries as u64,
+        capacity: u64::from(capacity),
+    };
+    let mut maps = vec![
+        fill(maps::SERVICES, applied.services.len(), sizes.services),
+        fill(maps::BACKENDS, applied.backends.len(), sizes.backends),
+        fill(maps::SLOTS, applied.slots.len(), sizes.slots),
+    ];
+    if let Some(entries) = conntrack {
+        maps.push(MapFill {
+            map: maps::CONNTRACK,
+            entries,
+            capacity: u64::from(sizes.conntrack),
+        });
+    }
+    maps
 }
 
 /// Keeps the TC programs (and XDP, if enabled) on the external interfaces
@@ -291,7 +345,7 @@ fn reconcile_external(
     selector: &InterfaceSelector,
     datapath: &mut crate::datapath::Datapath,
     attacher: &mut Attacher,
-    set_up: &mut std::collections::BTreeSet<String>,
+    set_up: &mut BTreeMap<String, Option<&'static str>>,
 ) {
     let present = match selector.present() {
         Ok(present) => present,
@@ -300,7 +354,7 @@ fn reconcile_external(
     for error in attacher.reconcile(datapath, &present) {
         warn!(%error, "attach to external interface failed; will retry");
     }
-    set_up.retain(|name| {
+    set_up.retain(|name, _| {
         let keep = present.contains_key(name);
         if !keep {
             detach_xdp(&config.pin_dir, name);
@@ -310,13 +364,17 @@ fn reconcile_external(
     for name in present.keys() {
         // Once per appearance: a failed XDP attach is not retried every
         // tick, and an operator may turn accept_local off again.
-        if !set_up.insert(name.clone()) {
+        if set_up.contains_key(name) {
             continue;
         }
         accept_local_sources(name);
-        if let Err(error) = attach_xdp(datapath, &config.pin_dir, name, config.external.xdp) {
-            warn!(%error, "XDP attach failed; TC handles it");
-        }
+        let mode = attach_xdp(datapath, &config.pin_dir, name, config.external.xdp).unwrap_or_else(
+            |error| {
+                warn!(%error, "XDP attach failed; TC handles it");
+                None
+            },
+        );
+        set_up.insert(name.clone(), mode);
     }
 }
 

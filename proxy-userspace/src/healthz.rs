@@ -4,11 +4,7 @@
 //! uses 2 × `--sync-period`, kube-proxy's rule: a live agent syncs at least
 //! once per period, so missing two means the loop or the map writes are stuck). The
 //! body is kube-proxy's JSON shape plus the seconds since the last sync.
-//!
-//! Hand-written minimal HTTP/1.1 responder: one fixed endpoint does not
-//! justify an HTTP server stack (revisit when /metrics lands).
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -16,10 +12,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use crate::http::{Reply, Route};
+use crate::metrics::Metrics;
 
 /// Shared between the sync loop (writer) and the HTTP server (reader).
 #[derive(Debug)]
@@ -82,37 +76,25 @@ pub fn response(health: &Health) -> (u16, String) {
     }
 }
 
-pub async fn serve(listener: TcpListener, health: Arc<Health>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+/// The health server's routes: `/healthz`, and `/livez` as kube-proxy
+/// has it. kube-proxy's /livez differs from /healthz only in ignoring the
+/// node's deletion, which vipr's /healthz does not report; both are
+/// counted in the metrics by status.
+pub fn route(health: Arc<Health>, metrics: Arc<Metrics>) -> Route {
+    Arc::new(move |path: &str| {
+        let count: fn(&Metrics, u16) = match path {
+            "/healthz" => Metrics::count_healthz,
+            "/livez" => Metrics::count_livez,
+            _ => return Reply::not_found(),
         };
-        let health = health.clone();
-        tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let n = stream.read(&mut request).await.unwrap_or(0);
-            let path_ok = request[..n].starts_with(b"GET /healthz");
-            let (code, body) = if path_ok {
-                response(&health)
-            } else {
-                (404, String::from("not found"))
-            };
-            let reason = match code {
-                200 => "OK",
-                503 => "Service Unavailable",
-                _ => "Not Found",
-            };
-            let reply = format!(
-                "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(reply.as_bytes()).await;
-        });
-    }
-}
-
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+        let (status, body) = response(&health);
+        count(&metrics, status);
+        Reply {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -138,5 +120,25 @@ mod tests {
         assert!(body.contains(r#""sinceLastSyncSeconds": 61"#), "{body}");
         health.record_sync();
         assert_eq!(response(&health).0, 200);
+    }
+
+    #[test]
+    fn both_probes_answer_and_are_counted() {
+        let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::new());
+        let route = route(health.clone(), metrics.clone());
+        assert_eq!(route("/healthz").status, 503);
+        health.record_sync();
+        assert_eq!(route("/livez").status, 200);
+        assert_eq!(route("/metrics").status, 404);
+        let text = metrics.render().body;
+        assert!(
+            text.contains("kubeproxy_proxy_healthz_total{code=\"503\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubeproxy_proxy_livez_total{code=\"200\"} 1"),
+            "{text}"
+        );
     }
 }

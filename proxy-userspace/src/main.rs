@@ -13,7 +13,8 @@ use vipr::{
     conntrack::CtTimeouts,
     datapath::{AttachMode, MapSizes, SocketLbScope, XdpMode},
     healthz::{self, Health},
-    inspect,
+    http, inspect,
+    metrics::Metrics,
     sync::Periods,
 };
 
@@ -55,6 +56,9 @@ enum Command {
         /// Where /healthz listens (kube-proxy's default).
         #[arg(long, default_value = "0.0.0.0:10256")]
         healthz_bind_address: SocketAddr,
+        /// Where /metrics (Prometheus text format) listens (kube-proxy's default).
+        #[arg(long, default_value = "127.0.0.1:10249")]
+        metrics_bind_address: SocketAddr,
         /// Handle Services labelled service.kubernetes.io/service-proxy-name=NAME.
         #[arg(long)]
         service_proxy_name: Option<String>,
@@ -245,6 +249,7 @@ async fn cli() -> anyhow::Result<()> {
             pod_interfaces,
             bpffs,
             healthz_bind_address,
+            metrics_bind_address,
             service_proxy_name,
             poll_interval,
             min_sync_period,
@@ -327,15 +332,29 @@ async fn cli() -> anyhow::Result<()> {
                 },
             };
             let health = Arc::new(Health::new(2 * sync_period));
-            let listener = healthz::bind(config.healthz)
+            let metrics = Arc::new(Metrics::new());
+            let listener = http::bind(config.healthz)
                 .await
                 .with_context(|| format!("binding /healthz on {}", config.healthz))?;
-            tokio::spawn(healthz::serve(listener, health.clone()));
+            tokio::spawn(http::serve(
+                listener,
+                healthz::route(health.clone(), metrics.clone()),
+            ));
+            let listener = http::bind(metrics_bind_address)
+                .await
+                .with_context(|| format!("binding /metrics on {metrics_bind_address}"))?;
+            let served = metrics.clone();
+            tokio::spawn(http::serve(
+                listener,
+                Arc::new(move |path| served.route(path)),
+            ));
             let source = agent::open_source(&config).await.context("source")?;
             let stop = agent::stop_on_signals();
-            tokio::task::spawn_blocking(move || agent::run(&config, source, &health, &stop))
-                .await?
-                .context("agent")?;
+            tokio::task::spawn_blocking(move || {
+                agent::run(&config, source, &health, &metrics, &stop)
+            })
+            .await?
+            .context("agent")?;
         }
         Command::Dump { bpffs } => print!("{}", inspect::dump(&bpffs)?),
         Command::Features { bpffs } => print!("{}", vipr::datapath::features_report(&bpffs)?),

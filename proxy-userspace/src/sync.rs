@@ -8,12 +8,14 @@
 //!
 //! Pure up to the [`ServiceMaps`] seam, so it runs against the fake in tests.
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::{
     datapath::{DatapathError, ServiceMaps},
     healthz::Health,
-    model::{Commit, Counts, FrontendKey, Model, ModelBuilder},
+    metrics::{Metrics, SyncObservation},
+    model::{Commit, Counts, FrontendKey, Kind, Model, ModelBuilder},
     plan::{MapContents, MapOp, Planner, diff, diff_touched},
     source::{Source, Update},
 };
@@ -210,6 +212,7 @@ pub struct SyncLoop<M: ServiceMaps> {
     /// Parts of objects served without (a conflict, unusable topology),
     /// each logged once when it appears.
     reported_problems: BTreeSet<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl<M: ServiceMaps> SyncLoop<M> {
@@ -225,7 +228,15 @@ impl<M: ServiceMaps> SyncLoop<M> {
             waiting_reported: false,
             generation: 0,
             reported_problems: BTreeSet::new(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Reports syncs and queued changes to `metrics` (the agent's, served
+    /// on /metrics) instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn model(&self) -> &Model {
@@ -298,8 +309,21 @@ impl<M: ServiceMaps> SyncLoop<M> {
         } else {
             self.syncer.sync_changes(model, &commit.changed)
         };
+        let observation = |succeeded| SyncObservation {
+            duration: start.elapsed(),
+            full: full_due,
+            succeeded,
+        };
         match result {
             Ok(mut report) => {
+                let succeeded = report.failed_ops == 0;
+                self.metrics.observe_sync(observation(succeeded));
+                self.metrics
+                    .datapath
+                    .count_write_failures(report.failed_ops as u64);
+                if succeeded {
+                    self.metrics.programmed(commit.triggered.iter().copied());
+                }
                 let elapsed = start.elapsed() + std::mem::take(&mut self.feed_time);
                 add_commit(&mut report, &commit, elapsed);
                 report.model_time = model_time;
@@ -315,6 +339,7 @@ impl<M: ServiceMaps> SyncLoop<M> {
                 Some(report)
             }
             Err(error) => {
+                self.metrics.observe_sync(observation(false));
                 tracing::warn!(%error, "sync failed; will retry");
                 None
             }
@@ -362,8 +387,16 @@ impl<M: ServiceMaps> SyncLoop<M> {
             } => {
                 self.builder.set_node(node.as_deref());
                 let mut errors = Vec::new();
+                let (mut services, mut slices) = (0, 0);
                 for (object, converted) in objects {
+                    match object.kind {
+                        Kind::Service => services += 1,
+                        Kind::EndpointSlice => slices += 1,
+                    }
                     errors.extend(self.builder.apply_converted(&object, converted));
+                }
+                if services + slices > 0 {
+                    self.metrics.queued(services, slices);
                 }
                 for (kind, listed) in &relisted {
                     self.builder.retain_listed(*kind, listed);

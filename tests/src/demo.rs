@@ -31,6 +31,8 @@ pub const HTTP_TARGET_PORT: u16 = 8080;
 pub const DNS_PORT: u16 = 53;
 pub const DNS_TARGET_PORT: u16 = 5353;
 pub const HEALTHZ_PORT: u16 = 10256;
+/// Where the demo agents serve /metrics (kube-proxy's port).
+pub const METRICS_PORT: u16 = 10249;
 pub const NODES: [&str; 2] = ["node1", "node2"];
 
 /// A backend pod of Service demo/echo.
@@ -317,20 +319,32 @@ fn split_docs(text: &str) -> Vec<&str> {
 
 /// Sends `GET /healthz` to 127.0.0.1:`port` inside `netns`; returns the HTTP status code.
 pub fn healthz_status(netns: &str, port: u16) -> Result<u16> {
+    Ok(http_get(netns, port, "/healthz")?.0)
+}
+
+/// `GET path` from 127.0.0.1:`port` inside `netns`: (status, body).
+pub fn http_get(netns: &str, port: u16, path: &str) -> Result<(u16, String)> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     let response = netns::run_in(netns, || -> Result<String> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        s.write_all(request.as_bytes())?;
         let mut buf = Vec::new();
-        let _ = s.take(4096).read_to_end(&mut buf);
+        let _ = s.take(4 << 20).read_to_end(&mut buf);
         Ok(String::from_utf8_lossy(&buf).into_owned())
     })??;
     let status = response
         .split_whitespace()
         .nth(1)
-        .with_context(|| format!("bad HTTP response {response:?}"))?;
-    status.parse().context("parse HTTP status")
+        .with_context(|| format!("bad HTTP response {response:?}"))?
+        .parse()
+        .context("parse HTTP status")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// Mounts bpffs on /sys/fs/bpf unless something is mounted there already.
@@ -452,6 +466,8 @@ impl DemoCluster {
                 .arg(&bpffs)
                 .arg("--healthz-bind-address")
                 .arg(format!("127.0.0.1:{HEALTHZ_PORT}"))
+                .arg("--metrics-bind-address")
+                .arg(format!("127.0.0.1:{METRICS_PORT}"))
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(out)
@@ -498,6 +514,18 @@ impl DemoCluster {
 
     pub fn prefix(&self) -> String {
         self.topology().prefix().to_owned()
+    }
+
+    /// The /metrics text of `node`'s agent.
+    pub fn metrics(&self, node: &str) -> Result<String> {
+        let agent = self
+            .agents
+            .iter()
+            .find(|a| a.node == node)
+            .with_context(|| format!("no agent on {node}"))?;
+        let (status, body) = http_get(&agent.netns, METRICS_PORT, "/metrics")?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
+        Ok(body)
     }
 
     pub fn manifests_dir(&self) -> &Path {

@@ -9,6 +9,7 @@ pub mod echo;
 pub mod external;
 pub mod flow_table;
 pub mod fuzz_packets;
+pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod soak;

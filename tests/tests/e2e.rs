@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use vipr_tests::demo::{self, BACKENDS, CLIENTS, DemoCluster};
 use vipr_tests::echo::{self, ClientError, EchoServer, TcpSession};
+use vipr_tests::metrics::Metrics;
 use vipr_tests::netns::{self, Topology};
 
 const REQ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -637,4 +638,84 @@ fn manifests_match_the_demo_and_rewrite_cleanly() -> Result<()> {
         all_after.contains("clusterIP: 10.96.0.10") && all_after.contains("clusterIP: 10.96.0.20")
     );
     Ok(())
+}
+
+/// Sums `name{labels}` over both agents' /metrics.
+fn metric_sum(env: &Env, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    let mut sum = 0.0;
+    for node in demo::NODES {
+        let scrape = Metrics::parse(&env.metrics(node)?)?;
+        sum += scrape.get(name, labels)?;
+    }
+    Ok(sum)
+}
+
+#[test]
+fn metrics_move_with_traffic_and_syncs() {
+    with_cluster("metrics", |env| {
+        let ipv4 = [("ip_family", "IPv4")];
+        let new_flows = || {
+            metric_sum(
+                env,
+                "vipr_datapath_packets_total",
+                &[("verdict", "dnat_new")],
+            )
+        };
+        let syncs = || metric_sum(env, "kubeproxy_sync_proxy_rules_duration_seconds", &ipv4);
+        let slice_changes = || {
+            metric_sum(
+                env,
+                "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+                &[],
+            )
+        };
+        // Both agents answered /healthz 200 before the cluster counted as up.
+        assert!(metric_sum(env, "kubeproxy_proxy_healthz_total", &[("code", "200")])? >= 2.0);
+        assert!(
+            metric_sum(
+                env,
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                &ipv4
+            )? > 0.0
+        );
+        assert!(
+            metric_sum(env, "vipr_map_entries", &[("map", "VIPR_SERVICES")])? > 0.0,
+            "the services map is not reported"
+        );
+        let (flows_before, syncs_before, changes_before) =
+            (new_flows()?, syncs()?, slice_changes()?);
+        const CONNECTIONS: usize = 20;
+        tcp_counts(env, "client", CONNECTIONS)?;
+        // The loop refreshes the datapath metrics once a second.
+        let counted = demo::wait_until(Duration::from_secs(5), || {
+            new_flows().is_ok_and(|n| n >= flows_before + CONNECTIONS as f64)
+        });
+        assert!(
+            counted,
+            "dnat_new did not grow by {CONNECTIONS}: {:?}",
+            new_flows()
+        );
+
+        env.set_endpoints(&["echo-1", "echo-3"])?;
+        let synced = demo::wait_until(APPLY_TIMEOUT, || {
+            syncs().is_ok_and(|n| n > syncs_before)
+                && slice_changes().is_ok_and(|n| n > changes_before)
+        });
+        assert!(
+            synced,
+            "an endpoint change moved no sync metric: syncs {syncs_before} → {:?}, changes {changes_before} → {:?}",
+            syncs(),
+            slice_changes()
+        );
+        assert_eq!(
+            metric_sum(
+                env,
+                "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+                &[]
+            )?,
+            0.0,
+            "changes still pending after their sync"
+        );
+        Ok(())
+    });
 }

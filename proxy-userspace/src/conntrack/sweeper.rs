@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use proxy_common::SNAT_PORT_COUNT;
+use proxy_common::{Counter, SNAT_PORT_COUNT};
 
 use super::{CtTimeouts, expired};
 use crate::datapath::{ConntrackTable, DatapathError, Pressure, conntrack_clock};
@@ -46,6 +46,17 @@ impl Sweeper {
             last: None,
             at_last: Pressure::default(),
         }
+    }
+
+    /// Every datapath counter, summed over CPUs (the table holds the map).
+    pub fn read_counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
+        self.table.read_counters()
+    }
+
+    /// Entries left by the last sweep; `None` before the first.
+    pub fn live_entries(&self) -> Option<u64> {
+        self.last
+            .map(|(_, stats)| (stats.entries - stats.removed) as u64)
     }
 
     /// Sweeps if it is due; logs, never fails: a missed sweep only delays.

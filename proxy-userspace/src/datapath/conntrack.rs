@@ -113,6 +113,11 @@ impl ConntrackTable {
     }
 
     /// Entries the map holds at most (two per flow).
+    /// Every counter of the datapath, summed over CPUs.
+    pub fn read_counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
+        super::read_counters(&self.counters)
+    }
+
     pub fn capacity(&self) -> u32 {
         self.capacity
     }

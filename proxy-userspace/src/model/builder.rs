@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -45,6 +46,8 @@ pub struct ModelBuilder {
     index: Index,
     /// Objects converted since the last commit (a cache hit is not counted).
     converted: usize,
+    /// Trigger times of the slices converted since the last commit.
+    triggered: Vec<SystemTime>,
 }
 
 /// What one [`ModelBuilder::commit`] did.
@@ -60,6 +63,9 @@ pub struct Commit {
     pub services: Counts,
     /// Endpoints (ip:port) of those Services added, removed, or whose conditions changed.
     pub endpoints: Counts,
+    /// When the endpoint changes in this commit were made, where their
+    /// slices say (see [`super::SliceModel::trigger_time`]).
+    pub triggered: Vec<SystemTime>,
 }
 
 /// Added / changed / removed, for the log line of a sync.
@@ -216,6 +222,9 @@ impl ModelBuilder {
             return None;
         };
         self.converted += 1;
+        if let Converted::Slice(Ok(slice)) = &converted {
+            self.triggered.extend(slice.trigger_time);
+        }
         let index = &mut self.index;
         match converted {
             Converted::Service(result) => {
@@ -264,6 +273,7 @@ impl ModelBuilder {
         Commit {
             changed: changes.frontends,
             converted: std::mem::take(&mut self.converted),
+            triggered: std::mem::take(&mut self.triggered),
             services_recomputed: changes.services_recomputed,
             services: changes.services,
             endpoints: changes.endpoints,

@@ -2,6 +2,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -24,6 +25,24 @@ pub struct SliceModel {
     /// Shared with the backends the model makes of them.
     pub endpoints: Vec<Arc<EndpointModel>>,
     pub skipped: Vec<SkipReason>,
+    /// When the change this version carries was made (the endpoints
+    /// controller's `endpoints.kubernetes.io/last-change-trigger-time`):
+    /// the start of kube-proxy's network programming latency.
+    pub trigger_time: Option<SystemTime>,
+}
+
+/// Set by the endpoints controller on the slices it manages.
+const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The annotation's time; one that does not parse is left out (it only
+/// feeds a metric, and a slice is served whatever it says).
+fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let value = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(TRIGGER_TIME_ANNOTATION)?;
+    value.parse::<jiff::Timestamp>().ok().map(SystemTime::from)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +77,7 @@ pub fn convert_slice(
         ports: Vec::new(),
         endpoints: Vec::new(),
         skipped: vec![reason],
+        trigger_time: None,
     };
     if let Some(reason) = label_skip(&slice.metadata, opts) {
         return Ok(skipped(reason));
@@ -154,5 +174,6 @@ pub fn convert_slice(
         ports,
         endpoints,
         skipped,
+        trigger_time: trigger_time(slice),
     })
 }

@@ -1,0 +1,199 @@
+use std::time::{Duration, SystemTime};
+
+use super::*;
+
+fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    text.lines().find(|l| l.starts_with(prefix))
+}
+
+/// The value of `name`'s bucket `le` (labels in any order).
+fn bucket(text: &str, name: &str, le: &str) -> Option<String> {
+    let le = format!("le=\"{le}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+        .find(|l| l.contains(&le) && l.contains("ip_family=\"IPv4\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_owned)
+}
+
+#[test]
+fn kube_proxy_names_types_and_buckets() {
+    let metrics = Metrics::new();
+    metrics.observe_sync(SyncObservation {
+        duration: Duration::from_millis(3),
+        full: true,
+        succeeded: true,
+    });
+    let text = metrics.render().body;
+    for (name, kind) in [
+        ("kubeproxy_sync_proxy_rules_duration_seconds", "histogram"),
+        (
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "histogram",
+        ),
+        ("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "gauge"),
+        ("kubeproxy_sync_proxy_rules_endpoint_changes", "counter"),
+        (
+            "kubeproxy_sync_proxy_rules_service_changes_pending",
+            "gauge",
+        ),
+        (
+            "kubeproxy_network_programming_duration_seconds",
+            "histogram",
+        ),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}")),
+            "{name} {kind} missing:\n{text}"
+        );
+    }
+    // 3 ms falls in the 4 ms bucket (1, 2, 4 ms ...), not the 2 ms one.
+    let sync = "kubeproxy_sync_proxy_rules_duration_seconds";
+    assert_eq!(bucket(&text, sync, "0.002").as_deref(), Some("0"), "{text}");
+    assert_eq!(bucket(&text, sync, "0.004").as_deref(), Some("1"), "{text}");
+    assert_eq!(
+        bucket(&text, sync, "16.384").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(
+        line(
+            &text,
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds_count"
+        ),
+        Some("kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 0"),
+        "a full sync is not a partial one:\n{text}"
+    );
+}
+
+#[test]
+fn pending_changes_clear_on_a_successful_sync_only() {
+    let metrics = Metrics::new();
+    metrics.queued(2, 5);
+    let text = metrics.render().body;
+    assert!(
+        text.contains("kubeproxy_sync_proxy_rules_endpoint_changes_pending 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kubeproxy_sync_proxy_rules_service_changes_total 2"),
+        "{text}"
+    );
+    let failed = SyncObservation {
+        duration: Duration::from_millis(1),
+        full: false,
+        succeeded: false,
+    };
+    metrics.observe_sync(failed);
+    assert!(metrics.render().body.contains("endpoint_changes_pending 5"));
+    metrics.observe_sync(SyncObservation {
+        succeeded: true,
+        ..failed
+    });
+    let text = metrics.render().body;
+    assert!(
+        text.contains("kubeproxy_sync_proxy_rules_endpoint_changes_pending 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kubeproxy_sync_proxy_rules_endpoint_changes_total 5"),
+        "{text}"
+    );
+}
+
+#[test]
+fn programming_latency_uses_kube_proxy_buckets_and_ignores_skew() {
+    let mut metrics = Metrics::new();
+    let now = SystemTime::now();
+    let count = "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"}";
+    metrics.programmed([now - Duration::from_secs(3600)]);
+    assert!(
+        metrics.render().body.contains(&format!("{count} 0")),
+        "a change from before the agent started is not its latency"
+    );
+    metrics.started = now - Duration::from_secs(60);
+    metrics.programmed([
+        now - Duration::from_millis(300),
+        now + Duration::from_secs(60),
+    ]);
+    let text = metrics.render().body;
+    let programming = "kubeproxy_network_programming_duration_seconds";
+    assert_eq!(
+        bucket(&text, programming, "0.25").as_deref(),
+        Some("0"),
+        "{text}"
+    );
+    assert_eq!(
+        bucket(&text, programming, "0.5").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(
+        bucket(&text, programming, "300.0").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{count} 1")), "{text}");
+}
+
+#[test]
+fn datapath_counters_mirror_the_kernel_and_xdp_follows_interfaces() {
+    let metrics = Metrics::new();
+    let mut snapshot = DatapathSnapshot {
+        counters: vec![
+            (proxy_common::Counter::DnatNew, 7),
+            (proxy_common::Counter::DropTruncated, 2),
+        ],
+        maps: vec![MapFill {
+            map: "services",
+            entries: 3,
+            capacity: 65536,
+        }],
+        interfaces: vec![("pod", 2)],
+        xdp: vec![("eth1".into(), "native")],
+    };
+    metrics.datapath.update(&snapshot);
+    let text = metrics.render().body;
+    for expected in [
+        "vipr_datapath_packets_total{verdict=\"dnat_new\"} 7",
+        "vipr_datapath_drops_total{reason=\"drop_truncated\"} 2",
+        "vipr_map_entries{map=\"services\"} 3",
+        "vipr_map_capacity{map=\"services\"} 65536",
+        "vipr_attached_interfaces{role=\"pod\"} 2",
+        "vipr_xdp_attached{interface=\"eth1\",mode=\"native\"} 1",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+    snapshot.counters[0].1 = 9;
+    snapshot.xdp.clear();
+    metrics.datapath.update(&snapshot);
+    let text = metrics.render().body;
+    assert!(
+        text.contains("vipr_datapath_packets_total{verdict=\"dnat_new\"} 9"),
+        "{text}"
+    );
+    assert!(!text.contains("vipr_xdp_attached{"), "{text}");
+}
+
+#[test]
+fn probes_are_counted_by_status() {
+    let metrics = Metrics::new();
+    metrics.count_healthz(503);
+    metrics.count_healthz(200);
+    metrics.count_healthz(200);
+    metrics.count_livez(200);
+    let text = metrics.render().body;
+    assert!(
+        text.contains("kubeproxy_proxy_healthz_total{code=\"200\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kubeproxy_proxy_healthz_total{code=\"503\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kubeproxy_proxy_livez_total{code=\"200\"} 1"),
+        "{text}"
+    );
+    assert_eq!(metrics.route("/other").status, 404);
+}
