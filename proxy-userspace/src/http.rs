@@ -1,6 +1,6 @@
 //! The agent's small HTTP endpoints (/healthz and /livez, /metrics) on
 //! hyper: each server is a function from a request path to a [`Reply`].
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
@@ -29,6 +29,32 @@ pub type Route = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+/// How long a server whose address is taken waits before trying again.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// Binds `addr` (retrying while it is taken), then serves `route`. For
+/// servers the proxy must not stop for: a taken metrics port costs the
+/// scrape, not the datapath (kube-proxy retries its metrics server too).
+pub async fn serve_when_bound(addr: SocketAddr, what: &'static str, route: Route) {
+    let mut warned = false;
+    loop {
+        match bind(addr).await {
+            Ok(listener) => {
+                if warned {
+                    tracing::info!(%addr, what, "listening at last");
+                }
+                return serve(listener, route).await;
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(%addr, what, %error, "cannot listen; retrying every 5 s");
+                }
+                tokio::time::sleep(BIND_RETRY).await;
+            }
+        }
+    }
 }
 
 /// Serves `route` on every connection `listener` accepts, until the

@@ -340,12 +340,10 @@ async fn cli() -> anyhow::Result<()> {
                 listener,
                 healthz::route(health.clone(), metrics.clone()),
             ));
-            let listener = http::bind(metrics_bind_address)
-                .await
-                .with_context(|| format!("binding /metrics on {metrics_bind_address}"))?;
             let served = metrics.clone();
-            tokio::spawn(http::serve(
-                listener,
+            tokio::spawn(http::serve_when_bound(
+                metrics_bind_address,
+                "/metrics",
                 Arc::new(move |path| served.route(path)),
             ));
             let source = agent::open_source(&config).await.context("source")?;

@@ -496,7 +496,7 @@ async fn wait_for_dump(bin: &PathBuf, pins: &PathBuf, line: &str) -> Result<()> 
 
 fn get_healthz(addr: std::net::SocketAddr) -> Result<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(addr).context("connecting to /healthz")?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply)?;
     let code = reply
@@ -531,6 +531,10 @@ fn deploy_manifests_are_valid_kubernetes_objects() -> Result<()> {
     let (mut daemonset, mut role, mut config) = (None, None, None);
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
+        // The Grafana dashboard (JSON) is not a Kubernetes object.
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
         let text = std::fs::read_to_string(&path)?;
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
             let doc: Value = serde::Deserialize::deserialize(doc)

@@ -121,10 +121,10 @@ impl Metrics {
             &self.sync_partial_duration,
             &self.programming,
         ] {
-            histogram.get_or_create(&ipv4);
+            drop(histogram.get_or_create(&ipv4));
         }
-        self.last_sync.get_or_create(&ipv4);
-        self.last_queued.get_or_create(&ipv4);
+        drop(self.last_sync.get_or_create(&ipv4));
+        drop(self.last_queued.get_or_create(&ipv4));
         self.set_no_local_endpoints(0, 0);
     }
 

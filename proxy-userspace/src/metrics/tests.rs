@@ -197,3 +197,41 @@ fn probes_are_counted_by_status() {
     );
     assert_eq!(metrics.route("/other").status, 404);
 }
+
+/// Every metric the Grafana dashboard in deploy/ queries is one /metrics serves.
+#[test]
+fn the_dashboard_queries_only_served_metrics() {
+    let dashboard = include_str!("../../../deploy/grafana-dashboard.json");
+    let metrics = Metrics::new();
+    metrics.queued(1, 1);
+    metrics.datapath.update(&DatapathSnapshot {
+        counters: vec![
+            (proxy_common::Counter::DnatNew, 1),
+            (proxy_common::Counter::DropTruncated, 1),
+        ],
+        maps: vec![MapFill {
+            map: "services",
+            entries: 1,
+            capacity: 1,
+        }],
+        interfaces: vec![("pod", 1)],
+        xdp: vec![("eth1".into(), "native")],
+    });
+    metrics.count_healthz(200);
+    metrics.count_livez(200);
+    let served = metrics.render().body;
+    let mut queried = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("kubeproxy_") || word.starts_with("vipr_") {
+            queried += 1;
+            assert!(
+                served.lines().any(|l| l.starts_with(word)),
+                "the dashboard queries {word}, which /metrics does not serve"
+            );
+        }
+    }
+    assert!(
+        queried > 10,
+        "found only {queried} metric names in the dashboard"
+    );
+}
