@@ -27,6 +27,7 @@ use crate::{
     healthz::Health,
     metrics::{DatapathSnapshot, MapFill, Metrics, no_local_endpoints},
     model::{ModelBuilder, ModelOptions},
+    names::{ModelNames, index_path},
     plan::MapContents,
     socket_lb,
     source::{
@@ -56,6 +57,8 @@ pub struct AgentConfig {
     pub node_name: String,
     pub pod_interfaces: String,
     pub pin_dir: PathBuf,
+    /// Where the name index is written (see `names`).
+    pub state_dir: PathBuf,
     pub healthz: SocketAddr,
     pub proxy_name: Option<String>,
     /// How often the source and interfaces are looked at.
@@ -232,6 +235,8 @@ pub fn run(
     });
     let mut sync = SyncLoop::new(builder, syncer, config.periods).with_metrics(metrics.clone());
     let mut metrics_refreshed: Option<Instant> = None;
+    // The model generation the name index on disk describes, and when it was written.
+    let (mut names_written, mut names_at): (Option<u64>, Option<Instant>) = (None, None);
     let mut missing_reported = false;
     let mut health_generation = None;
 
@@ -285,6 +290,13 @@ pub fn run(
             let (internal, external) = no_local_endpoints(sync.model());
             metrics.set_no_local_endpoints(internal, external);
         }
+        if names_written != Some(sync.generation())
+            && names_at.is_none_or(|at| tick.duration_since(at) >= NAMES_PERIOD)
+        {
+            names_at = Some(tick);
+            names_written = Some(sync.generation());
+            write_names(config, &ModelNames(sync.model()));
+        }
         if metrics_refreshed.is_none_or(|at| tick.duration_since(at) >= METRICS_REFRESH) {
             metrics_refreshed = Some(tick);
             let snapshot = DatapathSnapshot {
@@ -314,6 +326,26 @@ pub fn run(
 /// How often the loop refreshes the datapath metrics: a scrape reads them
 /// at most this old, and the loop reads the kernel counters at most this often.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Longest the name index lags the model: writing it costs O(frontends).
+const NAMES_PERIOD: Duration = Duration::from_secs(2);
+
+/// Writes the name index for the CLI, whole (write, then rename): a reader
+/// sees the old file or the new one. A failure costs the CLI its names only.
+fn write_names(config: &AgentConfig, names: &ModelNames<'_>) {
+    let path = index_path(&config.state_dir, &config.pin_dir);
+    let written = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(&config.state_dir)?;
+        let partial = path.with_extension("json.partial");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+        serde_json::to_writer(&mut file, names)?;
+        std::io::Write::flush(&mut file)?;
+        std::fs::rename(&partial, &path)
+    })();
+    if let Err(error) = written {
+        warn!(path = %path.display(), %error, "writing the name index failed; the CLI lists without names");
+    }
+}
 
 /// Fill levels of the maps that grow with the cluster.
 fn map_fill(config: &AgentConfig, applied: &MapContents, conntrack: Option<u64>) -> Vec<MapFill> {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use comfy_table::Table;
-use proxy_common::{Counter, maps};
+use proxy_common::{Counter, CtKey, CtValue, maps};
 
 use crate::{
     datapath::{
@@ -68,6 +68,18 @@ pub fn pinned_contents(pin_dir: &Path) -> Result<MapContents, DatapathError> {
     Ok(contents)
 }
 
+/// The conntrack entries as pinned under `pin_dir`.
+pub fn pinned_conntrack(
+    pin_dir: &Path,
+) -> Result<std::collections::HashMap<CtKey, CtValue>, DatapathError> {
+    let table: HashMap<_, CtKey, CtValue> =
+        typed(maps::CONNTRACK, Map::HashMap(open(pin_dir, maps::CONNTRACK)?))?;
+    table
+        .iter()
+        .map(|entry| entry.map_err(|source| DatapathError::Map { name: maps::CONNTRACK, source }))
+        .collect()
+}
+
 /// Counter totals as pinned under `pin_dir`.
 pub fn pinned_counters(pin_dir: &Path) -> Result<Vec<(Counter, u64)>, DatapathError> {
     let counters: PerCpuArray<_, u64> = typed(
@@ -94,9 +106,11 @@ pub fn dump(pin_dir: &Path) -> Result<String, DatapathError> {
 }
 
 /// Detaches vipr's programs from every interface of this network namespace
-/// and removes the pins. Safe to run when nothing is there.
-pub fn cleanup(pin_dir: &Path) -> Result<usize, DatapathError> {
+/// and removes the pins and the name index. Safe to run when nothing is there.
+pub fn cleanup(pin_dir: &Path, state_dir: &Path) -> Result<usize, DatapathError> {
     let detached = cleanup_attachments(all_interfaces()?.into_keys());
     cleanup_pins(pin_dir)?;
+    // The agent's name index goes with its pins; absent is fine.
+    let _ = std::fs::remove_file(crate::names::index_path(state_dir, pin_dir));
     Ok(detached)
 }

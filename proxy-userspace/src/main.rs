@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use vipr::{
     agent::{self, AgentConfig, ConntrackConfig, ExternalConfig, SocketLbConfig, SourceConfig},
+    cli::{Output, commands},
     conntrack::CtTimeouts,
     datapath::{AttachMode, MapSizes, SocketLbScope, XdpMode},
     healthz::{self, Health},
@@ -18,7 +19,7 @@ use vipr::{
     sync::Periods,
 };
 
-const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/vipr";
+use vipr::{DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +54,9 @@ enum Command {
         /// bpffs directory for this agent's pinned maps and links.
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
+        /// Directory for the agent's name index (`vipr service list` reads it).
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
         /// Where /healthz listens (kube-proxy's default).
         #[arg(long, default_value = "0.0.0.0:10256")]
         healthz_bind_address: SocketAddr,
@@ -180,6 +184,28 @@ enum Command {
     Cleanup {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Services as the datapath serves them, with Kubernetes names.
+    Service {
+        #[command(subcommand)]
+        command: commands::ServiceCommand,
+    },
+    /// The flows the datapath tracks.
+    Conntrack {
+        #[command(subcommand)]
+        command: commands::ConntrackCommand,
+    },
+    /// Datapath counters with their rates.
+    Stats {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        bpffs: PathBuf,
+        /// How long to watch the counters for their rates.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
 }
 
@@ -248,6 +274,7 @@ async fn cli() -> anyhow::Result<()> {
             node_name,
             pod_interfaces,
             bpffs,
+            state_dir,
             healthz_bind_address,
             metrics_bind_address,
             service_proxy_name,
@@ -284,6 +311,7 @@ async fn cli() -> anyhow::Result<()> {
                 node_name,
                 pod_interfaces,
                 pin_dir: bpffs,
+                state_dir,
                 healthz: healthz_bind_address,
                 proxy_name: service_proxy_name,
                 poll_interval,
@@ -370,8 +398,15 @@ async fn cli() -> anyhow::Result<()> {
             }
             drop(held);
         }
-        Command::Cleanup { bpffs } => {
-            let detached = inspect::cleanup(&bpffs)?;
+        Command::Service { command } => print!("{}", commands::service(&command)?),
+        Command::Conntrack { command } => print!("{}", commands::conntrack(&command)?),
+        Command::Stats {
+            bpffs,
+            interval,
+            output,
+        } => print!("{}", commands::stats(&bpffs, interval, output)?),
+        Command::Cleanup { bpffs, state_dir } => {
+            let detached = inspect::cleanup(&bpffs, &state_dir)?;
             println!("removed {} and {detached} clsact filters", bpffs.display());
         }
     }

@@ -516,6 +516,27 @@ impl DemoCluster {
         self.topology().prefix().to_owned()
     }
 
+    /// Runs `vipr ARGS --bpffs PINS` on `node`'s agent's pins (the listing
+    /// commands read pins and the name index, no namespace needed); stdout.
+    pub fn vipr(&self, node: &str, args: &[&str]) -> Result<String> {
+        let agent = self
+            .agents
+            .iter()
+            .find(|a| a.node == node)
+            .with_context(|| format!("no agent on {node}"))?;
+        let out = std::process::Command::new(&self.vipr_bin)
+            .args(args)
+            .arg("--bpffs")
+            .arg(&agent.bpffs)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "vipr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// The /metrics text of `node`'s agent.
     pub fn metrics(&self, node: &str) -> Result<String> {
         let agent = self

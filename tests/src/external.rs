@@ -245,6 +245,8 @@ impl ExternalCluster {
             .arg(&self.manifests)
             .args(["--external-interfaces", "eth0", "--xdp", &xdp, "--bpffs"])
             .arg(&pins)
+            .arg("--state-dir")
+            .arg(self.manifests.with_extension("state"))
             .arg("--healthz-bind-address")
             .arg(format!("127.0.0.1:{HEALTHZ_PORT}"))
             .arg("--cgroup-root")
@@ -402,5 +404,6 @@ impl Drop for ExternalCluster {
         }
         let _ = self.topology.teardown();
         let _ = fs::remove_dir_all(&self.manifests);
+        let _ = fs::remove_dir_all(self.manifests.with_extension("state"));
     }
 }

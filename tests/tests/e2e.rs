@@ -719,3 +719,94 @@ fn metrics_move_with_traffic_and_syncs() {
         Ok(())
     });
 }
+
+/// `vipr ARGS -o json` on `node`'s agent, parsed.
+fn cli_json(env: &Env, node: &str, args: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let args: Vec<&str> = args.iter().copied().chain(["-o", "json"]).collect();
+    let text = env.vipr(node, &args)?;
+    serde_json::from_str(&text).with_context(|| format!("vipr {args:?} printed {text}"))
+}
+
+/// The echo ClusterIP's row of `vipr service list` on node1.
+fn echo_row(env: &Env) -> Result<Option<serde_json::Value>> {
+    let rows = cli_json(env, "node1", &["service", "list"])?;
+    Ok(rows.into_iter().find(|r| {
+        r["ip"] == demo::CLUSTER_IP.to_string()
+            && r["port"] == demo::HTTP_PORT
+            && r["protocol"] == "tcp"
+            && r["scope"] == "internal"
+    }))
+}
+
+/// (address, active) of each endpoint in a service list row.
+fn endpoints_of(row: &serde_json::Value) -> BTreeMap<String, bool> {
+    row["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let addr = format!("{}:{}", b["ip"].as_str().unwrap_or("?"), b["port"]);
+            (addr, b["active"] == true)
+        })
+        .collect()
+}
+
+#[test]
+fn cli_lists_services_flows_and_counters_as_the_model_has_them() {
+    with_cluster("cli", |env| {
+        let endpoint = |name: &str| {
+            let b = demo::backend(name).expect("a demo backend");
+            format!("{}:{}", b.ip, demo::HTTP_TARGET_PORT)
+        };
+        let all: BTreeMap<String, bool> = BACKENDS.iter().map(|b| (endpoint(b.name), true)).collect();
+        // The name index follows the first sync within a couple of seconds.
+        let named = demo::wait_until(APPLY_TIMEOUT, || {
+            echo_row(env).is_ok_and(|r| r.is_some_and(|r| r["service"] == "demo/echo"))
+        });
+        assert!(named, "no named row for the echo ClusterIP: {:?}", echo_row(env));
+        let row = echo_row(env)?.context("echo row")?;
+        assert_eq!(row["port_name"], "http", "{row:#}");
+        assert_eq!(row["type"], "ClusterIP", "{row:#}");
+        assert_eq!(row["traffic_policy"], "Cluster", "{row:#}");
+        assert_eq!(endpoints_of(&row), all, "{row:#}");
+        for b in row["backends"].as_array().context("backends")? {
+            let ip = b["ip"].as_str().context("ip")?;
+            let node = BACKENDS.iter().find(|x| x.ip.to_string() == ip).context("known")?.node;
+            assert_eq!(b["local"], node == "node1", "{b}");
+            assert_eq!(b["ready"], true, "{b}");
+        }
+
+        // A held connection is a flow of demo/echo, established.
+        let mut session = TcpSession::connect(&env.netns("client"), demo::http_addr(), REQ_TIMEOUT)?;
+        let serving = session.request()?;
+        let flows = cli_json(env, "node1", &["conntrack", "list", "--service", "demo/echo"])?;
+        let client = session.local_addr().to_string();
+        let flow = flows
+            .iter()
+            .find(|f| f["client"] == client)
+            .with_context(|| format!("no flow from {client}: {flows:#?}"))?;
+        assert_eq!(flow["frontend"], demo::http_addr().to_string(), "{flow}");
+        assert_eq!(flow["backend"], endpoint(&serving), "{flow}");
+        assert_eq!(flow["state"], "established", "{flow}");
+        let elsewhere = cli_json(env, "node1", &["conntrack", "list", "--service", "demo/empty"])?;
+        assert!(elsewhere.iter().all(|f| f["client"] != client), "{elsewhere:#?}");
+
+        // An endpoint leaving the slice leaves the listing too.
+        env.set_endpoints(&["echo-1", "echo-3"])?;
+        let left = demo::wait_until(APPLY_TIMEOUT, || {
+            echo_row(env).is_ok_and(|r| {
+                r.is_some_and(|r| !endpoints_of(&r).contains_key(&endpoint("echo-2")))
+            })
+        });
+        assert!(left, "echo-2 still listed: {:?}", echo_row(env));
+
+        let counters = cli_json(env, "node1", &["stats", "--interval", "100ms"])?;
+        let dnat_new = counters
+            .iter()
+            .find(|c| c["counter"] == "dnat_new")
+            .context("dnat_new")?;
+        assert!(dnat_new["total"].as_u64() >= Some(1), "{dnat_new}");
+        assert_eq!(dnat_new["kind"], "verdict");
+        Ok(())
+    });
+}

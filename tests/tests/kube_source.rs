@@ -443,6 +443,8 @@ async fn vipr_run_with_kubeconfig_programs_the_kernel_maps() -> Result<()> {
         .args(["--node-name", NODE, "--pod-interfaces", "vipr-kube-none*"])
         .arg("--bpffs")
         .arg(&pins)
+        .arg("--state-dir")
+        .arg(&dir)
         .args(["--healthz-bind-address", &healthz.to_string()])
         .args(["--min-sync-period", "100ms"]);
     let mut agent = vipr_tests::netns::ChildGuard::spawn(&mut cmd)?;

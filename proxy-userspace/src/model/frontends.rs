@@ -5,7 +5,7 @@
 //! short-circuits to every endpoint for them. `Scope::External` frontends
 //! serve what arrives from outside (externalTrafficPolicy).
 use super::{
-    Backend, Frontend, FrontendKey, ModelOptions, ObjectRef, Policy, Scope, ServiceModel,
+    Backend, Frontend, FrontendKey, FrontendKind, ModelOptions, ObjectRef, Policy, Scope, ServiceModel,
     ServicePortModel, Topology,
 };
 
@@ -25,13 +25,14 @@ pub(super) fn frontends_of(
         })
         .collect();
     let ext = &svc.external;
-    let frontend = |ip, port_number, scope, policy: Policy| Frontend {
+    let frontend = |kind, ip, port_number, scope, policy: Policy| Frontend {
         key: FrontendKey {
             ip,
             port: port_number,
             protocol: port.protocol,
             scope,
         },
+        kind,
         service: service.clone(),
         port_name: port.name.clone(),
         backends: backends.clone(),
@@ -65,21 +66,26 @@ pub(super) fn frontends_of(
             health_check_node_port: ext.health_check_node_port.filter(|_| ext.external_local),
             ..Policy::default()
         };
-        out.push(frontend(ip, port.port, Scope::Internal, policy));
+        out.push(frontend(
+            FrontendKind::ClusterIp,
+            ip,
+            port.port,
+            Scope::Internal,
+            policy,
+        ));
     }
     if let Some(node_port) = port.node_port {
         for &ip in &opts.nodeport_addresses {
-            out.push(frontend(
-                ip,
-                node_port,
-                Scope::External,
-                external_policy(&[]),
-            ));
-            out.push(frontend(ip, node_port, Scope::Internal, Policy::default()));
+            let node_port_at = |scope, policy| {
+                frontend(FrontendKind::NodePort, ip, node_port, scope, policy)
+            };
+            out.push(node_port_at(Scope::External, external_policy(&[])));
+            out.push(node_port_at(Scope::Internal, Policy::default()));
         }
         if opts.nodeport_localhost {
             let localhost = std::net::Ipv4Addr::LOCALHOST;
             out.push(frontend(
+                FrontendKind::NodePort,
                 localhost,
                 node_port,
                 Scope::Internal,
@@ -90,6 +96,7 @@ pub(super) fn frontends_of(
     for &ip in &ext.load_balancer_ips {
         let source_ranges = source_ranges_of(ip, &ext.source_ranges, opts);
         out.push(frontend(
+            FrontendKind::LoadBalancer,
             ip,
             port.port,
             Scope::External,
@@ -101,16 +108,19 @@ pub(super) fn frontends_of(
             source_ranges,
             ..Policy::default()
         };
-        out.push(frontend(ip, port.port, Scope::Internal, internal));
-    }
-    for &ip in &ext.external_ips {
         out.push(frontend(
+            FrontendKind::LoadBalancer,
             ip,
             port.port,
-            Scope::External,
-            external_policy(&[]),
+            Scope::Internal,
+            internal,
         ));
-        out.push(frontend(ip, port.port, Scope::Internal, Policy::default()));
+    }
+    for &ip in &ext.external_ips {
+        let external_ip_at =
+            |scope, policy| frontend(FrontendKind::ExternalIp, ip, port.port, scope, policy);
+        out.push(external_ip_at(Scope::External, external_policy(&[])));
+        out.push(external_ip_at(Scope::Internal, Policy::default()));
     }
     out
 }

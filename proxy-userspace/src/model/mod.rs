@@ -233,10 +233,32 @@ impl std::ops::Deref for Backend {
     }
 }
 
+/// Which field of its Service a frontend's address comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalIp,
+}
+
+impl FrontendKind {
+    /// The Service type's spelling (`externalIPs` for external IPs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+            FrontendKind::ExternalIp => "ExternalIP",
+        }
+    }
+}
+
 /// A (cluster IP, port, protocol) of a Service with every endpoint known for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
     pub key: FrontendKey,
+    pub kind: FrontendKind,
     /// Owning Service (namespace/name) and the name of its port ("" if unnamed).
     pub service: ObjectRef,
     pub port_name: Name,

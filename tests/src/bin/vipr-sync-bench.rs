@@ -213,6 +213,8 @@ async fn agent(bin: &Path, source: AgentSource, n: usize, endpoints: usize) -> R
         .args(["--node-name", NODE, "--pod-interfaces", "vipr-bench-none*"])
         .arg("--bpffs")
         .arg(&pins)
+        .arg("--state-dir")
+        .arg(&dir)
         .args([
             "--max-services",
             &room(2),

@@ -1,0 +1,196 @@
+//! `vipr service list`: every frontend in the pinned maps, with its
+//! Service, type, policies and endpoints (`cilium service list`'s view).
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use proxy_common::{
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_NOT_SERVING, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL,
+    SVC_FLAG_DRAINING, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, ServiceKey, ServiceValue,
+};
+use serde::Serialize;
+
+use crate::names::{FrontendNames, NameIndex};
+use crate::plan::MapContents;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceRow {
+    /// namespace/name, "" when the name index does not know the frontend.
+    pub service: String,
+    pub port_name: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: String,
+    pub scope: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub service_id: u32,
+    /// "Local" or "Cluster", as the frontend's traffic policy.
+    pub traffic_policy: String,
+    pub masquerade: bool,
+    pub source_ranges: Vec<String>,
+    /// Deleted from the cluster; established flows finish.
+    pub draining: bool,
+    pub affinity_timeout: Option<u32>,
+    pub backends: Vec<BackendRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendRow {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// In the frontend's slots: new connections may go to it.
+    pub active: bool,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub local: bool,
+    pub node: Option<String>,
+}
+
+pub fn protocol_name(proto: u8) -> String {
+    match proto {
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        other => other.to_string(),
+    }
+}
+
+fn scope_name(scope: u8) -> &'static str {
+    if scope == SCOPE_EXTERNAL {
+        "external"
+    } else {
+        "internal"
+    }
+}
+
+/// One row per frontend in `maps`, named from `names` where it knows them.
+pub fn rows(maps: &MapContents, names: Option<&NameIndex>) -> Vec<ServiceRow> {
+    maps.services
+        .iter()
+        .map(|(key, value)| row(maps, names, key, value))
+        .collect()
+}
+
+fn row(
+    maps: &MapContents,
+    names: Option<&NameIndex>,
+    key: &ServiceKey,
+    value: &ServiceValue,
+) -> ServiceRow {
+    let protocol = protocol_name(key.proto);
+    let scope = scope_name(key.scope);
+    let named: Option<&FrontendNames> =
+        names.and_then(|n| n.frontend(key.ip(), key.port(), &protocol, scope));
+    let active: Vec<(Ipv4Addr, u16, u8)> = maps
+        .slot_backends(value)
+        .flatten()
+        .map(|b| (b.ip(), b.port(), b.flags))
+        .collect();
+    let is_active = |ip, port| active.iter().any(|&(i, p, _)| i == ip && p == port);
+    let mut backends: Vec<BackendRow> = named
+        .map(|n| {
+            n.backends
+                .iter()
+                .map(|b| BackendRow {
+                    ip: b.ip,
+                    port: b.port,
+                    active: is_active(b.ip, b.port),
+                    ready: b.ready,
+                    serving: b.serving,
+                    terminating: b.terminating,
+                    local: b.local,
+                    node: b.node.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Endpoints the maps send to that the index does not list (it is
+    // written after the maps): their conditions as the maps hold them.
+    let listed: BTreeSet<(Ipv4Addr, u16)> = backends.iter().map(|b| (b.ip, b.port)).collect();
+    for &(ip, port, flags) in &active {
+        if !listed.contains(&(ip, port)) {
+            backends.push(BackendRow {
+                ip,
+                port,
+                active: true,
+                ready: true,
+                serving: flags & BACKEND_FLAG_NOT_SERVING == 0,
+                terminating: false,
+                local: flags & BACKEND_FLAG_LOCAL != 0,
+                node: None,
+            });
+        }
+    }
+    let source_ranges = maps
+        .source_ranges
+        .iter()
+        .filter(|r| r.0 == value.service_id)
+        .map(|(_, ip, len)| format!("{ip}/{len}"))
+        .collect();
+    let flag = |bit: u16| value.flags & bit != 0;
+    ServiceRow {
+        service: named.map(|n| n.service.clone()).unwrap_or_default(),
+        port_name: named.map(|n| n.port_name.clone()).unwrap_or_default(),
+        ip: key.ip(),
+        port: key.port(),
+        protocol,
+        scope: scope.into(),
+        kind: named.map_or_else(|| "-".into(), |n| n.kind.clone()),
+        service_id: value.service_id,
+        traffic_policy: if flag(SVC_FLAG_LOCAL_ONLY) { "Local" } else { "Cluster" }.into(),
+        masquerade: flag(SVC_FLAG_MASQUERADE),
+        source_ranges,
+        draining: flag(SVC_FLAG_DRAINING),
+        affinity_timeout: named.and_then(|n| n.affinity_timeout),
+        backends,
+    }
+}
+
+/// The table's cells for one row.
+pub fn cells(row: &ServiceRow) -> Vec<String> {
+    let service = if row.service.is_empty() {
+        "-".to_string()
+    } else if row.port_name.is_empty() {
+        row.service.clone()
+    } else {
+        format!("{}:{}", row.service, row.port_name)
+    };
+    let mut policy = vec![row.traffic_policy.clone()];
+    if row.masquerade {
+        policy.push("masquerade".into());
+    }
+    if !row.source_ranges.is_empty() {
+        policy.push(format!("from {}", row.source_ranges.join(",")));
+    }
+    if row.draining {
+        policy.push("draining".into());
+    }
+    let backends: Vec<String> = row.backends.iter().map(backend_cell).collect();
+    vec![
+        service,
+        format!("{}:{}/{}", row.ip, row.port, row.protocol),
+        format!("{} ({})", row.kind, row.scope),
+        policy.join(", "),
+        row.affinity_timeout
+            .map_or_else(|| "-".into(), |t| format!("ClientIP {t}s")),
+        backends.join("\n"),
+    ]
+}
+
+pub const HEADER: [&str; 6] = ["service", "frontend", "type", "policy", "affinity", "backends"];
+
+fn backend_cell(b: &BackendRow) -> String {
+    let mut state = Vec::new();
+    for (on, name) in [
+        (b.active, "active"),
+        (b.ready, "ready"),
+        (b.serving && !b.ready, "serving"),
+        (b.terminating, "terminating"),
+        (b.local, "local"),
+    ] {
+        if on {
+            state.push(name);
+        }
+    }
+    format!("{}:{} ({})", b.ip, b.port, state.join(", "))
+}
