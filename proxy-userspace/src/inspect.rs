@@ -72,11 +72,18 @@ pub fn pinned_contents(pin_dir: &Path) -> Result<MapContents, DatapathError> {
 pub fn pinned_conntrack(
     pin_dir: &Path,
 ) -> Result<std::collections::HashMap<CtKey, CtValue>, DatapathError> {
-    let table: HashMap<_, CtKey, CtValue> =
-        typed(maps::CONNTRACK, Map::HashMap(open(pin_dir, maps::CONNTRACK)?))?;
+    let table: HashMap<_, CtKey, CtValue> = typed(
+        maps::CONNTRACK,
+        Map::HashMap(open(pin_dir, maps::CONNTRACK)?),
+    )?;
     table
         .iter()
-        .map(|entry| entry.map_err(|source| DatapathError::Map { name: maps::CONNTRACK, source }))
+        .map(|entry| {
+            entry.map_err(|source| DatapathError::Map {
+                name: maps::CONNTRACK,
+                source,
+            })
+        })
         .collect()
 }
 

@@ -126,9 +126,9 @@ impl NameIndex {
         protocol: &str,
         scope: &str,
     ) -> Option<&FrontendNames> {
-        self.frontends.iter().find(|f| {
-            f.ip == ip && f.port == port && f.protocol == protocol && f.scope == scope
-        })
+        self.frontends
+            .iter()
+            .find(|f| f.ip == ip && f.port == port && f.protocol == protocol && f.scope == scope)
     }
 }
 
@@ -158,7 +158,10 @@ mod tests {
             assert_eq!(found, Some(named));
         }
         assert!(
-            index.frontends.iter().any(|f| f.kind == "NodePort" && f.scope == "external"),
+            index
+                .frontends
+                .iter()
+                .any(|f| f.kind == "NodePort" && f.scope == "external"),
             "{text}"
         );
     }

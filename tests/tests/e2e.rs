@@ -758,12 +758,17 @@ fn cli_lists_services_flows_and_counters_as_the_model_has_them() {
             let b = demo::backend(name).expect("a demo backend");
             format!("{}:{}", b.ip, demo::HTTP_TARGET_PORT)
         };
-        let all: BTreeMap<String, bool> = BACKENDS.iter().map(|b| (endpoint(b.name), true)).collect();
+        let all: BTreeMap<String, bool> =
+            BACKENDS.iter().map(|b| (endpoint(b.name), true)).collect();
         // The name index follows the first sync within a couple of seconds.
         let named = demo::wait_until(APPLY_TIMEOUT, || {
             echo_row(env).is_ok_and(|r| r.is_some_and(|r| r["service"] == "demo/echo"))
         });
-        assert!(named, "no named row for the echo ClusterIP: {:?}", echo_row(env));
+        assert!(
+            named,
+            "no named row for the echo ClusterIP: {:?}",
+            echo_row(env)
+        );
         let row = echo_row(env)?.context("echo row")?;
         assert_eq!(row["port_name"], "http", "{row:#}");
         assert_eq!(row["type"], "ClusterIP", "{row:#}");
@@ -771,15 +776,24 @@ fn cli_lists_services_flows_and_counters_as_the_model_has_them() {
         assert_eq!(endpoints_of(&row), all, "{row:#}");
         for b in row["backends"].as_array().context("backends")? {
             let ip = b["ip"].as_str().context("ip")?;
-            let node = BACKENDS.iter().find(|x| x.ip.to_string() == ip).context("known")?.node;
+            let node = BACKENDS
+                .iter()
+                .find(|x| x.ip.to_string() == ip)
+                .context("known")?
+                .node;
             assert_eq!(b["local"], node == "node1", "{b}");
             assert_eq!(b["ready"], true, "{b}");
         }
 
         // A held connection is a flow of demo/echo, established.
-        let mut session = TcpSession::connect(&env.netns("client"), demo::http_addr(), REQ_TIMEOUT)?;
+        let mut session =
+            TcpSession::connect(&env.netns("client"), demo::http_addr(), REQ_TIMEOUT)?;
         let serving = session.request()?;
-        let flows = cli_json(env, "node1", &["conntrack", "list", "--service", "demo/echo"])?;
+        let flows = cli_json(
+            env,
+            "node1",
+            &["conntrack", "list", "--service", "demo/echo"],
+        )?;
         let client = session.local_addr().to_string();
         let flow = flows
             .iter()
@@ -788,8 +802,15 @@ fn cli_lists_services_flows_and_counters_as_the_model_has_them() {
         assert_eq!(flow["frontend"], demo::http_addr().to_string(), "{flow}");
         assert_eq!(flow["backend"], endpoint(&serving), "{flow}");
         assert_eq!(flow["state"], "established", "{flow}");
-        let elsewhere = cli_json(env, "node1", &["conntrack", "list", "--service", "demo/empty"])?;
-        assert!(elsewhere.iter().all(|f| f["client"] != client), "{elsewhere:#?}");
+        let elsewhere = cli_json(
+            env,
+            "node1",
+            &["conntrack", "list", "--service", "demo/empty"],
+        )?;
+        assert!(
+            elsewhere.iter().all(|f| f["client"] != client),
+            "{elsewhere:#?}"
+        );
 
         // An endpoint leaving the slice leaves the listing too.
         env.set_endpoints(&["echo-1", "echo-3"])?;

@@ -1,5 +1,5 @@
 //! The listing commands' arguments (clap) and what they print.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{AgentFiles, CliError, Output, conntrack, render, services, stats};
@@ -86,7 +86,7 @@ pub fn conntrack(command: &ConntrackCommand) -> Result<String, CliError> {
 }
 
 /// Counters read twice, `interval` apart.
-pub fn stats(bpffs: &PathBuf, interval: Duration, output: Output) -> Result<String, CliError> {
+pub fn stats(bpffs: &Path, interval: Duration, output: Output) -> Result<String, CliError> {
     let before = pinned_counters(bpffs)?;
     std::thread::sleep(interval);
     let after = pinned_counters(bpffs)?;

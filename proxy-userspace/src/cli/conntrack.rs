@@ -111,14 +111,26 @@ pub fn rows(
     rows
 }
 
-pub const HEADER: [&str; 7] = ["proto", "client", "frontend", "service", "backend", "snat", "state / idle"];
+pub const HEADER: [&str; 7] = [
+    "proto",
+    "client",
+    "frontend",
+    "service",
+    "backend",
+    "snat",
+    "state / idle",
+];
 
 pub fn cells(row: &FlowRow) -> Vec<String> {
     vec![
         row.protocol.clone(),
         row.client.clone(),
         row.frontend.clone(),
-        if row.service.is_empty() { "-".into() } else { row.service.clone() },
+        if row.service.is_empty() {
+            "-".into()
+        } else {
+            row.service.clone()
+        },
         row.backend.clone(),
         row.snat.clone().unwrap_or_else(|| "-".into()),
         format!("{} / {}s", row.state, row.idle_seconds),

@@ -18,7 +18,9 @@ use crate::names::{NameIndex, index_path};
 pub enum CliError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
-    #[error("reading the name index {path}: {message} (is an agent running with this --bpffs and --state-dir?)")]
+    #[error(
+        "reading the name index {path}: {message} (is an agent running with this --bpffs and --state-dir?)"
+    )]
     Names { path: String, message: String },
     #[error("encoding JSON: {0}")]
     Json(#[from] serde_json::Error),

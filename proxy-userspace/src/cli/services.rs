@@ -137,7 +137,12 @@ fn row(
         scope: scope.into(),
         kind: named.map_or_else(|| "-".into(), |n| n.kind.clone()),
         service_id: value.service_id,
-        traffic_policy: if flag(SVC_FLAG_LOCAL_ONLY) { "Local" } else { "Cluster" }.into(),
+        traffic_policy: if flag(SVC_FLAG_LOCAL_ONLY) {
+            "Local"
+        } else {
+            "Cluster"
+        }
+        .into(),
         masquerade: flag(SVC_FLAG_MASQUERADE),
         source_ranges,
         draining: flag(SVC_FLAG_DRAINING),
@@ -177,7 +182,9 @@ pub fn cells(row: &ServiceRow) -> Vec<String> {
     ]
 }
 
-pub const HEADER: [&str; 6] = ["service", "frontend", "type", "policy", "affinity", "backends"];
+pub const HEADER: [&str; 6] = [
+    "service", "frontend", "type", "policy", "affinity", "backends",
+];
 
 fn backend_cell(b: &BackendRow) -> String {
     let mut state = Vec::new();

@@ -5,8 +5,8 @@
 //! short-circuits to every endpoint for them. `Scope::External` frontends
 //! serve what arrives from outside (externalTrafficPolicy).
 use super::{
-    Backend, Frontend, FrontendKey, FrontendKind, ModelOptions, ObjectRef, Policy, Scope, ServiceModel,
-    ServicePortModel, Topology,
+    Backend, Frontend, FrontendKey, FrontendKind, ModelOptions, ObjectRef, Policy, Scope,
+    ServiceModel, ServicePortModel, Topology,
 };
 
 pub(super) fn frontends_of(
@@ -76,9 +76,8 @@ pub(super) fn frontends_of(
     }
     if let Some(node_port) = port.node_port {
         for &ip in &opts.nodeport_addresses {
-            let node_port_at = |scope, policy| {
-                frontend(FrontendKind::NodePort, ip, node_port, scope, policy)
-            };
+            let node_port_at =
+                |scope, policy| frontend(FrontendKind::NodePort, ip, node_port, scope, policy);
             out.push(node_port_at(Scope::External, external_policy(&[])));
             out.push(node_port_at(Scope::Internal, Policy::default()));
         }

@@ -6,7 +6,8 @@ use proxy_common::{BackendValue, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, ServiceVa
 
 use super::*;
 use crate::model::{
-    Backend, Conditions, EndpointModel, Frontend, FrontendKey, Kind, Model, ObjectRef, Protocol,
+    Backend, Conditions, EndpointModel, Frontend, FrontendKey, FrontendKind, Kind, Model,
+    ObjectRef, Protocol,
 };
 
 const READY: Conditions = Conditions {
@@ -68,6 +69,7 @@ fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
                 policy: Default::default(),
                 topology: Default::default(),
                 key,
+                kind: FrontendKind::ClusterIp,
                 service,
                 port_name: "".into(),
                 backends,
