@@ -119,5 +119,7 @@ pub fn cleanup(pin_dir: &Path, state_dir: &Path) -> Result<usize, DatapathError>
     cleanup_pins(pin_dir)?;
     // The agent's name index goes with its pins; absent is fine.
     let _ = std::fs::remove_file(crate::names::index_path(state_dir, pin_dir));
+    // And the state directory, if that left it empty.
+    let _ = std::fs::remove_dir(state_dir);
     Ok(detached)
 }
