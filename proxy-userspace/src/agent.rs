@@ -334,6 +334,7 @@ const NAMES_PERIOD: Duration = Duration::from_secs(2);
 /// sees the old file or the new one. A failure costs the CLI its names only.
 fn write_names(config: &AgentConfig, names: &ModelNames<'_>) {
     let path = index_path(&config.state_dir, &config.pin_dir);
+    let started = Instant::now();
     let written = (|| -> std::io::Result<()> {
         std::fs::create_dir_all(&config.state_dir)?;
         let partial = path.with_extension("json.partial");
@@ -342,8 +343,16 @@ fn write_names(config: &AgentConfig, names: &ModelNames<'_>) {
         std::io::Write::flush(&mut file)?;
         std::fs::rename(&partial, &path)
     })();
-    if let Err(error) = written {
-        warn!(path = %path.display(), %error, "writing the name index failed; the CLI lists without names");
+    match written {
+        Ok(()) => tracing::debug!(
+            path = %path.display(),
+            bytes = std::fs::metadata(&path).map_or(0, |m| m.len()),
+            took_ms = started.elapsed().as_millis() as u64,
+            "name index written"
+        ),
+        Err(error) => {
+            warn!(path = %path.display(), %error, "writing the name index failed; the CLI lists without names")
+        }
     }
 }
 
