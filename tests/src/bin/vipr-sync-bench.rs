@@ -67,9 +67,9 @@ async fn main() -> Result<()> {
     }
     let sources = std::env::var("VIPR_BENCH_SOURCES").unwrap_or_else(|_| "api,manifests".into());
     println!(
-        "\n| agent `vipr run` | source | start → listed | listed → maps written | first sync: model / plan / write | start → healthy | RSS | peak RSS | map writes, one endpoint change |"
+        "\n| agent `vipr run` | source | start → listed | listed → maps written | first sync: model / plan / write | start → healthy | RSS | peak RSS | map writes, one endpoint change | name index (first write) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &counts {
         for source in sources.split(',') {
             let source = match source {
@@ -223,7 +223,8 @@ async fn agent(bin: &Path, source: AgentSource, n: usize, endpoints: usize) -> R
         ])
         .args(["--max-slots", &room(endpoints + 1)])
         .args(["--healthz-bind-address", &healthz.to_string()])
-        .env("RUST_LOG", "info")
+        // The agent's own debug line says what the name index cost.
+        .env("RUST_LOG", "info,vipr::agent=debug")
         .env("NO_COLOR", "1")
         .stderr(Stdio::null())
         .stdout(Stdio::piped())
@@ -241,14 +242,15 @@ async fn agent(bin: &Path, source: AgentSource, n: usize, endpoints: usize) -> R
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
     let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
     println!(
-        "| {n} × {endpoints} | {source:?} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {n} × {endpoints} | {source:?} | {} | {} | {} | {} | {} | {} | {} | {} |",
         ms(m.listed),
         ms(m.written.saturating_sub(m.listed)),
         m.phases,
         ms(m.healthy),
         mib(m.rss_kib),
         mib(m.peak_kib),
-        m.writes
+        m.writes,
+        m.names
     );
     Ok(())
 }
@@ -262,7 +264,9 @@ fn log_lines(
     if let Some(out) = child.stdout.take() {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let wanted = line.contains("synced") || line.contains(" listed");
+                let wanted = line.contains("synced")
+                    || line.contains(" listed")
+                    || line.contains("name index written");
                 if wanted && tx.send((start.elapsed(), line)).is_err() {
                     return;
                 }
@@ -284,6 +288,8 @@ struct Measured {
     rss_kib: u64,
     peak_kib: u64,
     writes: String,
+    /// The first name index's size and write time.
+    names: String,
 }
 
 async fn measure(
@@ -306,10 +312,25 @@ async fn measure(
     }
     let healthy = start.elapsed();
     let mut listed = Duration::ZERO;
+    let mut names = String::from("?");
+    let mut note_names = |line: &str| {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        if let (Some(bytes), Some(ms)) = (field("bytes="), field("took_ms=")) {
+            names = format!("{:.1} MB in {ms:.0} ms", bytes / 1e6);
+        }
+    };
     let (written, phases) = loop {
         let (at, line) = lines.recv_timeout(Duration::from_secs(10))?;
         if line.contains(" listed") {
             listed = at;
+            continue;
+        }
+        if line.contains("name index written") {
+            note_names(&line);
             continue;
         }
         if !line.contains(&format!("frontends={n}")) {
@@ -340,9 +361,17 @@ async fn measure(
             .with_context(|| format!("{name} in /proc/{pid}/status"))
     };
     let (rss_kib, peak_kib) = (field("VmRSS:")?, field("VmHWM:")?);
-    while lines.try_recv().is_ok() {}
+    while let Ok((_, line)) = lines.try_recv() {
+        note_names(&line);
+    }
     feed.change_one_endpoint(n, endpoints)?;
-    let (_, line) = lines.recv_timeout(Duration::from_secs(10))?;
+    let line = loop {
+        let (_, line) = lines.recv_timeout(Duration::from_secs(10))?;
+        if line.contains("synced") {
+            break line;
+        }
+        note_names(&line);
+    };
     let writes = line
         .split_whitespace()
         .find_map(|f| f.strip_prefix("map_writes="))
@@ -356,6 +385,7 @@ async fn measure(
         rss_kib,
         peak_kib,
         writes,
+        names,
     })
 }
 
