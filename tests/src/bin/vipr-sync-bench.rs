@@ -394,8 +394,9 @@ fn healthz_ok(addr: std::net::SocketAddr) -> bool {
         return false;
     };
     let mut reply = String::new();
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .and_then(|()| stream.read_to_string(&mut reply))
         .is_ok()
         && reply.starts_with("HTTP/1.1 200")
