@@ -136,13 +136,12 @@ fn programming_latency_uses_kube_proxy_buckets_and_ignores_skew() {
     assert!(text.contains(&format!("{count} 1")), "{text}");
 }
 
-#[test]
-fn datapath_counters_mirror_the_kernel_and_xdp_follows_interfaces() {
-    let metrics = Metrics::new();
-    let mut snapshot = DatapathSnapshot {
+/// One pod interface pair, one XDP interface, the services map 3/65536 full.
+fn snapshot(new_flows: u64, truncated: u64) -> DatapathSnapshot {
+    DatapathSnapshot {
         counters: vec![
-            (proxy_common::Counter::DnatNew, 7),
-            (proxy_common::Counter::DropTruncated, 2),
+            (proxy_common::Counter::DnatNew, new_flows),
+            (proxy_common::Counter::DropTruncated, truncated),
         ],
         maps: vec![MapFill {
             map: "services",
@@ -151,7 +150,13 @@ fn datapath_counters_mirror_the_kernel_and_xdp_follows_interfaces() {
         }],
         interfaces: vec![("pod", 2)],
         xdp: vec![("eth1".into(), "native")],
-    };
+    }
+}
+
+#[test]
+fn datapath_counters_mirror_the_kernel_and_xdp_follows_interfaces() {
+    let metrics = Metrics::new();
+    let mut snapshot = snapshot(7, 2);
     metrics.datapath.update(&snapshot);
     let text = metrics.render().body;
     for expected in [
@@ -173,28 +178,6 @@ fn datapath_counters_mirror_the_kernel_and_xdp_follows_interfaces() {
         "{text}"
     );
     assert!(!text.contains("vipr_xdp_attached{"), "{text}");
-}
-
-#[test]
-fn probes_are_counted_by_status() {
-    let metrics = Metrics::new();
-    metrics.count_healthz(503);
-    metrics.count_healthz(200);
-    metrics.count_healthz(200);
-    metrics.count_livez(200);
-    let text = metrics.render().body;
-    assert!(
-        text.contains("kubeproxy_proxy_healthz_total{code=\"200\"} 2"),
-        "{text}"
-    );
-    assert!(
-        text.contains("kubeproxy_proxy_healthz_total{code=\"503\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("kubeproxy_proxy_livez_total{code=\"200\"} 1"),
-        "{text}"
-    );
     assert_eq!(metrics.route("/other").status, 404);
 }
 
@@ -204,19 +187,7 @@ fn the_dashboard_queries_only_served_metrics() {
     let dashboard = include_str!("../../../deploy/grafana-dashboard.json");
     let metrics = Metrics::new();
     metrics.queued(1, 1);
-    metrics.datapath.update(&DatapathSnapshot {
-        counters: vec![
-            (proxy_common::Counter::DnatNew, 1),
-            (proxy_common::Counter::DropTruncated, 1),
-        ],
-        maps: vec![MapFill {
-            map: "services",
-            entries: 1,
-            capacity: 1,
-        }],
-        interfaces: vec![("pod", 1)],
-        xdp: vec![("eth1".into(), "native")],
-    });
+    metrics.datapath.update(&snapshot(1, 1));
     metrics.count_healthz(200);
     metrics.count_livez(200);
     let served = metrics.render().body;
