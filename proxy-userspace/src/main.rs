@@ -197,6 +197,13 @@ enum Command {
         #[command(subcommand)]
         command: commands::ConntrackCommand,
     },
+    /// Packet tracing through the live programs (to come); for now
+    /// `--explain-drop COUNTER`: the conditions under which the programs
+    /// count COUNTER.
+    Trace {
+        #[arg(long, value_name = "COUNTER")]
+        explain_drop: String,
+    },
     /// Datapath counters with their rates.
     Stats {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -400,6 +407,7 @@ async fn cli() -> anyhow::Result<()> {
         }
         Command::Service { command } => print!("{}", commands::service(&command)?),
         Command::Conntrack { command } => print!("{}", commands::conntrack(&command)?),
+        Command::Trace { explain_drop } => print!("{}", commands::explain_drop(&explain_drop)?),
         Command::Stats {
             bpffs,
             interval,

@@ -93,3 +93,22 @@ pub fn stats(bpffs: &Path, interval: Duration, output: Output) -> Result<String,
     let rows = stats::rows(&before, &after, interval);
     render(output, &rows, &stats::HEADER, stats::cells)
 }
+
+/// What makes the programs count `name`, or the names there are.
+pub fn explain_drop(name: &str) -> Result<String, CliError> {
+    let counter = super::explain::counter_named(name).ok_or_else(|| {
+        let names: Vec<&str> = proxy_common::Counter::ALL
+            .iter()
+            .map(|c| c.name())
+            .collect();
+        CliError::Usage(format!(
+            "no counter {name:?}; the counters are: {}",
+            names.join(", ")
+        ))
+    })?;
+    Ok(format!(
+        "{}: {}\n",
+        counter.name(),
+        super::explain::explain(counter)
+    ))
+}

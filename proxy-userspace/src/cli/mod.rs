@@ -3,6 +3,7 @@
 //! or as JSON (`-o json`).
 pub mod commands;
 pub mod conntrack;
+pub mod explain;
 pub mod services;
 pub mod stats;
 
