@@ -309,15 +309,17 @@ impl<M: ServiceMaps> SyncLoop<M> {
         } else {
             self.syncer.sync_changes(model, &commit.changed)
         };
-        let observation = |succeeded| SyncObservation {
+        // A partial sync falls back to a full one after a failed write.
+        let observation = |full, succeeded| SyncObservation {
             duration: start.elapsed(),
-            full: full_due,
+            full,
             succeeded,
         };
         match result {
             Ok(mut report) => {
                 let succeeded = report.failed_ops == 0;
-                self.metrics.observe_sync(observation(succeeded));
+                self.metrics
+                    .observe_sync(observation(report.full, succeeded));
                 self.metrics
                     .datapath
                     .count_write_failures(report.failed_ops as u64);
@@ -339,7 +341,7 @@ impl<M: ServiceMaps> SyncLoop<M> {
                 Some(report)
             }
             Err(error) => {
-                self.metrics.observe_sync(observation(false));
+                self.metrics.observe_sync(observation(full_due, false));
                 tracing::warn!(%error, "sync failed; will retry");
                 None
             }
