@@ -9,7 +9,8 @@ use proxy_common::{
 };
 use serde::Serialize;
 
-use crate::names::{FrontendNames, NameIndex};
+use crate::model::Scope;
+use crate::names::{FrontendNames, NameIndex, scope_name};
 use crate::plan::MapContents;
 
 #[derive(Clone, Debug, Serialize)]
@@ -55,12 +56,13 @@ pub fn protocol_name(proto: u8) -> String {
     }
 }
 
-fn scope_name(scope: u8) -> &'static str {
-    if scope == SCOPE_EXTERNAL {
-        "external"
+/// A map key's scope byte, named as the name index names it.
+fn scope_of(scope: u8) -> &'static str {
+    scope_name(if scope == SCOPE_EXTERNAL {
+        Scope::External
     } else {
-        "internal"
-    }
+        Scope::Internal
+    })
 }
 
 /// One row per frontend in `maps`, named from `names` where it knows them.
@@ -78,7 +80,7 @@ fn row(
     value: &ServiceValue,
 ) -> ServiceRow {
     let protocol = protocol_name(key.proto);
-    let scope = scope_name(key.scope);
+    let scope = scope_of(key.scope);
     let named: Option<&FrontendNames> =
         names.and_then(|n| n.frontend(key.ip(), key.port(), &protocol, scope));
     let active: Vec<(Ipv4Addr, u16, u8)> = maps
