@@ -9,9 +9,11 @@
 
 pub mod counters;
 pub mod maps;
+pub mod trace;
 
 pub use counters::Counter;
 pub use maps::*;
+pub use trace::*;
 
 /// IANA protocol numbers vipr load-balances.
 pub const IPPROTO_TCP: u8 = 6;
@@ -46,6 +48,9 @@ pub mod programs {
     pub const SOCK_RECVMSG4: &str = "vipr_sock_recvmsg4";
     /// cgroup `getpeername4`: the peer shows the frontend.
     pub const SOCK_GETPEERNAME4: &str = "vipr_sock_getpeername4";
+    /// Only in the trace copy: the socket hooks' decision for a packet's
+    /// tuple, since the kernel cannot test-run cgroup socket programs.
+    pub const TRACE_HOST: &str = "vipr_trace_host";
 }
 
 /// Names of globals the agent sets when it loads the object.
@@ -58,6 +63,9 @@ pub mod globals {
     pub const NETNS_COOKIE: &str = "NETNS_COOKIE";
     /// `u8`: `SOCKET_LB_HOST` or `SOCKET_LB_ALL`.
     pub const SOCKET_LB_SCOPE: &str = "SOCKET_LB_SCOPE";
+    /// `u8`: 1 in the trace copy `vipr trace` runs, which writes
+    /// `VIPR_TRACE_RECORD`; 0 in the live programs.
+    pub const TRACE: &str = "TRACE";
 }
 
 #[cfg(test)]

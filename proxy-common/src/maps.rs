@@ -83,7 +83,7 @@ pub const DEFAULT_MAX_CONNTRACK: u32 = 262_144;
 
 /// A service frontend: destination address, port and protocol.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct ServiceKey {
     /// IPv4 address, network byte order.

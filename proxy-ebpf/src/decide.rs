@@ -14,6 +14,7 @@ use crate::{
     lb::{choose_backend_id, flow_hash, lookup_backend, lookup_service, source_allowed},
     maps::{count, node_ipv4},
     parse::{Flow, TCP_FLAG_RST},
+    trace,
 };
 
 pub enum Decision {
@@ -65,6 +66,7 @@ pub fn new_backend(
     if sticky && let Some((backend_id, backend)) = affinity::followed(service, client_addr) {
         affinity::remember(service, client_addr, backend_id);
         count(Counter::AffinityFollowed);
+        trace::affinity_followed(backend_id);
         return Ok((backend_id, backend));
     }
     let chosen = pick_backend(service, hash)?;
@@ -106,6 +108,7 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
     if let Some(entry) = ct::lookup_for(&ct::forward_key(flow), flow, 0) {
         // A new SYN on a reused tuple is a new connection: choose again.
         if !flow.is_tcp_syn() && stays_on(flow, &entry) {
+            trace::conntrack_followed(entry.backend_id);
             return Decision::Translate(entry, Counter::DnatEstablished);
         }
         ct::forget(flow, &entry);
@@ -193,7 +196,10 @@ fn stays_on(flow: &Flow, entry: &CtValue) -> bool {
 #[inline(always)]
 pub fn from_outside(flow: &Flow, scope: u8) -> Decision {
     match masqueraded_reply(flow) {
-        Some(entry) => Decision::Unmasquerade(entry),
+        Some(entry) => {
+            trace::conntrack_followed(entry.backend_id);
+            Decision::Unmasquerade(entry)
+        }
         None => to_service(flow, scope),
     }
 }
@@ -212,6 +218,7 @@ pub fn from_pod(flow: &Flow) -> Decision {
     if flow.dst_addr == u32::from_ne_bytes(HAIRPIN_IPV4)
         && let Some(entry) = masqueraded_reply(flow)
     {
+        trace::conntrack_followed(entry.backend_id);
         return Decision::Unmasquerade(entry);
     }
     to_service(flow, SCOPE_INTERNAL)
@@ -222,7 +229,10 @@ pub fn from_pod(flow: &Flow) -> Decision {
 pub fn from_service(flow: &Flow) -> Decision {
     match ct::lookup_for(&ct::reply_key(flow), flow, CT_FLAG_REPLIED) {
         // Replies of masqueraded flows are handled where they arrive.
-        Some(entry) if entry.flags & CT_FLAG_SNAT == 0 => Decision::RestoreSource(entry),
+        Some(entry) if entry.flags & CT_FLAG_SNAT == 0 => {
+            trace::conntrack_followed(entry.backend_id);
+            Decision::RestoreSource(entry)
+        }
         _ => Decision::Pass(Counter::PassNotTranslated),
     }
 }

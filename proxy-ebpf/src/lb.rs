@@ -5,6 +5,7 @@ use proxy_common::{BackendValue, ServiceKey, ServiceValue, SlotKey, SourceRangeK
 use crate::{
     maps::{BACKENDS, SERVICES, SLOTS, SOURCE_RANGES, hash_seed},
     parse::Flow,
+    trace,
 };
 
 /// Bits of a `SourceRangeKey` that must always match: the service id.
@@ -23,7 +24,9 @@ pub fn lookup_service(flow: &Flow, scope: u8) -> Option<ServiceValue> {
 
 #[inline(always)]
 pub fn lookup_frontend(key: &ServiceKey) -> Option<ServiceValue> {
-    unsafe { SERVICES.get(key).copied() }
+    let service = unsafe { SERVICES.get(key).copied() };
+    trace::frontend(key, service.is_some());
+    service
 }
 
 /// loadBalancerSourceRanges: one longest-prefix-match lookup.
@@ -74,5 +77,7 @@ pub fn choose_backend_id(service: &ServiceValue, hash: u32) -> Option<u32> {
         service_id: service.service_id,
         slot: hash % count,
     };
-    unsafe { SLOTS.get(&slot).copied() }
+    let backend_id = unsafe { SLOTS.get(&slot).copied() }?;
+    trace::slot_picked(hash, slot.slot, backend_id);
+    Some(backend_id)
 }

@@ -27,6 +27,10 @@ mod programs;
 mod reject;
 #[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
+mod trace;
+#[cfg(target_arch = "bpf")]
+mod trace_host;
 
 #[cfg(target_arch = "bpf")]
 mod xdp;

@@ -1,13 +1,14 @@
 //! Map and global definitions; layouts and names come from proxy-common.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     AffinityKey, AffinityMember, AffinityValue, BackendValue, Counter, CtKey, CtValue,
     DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK, DEFAULT_MAX_SERVICES,
     DEFAULT_MAX_SLOTS, DEFAULT_MAX_SOCK_REVNAT, DEFAULT_MAX_SOURCE_RANGES, ServiceKey,
-    ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey,
+    ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey, TRACE_RECORD_ENTRIES,
+    TraceRecord,
 };
 
 #[map(name = "VIPR_SERVICES")]
@@ -39,6 +40,18 @@ pub static AFFINITY_MEMBERS: HashMap<AffinityMember, u32> = HashMap::pinned(DEFA
 #[map(name = "VIPR_SOCK_REVNAT")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::pinned(DEFAULT_MAX_SOCK_REVNAT, 0);
+
+#[map(name = "VIPR_TRACE_RECORD")]
+pub static TRACE_RECORD: Array<TraceRecord> = Array::pinned(TRACE_RECORD_ENTRIES, 0);
+
+/// 1 in the trace copy of the programs (`vipr trace`), 0 in the live ones.
+#[unsafe(no_mangle)]
+static TRACE: u8 = 0;
+
+#[inline(always)]
+pub fn tracing() -> bool {
+    unsafe { core::ptr::read_volatile(&TRACE) != 0 }
+}
 
 /// The node address masqueraded flows leave with (wire order); 0 = unset,
 /// which disables masquerading.

@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use proxy_common::{
-    Counter, IPPROTO_TCP, IPPROTO_UDP, SCOPE_INTERNAL, SOCKET_LB_ALL, SVC_FLAG_DRAINING,
-    ServiceKey, SockRevKey, SockRevValue,
+    BackendValue, Counter, IPPROTO_TCP, IPPROTO_UDP, SCOPE_INTERNAL, SOCKET_LB_ALL,
+    SVC_FLAG_DRAINING, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
 };
 
 use crate::{
@@ -104,26 +104,17 @@ fn to_backend<const SENDMSG: bool>(ctx: &SockAddrContext) -> i32 {
         proto,
         scope: SCOPE_INTERNAL,
     };
-    let Some(service) = lookup_frontend(&frontend).filter(|s| s.flags & SVC_FLAG_DRAINING == 0)
-    else {
-        count(Counter::SockPassNotService);
-        return PROCEED;
-    };
     let client = source_address::<SENDMSG>(addr);
-    if !admits(&service, client) {
-        count(Counter::DropSourceRange);
-        return fail_with(EHOSTUNREACH);
-    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let (_, backend) = match new_backend(&service, socket_hash(cookie), client) {
+    let (service, backend) = match socket_backend(&frontend, client, cookie) {
         Ok(chosen) => chosen,
-        Err(Decision::Drop(reason)) => {
-            count(reason);
-            return fail_with(EHOSTUNREACH);
+        Err(SocketRefusal::Proceed(counter)) => {
+            count(counter);
+            return PROCEED;
         }
-        Err(_) => {
-            count(Counter::SockRefused);
-            return fail_with(ECONNREFUSED);
+        Err(SocketRefusal::Fail(counter, errno)) => {
+            count(counter);
+            return fail_with(errno);
         }
     };
     let key = SockRevKey {
@@ -151,6 +142,35 @@ fn to_backend<const SENDMSG: bool>(ctx: &SockAddrContext) -> i32 {
     }
     count(Counter::SockTranslated);
     PROCEED
+}
+
+/// Why a socket is not sent to a backend: it goes on untouched, or its
+/// call fails with an errno.
+pub enum SocketRefusal {
+    Proceed(Counter),
+    Fail(Counter, i32),
+}
+
+/// The endpoint a socket of `client` with `cookie` connecting to
+/// `frontend` is sent to, with its service; or why it is not.
+#[inline(always)]
+pub fn socket_backend(
+    frontend: &ServiceKey,
+    client: u32,
+    cookie: u64,
+) -> Result<(ServiceValue, BackendValue), SocketRefusal> {
+    let Some(service) = lookup_frontend(frontend).filter(|s| s.flags & SVC_FLAG_DRAINING == 0)
+    else {
+        return Err(SocketRefusal::Proceed(Counter::SockPassNotService));
+    };
+    if !admits(&service, client) {
+        return Err(SocketRefusal::Fail(Counter::DropSourceRange, EHOSTUNREACH));
+    }
+    match new_backend(&service, socket_hash(cookie), client) {
+        Ok((_, backend)) => Ok((service, backend)),
+        Err(Decision::Drop(reason)) => Err(SocketRefusal::Fail(reason, EHOSTUNREACH)),
+        Err(_) => Err(SocketRefusal::Fail(Counter::SockRefused, ECONNREFUSED)),
+    }
 }
 
 /// The client's address as the source-range check sees it: the one the

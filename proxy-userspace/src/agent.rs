@@ -204,6 +204,7 @@ pub fn run(
     let mut load_options = LoadOptions::new(&config.pin_dir);
     load_options.node_ipv4 = node_ip;
     load_options.sizes = config.map_sizes;
+    load_options.trace_copy = true;
     load_options.socket_lb = config.socket_lb.scope.unwrap_or(SocketLbScope::Host);
     // Logs the kernel's features and the chosen fallbacks; fails naming a missing essential.
     let (mut datapath, features) = load_probed(&load_options)?;

@@ -15,7 +15,7 @@ use crate::{
 };
 
 fn open(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
-    MapData::from_pin(pin_dir.join("maps").join(name))
+    MapData::from_pin(pin_dir.join(crate::datapath::MAP_DIR).join(name))
         .map_err(|source| DatapathError::Map { name, source })
 }
 

@@ -197,12 +197,15 @@ enum Command {
         #[command(subcommand)]
         command: commands::ConntrackCommand,
     },
-    /// Packet tracing through the live programs (to come); for now
-    /// `--explain-drop COUNTER`: the conditions under which the programs
+    /// A packet from SRC to DST:PORT/PROTO through the agent's programs and
+    /// live service maps, decision by decision, without touching live state;
+    /// or `--explain-drop COUNTER`: the conditions under which the programs
     /// count COUNTER.
     Trace {
-        #[arg(long, value_name = "COUNTER")]
-        explain_drop: String,
+        #[arg(long, value_name = "COUNTER", conflicts_with_all = ["source", "destination"])]
+        explain_drop: Option<String>,
+        #[command(flatten)]
+        trace: vipr::cli::trace::TraceArgs,
     },
     /// Datapath counters with their rates.
     Stats {
@@ -407,7 +410,11 @@ async fn cli() -> anyhow::Result<()> {
         }
         Command::Service { command } => print!("{}", commands::service(&command)?),
         Command::Conntrack { command } => print!("{}", commands::conntrack(&command)?),
-        Command::Trace { explain_drop } => print!("{}", commands::explain_drop(&explain_drop)?),
+        Command::Trace {
+            explain_drop: Some(counter),
+            ..
+        } => print!("{}", commands::explain_drop(&counter)?),
+        Command::Trace { trace, .. } => print!("{}", vipr::cli::trace::trace(&trace)?),
         Command::Stats {
             bpffs,
             interval,

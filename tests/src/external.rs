@@ -246,7 +246,7 @@ impl ExternalCluster {
             .args(["--external-interfaces", "eth0", "--xdp", &xdp, "--bpffs"])
             .arg(&pins)
             .arg("--state-dir")
-            .arg(self.manifests.with_extension("state"))
+            .arg(self.state_dir())
             .arg("--healthz-bind-address")
             .arg(format!("127.0.0.1:{HEALTHZ_PORT}"))
             .arg("--cgroup-root")
@@ -289,6 +289,11 @@ impl ExternalCluster {
             .find(|c| c.0 == node)
             .expect("known node")
             .1
+    }
+
+    /// The agents' state directory (their name indexes).
+    pub fn state_dir(&self) -> PathBuf {
+        self.manifests.with_extension("state")
     }
 
     /// The pin directory of `node`'s agent.

@@ -6,6 +6,8 @@ pub mod conntrack;
 pub mod explain;
 pub mod services;
 pub mod stats;
+pub mod trace;
+mod trace_text;
 
 use std::path::Path;
 

@@ -73,7 +73,7 @@ pub fn rows(maps: &MapContents, names: Option<&NameIndex>) -> Vec<ServiceRow> {
         .collect()
 }
 
-fn row(
+pub fn row(
     maps: &MapContents,
     names: Option<&NameIndex>,
     key: &ServiceKey,

@@ -21,6 +21,9 @@ pub const PROGRAMS: [&str; 4] = [
     programs::TO_EXTERNAL,
 ];
 
+/// Under a pin directory: the pinned maps.
+pub const MAP_DIR: &str = "maps";
+
 /// Runtime knobs written into the object at load time.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -32,6 +35,9 @@ pub struct LoadOptions {
     /// Which sockets the cgroup hooks translate (when they are attached).
     pub socket_lb: super::SocketLbScope,
     pub sizes: MapSizes,
+    /// Also load the trace copy `vipr trace` runs (the agent does; tests
+    /// and probes need not pay for a second verification).
+    pub trace_copy: bool,
 }
 
 /// Capacity of the maps that grow with the cluster. Hash maps preallocate,
@@ -70,6 +76,7 @@ impl LoadOptions {
             node_ipv4: None,
             socket_lb: super::SocketLbScope::Host,
             sizes: MapSizes::default(),
+            trace_copy: false,
         }
     }
 }
@@ -93,7 +100,7 @@ impl Datapath {
             return Err(DatapathError::NoObject);
         }
         ensure_bpffs(&options.pin_dir)?;
-        let map_dir = options.pin_dir.join("maps");
+        let map_dir = options.pin_dir.join(MAP_DIR);
         for dir in [&options.pin_dir, &map_dir] {
             private_dir(dir).map_err(|source| DatapathError::Pins {
                 path: dir.display().to_string(),
@@ -101,26 +108,8 @@ impl Datapath {
             })?;
         }
         super::pins::check_pinned_layouts(&map_dir)?;
-        let node_ipv4 = options.node_ipv4.map_or(0, proxy_common::wire_addr);
-        // The namespace the agent runs in is the node's: host-scope socket
-        // translation keys on it.
-        let netns_cookie = super::netns_cookie()
-            .map_err(|e| DatapathError::MissingFeatures(format!("SO_NETNS_COOKIE ({e})")))?;
-        let socket_lb_scope = options.socket_lb.global();
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&map_dir)
-            .override_global(globals::HASH_SEED, &options.hash_seed, true)
-            .override_global(globals::NODE_IPV4, &node_ipv4, true)
-            .override_global(globals::NETNS_COOKIE, &netns_cookie, true)
-            .override_global(globals::SOCKET_LB_SCOPE, &socket_lb_scope, true)
-            .map_max_entries(maps::SERVICES, options.sizes.services)
-            .map_max_entries(maps::BACKENDS, options.sizes.backends)
-            .map_max_entries(maps::SLOTS, options.sizes.slots)
-            .map_max_entries(maps::CONNTRACK, options.sizes.conntrack)
-            .map_max_entries(maps::SOCK_REVNAT, options.sizes.socket_revnat)
-            // One member per slot at most.
-            .map_max_entries(maps::AFFINITY_MEMBERS, options.sizes.slots)
-            .load(OBJECT)?;
+        let globals = Globals::of(options)?;
+        let mut ebpf = globals.loader(&map_dir, &options.sizes).load(OBJECT)?;
         for name in PROGRAMS {
             program(&mut ebpf, name)?
                 .load()
@@ -132,6 +121,12 @@ impl Datapath {
                 name: programs::XDP_EXTERNAL,
                 source,
             })?;
+        // Tracing is for operators: the datapath serves without it.
+        if options.trace_copy
+            && let Err(error) = super::trace_copy::load(&options.pin_dir, &globals, &options.sizes)
+        {
+            tracing::warn!("vipr trace is unavailable: loading the trace copy failed: {error}");
+        }
         Ok(Self {
             ebpf,
             pin_dir: options.pin_dir.clone(),
@@ -144,6 +139,48 @@ impl Datapath {
 
     pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
         program(&mut self.ebpf, name)
+    }
+}
+
+/// The values written into the object's globals at load.
+pub(super) struct Globals {
+    hash_seed: u32,
+    node_ipv4: u32,
+    netns_cookie: u64,
+    socket_lb_scope: u8,
+}
+
+impl Globals {
+    fn of(options: &LoadOptions) -> Result<Self, DatapathError> {
+        Ok(Self {
+            hash_seed: options.hash_seed,
+            node_ipv4: options.node_ipv4.map_or(0, proxy_common::wire_addr),
+            // The namespace the agent runs in is the node's: host-scope
+            // socket translation keys on it.
+            netns_cookie: super::netns_cookie()
+                .map_err(|e| DatapathError::MissingFeatures(format!("SO_NETNS_COOKIE ({e})")))?,
+            socket_lb_scope: options.socket_lb.global(),
+        })
+    }
+
+    /// A loader that pins the object's maps under `map_dir` (reusing what is
+    /// pinned there) and writes these globals.
+    pub(super) fn loader<'a>(&'a self, map_dir: &'a Path, sizes: &MapSizes) -> EbpfLoader<'a> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .default_map_pin_directory(map_dir)
+            .override_global(globals::HASH_SEED, &self.hash_seed, true)
+            .override_global(globals::NODE_IPV4, &self.node_ipv4, true)
+            .override_global(globals::NETNS_COOKIE, &self.netns_cookie, true)
+            .override_global(globals::SOCKET_LB_SCOPE, &self.socket_lb_scope, true)
+            .map_max_entries(maps::SERVICES, sizes.services)
+            .map_max_entries(maps::BACKENDS, sizes.backends)
+            .map_max_entries(maps::SLOTS, sizes.slots)
+            .map_max_entries(maps::CONNTRACK, sizes.conntrack)
+            .map_max_entries(maps::SOCK_REVNAT, sizes.socket_revnat)
+            // One member per slot at most.
+            .map_max_entries(maps::AFFINITY_MEMBERS, sizes.slots);
+        loader
     }
 }
 
@@ -193,7 +230,7 @@ pub(super) const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// Creates `dir` (and its missing parents) readable by root only, and
 /// makes it so if it exists: pinned maps and links are the datapath's state.
 /// Pins themselves are 0600 (bpffs applies the umask to 0600).
-pub(super) fn private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -18,6 +18,8 @@ mod probe;
 mod sock_destroy;
 mod socket_lb;
 mod sys;
+mod trace_copy;
+mod trace_run;
 mod veth_peer;
 mod xdp_attach;
 
@@ -27,7 +29,7 @@ pub use fake::FakeMaps;
 pub use interfaces::{InterfaceSelector, all_interfaces, ipv4_addresses};
 pub use kernel::{KernelMaps, read_counters, source_range_of};
 pub use links::parent_device;
-pub use loader::{Datapath, LoadOptions, MapSizes, OBJECT, cleanup_pins};
+pub use loader::{Datapath, LoadOptions, MAP_DIR, MapSizes, OBJECT, cleanup_pins};
 pub use namespaces::{namespaces_in, run_in_each};
 pub use probe::{
     KernelFeatures, XdpSupport, load_probed, program_figures, report as features_report,
@@ -38,6 +40,8 @@ pub use socket_lb::{
     load_socket_programs,
 };
 pub use sys::{netns_cookie, trim_heap, use_one_malloc_arena};
+pub use trace_copy::trace_dir;
+pub use trace_run::{TraceInput, TraceRun, run_trace};
 pub use veth_peer::attach_pass_through;
 pub use xdp_attach::{XdpMode, attach_xdp, detach_xdp};
 

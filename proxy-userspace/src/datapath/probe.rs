@@ -181,7 +181,9 @@ pub fn program_figures(datapath: &mut Datapath) -> Vec<String> {
     let mut lines: Vec<String> = datapath
         .ebpf
         .programs()
-        .filter(|(name, _)| ![programs::PROBE_TC, programs::XDP_PASS].contains(name))
+        .filter(|(name, _)| {
+            ![programs::PROBE_TC, programs::XDP_PASS, programs::TRACE_HOST].contains(name)
+        })
         .map(|(name, program)| match program.info() {
             Ok(info) => format!(
                 "program {name}: {} insns, {} verified",

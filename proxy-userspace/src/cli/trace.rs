@@ -1,0 +1,427 @@
+//! `vipr trace SRC DST:PORT/PROTO`: a packet built here, run through the
+//! agent's trace copy of its programs (BPF_PROG_TEST_RUN against the live
+//! service maps, scratch state; see `datapath::trace_copy`), and each
+//! decision the programs took, named with the agent's name index.
+use std::net::Ipv4Addr;
+
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use proxy_common::{
+    AffinityKey, CT_FLAG_SNAT, CT_FORWARD, CtKey, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL, ServiceKey, programs, wire_addr,
+};
+use serde::Serialize;
+
+use super::services::{ServiceRow, protocol_name, row};
+use super::{AgentFiles, CliError, Output};
+use crate::datapath::{TraceInput, TraceRun, run_trace};
+use crate::inspect::pinned_contents;
+
+/// Where the traced packet comes from, which picks the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A pod: the TC program on its host-side interface.
+    Pod,
+    /// Outside the node: the external interface's TC program (or `--xdp`).
+    External,
+    /// A process in the node's network namespace: the socket hooks' decision.
+    Host,
+}
+
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Pod => "pod",
+            Origin::External => "external",
+            Origin::Host => "host",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpFlags {
+    /// A new connection.
+    Syn,
+    /// A segment of an established connection.
+    Ack,
+    Fin,
+    Rst,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct TraceArgs {
+    /// The client: ADDR or ADDR:PORT (port 40000 if left out).
+    pub source: Option<String>,
+    /// ADDR:PORT/PROTO, PROTO tcp (default) or udp.
+    pub destination: Option<String>,
+    #[arg(long, value_enum, default_value = "pod")]
+    pub from: Origin,
+    /// The interface the packet arrives on.
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// With `--from external`: the XDP program instead of TC.
+    #[arg(long)]
+    pub xdp: bool,
+    #[arg(long, value_enum, default_value = "syn")]
+    pub tcp_flags: TcpFlags,
+    #[command(flatten)]
+    pub files: super::commands::ListArgs,
+}
+
+const DEFAULT_CLIENT_PORT: u16 = 40_000;
+const TTL: u8 = 64;
+const TCP_WINDOW: u16 = 64_240;
+const SEQUENCE: u32 = 1;
+/// Locally administered MACs: the programs do not read them.
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// A packet's tuple as the trace shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PacketView {
+    pub src: String,
+    pub dst: String,
+    pub protocol: String,
+    /// TCP flags, or "" for UDP.
+    pub flags: String,
+}
+
+/// How the endpoint was chosen.
+#[derive(Clone, Debug, Serialize)]
+pub struct Choice {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// "conntrack", "affinity" or "slot".
+    pub by: &'static str,
+    /// With "slot": the slot `hash % candidates` picked.
+    pub slot: Option<u32>,
+    pub hash: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceReport {
+    pub from: Origin,
+    pub program: &'static str,
+    pub packet: PacketView,
+    /// The frontend the program looked up, and whether it exists.
+    pub frontend_looked_up: Option<String>,
+    /// The matched frontend as `vipr service list` shows it.
+    pub service: Option<ServiceRow>,
+    /// Live conntrack entries of this flow the run started from.
+    pub conntrack_entries: usize,
+    pub chosen: Option<Choice>,
+    /// The node address and port a new masqueraded flow leaves with. The
+    /// port is the one free in the trace's scratch table: the live one may differ.
+    pub masquerade: Option<String>,
+    /// Counters the packet moved (in the trace copy's own counters).
+    pub counted: Vec<&'static str>,
+    /// pass, drop, redirect, tx, ...
+    pub verdict: String,
+    pub output: Option<PacketView>,
+    pub notes: Vec<String>,
+}
+
+pub fn trace(args: &TraceArgs) -> Result<String, CliError> {
+    let (source, destination) = match (&args.source, &args.destination) {
+        (Some(s), Some(d)) => (s.as_str(), d.as_str()),
+        _ => {
+            return Err(usage(
+                "give SRC and DST:PORT/PROTO, or --explain-drop COUNTER",
+            ));
+        }
+    };
+    let client = parse_source(source)?;
+    let (dst, protocol) = parse_destination(destination)?;
+    let frame = build_frame(client, dst, protocol, args.tcp_flags)?;
+    let program = program_for(args.from, args.xdp)?;
+    let scope = if args.from == Origin::External {
+        SCOPE_EXTERNAL
+    } else {
+        SCOPE_INTERNAL
+    };
+    let frontend = ServiceKey::scoped(dst.0, dst.1, protocol, scope);
+    let maps = pinned_contents(&args.files.bpffs)?;
+    let affinity = maps.services.get(&frontend).map(|s| AffinityKey {
+        service_id: s.service_id,
+        client_addr: wire_addr(client.0),
+    });
+    let ifindex = match &args.iface {
+        Some(name) => Some(interface_index(name)?),
+        None => None,
+    };
+    let flow = CtKey {
+        src_addr: wire_addr(client.0),
+        dst_addr: wire_addr(dst.0),
+        src_port: client.1.to_be(),
+        dst_port: dst.1.to_be(),
+        proto: protocol,
+        direction: CT_FORWARD,
+        _pad: [0; 2],
+    };
+    let input = TraceInput {
+        program,
+        frame: &frame,
+        flow,
+        affinity,
+        ifindex,
+    };
+    let run = run_trace(&args.files.bpffs, &input)?;
+    let files = AgentFiles {
+        pin_dir: &args.files.bpffs,
+        state_dir: &args.files.state_dir,
+    };
+    let names = files.names().ok();
+    let report = report(args.from, program, &frame, &run, &maps, names.as_ref());
+    match args.files.output {
+        Output::Json => Ok(serde_json::to_string_pretty(&report)? + "\n"),
+        Output::Table => Ok(super::trace_text::render(&report)),
+    }
+}
+
+fn usage(message: &str) -> CliError {
+    CliError::Usage(message.to_string())
+}
+
+fn program_for(from: Origin, xdp: bool) -> Result<&'static str, CliError> {
+    match (from, xdp) {
+        (Origin::Pod, false) => Ok(programs::FROM_POD),
+        (Origin::External, false) => Ok(programs::FROM_EXTERNAL),
+        (Origin::External, true) => Ok(programs::XDP_EXTERNAL),
+        (Origin::Host, false) => Ok(programs::TRACE_HOST),
+        (_, true) => Err(usage("--xdp traces only --from external")),
+    }
+}
+
+fn interface_index(name: &str) -> Result<u32, CliError> {
+    nix::net::if_::if_nametoindex(name).map_err(|e| usage(&format!("interface {name}: {e}")))
+}
+
+fn parse_source(text: &str) -> Result<(Ipv4Addr, u16), CliError> {
+    if let Ok(ip) = text.parse::<Ipv4Addr>() {
+        return Ok((ip, DEFAULT_CLIENT_PORT));
+    }
+    let addr: std::net::SocketAddrV4 = text
+        .parse()
+        .map_err(|_| usage(&format!("SRC {text:?}: expected ADDR or ADDR:PORT (IPv4)")))?;
+    Ok((*addr.ip(), addr.port()))
+}
+
+fn parse_destination(text: &str) -> Result<((Ipv4Addr, u16), u8), CliError> {
+    let (addr, protocol) = match text.rsplit_once('/') {
+        Some((addr, protocol)) => (addr, protocol),
+        None => (text, "tcp"),
+    };
+    let protocol = match protocol.to_ascii_lowercase().as_str() {
+        "tcp" => IPPROTO_TCP,
+        "udp" => IPPROTO_UDP,
+        other => return Err(usage(&format!("protocol {other:?}: tcp or udp"))),
+    };
+    let addr: std::net::SocketAddrV4 = addr
+        .parse()
+        .map_err(|_| usage(&format!("DST {text:?}: expected ADDR:PORT/PROTO (IPv4)")))?;
+    Ok(((*addr.ip(), addr.port()), protocol))
+}
+
+fn build_frame(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    protocol: u8,
+    flags: TcpFlags,
+) -> Result<Vec<u8>, CliError> {
+    let ip =
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv4(src.0.octets(), dst.0.octets(), TTL);
+    let mut frame = Vec::new();
+    let written = if protocol == IPPROTO_UDP {
+        ip.udp(src.1, dst.1).write(&mut frame, b"trace")
+    } else {
+        let tcp = ip.tcp(src.1, dst.1, SEQUENCE, TCP_WINDOW);
+        let tcp = match flags {
+            TcpFlags::Syn => tcp.syn(),
+            TcpFlags::Ack => tcp.ack(SEQUENCE),
+            TcpFlags::Fin => tcp.fin().ack(SEQUENCE),
+            TcpFlags::Rst => tcp.rst(),
+        };
+        tcp.write(&mut frame, b"")
+    };
+    written.map_err(|e| usage(&format!("building the packet: {e}")))?;
+    Ok(frame)
+}
+
+/// The tuple of an Ethernet frame, if it is IPv4 TCP or UDP.
+pub fn view(frame: &[u8]) -> Option<PacketView> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(etherparse::NetSlice::Ipv4(ip)) = packet.net else {
+        return None;
+    };
+    let (src_ip, dst_ip) = (ip.header().source_addr(), ip.header().destination_addr());
+    let (protocol, src_port, dst_port, flags) = match packet.transport? {
+        TransportSlice::Tcp(tcp) => {
+            let names = [
+                (tcp.syn(), "SYN"),
+                (tcp.ack(), "ACK"),
+                (tcp.fin(), "FIN"),
+                (tcp.rst(), "RST"),
+            ];
+            let set: Vec<&str> = names
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, n)| *n)
+                .collect();
+            (
+                IPPROTO_TCP,
+                tcp.source_port(),
+                tcp.destination_port(),
+                set.join(","),
+            )
+        }
+        TransportSlice::Udp(udp) => (
+            IPPROTO_UDP,
+            udp.source_port(),
+            udp.destination_port(),
+            String::new(),
+        ),
+        TransportSlice::Icmpv4(_) => {
+            return Some(PacketView {
+                src: src_ip.to_string(),
+                dst: dst_ip.to_string(),
+                protocol: "icmp".into(),
+                flags: String::new(),
+            });
+        }
+        _ => return None,
+    };
+    Some(PacketView {
+        src: format!("{src_ip}:{src_port}"),
+        dst: format!("{dst_ip}:{dst_port}"),
+        protocol: protocol_name(protocol),
+        flags,
+    })
+}
+
+fn report(
+    from: Origin,
+    program: &'static str,
+    frame: &[u8],
+    run: &TraceRun,
+    maps: &crate::plan::MapContents,
+    names: Option<&crate::names::NameIndex>,
+) -> TraceReport {
+    use proxy_common::{
+        TRACE_AFFINITY_FOLLOWED, TRACE_CONNTRACK_FOLLOWED, TRACE_FRONTEND_FOUND,
+        TRACE_FRONTEND_LOOKED_UP, TRACE_SLOT_PICKED,
+    };
+    let record = &run.record;
+    let steps = |bit: u32| record.steps & bit != 0;
+    let frontend = record.frontend;
+    let frontend_looked_up = steps(TRACE_FRONTEND_LOOKED_UP).then(|| {
+        let found = if steps(TRACE_FRONTEND_FOUND) {
+            ""
+        } else {
+            " (no such frontend)"
+        };
+        format!(
+            "{}:{}/{} {}{found}",
+            frontend.ip(),
+            frontend.port(),
+            protocol_name(frontend.proto),
+            if frontend.scope == SCOPE_EXTERNAL {
+                "external"
+            } else {
+                "internal"
+            },
+        )
+    });
+    let service = steps(TRACE_FRONTEND_FOUND)
+        .then(|| {
+            maps.services
+                .get(&frontend)
+                .map(|v| row(maps, names, &frontend, v))
+        })
+        .flatten();
+    let by = [
+        (TRACE_CONNTRACK_FOLLOWED, "conntrack"),
+        (TRACE_AFFINITY_FOLLOWED, "affinity"),
+        (TRACE_SLOT_PICKED, "slot"),
+    ]
+    .into_iter()
+    .find(|(bit, _)| steps(*bit))
+    .map(|(_, by)| by);
+    let chosen = by.and_then(|by| {
+        let backend = maps.backends.get(&record.backend_id)?;
+        let slot = by == "slot";
+        Some(Choice {
+            ip: backend.ip(),
+            port: backend.port(),
+            by,
+            slot: slot.then_some(record.slot),
+            hash: slot.then_some(record.hash),
+        })
+    });
+    let masquerade = run
+        .conntrack_after
+        .iter()
+        .filter(|(key, value)| {
+            value.flags & CT_FLAG_SNAT != 0 && !run.conntrack_before.iter().any(|(k, _)| k == key)
+        })
+        .map(|(_, value)| {
+            format!(
+                "{}:{}",
+                proxy_common::host_addr(value.snat_addr),
+                u16::from_be(value.snat_port)
+            )
+        })
+        .next();
+    let mut notes = Vec::new();
+    if from == Origin::Host {
+        notes.push(
+            "the socket hooks choose per socket: this shows one socket's choice, \
+             another client port stands for another socket"
+                .to_string(),
+        );
+    }
+    TraceReport {
+        from,
+        program,
+        packet: view(frame).unwrap_or(PacketView {
+            src: String::new(),
+            dst: String::new(),
+            protocol: String::new(),
+            flags: String::new(),
+        }),
+        frontend_looked_up,
+        service,
+        conntrack_entries: run.conntrack_before.len(),
+        chosen,
+        masquerade,
+        counted: run.counted.iter().map(|(c, _)| c.name()).collect(),
+        verdict: verdict_name(program, run.return_value),
+        output: view(&run.frame_out),
+        notes,
+    }
+}
+
+/// The kernel's verdict values (`enum xdp_action`; `TC_ACT_*` in
+/// pkt_cls.h), which aya's generated bindings do not carry.
+const XDP_VERDICTS: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
+const TC_ACT_UNSPEC: i32 = -1;
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_REDIRECT: i32 = 7;
+
+fn verdict_name(program: &str, value: u32) -> String {
+    let name = if program == programs::XDP_EXTERNAL {
+        XDP_VERDICTS
+            .get(value as usize)
+            .copied()
+            .unwrap_or("unknown")
+    } else {
+        match value as i32 {
+            TC_ACT_UNSPEC | TC_ACT_OK => "pass",
+            TC_ACT_SHOT => "drop",
+            TC_ACT_REDIRECT => "redirect",
+            _ => "unknown",
+        }
+    };
+    format!("{name} ({value})")
+}

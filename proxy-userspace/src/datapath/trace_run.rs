@@ -1,0 +1,252 @@
+//! One packet through the trace copy (BPF_PROG_TEST_RUN), and what it left
+//! in the copy's scratch maps. Before the run the scratch maps are emptied
+//! and given the live state the packet would meet: its flow's conntrack
+//! entries and its client's affinity, copied, never moved.
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::util::nr_cpus;
+use proxy_common::{
+    AffinityKey, AffinityValue, CT_FORWARD, CT_REVERSE, Counter, CtKey, CtValue, SockRevKey,
+    SockRevValue, TraceRecord, maps, programs,
+};
+
+use super::DatapathError;
+use super::kernel::read_counters;
+use super::trace_copy::{scratch_map, trace_dir};
+
+/// The leading fields of the UAPI `struct __sk_buff` (and of `struct
+/// xdp_md`) up to the interface index, which is all a trace sets: the
+/// kernel accepts a shorter context and zeroes the rest. aya's generated
+/// bindings do not carry these structs.
+const SKB_IFINDEX_OFFSET: usize = 40;
+const XDP_INGRESS_IFINDEX_OFFSET: usize = 12;
+const IFINDEX_SIZE: usize = 4;
+
+/// The test-run context that puts the packet on `ifindex`.
+fn context_on(ifindex: u32, xdp: bool) -> Vec<u8> {
+    let offset = if xdp {
+        XDP_INGRESS_IFINDEX_OFFSET
+    } else {
+        SKB_IFINDEX_OFFSET
+    };
+    let mut context = vec![0u8; offset + IFINDEX_SIZE];
+    context[offset..].copy_from_slice(&ifindex.to_ne_bytes());
+    context
+}
+
+/// Room for what a program may add to a frame (an ICMP error quotes it).
+const FRAME_HEADROOM: usize = 256;
+
+pub struct TraceInput<'a> {
+    /// One of the trace copy's programs.
+    pub program: &'static str,
+    /// An Ethernet frame.
+    pub frame: &'a [u8],
+    /// The packet's tuple as a forward conntrack key (`CT_FORWARD`).
+    pub flow: CtKey,
+    /// The affinity the packet's client may have with the frontend it
+    /// addresses, if that frontend exists.
+    pub affinity: Option<AffinityKey>,
+    /// The interface the packet arrives on (else the kernel's loopback).
+    pub ifindex: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct TraceRun {
+    /// The program's verdict (TC_ACT_* or XDP_*).
+    pub return_value: u32,
+    pub frame_out: Vec<u8>,
+    /// Counters the run moved, with how much.
+    pub counted: Vec<(Counter, u64)>,
+    pub record: TraceRecord,
+    /// Live conntrack entries the run started from.
+    pub conntrack_before: Vec<(CtKey, CtValue)>,
+    /// The scratch conntrack after the run.
+    pub conntrack_after: Vec<(CtKey, CtValue)>,
+    /// The live affinity the run started from.
+    pub affinity_before: Option<AffinityValue>,
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn open_map(path: PathBuf, name: &'static str) -> Result<MapData, DatapathError> {
+    MapData::from_pin(path).map_err(map_error(name))
+}
+
+fn live(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
+    open_map(pin_dir.join(super::loader::MAP_DIR).join(name), name)
+}
+
+fn scratch(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
+    open_map(scratch_map(pin_dir, name), name)
+}
+
+fn hash_map<K: aya::Pod, V: aya::Pod>(
+    data: MapData,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, DatapathError> {
+    HashMap::try_from(Map::HashMap(data)).map_err(map_error(name))
+}
+
+fn lru_map<K: aya::Pod, V: aya::Pod>(
+    data: MapData,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, DatapathError> {
+    HashMap::try_from(Map::LruHashMap(data)).map_err(map_error(name))
+}
+
+/// Deletes every entry of a scratch hash map.
+fn clear<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let keys: Vec<K> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_error(name))?;
+    for key in keys {
+        map.remove(&key).map_err(map_error(name))?;
+    }
+    Ok(())
+}
+
+/// Runs `input` through the trace copy of the agent pinned at `pin_dir`.
+/// Traces are serialised by a lock on the trace directory: they share the
+/// scratch maps.
+pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, DatapathError> {
+    let dir = trace_dir(pin_dir);
+    let pins_error = |source: std::io::Error| DatapathError::Pins {
+        path: dir.display().to_string(),
+        source,
+    };
+    let handle = std::fs::File::open(&dir).map_err(pins_error)?;
+    let _lock = nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| pins_error(errno.into()))?;
+
+    let mut conntrack: HashMap<_, CtKey, CtValue> =
+        hash_map(scratch(pin_dir, maps::CONNTRACK)?, maps::CONNTRACK)?;
+    let mut affinity: HashMap<_, AffinityKey, AffinityValue> =
+        lru_map(scratch(pin_dir, maps::AFFINITY)?, maps::AFFINITY)?;
+    let mut sockets: HashMap<_, SockRevKey, SockRevValue> =
+        lru_map(scratch(pin_dir, maps::SOCK_REVNAT)?, maps::SOCK_REVNAT)?;
+    let mut counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(scratch(pin_dir, maps::COUNTERS)?))
+            .map_err(map_error(maps::COUNTERS))?;
+    let mut record: Array<_, TraceRecord> =
+        Array::try_from(Map::Array(scratch(pin_dir, proxy_common::TRACE_RECORD)?))
+            .map_err(map_error(proxy_common::TRACE_RECORD))?;
+
+    clear(&mut conntrack, maps::CONNTRACK)?;
+    clear(&mut affinity, maps::AFFINITY)?;
+    clear(&mut sockets, maps::SOCK_REVNAT)?;
+    let cpus = nr_cpus().map_err(|(_, e)| pins_error(e))?;
+    for counter in Counter::ALL {
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(pins_error)?;
+        counters
+            .set(*counter as u32, zeros, 0)
+            .map_err(map_error(maps::COUNTERS))?;
+    }
+    record
+        .set(0, TraceRecord::default(), 0)
+        .map_err(map_error(proxy_common::TRACE_RECORD))?;
+
+    let conntrack_before = seed_conntrack(pin_dir, &input.flow, &mut conntrack)?;
+    let affinity_before = match &input.affinity {
+        Some(key) => seed_affinity(pin_dir, key, &mut affinity)?,
+        None => None,
+    };
+
+    let xdp = input.program == programs::XDP_EXTERNAL;
+    let mut frame_out = vec![0u8; input.frame.len() + FRAME_HEADROOM];
+    let context = input.ifindex.map(|ifindex| context_on(ifindex, xdp));
+    let options = TestRunOptions {
+        data_in: Some(input.frame),
+        data_out: Some(&mut frame_out),
+        ctx_in: context.as_deref(),
+        ..TestRunOptions::default()
+    };
+    let program_path = dir.join(input.program);
+    let program_error = |source| DatapathError::Program {
+        name: input.program,
+        source,
+    };
+    let result = if xdp {
+        Xdp::from_pin(&program_path, aya_obj::programs::XdpAttachType::Interface)
+            .map_err(program_error)?
+            .test_run(options)
+    } else {
+        SchedClassifier::from_pin(&program_path)
+            .map_err(program_error)?
+            .test_run(options)
+    }
+    .map_err(program_error)?;
+    frame_out.truncate(result.data_size_out as usize);
+
+    let counted = read_counters(&counters)?
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let conntrack_after = conntrack
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(map_error(maps::CONNTRACK))?;
+    Ok(TraceRun {
+        return_value: result.return_value,
+        frame_out,
+        counted,
+        record: record
+            .get(&0, 0)
+            .map_err(map_error(proxy_common::TRACE_RECORD))?,
+        conntrack_before,
+        conntrack_after,
+        affinity_before,
+    })
+}
+
+/// Copies the live entries of `flow`, both directions, and their partners.
+fn seed_conntrack(
+    pin_dir: &Path,
+    flow: &CtKey,
+    scratch: &mut HashMap<MapData, CtKey, CtValue>,
+) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
+    let live: HashMap<_, CtKey, CtValue> =
+        hash_map(live(pin_dir, maps::CONNTRACK)?, maps::CONNTRACK)?;
+    let mut copied = Vec::new();
+    for direction in [CT_FORWARD, CT_REVERSE] {
+        let key = CtKey { direction, ..*flow };
+        let Ok(value) = live.get(&key, 0) else {
+            continue;
+        };
+        let partner = key.partner(&value);
+        copied.push((key, value));
+        if let Ok(partner_value) = live.get(&partner, 0) {
+            copied.push((partner, partner_value));
+        }
+    }
+    for (key, value) in &copied {
+        scratch
+            .insert(key, value, 0)
+            .map_err(map_error(maps::CONNTRACK))?;
+    }
+    Ok(copied)
+}
+
+fn seed_affinity(
+    pin_dir: &Path,
+    key: &AffinityKey,
+    scratch: &mut HashMap<MapData, AffinityKey, AffinityValue>,
+) -> Result<Option<AffinityValue>, DatapathError> {
+    let live: HashMap<_, AffinityKey, AffinityValue> =
+        lru_map(live(pin_dir, maps::AFFINITY)?, maps::AFFINITY)?;
+    let Ok(value) = live.get(key, 0) else {
+        return Ok(None);
+    };
+    scratch
+        .insert(key, value, 0)
+        .map_err(map_error(maps::AFFINITY))?;
+    Ok(Some(value))
+}
