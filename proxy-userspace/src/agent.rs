@@ -204,10 +204,10 @@ pub fn run(
     let mut load_options = LoadOptions::new(&config.pin_dir);
     load_options.node_ipv4 = node_ip;
     load_options.sizes = config.map_sizes;
-    load_options.trace_copy = true;
     load_options.socket_lb = config.socket_lb.scope.unwrap_or(SocketLbScope::Host);
     // Logs the kernel's features and the chosen fallbacks; fails naming a missing essential.
     let (mut datapath, features) = load_probed(&load_options)?;
+    spawn_trace_copy(load_options.clone());
     let stale_udp =
         socket_lb::set_up(&config.socket_lb, &config.pin_dir, &mut datapath, &features)?;
     let syncer = Syncer::restore(KernelMaps::take(&mut datapath)?)?;
@@ -456,4 +456,22 @@ pub fn stop_on_signals() -> Arc<AtomicBool> {
         flag.store(true, Ordering::Relaxed);
     });
     stop
+}
+
+/// Loads the trace copy off the agent's path: a second verification of
+/// every program must not delay serving, and tracing is for operators, so
+/// the datapath serves without it.
+fn spawn_trace_copy(options: LoadOptions) {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        match crate::datapath::load_trace_copy(&options) {
+            Ok(()) => info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "trace copy loaded"
+            ),
+            Err(error) => {
+                warn!("vipr trace is unavailable: loading the trace copy failed: {error}")
+            }
+        }
+    });
 }

@@ -496,6 +496,13 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// The bpffs directory the programs and maps are pinned under.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pin_dir
+    }
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         let _ = cleanup_pins(&self.pin_dir);

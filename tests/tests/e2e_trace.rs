@@ -187,6 +187,12 @@ fn traces(cluster: &mut ExternalCluster) -> Result<()> {
         let to = chosen(&r).context("chosen")?;
         let remote = to.starts_with(&PODS[1].2.to_string());
         ensure!(r["masquerade"].is_string() == remote, "{r:#}");
+        if let Some(masquerade) = r["masquerade"].as_str() {
+            ensure!(
+                masquerade.starts_with(&format!("{}:", NODE_IPS[0])),
+                "{r:#}"
+            );
+        }
         if remote {
             let from_node = r["output"]["src"].as_str().context("output")?;
             ensure!(from_node.starts_with(&format!("{}:", NODE_IPS[0])), "{r:#}");

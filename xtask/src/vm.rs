@@ -227,10 +227,15 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
     Ok(Payload {
         vipr: stage(root.join("target/debug/vipr"), "vipr")?,
         vipr_release: stage(root.join("target/release/vipr"), "vipr-release")?,
-        packets: ["packets", "packets_xdp", "packets_conntrack"]
-            .into_iter()
-            .map(|name| stage(executable(name)?, name))
-            .collect::<anyhow::Result<_>>()?,
+        packets: [
+            "packets",
+            "packets_xdp",
+            "packets_conntrack",
+            "packets_trace",
+        ]
+        .into_iter()
+        .map(|name| stage(executable(name)?, name))
+        .collect::<anyhow::Result<_>>()?,
         e2e: stage(executable("e2e")?, "e2e")?,
         e2e_socket: stage(executable("e2e_socket")?, "e2e_socket")?,
         e2e_restart: stage(executable("e2e_restart")?, "e2e_restart")?,

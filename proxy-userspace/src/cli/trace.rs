@@ -361,8 +361,11 @@ fn report(
     let masquerade = run
         .conntrack_after
         .iter()
+        // The forward entry holds the node's address; the reverse one the client's.
         .filter(|(key, value)| {
-            value.flags & CT_FLAG_SNAT != 0 && !run.conntrack_before.iter().any(|(k, _)| k == key)
+            key.direction == CT_FORWARD
+                && value.flags & CT_FLAG_SNAT != 0
+                && !run.conntrack_before.iter().any(|(k, _)| k == key)
         })
         .map(|(_, value)| {
             format!(

@@ -35,9 +35,6 @@ pub struct LoadOptions {
     /// Which sockets the cgroup hooks translate (when they are attached).
     pub socket_lb: super::SocketLbScope,
     pub sizes: MapSizes,
-    /// Also load the trace copy `vipr trace` runs (the agent does; tests
-    /// and probes need not pay for a second verification).
-    pub trace_copy: bool,
 }
 
 /// Capacity of the maps that grow with the cluster. Hash maps preallocate,
@@ -76,7 +73,6 @@ impl LoadOptions {
             node_ipv4: None,
             socket_lb: super::SocketLbScope::Host,
             sizes: MapSizes::default(),
-            trace_copy: false,
         }
     }
 }
@@ -121,12 +117,6 @@ impl Datapath {
                 name: programs::XDP_EXTERNAL,
                 source,
             })?;
-        // Tracing is for operators: the datapath serves without it.
-        if options.trace_copy
-            && let Err(error) = super::trace_copy::load(&options.pin_dir, &globals, &options.sizes)
-        {
-            tracing::warn!("vipr trace is unavailable: loading the trace copy failed: {error}");
-        }
         Ok(Self {
             ebpf,
             pin_dir: options.pin_dir.clone(),
@@ -182,6 +172,13 @@ impl Globals {
             .map_max_entries(maps::AFFINITY_MEMBERS, sizes.slots);
         loader
     }
+}
+
+/// Loads the trace copy `vipr trace` runs beside the datapath `options`
+/// loaded (same globals, same live service maps); see `trace_copy`.
+pub fn load_trace_copy(options: &LoadOptions) -> Result<(), DatapathError> {
+    let globals = Globals::of(options)?;
+    super::trace_copy::load(&options.pin_dir, &globals, &options.sizes)
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
