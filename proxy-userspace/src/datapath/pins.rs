@@ -7,7 +7,7 @@ use std::{mem::size_of, path::Path};
 use aya::maps::{MapInfo, MapType};
 use proxy_common::{
     AffinityKey, AffinityMember, AffinityValue, BackendValue, CtKey, CtValue, ServiceKey,
-    ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey, maps,
+    ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey, TraceRecord, maps,
 };
 
 use super::DatapathError;
@@ -16,7 +16,7 @@ use super::DatapathError;
 const LPM_PREFIX_LEN: usize = size_of::<u32>();
 
 /// Every map the object pins: name, type, key size, value size.
-const LAYOUTS: [(&str, MapType, usize, usize); 9] = [
+const LAYOUTS: [(&str, MapType, usize, usize); 10] = [
     (
         maps::SERVICES,
         MapType::Hash,
@@ -70,6 +70,12 @@ const LAYOUTS: [(&str, MapType, usize, usize); 9] = [
         MapType::Hash,
         size_of::<AffinityMember>(),
         size_of::<u32>(),
+    ),
+    (
+        proxy_common::TRACE_RECORD,
+        MapType::Array,
+        size_of::<u32>(),
+        size_of::<TraceRecord>(),
     ),
 ];
 
