@@ -366,6 +366,20 @@ pub fn ensure_bpffs() -> Result<()> {
     .context("mount bpffs on /sys/fs/bpf")
 }
 
+/// What a node's agent is started with; [`DemoCluster::start_with`] lets a
+/// test start it its own way (in a container).
+#[derive(Debug)]
+pub struct AgentSpec<'a> {
+    pub node: &'a str,
+    pub netns: &'a str,
+    pub bpffs: &'a Path,
+    pub manifests: &'a Path,
+    pub pod_interfaces: String,
+}
+
+/// Builds the command of a node's agent, or None for the plain process.
+pub type AgentLauncher<'a> = &'a dyn Fn(&AgentSpec) -> Result<Option<std::process::Command>>;
+
 #[derive(Debug)]
 struct Agent {
     node: String,
@@ -395,6 +409,16 @@ impl DemoCluster {
     /// The agents are stopped when the calling thread exits: keep the cluster
     /// on the thread that started it.
     pub fn start(vipr_bin: &Path, manifests_dir: &Path) -> Result<Self> {
+        Self::start_with(vipr_bin, manifests_dir, &|_| Ok(None))
+    }
+
+    /// [`Self::start`], with the agents whose command `launch` returns
+    /// started by that command instead (its stdout and stderr are the log).
+    pub fn start_with(
+        vipr_bin: &Path,
+        manifests_dir: &Path,
+        launch: AgentLauncher,
+    ) -> Result<Self> {
         ensure!(
             vipr_bin.is_file(),
             "vipr binary {} not found (build it with `cargo build -p proxy-userspace` or set VIPR_BIN)",
@@ -428,14 +452,14 @@ impl DemoCluster {
             topo.add_pod(node, name, &ip.to_string())?;
         }
         cluster.topology = Some(topo);
-        if let Err(e) = cluster.start_inner() {
+        if let Err(e) = cluster.start_inner(launch) {
             let logs = cluster.logs();
             return Err(e.context(format!("demo cluster failed to start; agent logs:\n{logs}")));
         }
         Ok(cluster)
     }
 
-    fn start_inner(&mut self) -> Result<()> {
+    fn start_inner(&mut self, launch: AgentLauncher) -> Result<()> {
         let topo = self.topology.as_ref().context("no topology")?;
         for b in BACKENDS {
             self.servers.push(EchoServer::start(
@@ -451,6 +475,25 @@ impl DemoCluster {
             let log = self.work_dir.join(format!("vipr-{node}.log"));
             let out = File::create(&log)?;
             let err = out.try_clone()?;
+            let spec = AgentSpec {
+                node,
+                netns: &netns,
+                bpffs: &bpffs,
+                manifests: &self.manifests_dir,
+                pod_interfaces: topo.pod_interface_glob(),
+            };
+            if let Some(mut cmd) = launch(&spec)? {
+                cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+                let child = ChildGuard::spawn(&mut cmd)?;
+                self.agents.push(Agent {
+                    node: node.to_owned(),
+                    netns,
+                    bpffs,
+                    log,
+                    child,
+                });
+                continue;
+            }
             // setpriv: the agent gets SIGTERM if the thread that started it dies
             // (a killed test run), instead of lingering with its programs attached.
             let mut cmd = netns::command_in(&netns, "setpriv");

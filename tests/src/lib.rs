@@ -4,6 +4,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod cgroup;
 pub mod churn;
+pub mod container;
 pub mod demo;
 pub mod echo;
 pub mod external;

@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask <setup|build-ebpf|demo|test|bench|bench-sync|fuzz>`.
+//! Project tasks: `cargo xtask <setup|build-ebpf|image|demo|test|bench|bench-sync|fuzz>`.
 mod fuzz;
+mod image;
 mod setup;
 mod vm;
 
@@ -24,6 +25,12 @@ enum Task {
     Setup,
     /// Build the kernel programs (and the agent that embeds them).
     BuildEbpf,
+    /// Build the agent's container image from this workspace (a static
+    /// `vipr` on an empty base) as an OCI archive for `podman load`.
+    Image {
+        #[arg(long, default_value = "target/image")]
+        out: PathBuf,
+    },
     /// Build, start a two-node demo cluster in network namespaces, send requests, tear down.
     Demo {
         /// Number of TCP requests to send through the ClusterIP.
@@ -96,6 +103,10 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Task::Image { out } => {
+            setup::run()?;
+            image::build(&root, &root.join(out)).map(drop)
+        }
         Task::Demo { requests } => {
             require_root()?;
             setup::run()?;
@@ -131,6 +142,8 @@ fn main() -> anyhow::Result<()> {
             let vipr = build_agent(&root)?;
             // Another build of the same source: the restart test upgrades to it.
             cargo(&root, &["build", "--release", "-p", "proxy-userspace"])?;
+            // The container test runs the agent from the image.
+            let image = image::build(&root, &root.join("target/image"))?;
             // Pure and unit tests in parallel; the kernel-facing tests share
             // kernel state and run one at a time.
             cargo(&root, &["test", "--workspace", "--exclude", "vipr-tests"])?;
@@ -138,6 +151,7 @@ fn main() -> anyhow::Result<()> {
                 .current_dir(&root)
                 .env("VIPR_BIN", &vipr)
                 .env("VIPR_BIN_ALT", root.join("target/release/vipr"))
+                .env("VIPR_IMAGE", &image)
                 .args(["test", "-p", "vipr-tests", "--", "--test-threads=1"])
                 .status()?;
             if !status.success() {
@@ -257,9 +271,13 @@ fn build_agent(root: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn find_object(root: &Path) -> anyhow::Result<PathBuf> {
-    let build = root.join("target/debug/build");
+    find_object_in(&root.join("target/debug/build"))
+}
+
+/// The newest kernel object a build script left under `build`.
+fn find_object_in(build: &Path) -> anyhow::Result<PathBuf> {
     let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-    for entry in std::fs::read_dir(&build)? {
+    for entry in std::fs::read_dir(build)? {
         let candidate = entry?.path().join("out/proxy-ebpf");
         if let Ok(meta) = std::fs::metadata(&candidate) {
             let modified = meta.modified()?;
@@ -270,7 +288,7 @@ fn find_object(root: &Path) -> anyhow::Result<PathBuf> {
     }
     newest
         .map(|(_, p)| p)
-        .context("no kernel object under target/debug/build")
+        .with_context(|| format!("no kernel object under {}", build.display()))
 }
 
 fn require_root() -> anyhow::Result<()> {

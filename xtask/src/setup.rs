@@ -4,9 +4,9 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
 
-/// Commands the tests, the demo and the bench run, and the Debian package
-/// of each (`vipr-bench` checks the same list before it measures).
-const TOOLS: [(&str, &str); 11] = [
+/// Commands the build, the tests, the demo and the bench run, and the
+/// Debian package of each (`vipr-bench` checks its own before it measures).
+const TOOLS: [(&str, &str); 14] = [
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
@@ -24,11 +24,18 @@ const TOOLS: [(&str, &str); 11] = [
     // flavours are bookworm's and changed after it).
     ("nginx", "nginx"),
     ("wrk", "wrk"),
+    // The container image's static agent: ring's C code for musl.
+    ("musl-gcc", "musl-tools"),
+    // The container test runs the image (`tests/tests/e2e_container.rs`),
+    // with runc: crun refuses hybrid cgroup hosts with cgroup2 controllers.
+    ("podman", "podman"),
+    ("runc", "runc"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
     nightly_with_rust_src()?;
+    musl_target()?;
     bpf_linker()?;
     cargo_fuzz()?;
     Ok(())
@@ -117,6 +124,18 @@ fn nightly_with_rust_src() -> anyhow::Result<()> {
             "nightly",
         ]))?;
     }
+    Ok(())
+}
+
+/// The standard library for the container image's static build.
+fn musl_target() -> anyhow::Result<()> {
+    let target = crate::image::TARGET;
+    let installed = run_checked(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if installed.lines().any(|l| l.trim() == target) {
+        return Ok(());
+    }
+    println!("setup: adding the {target} target (the container image's static agent)");
+    run_checked(Command::new("rustup").args(["target", "add", target]))?;
     Ok(())
 }
 

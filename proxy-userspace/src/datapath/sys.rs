@@ -43,6 +43,7 @@ pub fn netns_cookie() -> std::io::Result<u64> {
 /// fragmented. The agent allocates little after its first sync, so one
 /// arena costs nothing measurable and kept RSS 10 % lower at 10,000
 /// Services. Call before any thread starts.
+#[cfg(target_env = "gnu")]
 pub fn use_one_malloc_arena() {
     // SAFETY: mallopt only sets an allocator tunable; any value is valid
     // and it touches no memory of ours.
@@ -51,8 +52,14 @@ pub fn use_one_malloc_arena() {
     }
 }
 
+/// musl (the static build of the container image) has one heap and no
+/// such tunable: nothing to do.
+#[cfg(not(target_env = "gnu"))]
+pub fn use_one_malloc_arena() {}
+
 /// Hands the allocator's free pages back to the kernel, e.g. after the
 /// first sync, whose list parsing left most of the heap free.
+#[cfg(target_env = "gnu")]
 pub fn trim_heap() {
     // SAFETY: malloc_trim only releases memory the allocator holds free;
     // no pointer of ours is involved.
@@ -60,6 +67,10 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// musl's allocator returns freed pages itself and has no malloc_trim.
+#[cfg(not(target_env = "gnu"))]
+pub fn trim_heap() {}
 
 /// `BPF_MAP_UPDATE_BATCH` on a hash map: `keys[i]` → `values[i]`, any
 /// existing value replaced, in one system call. aya 0.14 wraps no batch
