@@ -12,7 +12,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -378,7 +378,7 @@ pub struct AgentSpec<'a> {
 }
 
 /// Builds the command of a node's agent, or None for the plain process.
-pub type AgentLauncher<'a> = &'a dyn Fn(&AgentSpec) -> Result<Option<std::process::Command>>;
+pub type AgentLauncher<'a> = &'a dyn Fn(&AgentSpec) -> Result<Option<Command>>;
 
 #[derive(Debug)]
 struct Agent {
@@ -459,6 +459,35 @@ impl DemoCluster {
         Ok(cluster)
     }
 
+    /// The agent of `node` as a plain process in the node's namespace.
+    fn agent_command(
+        &self,
+        netns: &str,
+        node: &str,
+        bpffs: &Path,
+        pod_interfaces: String,
+    ) -> Command {
+        // setpriv: the agent gets SIGTERM if the thread that started it dies
+        // (a killed test run), instead of lingering with its programs attached.
+        let mut cmd = netns::command_in(netns, "setpriv");
+        cmd.args(["--pdeathsig", "TERM", "--"])
+            .arg(&self.vipr_bin)
+            .arg("run")
+            .arg("--manifests")
+            .arg(&self.manifests_dir)
+            .args(["--node-name", node])
+            .arg("--pod-interfaces")
+            .arg(pod_interfaces)
+            .arg("--bpffs")
+            .arg(bpffs)
+            .arg("--healthz-bind-address")
+            .arg(format!("127.0.0.1:{HEALTHZ_PORT}"))
+            .arg("--metrics-bind-address")
+            .arg(format!("127.0.0.1:{METRICS_PORT}"))
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
     fn start_inner(&mut self, launch: AgentLauncher) -> Result<()> {
         let topo = self.topology.as_ref().context("no topology")?;
         for b in BACKENDS {
@@ -482,39 +511,11 @@ impl DemoCluster {
                 manifests: &self.manifests_dir,
                 pod_interfaces: topo.pod_interface_glob(),
             };
-            if let Some(mut cmd) = launch(&spec)? {
-                cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-                let child = ChildGuard::spawn(&mut cmd)?;
-                self.agents.push(Agent {
-                    node: node.to_owned(),
-                    netns,
-                    bpffs,
-                    log,
-                    child,
-                });
-                continue;
-            }
-            // setpriv: the agent gets SIGTERM if the thread that started it dies
-            // (a killed test run), instead of lingering with its programs attached.
-            let mut cmd = netns::command_in(&netns, "setpriv");
-            cmd.args(["--pdeathsig", "TERM", "--"])
-                .arg(&self.vipr_bin)
-                .arg("run")
-                .arg("--manifests")
-                .arg(&self.manifests_dir)
-                .args(["--node-name", node])
-                .arg("--pod-interfaces")
-                .arg(topo.pod_interface_glob())
-                .arg("--bpffs")
-                .arg(&bpffs)
-                .arg("--healthz-bind-address")
-                .arg(format!("127.0.0.1:{HEALTHZ_PORT}"))
-                .arg("--metrics-bind-address")
-                .arg(format!("127.0.0.1:{METRICS_PORT}"))
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err);
+            let mut cmd = match launch(&spec)? {
+                Some(cmd) => cmd,
+                None => self.agent_command(&netns, node, &bpffs, topo.pod_interface_glob()),
+            };
+            cmd.stdin(Stdio::null()).stdout(out).stderr(err);
             let child = ChildGuard::spawn(&mut cmd)?;
             self.agents.push(Agent {
                 node: node.to_owned(),

@@ -189,17 +189,20 @@ pub const HEADER: [&str; 6] = [
 ];
 
 fn backend_cell(b: &BackendRow) -> String {
-    let mut state = Vec::new();
-    for (on, name) in [
-        (b.active, "active"),
+    let active = b.active.then_some("active");
+    let state: Vec<&str> = active.into_iter().chain(conditions(b)).collect();
+    format!("{}:{} ({})", b.ip, b.port, state.join(", "))
+}
+
+/// An endpoint's conditions as words (serving only when not also ready).
+pub fn conditions(b: &BackendRow) -> Vec<&'static str> {
+    [
         (b.ready, "ready"),
         (b.serving && !b.ready, "serving"),
         (b.terminating, "terminating"),
         (b.local, "local"),
-    ] {
-        if on {
-            state.push(name);
-        }
-    }
-    format!("{}:{} ({})", b.ip, b.port, state.join(", "))
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect()
 }

@@ -2,7 +2,7 @@
 //! took them.
 use std::fmt::Write;
 
-use super::services::ServiceRow;
+use super::services::{ServiceRow, conditions};
 use super::trace::{Choice, PacketView, TraceReport};
 
 fn packet(view: &PacketView) -> String {
@@ -49,20 +49,7 @@ fn candidates(row: &ServiceRow) -> String {
         .backends
         .iter()
         .filter(|b| b.active)
-        .map(|b| {
-            let mut conditions = Vec::new();
-            for (on, name) in [
-                (b.ready, "ready"),
-                (b.serving && !b.ready, "serving"),
-                (b.terminating, "terminating"),
-                (b.local, "local"),
-            ] {
-                if on {
-                    conditions.push(name);
-                }
-            }
-            format!("{}:{} ({})", b.ip, b.port, conditions.join(", "))
-        })
+        .map(|b| format!("{}:{} ({})", b.ip, b.port, conditions(b).join(", ")))
         .collect();
     format!("{}: {}", active.len(), active.join(", "))
 }
