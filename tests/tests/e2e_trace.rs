@@ -199,7 +199,8 @@ fn traces(cluster: &mut ExternalCluster) -> Result<()> {
         }
     }
 
-    // The same packet through the XDP program chooses the same endpoint.
+    // The same packet through the XDP program chooses the same endpoint,
+    // also as arriving on the node's uplink.
     let args = [
         &format!("{client}:41000") as &str,
         &node_port,
@@ -207,9 +208,14 @@ fn traces(cluster: &mut ExternalCluster) -> Result<()> {
         "external",
     ];
     let tc = trace(cluster, "node1", &args)?;
-    let xdp = trace(cluster, "node1", &[&args[..], &["--xdp"]].concat())?;
-    ensure!(xdp["program"] == "vipr_xdp_external", "{xdp:#}");
-    ensure!(chosen(&xdp) == chosen(&tc), "{xdp:#} {tc:#}");
+    let on_uplink = ["--iface", "eth0"];
+    for extra in [&["--xdp"][..], &["--xdp", "--iface", "eth0"], &on_uplink] {
+        let other = trace(cluster, "node1", &[&args[..], extra].concat())?;
+        ensure!(chosen(&other) == chosen(&tc), "{extra:?}: {other:#} {tc:#}");
+        if extra.contains(&"--xdp") {
+            ensure!(other["program"] == "vipr_xdp_external", "{other:#}");
+        }
+    }
 
     // The held connection's next segment follows its conntrack entry.
     let local = session.local_addr().to_string();

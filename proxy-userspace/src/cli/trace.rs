@@ -348,11 +348,29 @@ fn report(
     .find(|(bit, _)| steps(*bit))
     .map(|(_, by)| by);
     let chosen = by.and_then(|by| {
-        let backend = maps.backends.get(&record.backend_id)?;
+        // A flow follows the endpoint its entry names, even one whose id
+        // has since gone (TCP outlives its endpoint) or been reused.
+        let followed = run
+            .conntrack_before
+            .iter()
+            .find(|(_, v)| by == "conntrack" && v.backend_id == record.backend_id)
+            .map(|(_, v)| {
+                (
+                    proxy_common::host_addr(v.nat_addr),
+                    u16::from_be(v.nat_port),
+                )
+            });
+        let (ip, port) = match followed {
+            Some(endpoint) => endpoint,
+            None => {
+                let backend = maps.backends.get(&record.backend_id)?;
+                (backend.ip(), backend.port())
+            }
+        };
         let slot = by == "slot";
         Some(Choice {
-            ip: backend.ip(),
-            port: backend.port(),
+            ip,
+            port,
             by,
             slot: slot.then_some(record.slot),
             hash: slot.then_some(record.hash),
@@ -365,7 +383,7 @@ fn report(
         .filter(|(key, value)| {
             key.direction == CT_FORWARD
                 && value.flags & CT_FLAG_SNAT != 0
-                && !run.conntrack_before.iter().any(|(k, _)| k == key)
+                && !run.conntrack_before.contains(&(*key, *value))
         })
         .map(|(_, value)| {
             format!(
@@ -398,7 +416,7 @@ fn report(
         chosen,
         masquerade,
         counted: run.counted.iter().map(|(c, _)| c.name()).collect(),
-        verdict: verdict_name(program, run.return_value),
+        verdict: verdict_label(from, program, run),
         output: view(&run.frame_out),
         notes,
     }
@@ -411,6 +429,28 @@ const TC_ACT_UNSPEC: i32 = -1;
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
+
+/// The verdict, named for what it means where the program's value alone
+/// would mislead: a refusal is sent back with a redirect, and the socket
+/// path's "drop" is a failed connect().
+fn verdict_label(from: Origin, program: &str, run: &TraceRun) -> String {
+    let refused = run.counted.iter().find_map(|(c, _)| match c {
+        proxy_common::Counter::RejectTcpRst => Some("refused: a TCP RST goes back"),
+        proxy_common::Counter::RejectIcmpUnreachable => {
+            Some("refused: an ICMP port unreachable goes back")
+        }
+        proxy_common::Counter::SockRefused => Some("refused: connect() fails with ECONNREFUSED"),
+        _ => None,
+    });
+    let raw = verdict_name(program, run.return_value);
+    match refused {
+        Some(label) => format!("{label}, {raw}"),
+        None if from == Origin::Host && run.return_value as i32 == TC_ACT_SHOT => {
+            format!("connect() fails with EHOSTUNREACH, {raw}")
+        }
+        None => raw,
+    }
+}
 
 fn verdict_name(program: &str, value: u32) -> String {
     let name = if program == programs::XDP_EXTERNAL {

@@ -40,6 +40,18 @@ pub fn trace_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(TRACE_DIR)
 }
 
+/// Serialises traces with each other and with a (re)load of the copy:
+/// an exclusive flock on the pin directory, which outlives the copy.
+pub(super) fn lock(pin_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DatapathError> {
+    let pins_error = |source: std::io::Error| DatapathError::Pins {
+        path: pin_dir.display().to_string(),
+        source,
+    };
+    let handle = std::fs::File::open(pin_dir).map_err(pins_error)?;
+    nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| pins_error(errno.into()))
+}
+
 pub(super) fn scratch_map(pin_dir: &Path, name: &str) -> PathBuf {
     trace_dir(pin_dir).join(MAP_DIR).join(name)
 }
@@ -51,6 +63,13 @@ pub(super) fn load(
     globals: &Globals,
     sizes: &MapSizes,
 ) -> Result<(), DatapathError> {
+    let live_maps = pin_dir.join(MAP_DIR);
+    // aya would create (and pin) a missing map: never a live one.
+    for name in SHARED_MAPS {
+        aya::maps::MapData::from_pin(live_maps.join(name))
+            .map_err(|source| DatapathError::Map { name, source })?;
+    }
+    let _lock = lock(pin_dir)?;
     let dir = trace_dir(pin_dir);
     cleanup_pins(&dir)?;
     let map_dir = dir.join(MAP_DIR);
@@ -58,7 +77,6 @@ pub(super) fn load(
         path: map_dir.display().to_string(),
         source,
     })?;
-    let live_maps = pin_dir.join(MAP_DIR);
     let mut loader = globals.loader(&map_dir, sizes);
     loader.override_global(proxy_common::globals::TRACE, &1u8, true);
     for name in SHARED_MAPS {

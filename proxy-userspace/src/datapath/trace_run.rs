@@ -16,23 +16,23 @@ use super::DatapathError;
 use super::kernel::read_counters;
 use super::trace_copy::{scratch_map, trace_dir};
 
-/// The leading fields of the UAPI `struct __sk_buff` (and of `struct
-/// xdp_md`) up to the interface index, which is all a trace sets: the
-/// kernel accepts a shorter context and zeroes the rest. aya's generated
-/// bindings do not carry these structs.
+/// The leading fields of the UAPI `struct __sk_buff` up to its interface
+/// index, which is all a TC trace sets: the kernel accepts a shorter
+/// context and zeroes the rest. aya's generated bindings lack the struct.
 const SKB_IFINDEX_OFFSET: usize = 40;
-const XDP_INGRESS_IFINDEX_OFFSET: usize = 12;
 const IFINDEX_SIZE: usize = 4;
 
-/// The test-run context that puts the packet on `ifindex`.
-fn context_on(ifindex: u32, xdp: bool) -> Vec<u8> {
-    let offset = if xdp {
-        XDP_INGRESS_IFINDEX_OFFSET
-    } else {
-        SKB_IFINDEX_OFFSET
-    };
-    let mut context = vec![0u8; offset + IFINDEX_SIZE];
-    context[offset..].copy_from_slice(&ifindex.to_ne_bytes());
+/// The test-run context that puts a packet of `frame_len` bytes on
+/// `ifindex`. XDP's `struct xdp_md` (data, data_end, data_meta,
+/// ingress_ifindex, rx_queue_index, egress_ifindex) must carry the frame's
+/// end too, or the kernel refuses it.
+fn context_on(ifindex: u32, xdp: bool, frame_len: usize) -> Vec<u8> {
+    if xdp {
+        let xdp_md = [0, frame_len as u32, 0, ifindex, 0, 0];
+        return xdp_md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    }
+    let mut context = vec![0u8; SKB_IFINDEX_OFFSET + IFINDEX_SIZE];
+    context[SKB_IFINDEX_OFFSET..].copy_from_slice(&ifindex.to_ne_bytes());
     context
 }
 
@@ -123,9 +123,14 @@ pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, Dat
         path: dir.display().to_string(),
         source,
     };
-    let handle = std::fs::File::open(&dir).map_err(pins_error)?;
-    let _lock = nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, errno)| pins_error(errno.into()))?;
+    let _lock = super::trace_copy::lock(pin_dir)?;
+    if !dir.exists() {
+        return Err(pins_error(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no trace copy here: the agent loads one a moment after it starts \
+             (if it is running, its log says why it could not)",
+        )));
+    }
 
     let mut conntrack: HashMap<_, CtKey, CtValue> =
         hash_map(scratch(pin_dir, maps::CONNTRACK)?, maps::CONNTRACK)?;
@@ -162,7 +167,9 @@ pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, Dat
 
     let xdp = input.program == programs::XDP_EXTERNAL;
     let mut frame_out = vec![0u8; input.frame.len() + FRAME_HEADROOM];
-    let context = input.ifindex.map(|ifindex| context_on(ifindex, xdp));
+    let context = input
+        .ifindex
+        .map(|ifindex| context_on(ifindex, xdp, input.frame.len()));
     let options = TestRunOptions {
         data_in: Some(input.frame),
         data_out: Some(&mut frame_out),
