@@ -394,6 +394,13 @@ fn report(
         })
         .next();
     let mut notes = Vec::new();
+    if masquerade.is_some() {
+        notes.push(
+            "the masquerade port is the first free one in the trace's own table; the live \
+             table may give another, or find none free"
+                .to_string(),
+        );
+    }
     if from == Origin::Host {
         notes.push(
             "the socket hooks choose per socket: this shows one socket's choice, \
