@@ -390,4 +390,5 @@ mod pod_impls {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for AffinityMember {}
     unsafe impl aya::Pod for SockRevValue {}
+    unsafe impl aya::Pod for crate::TraceRecord {}
 }

@@ -33,7 +33,3 @@ pub struct TraceRecord {
     pub slot: u32,
     pub backend_id: u32,
 }
-
-#[cfg(feature = "user")]
-// SAFETY: #[repr(C)], integers only, no implicit padding (bytemuck::Pod above).
-unsafe impl aya::Pod for TraceRecord {}
