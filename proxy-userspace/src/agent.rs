@@ -132,7 +132,7 @@ fn node_addresses(
         external
             .nodeport_cidrs
             .iter()
-            .any(|range| crate::model::ip::cidr_contains(*range, *ip))
+            .any(|&(net, len)| crate::model::ip::cidr_contains((net.into(), len), (*ip).into()))
     };
     let mut nodeport: Vec<std::net::Ipv4Addr> = if external.nodeport_cidrs.is_empty() {
         own.clone()
@@ -231,8 +231,10 @@ pub fn run(
     let builder = ModelBuilder::new(ModelOptions {
         proxy_name: config.proxy_name.clone(),
         node_name: Some(config.node_name.clone()),
-        nodeport_addresses,
+        nodeport_addresses: nodeport_addresses.into_iter().map(Into::into).collect(),
         nodeport_localhost: config.socket_lb.nodeport_localhost,
+        // Until the datapath programs IPv6 maps.
+        ipv6: false,
     });
     let mut sync = SyncLoop::new(builder, syncer, config.periods).with_metrics(metrics.clone());
     let mut metrics_refreshed: Option<Instant> = None;

@@ -4,7 +4,7 @@
 //! (at most every few seconds); `vipr service list` and `vipr conntrack
 //! list` read it beside the pins, so they work without the API server.
 //! Building it is pure; the agent and the CLI do the file IO.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::ser::SerializeStruct;
@@ -29,7 +29,7 @@ pub struct NameIndex {
 /// One frontend as the model made it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrontendNames {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     /// "tcp" or "udp".
     pub protocol: String,
@@ -49,7 +49,7 @@ pub struct FrontendNames {
 /// One endpoint behind a frontend, with its conditions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointNames {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub ready: bool,
     pub serving: bool,
@@ -121,7 +121,7 @@ impl NameIndex {
     /// The frontend at (ip, port, protocol, scope), if the index has it.
     pub fn frontend(
         &self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         port: u16,
         protocol: &str,
         scope: &str,
@@ -144,7 +144,7 @@ mod tests {
         let parsed = parse_str(yaml).expect("golden YAML parses");
         let options = ModelOptions {
             node_name: Some("node1".into()),
-            nodeport_addresses: vec![Ipv4Addr::new(172, 30, 0, 1)],
+            nodeport_addresses: vec![std::net::Ipv4Addr::new(172, 30, 0, 1).into()],
             ..ModelOptions::default()
         };
         let (model, _) =

@@ -23,7 +23,7 @@ fn render(manifests: &str) -> Result<String, String> {
     // Every golden runs as the agent on node1, whose NodePorts answer on 172.30.0.1.
     let options = ModelOptions {
         node_name: Some("node1".into()),
-        nodeport_addresses: vec![std::net::Ipv4Addr::new(172, 30, 0, 1)],
+        nodeport_addresses: vec![std::net::Ipv4Addr::new(172, 30, 0, 1).into()],
         ..ModelOptions::default()
     };
     let mut builder = ModelBuilder::new(options);

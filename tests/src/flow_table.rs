@@ -235,7 +235,11 @@ impl Fixture {
     pub fn model_options(&self) -> ModelOptions {
         ModelOptions {
             node_name: Some(NODE_NAME.into()),
-            nodeport_addresses: self.nodeport_addresses.clone(),
+            nodeport_addresses: self
+                .nodeport_addresses
+                .iter()
+                .map(|&ip| ip.into())
+                .collect(),
             nodeport_localhost: self.nodeport_localhost,
             ..ModelOptions::default()
         }

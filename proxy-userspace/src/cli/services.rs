@@ -1,7 +1,7 @@
 //! `vipr service list`: every frontend in the pinned maps, with its
 //! Service, type, policies and endpoints (`cilium service list`'s view).
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_FLAG_NOT_SERVING, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL,
@@ -18,7 +18,7 @@ pub struct ServiceRow {
     /// namespace/name, "" when the name index does not know the frontend.
     pub service: String,
     pub port_name: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub protocol: String,
     pub scope: String,
@@ -37,7 +37,7 @@ pub struct ServiceRow {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BackendRow {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     /// In the frontend's slots: new connections may go to it.
     pub active: bool,
@@ -82,11 +82,11 @@ pub fn row(
     let protocol = protocol_name(key.proto);
     let scope = scope_of(key.scope);
     let named: Option<&FrontendNames> =
-        names.and_then(|n| n.frontend(key.ip(), key.port(), &protocol, scope));
-    let active: Vec<(Ipv4Addr, u16, u8)> = maps
+        names.and_then(|n| n.frontend(key.ip().into(), key.port(), &protocol, scope));
+    let active: Vec<(IpAddr, u16, u8)> = maps
         .slot_backends(value)
         .flatten()
-        .map(|b| (b.ip(), b.port(), b.flags))
+        .map(|b| (b.ip().into(), b.port(), b.flags))
         .collect();
     let is_active = |ip, port| active.iter().any(|&(i, p, _)| i == ip && p == port);
     let mut backends: Vec<BackendRow> = named
@@ -108,7 +108,7 @@ pub fn row(
         .unwrap_or_default();
     // Endpoints the maps send to that the index does not list (it is
     // written after the maps): their conditions as the maps hold them.
-    let listed: BTreeSet<(Ipv4Addr, u16)> = backends.iter().map(|b| (b.ip, b.port)).collect();
+    let listed: BTreeSet<(IpAddr, u16)> = backends.iter().map(|b| (b.ip, b.port)).collect();
     for &(ip, port, flags) in &active {
         if !listed.contains(&(ip, port)) {
             backends.push(BackendRow {
@@ -133,7 +133,7 @@ pub fn row(
     ServiceRow {
         service: named.map(|n| n.service.clone()).unwrap_or_default(),
         port_name: named.map(|n| n.port_name.clone()).unwrap_or_default(),
-        ip: key.ip(),
+        ip: key.ip().into(),
         port: key.port(),
         protocol,
         scope: scope.into(),

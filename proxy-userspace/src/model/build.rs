@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::{
     Backend, Frontend, Model, ModelOptions, NodeModel, ServiceModel, ServicePortModel, SkipReason,
@@ -121,7 +121,7 @@ pub(super) fn service_frontends(
 /// Duplicates (same ip and port, e.g. while slices are rebalanced) keep the
 /// best condition: ready, then serving-terminating, then the first slice's.
 pub(super) fn backends_for(port: &ServicePortModel, slices: &[&SliceModel]) -> Vec<Backend> {
-    let mut out: BTreeMap<(Ipv4Addr, u16), Backend> = BTreeMap::new();
+    let mut out: BTreeMap<(IpAddr, u16), Backend> = BTreeMap::new();
     for slice in slices {
         let Some(sp) = slice
             .ports

@@ -24,11 +24,16 @@ pub struct ModelOptions {
     pub proxy_name: Option<String>,
     /// This node's name: endpoints with this `nodeName` are local.
     pub node_name: Option<String>,
-    /// Node addresses NodePorts answer on (kube-proxy's --nodeport-addresses).
-    pub nodeport_addresses: Vec<std::net::Ipv4Addr>,
+    /// Node addresses NodePorts answer on (kube-proxy's --nodeport-addresses),
+    /// either family.
+    pub nodeport_addresses: Vec<std::net::IpAddr>,
     /// NodePorts also answer the node itself on 127.0.0.1 (off by default,
     /// as in kube-proxy's nftables mode).
     pub nodeport_localhost: bool,
+    /// Serve IPv6 too (dual-stack and IPv6-only Services). Off while the
+    /// datapath programs IPv4 only: IPv6 parts are then skipped, each with
+    /// its counted reason.
+    pub ipv6: bool,
 }
 
 /// Converts Services and EndpointSlices into a [`Model`], either from full

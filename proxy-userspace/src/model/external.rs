@@ -1,20 +1,22 @@
 //! The external-traffic parts of a Service: LoadBalancer and external IPs,
 //! traffic policies, health-check node port and source ranges.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 
 use super::{ConversionError, ExternalModel, ObjectRef, SkipReason, service::valid_port};
 
 /// Validates and extracts the external fields. IPv6 addresses and ranges are
-/// left out (IPv6 is not load-balanced yet); so are special addresses (see
-/// `SpecialIp`), each with a reason in `skipped`.
+/// left out unless `ipv6`; so are special addresses (see `SpecialIp`), each
+/// with a reason in `skipped`.
 pub(super) fn convert(
     svc: &Service,
     spec: &ServiceSpec,
     object: &ObjectRef,
+    ipv6: bool,
     skipped: &mut Vec<SkipReason>,
 ) -> Result<ExternalModel, ConversionError> {
+    let served = |ip: &IpAddr| ip.is_ipv4() || ipv6;
     let err = |field: String, message: String| ConversionError::new(object, field, message);
     let mut model = ExternalModel::default();
     for (i, raw) in spec.external_ips.iter().flatten().enumerate() {
@@ -22,11 +24,11 @@ pub(super) fn convert(
         match super::ip::parse_ip(raw) {
             // The API server refuses these (ValidateNonSpecialIP); one bad
             // entry costs only itself, as the other IPs are still good.
-            Some(IpAddr::V4(ip)) => match SkipReason::special_address(ip, field) {
+            Some(ip) if served(&ip) => match SkipReason::special_address(ip, field) {
                 Some(reason) => skipped.push(reason),
                 None => model.external_ips.push(ip),
             },
-            Some(IpAddr::V6(_)) => {}
+            Some(_) => {}
             None => {
                 return Err(err(field(), format!("{raw:?} is not a valid IP address")));
             }
@@ -53,11 +55,11 @@ pub(super) fn convert(
                 // Stricter than the API server, which takes any IP here:
                 // no load balancer has such an address, and a status
                 // written into a manifest must not capture the node's own.
-                Some(IpAddr::V4(ip)) => match SkipReason::special_address(ip, field) {
+                Some(ip) if served(&ip) => match SkipReason::special_address(ip, field) {
                     Some(reason) => skipped.push(reason),
                     None => model.load_balancer_ips.push(ip),
                 },
-                Some(IpAddr::V6(_)) => {}
+                Some(_) => {}
                 None => {
                     return Err(err(field(), format!("{raw:?} is not a valid IP address")));
                 }
@@ -90,8 +92,8 @@ pub(super) fn convert(
     {
         let field = format!("spec.loadBalancerSourceRanges[{i}]");
         match parse_cidr(raw.trim()) {
-            Some(Some(cidr)) => model.source_ranges.push(cidr),
-            Some(None) => {} // IPv6
+            Some(cidr) if served(&cidr.0) => model.source_ranges.push(cidr),
+            Some(_) => {}
             None => return Err(err(field, format!("{raw:?} is not a valid CIDR"))),
         }
     }
@@ -111,37 +113,26 @@ fn policy(raw: Option<&str>, field: &str, object: &ObjectRef) -> Result<bool, Co
     }
 }
 
-/// `Some(Some(v4))`, `Some(None)` for a valid IPv6 CIDR, `None` if invalid.
-/// The address is masked to its prefix.
-pub(super) fn parse_cidr(raw: &str) -> Option<Option<(Ipv4Addr, u8)>> {
+/// A CIDR of either family, its address masked to the prefix; `None` if invalid.
+pub(super) fn parse_cidr(raw: &str) -> Option<(IpAddr, u8)> {
     let (addr, len) = raw.split_once('/')?;
     let len: u8 = len.parse().ok()?;
-    match super::ip::parse_ip(addr)? {
-        IpAddr::V4(ip) if len <= 32 => Some(Some((
-            Ipv4Addr::from(u32::from(ip) & super::ip::prefix_mask(len)),
-            len,
-        ))),
-        IpAddr::V6(_) if len <= 128 => Some(None),
-        _ => None,
-    }
+    let ip = super::ip::parse_ip(addr)?;
+    (len <= super::ip::Family::of(ip).bits()).then(|| (super::ip::masked(ip, len), len))
 }
 
 #[cfg(test)]
 mod tests {
     use super::parse_cidr;
-    use std::net::Ipv4Addr;
+    use std::net::IpAddr;
 
     #[test]
     fn cidrs_are_parsed_and_masked() {
-        assert_eq!(
-            parse_cidr("10.1.2.3/8"),
-            Some(Some((Ipv4Addr::new(10, 0, 0, 0), 8)))
-        );
-        assert_eq!(
-            parse_cidr("0.0.0.0/0"),
-            Some(Some((Ipv4Addr::UNSPECIFIED, 0)))
-        );
-        assert_eq!(parse_cidr("2001:db8::/32"), Some(None));
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test IP");
+        assert_eq!(parse_cidr("10.1.2.3/8"), Some((ip("10.0.0.0"), 8)));
+        assert_eq!(parse_cidr("0.0.0.0/0"), Some((ip("0.0.0.0"), 0)));
+        assert_eq!(parse_cidr("2001:db8:1::7/32"), Some((ip("2001:db8::"), 32)));
+        assert_eq!(parse_cidr("2001:db8::/129"), None);
         assert_eq!(parse_cidr("10.0.0.0/33"), None);
         assert_eq!(parse_cidr("10.0.0.0"), None);
         assert_eq!(parse_cidr("banana/8"), None);

@@ -27,7 +27,7 @@ mod topology;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use build::build_model;
@@ -169,7 +169,7 @@ impl Scope {
 /// A frontend's identity: where clients send packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendKey {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub scope: Scope,
@@ -177,9 +177,9 @@ pub struct FrontendKey {
 
 impl FrontendKey {
     /// A frontend for pod traffic (cluster IPs).
-    pub fn internal(ip: Ipv4Addr, port: u16, protocol: Protocol) -> Self {
+    pub fn internal(ip: impl Into<IpAddr>, port: u16, protocol: Protocol) -> Self {
         Self {
-            ip,
+            ip: ip.into(),
             port,
             protocol,
             scope: Scope::Internal,
@@ -189,7 +189,9 @@ impl FrontendKey {
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)?;
+        // As a socket address: IPv6 in brackets.
+        let at = std::net::SocketAddr::new(self.ip, self.port);
+        write!(f, "{at}/{}", self.protocol)?;
         if self.scope == Scope::External {
             f.write_str(" (external)")?;
         }
@@ -205,8 +207,9 @@ pub struct Policy {
     /// Flows to endpoints on other nodes leave with the node's address
     /// (externalTrafficPolicy Cluster).
     pub masquerade: bool,
-    /// loadBalancerSourceRanges: allowed client prefixes; empty = everyone.
-    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// loadBalancerSourceRanges: allowed client prefixes of the frontend's
+    /// family; empty = everyone.
+    pub source_ranges: Vec<(IpAddr, u8)>,
     /// Where kube-proxy-style health checks for this frontend's Service are
     /// answered (externalTrafficPolicy Local only).
     pub health_check_node_port: Option<u16>,
@@ -318,7 +321,12 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn frontend(&self, ip: Ipv4Addr, port: u16, protocol: Protocol) -> Option<&Frontend> {
+    pub fn frontend(
+        &self,
+        ip: impl Into<IpAddr>,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<&Frontend> {
         self.frontends
             .get(&FrontendKey::internal(ip, port, protocol))
     }

@@ -1,12 +1,13 @@
 //! Validation and normalisation of one `Service`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::ip::Family;
 use super::{
     ConversionError, Kind, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ModelOptions, Name, ObjectRef,
     Protocol, SkipReason, TrafficDistribution, Unique,
@@ -17,8 +18,13 @@ use super::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceModel {
     pub object: ObjectRef,
-    /// IPv4 cluster IPs in spec order, special addresses left out.
-    pub cluster_ips: Vec<Ipv4Addr>,
+    /// Cluster IPs in spec order, at most one per family (IPv6 ones only
+    /// with `ModelOptions::ipv6`), special addresses left out.
+    pub cluster_ips: Vec<IpAddr>,
+    /// The families of its cluster IPs as written, special ones included:
+    /// the Service is served in these (NodePorts, LoadBalancer and external
+    /// IPs of a family too), as by kube-proxy's proxier of each family.
+    pub families: Vec<Family>,
     /// TCP and UDP ports in spec order.
     pub ports: Vec<ServicePortModel>,
     /// The whole Service, or parts (IPv6 IPs, SCTP ports, special
@@ -46,17 +52,17 @@ pub struct ServicePortModel {
 pub struct ExternalModel {
     /// `status.loadBalancer.ingress[].ip` (LoadBalancer Services only),
     /// special addresses (`SpecialIp`) left out.
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<IpAddr>,
     /// `spec.externalIPs`, special addresses left out; the node's own
     /// addresses are kept, as kube-proxy keeps them.
-    pub external_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<IpAddr>,
     /// externalTrafficPolicy: Local.
     pub external_local: bool,
     /// internalTrafficPolicy: Local.
     pub internal_local: bool,
     pub health_check_node_port: Option<u16>,
-    /// loadBalancerSourceRanges.
-    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// loadBalancerSourceRanges (address masked to its prefix), either family.
+    pub source_ranges: Vec<(IpAddr, u8)>,
 }
 
 /// Validates `svc` and reduces it to a [`ServiceModel`]. Pure.
@@ -68,6 +74,7 @@ pub fn convert_service(
     let ignored = |reason| ServiceModel {
         object: object.clone(),
         cluster_ips: Vec::new(),
+        families: Vec::new(),
         ports: Vec::new(),
         skipped: vec![reason],
         external: ExternalModel::default(),
@@ -109,9 +116,10 @@ pub fn convert_service(
     let mut model = ServiceModel {
         object: object.clone(),
         cluster_ips: Vec::new(),
+        families: Vec::new(),
         ports: Vec::new(),
         skipped: Vec::new(),
-        external: super::external::convert(svc, spec, &object, &mut external_skipped)?,
+        external: super::external::convert(svc, spec, &object, opts.ipv6, &mut external_skipped)?,
         traffic_distribution: None,
         affinity_timeout: super::affinity::timeout_of(spec, &object)?,
     };
@@ -120,29 +128,41 @@ pub fn convert_service(
         Err(reason) => model.skipped.push(reason),
     }
     let exposes_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let mut families: Vec<Family> = Vec::new();
     for (i, raw) in ips.iter().enumerate() {
         let field = if field == "spec.clusterIP" {
             field.to_string()
         } else {
             format!("{field}[{i}]")
         };
-        match super::ip::parse_ip(raw) {
-            Some(IpAddr::V4(ip)) if model.cluster_ips.contains(&ip) => {
-                return Err(err(field, format!("duplicate cluster IP {ip}")));
-            }
-            // The API server's allocator gives service-CIDR addresses only,
-            // which no working cluster puts in these ranges; manifests
-            // bypass it, so vipr checks.
-            Some(IpAddr::V4(ip)) => match SkipReason::special_address(ip, || field.clone()) {
-                Some(reason) => model.skipped.push(reason),
-                None => model.cluster_ips.push(ip),
-            },
-            Some(IpAddr::V6(ip)) => model
+        let Some(ip) = super::ip::parse_ip(raw) else {
+            return Err(err(field, format!("{raw:?} is not a valid IP address")));
+        };
+        let family = Family::of(ip);
+        // Dual-stack: one cluster IP per family, as the API server allows.
+        if families.contains(&family) {
+            return Err(err(
+                field,
+                format!("a second {} cluster IP ({ip})", family.as_str()),
+            ));
+        }
+        families.push(family);
+        if family == Family::Ipv6 && !opts.ipv6 {
+            model
                 .skipped
-                .push(SkipReason::Ipv6ClusterIp(ip.to_string())),
-            None => return Err(err(field, format!("{raw:?} is not a valid IP address"))),
+                .push(SkipReason::Ipv6ClusterIp(ip.to_string()));
+            continue;
+        }
+        model.families.push(family);
+        // The API server's allocator gives service-CIDR addresses only,
+        // which no working cluster puts in these ranges; manifests
+        // bypass it, so vipr checks.
+        match SkipReason::special_address(ip, || field.clone()) {
+            Some(reason) => model.skipped.push(reason),
+            None => model.cluster_ips.push(ip),
         }
     }
+    check_families(spec, &families, &object)?;
 
     // Names identify ports to EndpointSlices, so they must be unique (also "").
     let mut names: BTreeMap<&str, usize> = BTreeMap::new();
@@ -242,4 +262,53 @@ pub(crate) fn parse_protocol(raw: &str) -> Result<Option<Protocol>, String> {
         "SCTP" => Ok(None),
         other => Err(format!("{other:?} is not a valid protocol")),
     }
+}
+
+/// `spec.ipFamilyPolicy` and `spec.ipFamilies` as the API server checks
+/// them: known values, and families in the order of the cluster IPs they
+/// describe. (The cluster IPs alone decide what is served, as in
+/// kube-proxy; a manifest that contradicts itself is refused.)
+fn check_families(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    cluster_ip_families: &[Family],
+    object: &ObjectRef,
+) -> Result<(), ConversionError> {
+    let err = |field: String, message: String| ConversionError::new(object, field, message);
+    match spec.ip_family_policy.as_deref() {
+        None | Some("SingleStack" | "PreferDualStack" | "RequireDualStack") => {}
+        Some(other) => {
+            return Err(err(
+                "spec.ipFamilyPolicy".into(),
+                format!(
+                    "{other:?} is not a valid policy (SingleStack, PreferDualStack or RequireDualStack)"
+                ),
+            ));
+        }
+    }
+    let declared = spec.ip_families.as_deref().unwrap_or_default();
+    for (i, raw) in declared.iter().enumerate() {
+        let family = match raw.as_str() {
+            "IPv4" => Family::Ipv4,
+            "IPv6" => Family::Ipv6,
+            other => {
+                return Err(err(
+                    format!("spec.ipFamilies[{i}]"),
+                    format!("{other:?} is not a valid family (IPv4 or IPv6)"),
+                ));
+            }
+        };
+        if cluster_ip_families.get(i).is_some_and(|&f| f != family) {
+            return Err(err(
+                format!("spec.ipFamilies[{i}]"),
+                format!("{raw} does not match spec.clusterIPs[{i}]"),
+            ));
+        }
+    }
+    if spec.ip_family_policy.as_deref() == Some("SingleStack") && cluster_ip_families.len() > 1 {
+        return Err(err(
+            "spec.clusterIPs".into(),
+            "two cluster IPs with ipFamilyPolicy SingleStack".into(),
+        ));
+    }
+    Ok(())
 }

@@ -2,7 +2,7 @@
 //! reported (listed in the model, counted by label), never errors.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::ip::SpecialIp;
 use super::{FrontendKey, HintsUnused, LABEL_HEADLESS, LABEL_SERVICE_NAME, ObjectRef, Protocol};
@@ -48,7 +48,7 @@ pub enum SkipReason {
     /// address alone is left out, the rest of the object is served.
     SpecialAddress {
         field: String,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         class: SpecialIp,
     },
 }
@@ -80,7 +80,7 @@ impl fmt::Display for SkipReason {
                 why,
             } => write!(f, "port {port}/{protocol}: topology hints not used: {why}"),
             SkipReason::SpecialAddress { field, ip, class } => {
-                write!(f, "{field}: {ip} is {class}; not served")
+                write!(f, "{field}: {ip} is {}; not served", class.describe(*ip))
             }
         }
     }
@@ -109,7 +109,7 @@ impl SkipReason {
 
     /// Why `ip`, found at `field`, may not be used, if it is a special
     /// address. `field` is only formatted then: slices hold many endpoints.
-    pub(super) fn special_address(ip: Ipv4Addr, field: impl FnOnce() -> String) -> Option<Self> {
+    pub(super) fn special_address(ip: IpAddr, field: impl FnOnce() -> String) -> Option<Self> {
         SpecialIp::of(ip).map(|class| SkipReason::SpecialAddress {
             field: field(),
             ip,

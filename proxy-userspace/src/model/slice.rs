@@ -1,11 +1,12 @@
 //! Validation and normalisation of one discovery/v1 `EndpointSlice`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use super::ip::Family;
 use super::service::{label_skip, object_ref, parse_protocol, valid_port};
 use super::{
     Conditions, ConversionError, Hints, Kind, LABEL_SERVICE_NAME, ModelOptions, Name, ObjectRef,
@@ -56,8 +57,9 @@ pub struct SlicePortModel {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointModel {
     /// `addresses[0]`: the API says addresses are fungible and kube-proxy uses
-    /// the first. Never a special address (`SpecialIp`).
-    pub ip: Ipv4Addr,
+    /// the first. Never a special address (`SpecialIp`). Of the slice's
+    /// `addressType`.
+    pub ip: IpAddr,
     pub conditions: Conditions,
     pub node_name: Option<Name>,
     pub zone: Option<Name>,
@@ -83,8 +85,9 @@ pub fn convert_slice(
         return Ok(skipped(reason));
     }
     let err = |field: String, message: String| ConversionError::new(&object, field, message);
-    match slice.address_type.as_str() {
-        "IPv4" => {}
+    let family = match slice.address_type.as_str() {
+        "IPv4" => Family::Ipv4,
+        "IPv6" if opts.ipv6 => Family::Ipv6,
         "IPv6" | "FQDN" => return Ok(skipped(SkipReason::AddressType(slice.address_type.clone()))),
         other => {
             return Err(err(
@@ -92,7 +95,7 @@ pub fn convert_slice(
                 format!("{other:?} is not a valid address type"),
             ));
         }
-    }
+    };
     let service = slice
         .metadata
         .labels
@@ -133,10 +136,14 @@ pub fn convert_slice(
                 "must contain at least one address".into(),
             ));
         };
-        let ip = super::ip::parse_ipv4(raw).ok_or_else(|| {
+        let ip = match family {
+            Family::Ipv4 => super::ip::parse_ipv4(raw).map(IpAddr::V4),
+            Family::Ipv6 => raw.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        }
+        .ok_or_else(|| {
             err(
                 format!("endpoints[{i}].addresses[0]"),
-                format!("{raw:?} is not a valid IPv4 address"),
+                format!("{raw:?} is not a valid {} address", family.as_str()),
             )
         })?;
         // The API server refuses these (ValidateNonSpecialIP): they would

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use hashbrown::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use proxy_common::{
     AffinityMember, BackendValue, SVC_FLAG_AFFINITY, SVC_FLAG_DRAINING, SVC_FLAG_HAS_ENDPOINTS,
@@ -124,7 +124,7 @@ impl Planner {
         self.backends.start_round();
         let mut notes = Notes::default();
         for key in changed {
-            let skey = key_of(key);
+            let Some(skey) = key_of(key) else { continue };
             notes.touched.services.insert(skey);
             let old = self.desired.services.remove(&skey);
             if let Some(old) = old {
@@ -191,7 +191,7 @@ impl Planner {
     /// Writes one frontend's service, slots and backends into `desired`,
     /// noting what it touched when asked (an incremental update).
     fn add_frontend(&mut self, fe: &Frontend, mut notes: Option<&mut Notes>) {
-        let skey = service_key(fe);
+        let Some(skey) = key_of(&fe.key) else { return };
         let values: Vec<BackendValue> = backend_values(fe).collect();
         for value in &values {
             let refs = self.backend_refs.entry(*value).or_default();
@@ -215,7 +215,7 @@ impl Planner {
         let mut ids: Vec<u32> = fe
             .active_backends()
             .into_iter()
-            .filter_map(|b| self.backends.get(&value_of(fe, b)))
+            .filter_map(|b| self.backends.get(&value_of(fe, b)?))
             .collect();
         ids.truncate(usize::from(u16::MAX));
         for (slot, id) in (0u32..).zip(&ids) {
@@ -238,7 +238,7 @@ impl Planner {
             }
         }
         let backend_count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
-        for &(ip, len) in &fe.policy.source_ranges {
+        for (ip, len) in ipv4_ranges(&fe.policy.source_ranges) {
             let range = (service_id, ip, len);
             self.desired.source_ranges.insert(range);
             if let Some(notes) = notes.as_deref_mut() {
@@ -293,12 +293,27 @@ fn draining(service_id: u32) -> ServiceValue {
     }
 }
 
-fn service_key(fe: &Frontend) -> ServiceKey {
-    key_of(&fe.key)
+/// The IPv4 maps' key of a frontend; `None` for an IPv6 one, which these
+/// maps cannot hold (the model makes those only with `ModelOptions::ipv6`).
+fn key_of(key: &FrontendKey) -> Option<ServiceKey> {
+    let IpAddr::V4(ip) = key.ip else {
+        return None;
+    };
+    Some(ServiceKey::scoped(
+        ip,
+        key.port,
+        key.protocol.number(),
+        key.scope.number(),
+    ))
 }
 
-fn key_of(key: &FrontendKey) -> ServiceKey {
-    ServiceKey::scoped(key.ip, key.port, key.protocol.number(), key.scope.number())
+/// The IPv4 ones of a frontend's source ranges (all of them, for an IPv4
+/// frontend: the model gives each frontend the ranges of its family).
+fn ipv4_ranges(ranges: &[(IpAddr, u8)]) -> impl Iterator<Item = (Ipv4Addr, u8)> + '_ {
+    ranges.iter().filter_map(|&(ip, len)| match ip {
+        IpAddr::V4(v4) => Some((v4, len)),
+        IpAddr::V6(_) => None,
+    })
 }
 
 /// The datapath's view of a frontend's policy.
@@ -323,16 +338,20 @@ fn flags_of(fe: &Frontend) -> u16 {
 }
 
 fn backend_values(fe: &Frontend) -> impl Iterator<Item = BackendValue> + '_ {
-    fe.backends.iter().map(|b| value_of(fe, b))
+    fe.backends.iter().filter_map(|b| value_of(fe, b))
 }
 
-fn value_of(fe: &Frontend, b: &Backend) -> BackendValue {
-    let mut value = BackendValue::new(b.ip, b.port, fe.key.protocol.number());
+/// `None` for an IPv6 endpoint (never behind an IPv4 frontend).
+fn value_of(fe: &Frontend, b: &Backend) -> Option<BackendValue> {
+    let IpAddr::V4(ip) = b.ip else {
+        return None;
+    };
+    let mut value = BackendValue::new(ip, b.port, fe.key.protocol.number());
     if b.local {
         value = value.local();
     }
     if !b.conditions.serving {
         value = value.not_serving();
     }
-    value
+    Some(value)
 }

@@ -37,7 +37,7 @@ fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
     let mut m = Model::default();
     for &(svc, backends) in specs {
         let key = FrontendKey {
-            ip: Ipv4Addr::new(10, 96, 0, svc),
+            ip: Ipv4Addr::new(10, 96, 0, svc).into(),
             port: 80,
             protocol,
             scope: Default::default(),
@@ -47,7 +47,7 @@ fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
             .map(|&(b, conditions)| Backend {
                 local: false,
                 endpoint: std::sync::Arc::new(EndpointModel {
-                    ip: Ipv4Addr::new(10, 0, 0, b),
+                    ip: Ipv4Addr::new(10, 0, 0, b).into(),
                     conditions,
                     node_name: None,
                     zone: None,

@@ -175,7 +175,7 @@ impl Cluster {
         let mut cluster = Self {
             builder: ModelBuilder::new(ModelOptions {
                 node_name: Some("node-a".into()),
-                nodeport_addresses: vec![NODE],
+                nodeport_addresses: vec![NODE.into()],
                 ..ModelOptions::default()
             }),
             planner: Planner::new(),

@@ -196,7 +196,7 @@ endpoints: [{{addresses: [{ip}]}}]"
     assert_eq!(second.converted, 1);
     assert_eq!(second.services_recomputed, 1);
     let key = FrontendKey {
-        ip: ip("10.96.1.7"),
+        ip: ip("10.96.1.7").into(),
         port: 80,
         protocol: Protocol::Tcp,
         scope: Default::default(),
@@ -254,7 +254,7 @@ fn contested_frontend_passes_to_the_unchanged_claimant() {
     builder.apply_service(&object("b"), Some(&b));
     builder.commit();
     let key = FrontendKey {
-        ip: ip("10.96.0.1"),
+        ip: ip("10.96.0.1").into(),
         port: 80,
         protocol: Protocol::Tcp,
         scope: Default::default(),

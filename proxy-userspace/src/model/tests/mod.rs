@@ -1,5 +1,6 @@
 //! Conversion semantics, written as small YAML objects.
 
+mod dual_stack;
 mod incremental;
 mod invalid;
 mod special;

@@ -119,7 +119,7 @@ spec:
   externalIPs: [203.0.113.7]
   ports: [{name: http, port: 80, nodePort: 30080}]");
     let options = ModelOptions {
-        nodeport_addresses: vec![ip("172.30.0.1")],
+        nodeport_addresses: vec![ip("172.30.0.1").into()],
         ..ModelOptions::default()
     };
     let (m, errors) = ModelBuilder::new(options).update(&[service], &[]);
@@ -151,7 +151,7 @@ spec:
   externalIPs: [172.30.0.1]
   ports: [{name: http, port: 22}]");
     let options = ModelOptions {
-        nodeport_addresses: vec![ip("172.30.0.1")],
+        nodeport_addresses: vec![ip("172.30.0.1").into()],
         ..ModelOptions::default()
     };
     let (m, errors) = ModelBuilder::new(options).update(&[service], &[]);

@@ -243,7 +243,7 @@ pub(super) fn node(labels: Labels) -> Node {
 pub(super) fn options() -> ModelOptions {
     ModelOptions {
         node_name: Some(NODE.into()),
-        nodeport_addresses: vec![ip("192.168.0.2")],
+        nodeport_addresses: vec![ip("192.168.0.2").into()],
         ..ModelOptions::default()
     }
 }

@@ -13,7 +13,10 @@ use crate::plan::Planner;
 /// The `ip:port` each slot of `key` points at in the planner's contents.
 fn slots(planner: &Planner, key: &FrontendKey) -> Vec<String> {
     let maps = planner.current();
-    let skey = ServiceKey::scoped(key.ip, key.port, key.protocol.number(), key.scope.number());
+    let std::net::IpAddr::V4(ip) = key.ip else {
+        return Vec::new();
+    };
+    let skey = ServiceKey::scoped(ip, key.port, key.protocol.number(), key.scope.number());
     let Some(value) = maps.services.get(&skey) else {
         return Vec::new();
     };
