@@ -104,7 +104,7 @@ impl HealthChecks {
             if self.servers.contains_key(port) {
                 continue;
             }
-            match TcpListener::bind((Ipv4Addr::UNSPECIFIED, *port)) {
+            match bind_both_families(*port) {
                 Ok(listener) => {
                     let stop = Arc::new(AtomicBool::new(false));
                     let (flag, state, port) = (stop.clone(), self.state.clone(), *port);
@@ -121,6 +121,24 @@ impl HealthChecks {
         all_open
     }
 }
+
+/// A listener on `port` of every address of both families (one IPv6 socket
+/// that takes IPv4 too), as kube-proxy's health checks answer dual-stack
+/// load balancers; IPv4 alone where the node has no IPv6.
+fn bind_both_families(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let dual = (|| {
+        let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+        socket.set_only_v6(false)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        Ok::<_, std::io::Error>(TcpListener::from(socket))
+    })();
+    dual.or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+}
+
+const LISTEN_BACKLOG: i32 = 128;
 
 fn serve(
     listener: TcpListener,
@@ -176,5 +194,19 @@ mod tests {
         assert!(body.contains(r#""localEndpoints": 2"#), "{body}");
         assert!(body.contains(r#""name": "web""#), "{body}");
         assert_eq!(response(&check(0)).0, 503);
+    }
+
+    #[test]
+    fn the_health_check_port_takes_both_families() {
+        let listener = bind_both_families(0).expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("bound").port();
+        for client in [
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        ] {
+            TcpStream::connect_timeout(&client, Duration::from_secs(1))
+                .unwrap_or_else(|e| panic!("connect {client}: {e}"));
+            listener.accept().expect("accepted");
+        }
     }
 }
