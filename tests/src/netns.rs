@@ -26,6 +26,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+
+mod ipv6;
+pub use ipv6::POD_GATEWAY6;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -393,6 +396,9 @@ impl Topology {
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         sysctl(name, "net/ipv4/conf/all/rp_filter", "0")?;
         sysctl(name, "net/ipv4/conf/default/rp_filter", "0")?;
+        // Links made from now on are usable at once in IPv6 too: no test
+        // waits a second for duplicate address detection.
+        sysctl(name, "net/ipv6/conf/default/accept_dad", "0")?;
         Ok(())
     }
 
