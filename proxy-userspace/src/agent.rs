@@ -4,7 +4,7 @@
 //! went, and let the sync loop take the source's changes to the maps.
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{
         Arc,
@@ -93,8 +93,9 @@ impl Default for ConntrackConfig {
 pub struct ExternalConfig {
     /// Names or globs of the external interfaces; `None`: no external traffic.
     pub interfaces: Option<String>,
-    /// `--nodeport-addresses` CIDRs; empty: the external interfaces' addresses.
-    pub nodeport_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
+    /// `--nodeport-addresses` CIDRs, either family; empty: the external
+    /// interfaces' addresses.
+    pub nodeport_cidrs: Vec<(std::net::IpAddr, u8)>,
     /// The address masqueraded flows leave with; default: the first address
     /// of the first external interface.
     pub node_ip: Option<std::net::Ipv4Addr>,
@@ -118,23 +119,23 @@ impl ExternalConfig {
 fn node_addresses(
     external: &ExternalConfig,
     selector: Option<&InterfaceSelector>,
-) -> Result<(Vec<std::net::Ipv4Addr>, Option<std::net::Ipv4Addr>), DatapathError> {
+) -> Result<(Vec<IpAddr>, Option<Ipv4Addr>), DatapathError> {
     let Some(selector) = selector else {
         return Ok((Vec::new(), None));
     };
-    let by_interface = crate::datapath::ipv4_addresses()?;
-    let own: Vec<std::net::Ipv4Addr> = by_interface
+    let by_interface = crate::datapath::ip_addresses()?;
+    let own: Vec<IpAddr> = by_interface
         .iter()
         .filter(|(name, _)| selector.matches(name))
         .flat_map(|(_, ips)| ips.iter().copied())
         .collect();
-    let in_cidr = |ip: &std::net::Ipv4Addr| {
+    let in_cidr = |ip: &IpAddr| {
         external
             .nodeport_cidrs
             .iter()
-            .any(|&(net, len)| crate::model::ip::cidr_contains((net.into(), len), (*ip).into()))
+            .any(|range| crate::model::ip::cidr_contains(*range, *ip))
     };
-    let mut nodeport: Vec<std::net::Ipv4Addr> = if external.nodeport_cidrs.is_empty() {
+    let mut nodeport: Vec<IpAddr> = if external.nodeport_cidrs.is_empty() {
         own.clone()
     } else {
         by_interface
@@ -147,7 +148,11 @@ fn node_addresses(
     nodeport.retain(|ip| !ip.is_loopback());
     nodeport.sort();
     nodeport.dedup();
-    Ok((nodeport, external.node_ip.or_else(|| own.first().copied())))
+    let first_ipv4 = own.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    });
+    Ok((nodeport, external.node_ip.or(first_ipv4)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +236,7 @@ pub fn run(
     let builder = ModelBuilder::new(ModelOptions {
         proxy_name: config.proxy_name.clone(),
         node_name: Some(config.node_name.clone()),
-        nodeport_addresses: nodeport_addresses.into_iter().map(Into::into).collect(),
+        nodeport_addresses,
         nodeport_localhost: config.socket_lb.nodeport_localhost,
         // Until the datapath programs IPv6 maps.
         ipv6: false,

@@ -1,6 +1,6 @@
 //! The `vipr` command: run the node agent, inspect or clean up its state.
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
     time::Duration,
@@ -88,7 +88,7 @@ enum Command {
         /// CIDRs selecting the node addresses NodePorts answer on (as
         /// kube-proxy); default: the external interfaces' addresses.
         #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
-        nodeport_addresses: Vec<(Ipv4Addr, u8)>,
+        nodeport_addresses: Vec<(IpAddr, u8)>,
         /// The node address masqueraded traffic leaves with; default: the
         /// first address of the first external interface.
         #[arg(long)]
@@ -233,17 +233,9 @@ enum SocketLbFlag {
     Off,
 }
 
-fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (addr, len) = text
-        .split_once('/')
-        .ok_or_else(|| format!("{text}: not a CIDR (a.b.c.d/n)"))?;
-    let addr: Ipv4Addr = addr.parse().map_err(|e| format!("{text}: {e}"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| format!("{text}: prefix length must be 0-32"))?;
-    Ok((addr, len))
+fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
+    vipr::model::ip::parse_cidr(text)
+        .ok_or_else(|| format!("{text}: not a CIDR (a.b.c.d/n, 0-32, or an IPv6 prefix, 0-128)"))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

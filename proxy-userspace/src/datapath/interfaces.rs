@@ -57,19 +57,29 @@ impl InterfaceSelector {
     }
 }
 
-/// The IPv4 addresses of every interface in this network namespace.
-pub fn ipv4_addresses() -> Result<BTreeMap<String, Vec<std::net::Ipv4Addr>>, DatapathError> {
+/// The addresses of every interface in this network namespace, both
+/// families; IPv6 link-local ones left out (no Service answers on those).
+pub fn ip_addresses() -> Result<BTreeMap<String, Vec<std::net::IpAddr>>, DatapathError> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(|e| DatapathError::Interface {
         interface: "*".into(),
         message: format!("listing addresses: {e}"),
     })?;
-    let mut out: BTreeMap<String, Vec<std::net::Ipv4Addr>> = BTreeMap::new();
+    let mut out: BTreeMap<String, Vec<std::net::IpAddr>> = BTreeMap::new();
     for a in addrs {
-        if let Some(ip) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
-            out.entry(a.interface_name.clone())
-                .or_default()
-                .push(ip.ip());
-        }
+        let Some(address) = a.address.as_ref() else {
+            continue;
+        };
+        let ip: std::net::IpAddr = if let Some(v4) = address.as_sockaddr_in() {
+            v4.ip().into()
+        } else if let Some(v6) = address.as_sockaddr_in6() {
+            if v6.ip().is_unicast_link_local() {
+                continue;
+            }
+            v6.ip().into()
+        } else {
+            continue;
+        };
+        out.entry(a.interface_name.clone()).or_default().push(ip);
     }
     Ok(out)
 }

@@ -26,7 +26,7 @@ mod xdp_attach;
 pub use attach::{AttachMode, Attacher, cleanup_attachments};
 pub use conntrack::{ConntrackTable, Pressure, conntrack_clock};
 pub use fake::FakeMaps;
-pub use interfaces::{InterfaceSelector, all_interfaces, ipv4_addresses};
+pub use interfaces::{InterfaceSelector, all_interfaces, ip_addresses};
 pub use kernel::{KernelMaps, read_counters, source_range_of};
 pub use links::parent_device;
 pub use loader::{Datapath, LoadOptions, MAP_DIR, MapSizes, OBJECT, cleanup_pins, load_trace_copy};

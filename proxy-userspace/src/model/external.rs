@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 
+use super::ip::parse_cidr;
 use super::{ConversionError, ExternalModel, ObjectRef, SkipReason, service::valid_port};
 
 /// Validates and extracts the external fields. IPv6 addresses and ranges are
@@ -113,17 +114,9 @@ fn policy(raw: Option<&str>, field: &str, object: &ObjectRef) -> Result<bool, Co
     }
 }
 
-/// A CIDR of either family, its address masked to the prefix; `None` if invalid.
-pub(super) fn parse_cidr(raw: &str) -> Option<(IpAddr, u8)> {
-    let (addr, len) = raw.split_once('/')?;
-    let len: u8 = len.parse().ok()?;
-    let ip = super::ip::parse_ip(addr)?;
-    (len <= super::ip::Family::of(ip).bits()).then(|| (super::ip::masked(ip, len), len))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::parse_cidr;
+    use super::super::ip::parse_cidr;
     use std::net::IpAddr;
 
     #[test]

@@ -74,6 +74,14 @@ fn prefix_mask6(len: u8) -> u128 {
         .unwrap_or(0)
 }
 
+/// A CIDR of either family, its address masked to the prefix; `None` if invalid.
+pub fn parse_cidr(raw: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = raw.split_once('/')?;
+    let len: u8 = len.parse().ok()?;
+    let ip = parse_ip(addr)?;
+    (len <= Family::of(ip).bits()).then(|| (masked(ip, len), len))
+}
+
 /// `ip` with the bits past a `/len` prefix cleared.
 pub fn masked(ip: IpAddr, len: u8) -> IpAddr {
     match ip {
