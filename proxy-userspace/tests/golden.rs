@@ -17,13 +17,19 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/golden")
 }
 
-/// What a golden file is compared with.
-fn render(manifests: &str) -> Result<String, String> {
+/// What a golden file is compared with. `dual-stack*` files run with IPv6
+/// on and node1's IPv6 address too.
+fn render(manifests: &str, dual_stack: bool) -> Result<String, String> {
     let parsed = parse_str(manifests).map_err(|e| e.to_string())?;
     // Every golden runs as the agent on node1, whose NodePorts answer on 172.30.0.1.
+    let mut nodeport_addresses = vec![std::net::Ipv4Addr::new(172, 30, 0, 1).into()];
+    if dual_stack {
+        nodeport_addresses.push("fd00:30::1".parse().expect("IPv6 literal"));
+    }
     let options = ModelOptions {
         node_name: Some("node1".into()),
-        nodeport_addresses: vec![std::net::Ipv4Addr::new(172, 30, 0, 1).into()],
+        nodeport_addresses,
+        ipv6: dual_stack,
         ..ModelOptions::default()
     };
     let mut builder = ModelBuilder::new(options);
@@ -61,7 +67,10 @@ fn golden_dumps() {
     let mut failures = Vec::new();
     for input in &inputs {
         let text = fs::read_to_string(input).expect("read golden input");
-        let got = render(&text).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+        let dual_stack = input
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("dual-stack"));
+        let got = render(&text, dual_stack).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
         let expected_path = input.with_extension("dump");
         if update {
             fs::write(&expected_path, &got).expect("write golden");

@@ -1,8 +1,8 @@
 //! [`ServiceMaps`] on the real BPF maps.
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use proxy_common::{
-    AffinityMember, BackendValue, Counter, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
-    host_addr, maps, wire_addr,
+    AffinityMember, Backend6Value, BackendValue, Counter, Service6Key, ServiceKey, ServiceValue,
+    SlotKey, SourceRangeKey, host_addr, maps, wire_addr,
 };
 
 use std::mem::discriminant;
@@ -16,6 +16,10 @@ pub struct KernelMaps {
     backends: HashMap<MapData, u32, BackendValue>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     affinity: HashMap<MapData, AffinityMember, u32>,
+    /// The IPv6 maps; `None` in an object without them (IPv6 ops then fail
+    /// naming the map, and IPv4 is served as before).
+    services6: Option<HashMap<MapData, Service6Key, ServiceValue>>,
+    backends6: Option<HashMap<MapData, u32, Backend6Value>>,
     /// Cleared when the kernel refuses batch commands: single writes then.
     batching: bool,
 }
@@ -55,6 +59,11 @@ where
     T::try_from(map).map_err(|source| DatapathError::Map { name, source })
 }
 
+/// An optional map, or the error of writing to one this object lacks.
+fn present<'a, T>(map: &'a mut Option<T>, name: &'static str) -> Result<&'a mut T, DatapathError> {
+    map.as_mut().ok_or(DatapathError::MissingMap(name))
+}
+
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
@@ -81,6 +90,8 @@ impl KernelMaps {
             backends: take(datapath, maps::BACKENDS)?,
             source_ranges: take(datapath, maps::SOURCE_RANGES)?,
             affinity: take(datapath, maps::AFFINITY_MEMBERS)?,
+            services6: take(datapath, maps::SERVICES6).ok(),
+            backends6: take(datapath, maps::BACKENDS6).ok(),
             batching: true,
         })
     }
@@ -94,39 +105,46 @@ impl KernelMaps {
     /// Writes a run of ops of one kind in one system call where the kernel
     /// offers it. `Ok(false)`: this kind has no batch form, write singly.
     fn write_batch(&self, run: &[MapOp]) -> std::io::Result<bool> {
+        // One arm per kind: the op's fields are the batch's keys and values.
+        macro_rules! batch {
+            ($map:expr, upsert $kind:ident) => {
+                upsert($map, run, |op| match op {
+                    MapOp::$kind(key, value) => Some((*key, *value)),
+                    _ => None,
+                })
+            };
+            ($map:expr, delete $kind:ident) => {
+                delete($map, run, |op| match op {
+                    MapOp::$kind(key) => Some(*key),
+                    _ => None,
+                })
+            };
+        }
         match run[0] {
-            MapOp::UpsertBackend(..) => upsert(&self.backends, run, |op| match op {
-                MapOp::UpsertBackend(id, value) => Some((*id, *value)),
-                _ => None,
-            }),
-            MapOp::UpsertSlot(..) => upsert(&self.slots, run, |op| match op {
-                MapOp::UpsertSlot(key, id) => Some((*key, *id)),
-                _ => None,
-            }),
-            MapOp::UpsertService(..) => upsert(&self.services, run, |op| match op {
-                MapOp::UpsertService(key, value) => Some((*key, *value)),
-                _ => None,
-            }),
-            MapOp::UpsertAffinity(..) => upsert(&self.affinity, run, |op| match op {
-                MapOp::UpsertAffinity(member, timeout) => Some((*member, *timeout)),
-                _ => None,
-            }),
-            MapOp::DeleteService(..) => delete(&self.services, run, |op| match op {
-                MapOp::DeleteService(key) => Some(*key),
-                _ => None,
-            }),
-            MapOp::DeleteSlot(..) => delete(&self.slots, run, |op| match op {
-                MapOp::DeleteSlot(key) => Some(*key),
-                _ => None,
-            }),
-            MapOp::DeleteBackend(..) => delete(&self.backends, run, |op| match op {
-                MapOp::DeleteBackend(id) => Some(*id),
-                _ => None,
-            }),
-            MapOp::DeleteAffinity(..) => delete(&self.affinity, run, |op| match op {
-                MapOp::DeleteAffinity(member) => Some(*member),
-                _ => None,
-            }),
+            MapOp::UpsertBackend(..) => batch!(&self.backends, upsert UpsertBackend),
+            MapOp::UpsertSlot(..) => batch!(&self.slots, upsert UpsertSlot),
+            MapOp::UpsertService(..) => batch!(&self.services, upsert UpsertService),
+            MapOp::UpsertAffinity(..) => batch!(&self.affinity, upsert UpsertAffinity),
+            MapOp::DeleteService(..) => batch!(&self.services, delete DeleteService),
+            MapOp::DeleteSlot(..) => batch!(&self.slots, delete DeleteSlot),
+            MapOp::DeleteBackend(..) => batch!(&self.backends, delete DeleteBackend),
+            MapOp::DeleteAffinity(..) => batch!(&self.affinity, delete DeleteAffinity),
+            MapOp::UpsertBackend6(..) => match &self.backends6 {
+                Some(map) => batch!(map, upsert UpsertBackend6),
+                None => Ok(false),
+            },
+            MapOp::UpsertService6(..) => match &self.services6 {
+                Some(map) => batch!(map, upsert UpsertService6),
+                None => Ok(false),
+            },
+            MapOp::DeleteService6(..) => match &self.services6 {
+                Some(map) => batch!(map, delete DeleteService6),
+                None => Ok(false),
+            },
+            MapOp::DeleteBackend6(..) => match &self.backends6 {
+                Some(map) => batch!(map, delete DeleteBackend6),
+                None => Ok(false),
+            },
             // The LPM trie has no batch commands.
             MapOp::UpsertSourceRange(_) | MapOp::DeleteSourceRange(_) => Ok(false),
         }
@@ -231,6 +249,20 @@ impl ServiceMaps for KernelMaps {
                 .map_err(map_err(maps::AFFINITY_MEMBERS)),
             MapOp::DeleteAffinity(member) => ignore_missing(self.affinity.remove(member))
                 .map_err(map_err(maps::AFFINITY_MEMBERS)),
+            MapOp::UpsertBackend6(id, b) => present(&mut self.backends6, maps::BACKENDS6)?
+                .insert(id, b, 0)
+                .map_err(map_err(maps::BACKENDS6)),
+            MapOp::UpsertService6(k, v) => present(&mut self.services6, maps::SERVICES6)?
+                .insert(k, v, 0)
+                .map_err(map_err(maps::SERVICES6)),
+            MapOp::DeleteService6(k) => {
+                ignore_missing(present(&mut self.services6, maps::SERVICES6)?.remove(k))
+                    .map_err(map_err(maps::SERVICES6))
+            }
+            MapOp::DeleteBackend6(id) => {
+                ignore_missing(present(&mut self.backends6, maps::BACKENDS6)?.remove(id))
+                    .map_err(map_err(maps::BACKENDS6))
+            }
         }
     }
 
@@ -255,6 +287,18 @@ impl ServiceMaps for KernelMaps {
         for entry in self.affinity.iter() {
             let (member, timeout) = entry.map_err(map_err(maps::AFFINITY_MEMBERS))?;
             contents.affinity.insert(member, timeout);
+        }
+        if let Some(services6) = &self.services6 {
+            for entry in services6.iter() {
+                let (k, v) = entry.map_err(map_err(maps::SERVICES6))?;
+                contents.services6.insert(k, v);
+            }
+        }
+        if let Some(backends6) = &self.backends6 {
+            for entry in backends6.iter() {
+                let (k, v) = entry.map_err(map_err(maps::BACKENDS6))?;
+                contents.backends6.insert(k, v);
+            }
         }
         Ok(contents)
     }

@@ -1,5 +1,7 @@
 //! Ordered, minimal difference between two map contents.
 
+use std::collections::BTreeMap;
+
 use super::maps::{MapContents, MapOp};
 use super::planner::Touched;
 
@@ -24,53 +26,127 @@ use super::planner::Touched;
 /// Within a phase, ops are in key order, so the output is deterministic.
 pub fn diff(applied: &MapContents, desired: &MapContents) -> Vec<MapOp> {
     let mut ops = Vec::new();
-    for (id, value) in &desired.backends {
-        if applied.backends.get(id) != Some(value) {
-            ops.push(MapOp::UpsertBackend(*id, *value));
-        }
-    }
-    for (key, id) in &desired.slots {
-        if applied.slots.get(key) != Some(id) {
-            ops.push(MapOp::UpsertSlot(*key, *id));
-        }
-    }
-    for (member, timeout) in &desired.affinity {
-        if applied.affinity.get(member) != Some(timeout) {
-            ops.push(MapOp::UpsertAffinity(*member, *timeout));
-        }
-    }
+    upserts(
+        &applied.backends,
+        &desired.backends,
+        MapOp::UpsertBackend,
+        &mut ops,
+    );
+    upserts(
+        &applied.backends6,
+        &desired.backends6,
+        MapOp::UpsertBackend6,
+        &mut ops,
+    );
+    upserts(&applied.slots, &desired.slots, MapOp::UpsertSlot, &mut ops);
+    upserts(
+        &applied.affinity,
+        &desired.affinity,
+        MapOp::UpsertAffinity,
+        &mut ops,
+    );
     for range in desired.source_ranges.difference(&applied.source_ranges) {
         ops.push(MapOp::UpsertSourceRange(*range));
     }
-    for (key, value) in &desired.services {
-        if applied.services.get(key) != Some(value) {
-            ops.push(MapOp::UpsertService(*key, *value));
-        }
-    }
-    for key in applied.services.keys() {
-        if !desired.services.contains_key(key) {
-            ops.push(MapOp::DeleteService(*key));
-        }
-    }
+    upserts(
+        &applied.services,
+        &desired.services,
+        MapOp::UpsertService,
+        &mut ops,
+    );
+    upserts(
+        &applied.services6,
+        &desired.services6,
+        MapOp::UpsertService6,
+        &mut ops,
+    );
+    deletes(
+        &applied.services,
+        &desired.services,
+        MapOp::DeleteService,
+        &mut ops,
+    );
+    deletes(
+        &applied.services6,
+        &desired.services6,
+        MapOp::DeleteService6,
+        &mut ops,
+    );
     for range in applied.source_ranges.difference(&desired.source_ranges) {
         ops.push(MapOp::DeleteSourceRange(*range));
     }
-    for key in applied.slots.keys() {
-        if !desired.slots.contains_key(key) {
-            ops.push(MapOp::DeleteSlot(*key));
-        }
-    }
-    for member in applied.affinity.keys() {
-        if !desired.affinity.contains_key(member) {
-            ops.push(MapOp::DeleteAffinity(*member));
-        }
-    }
-    for id in applied.backends.keys() {
-        if !desired.backends.contains_key(id) {
-            ops.push(MapOp::DeleteBackend(*id));
-        }
-    }
+    deletes(&applied.slots, &desired.slots, MapOp::DeleteSlot, &mut ops);
+    deletes(
+        &applied.affinity,
+        &desired.affinity,
+        MapOp::DeleteAffinity,
+        &mut ops,
+    );
+    deletes(
+        &applied.backends,
+        &desired.backends,
+        MapOp::DeleteBackend,
+        &mut ops,
+    );
+    deletes(
+        &applied.backends6,
+        &desired.backends6,
+        MapOp::DeleteBackend6,
+        &mut ops,
+    );
     ops
+}
+
+/// An upsert per entry of `desired` that `applied` lacks or holds otherwise.
+fn upserts<K: Ord + Copy, V: PartialEq + Copy>(
+    applied: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    op: impl Fn(K, V) -> MapOp,
+    ops: &mut Vec<MapOp>,
+) {
+    touched_upserts(desired.keys(), applied, desired, op, ops);
+}
+
+/// A delete per key of `applied` that `desired` lacks.
+fn deletes<K: Ord + Copy, V>(
+    applied: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    op: impl Fn(K) -> MapOp,
+    ops: &mut Vec<MapOp>,
+) {
+    touched_deletes(applied.keys(), applied, desired, op, ops);
+}
+
+/// [`upserts`] for `keys` only.
+fn touched_upserts<'a, K: Ord + Copy + 'a, V: PartialEq + Copy>(
+    keys: impl IntoIterator<Item = &'a K>,
+    applied: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    op: impl Fn(K, V) -> MapOp,
+    ops: &mut Vec<MapOp>,
+) {
+    for key in keys {
+        if let Some(value) = desired.get(key)
+            && applied.get(key) != Some(value)
+        {
+            ops.push(op(*key, *value));
+        }
+    }
+}
+
+/// [`deletes`] for `keys` only.
+fn touched_deletes<'a, K: Ord + Copy + 'a, V>(
+    keys: impl IntoIterator<Item = &'a K>,
+    applied: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+    op: impl Fn(K) -> MapOp,
+    ops: &mut Vec<MapOp>,
+) {
+    for key in keys {
+        if applied.contains_key(key) && !desired.contains_key(key) {
+            ops.push(op(*key));
+        }
+    }
 }
 
 /// [`diff`] restricted to the keys in `touched`: the same ops in the same
@@ -78,64 +154,101 @@ pub fn diff(applied: &MapContents, desired: &MapContents) -> Vec<MapOp> {
 /// cost proportional to what changed.
 pub fn diff_touched(applied: &MapContents, desired: &MapContents, touched: &Touched) -> Vec<MapOp> {
     let mut ops = Vec::new();
-    for id in &touched.backends {
-        if let Some(value) = desired.backends.get(id)
-            && applied.backends.get(id) != Some(value)
-        {
-            ops.push(MapOp::UpsertBackend(*id, *value));
-        }
-    }
-    for key in &touched.slots {
-        if let Some(id) = desired.slots.get(key)
-            && applied.slots.get(key) != Some(id)
-        {
-            ops.push(MapOp::UpsertSlot(*key, *id));
-        }
-    }
-    for member in &touched.affinity {
-        if let Some(timeout) = desired.affinity.get(member)
-            && applied.affinity.get(member) != Some(timeout)
-        {
-            ops.push(MapOp::UpsertAffinity(*member, *timeout));
-        }
-    }
-    for range in &touched.source_ranges {
+    let t = touched;
+    touched_upserts(
+        &t.backends,
+        &applied.backends,
+        &desired.backends,
+        MapOp::UpsertBackend,
+        &mut ops,
+    );
+    touched_upserts(
+        &t.backends6,
+        &applied.backends6,
+        &desired.backends6,
+        MapOp::UpsertBackend6,
+        &mut ops,
+    );
+    touched_upserts(
+        &t.slots,
+        &applied.slots,
+        &desired.slots,
+        MapOp::UpsertSlot,
+        &mut ops,
+    );
+    touched_upserts(
+        &t.affinity,
+        &applied.affinity,
+        &desired.affinity,
+        MapOp::UpsertAffinity,
+        &mut ops,
+    );
+    for range in &t.source_ranges {
         if desired.source_ranges.contains(range) && !applied.source_ranges.contains(range) {
             ops.push(MapOp::UpsertSourceRange(*range));
         }
     }
-    for key in &touched.services {
-        if let Some(value) = desired.services.get(key)
-            && applied.services.get(key) != Some(value)
-        {
-            ops.push(MapOp::UpsertService(*key, *value));
-        }
-    }
-    for key in &touched.services {
-        if applied.services.contains_key(key) && !desired.services.contains_key(key) {
-            ops.push(MapOp::DeleteService(*key));
-        }
-    }
-    for range in &touched.source_ranges {
+    touched_upserts(
+        &t.services,
+        &applied.services,
+        &desired.services,
+        MapOp::UpsertService,
+        &mut ops,
+    );
+    touched_upserts(
+        &t.services6,
+        &applied.services6,
+        &desired.services6,
+        MapOp::UpsertService6,
+        &mut ops,
+    );
+    touched_deletes(
+        &t.services,
+        &applied.services,
+        &desired.services,
+        MapOp::DeleteService,
+        &mut ops,
+    );
+    touched_deletes(
+        &t.services6,
+        &applied.services6,
+        &desired.services6,
+        MapOp::DeleteService6,
+        &mut ops,
+    );
+    for range in &t.source_ranges {
         if applied.source_ranges.contains(range) && !desired.source_ranges.contains(range) {
             ops.push(MapOp::DeleteSourceRange(*range));
         }
     }
-    for key in &touched.slots {
-        if applied.slots.contains_key(key) && !desired.slots.contains_key(key) {
-            ops.push(MapOp::DeleteSlot(*key));
-        }
-    }
-    for member in &touched.affinity {
-        if applied.affinity.contains_key(member) && !desired.affinity.contains_key(member) {
-            ops.push(MapOp::DeleteAffinity(*member));
-        }
-    }
-    for id in &touched.backends {
-        if applied.backends.contains_key(id) && !desired.backends.contains_key(id) {
-            ops.push(MapOp::DeleteBackend(*id));
-        }
-    }
+    touched_deletes(
+        &t.slots,
+        &applied.slots,
+        &desired.slots,
+        MapOp::DeleteSlot,
+        &mut ops,
+    );
+    touched_deletes(
+        &t.affinity,
+        &applied.affinity,
+        &desired.affinity,
+        MapOp::DeleteAffinity,
+        &mut ops,
+    );
+    touched_deletes(
+        &t.backends,
+        &applied.backends,
+        &desired.backends,
+        MapOp::DeleteBackend,
+        &mut ops,
+    );
+    touched_deletes(
+        &t.backends6,
+        &applied.backends6,
+        &desired.backends6,
+        MapOp::DeleteBackend6,
+        &mut ops,
+    );
     ops
 }
 
@@ -173,6 +286,18 @@ pub fn apply_op(maps: &mut MapContents, op: &MapOp) {
         MapOp::DeleteAffinity(member) => {
             maps.affinity.remove(&member);
         }
+        MapOp::UpsertBackend6(id, value) => {
+            maps.backends6.insert(id, value);
+        }
+        MapOp::UpsertService6(key, value) => {
+            maps.services6.insert(key, value);
+        }
+        MapOp::DeleteService6(key) => {
+            maps.services6.remove(&key);
+        }
+        MapOp::DeleteBackend6(id) => {
+            maps.backends6.remove(&id);
+        }
     }
 }
 
@@ -180,7 +305,16 @@ pub fn apply_op(maps: &mut MapContents, op: &MapOp) {
 /// Empty when consistent.
 pub fn check_consistency(maps: &MapContents) -> Vec<String> {
     let mut problems = Vec::new();
-    for (key, value) in &maps.services {
+    let frontends = maps
+        .services
+        .iter()
+        .map(|(k, v)| (std::net::SocketAddr::from((k.ip(), k.port())), v))
+        .chain(
+            maps.services6
+                .iter()
+                .map(|(k, v)| (std::net::SocketAddr::from((k.ip(), k.port())), v)),
+        );
+    for (at, value) in frontends {
         for slot in 0..u32::from(value.backend_count) {
             let slot_key = proxy_common::SlotKey {
                 service_id: value.service_id,
@@ -188,17 +322,16 @@ pub fn check_consistency(maps: &MapContents) -> Vec<String> {
             };
             if !maps.slots.contains_key(&slot_key) {
                 problems.push(format!(
-                    "service {}:{} id={} count={} lacks slot {slot}",
-                    key.ip(),
-                    key.port(),
-                    value.service_id,
-                    value.backend_count
+                    "service {at} id={} count={} lacks slot {slot}",
+                    value.service_id, value.backend_count
                 ));
             }
         }
     }
+    let backend_exists =
+        |id: &u32| maps.backends.contains_key(id) || maps.backends6.contains_key(id);
     for (key, id) in &maps.slots {
-        if !maps.backends.contains_key(id) {
+        if !backend_exists(id) {
             problems.push(format!(
                 "slot {}/{} points at missing backend {id}",
                 key.service_id, key.slot
@@ -206,7 +339,7 @@ pub fn check_consistency(maps: &MapContents) -> Vec<String> {
         }
     }
     for member in maps.affinity.keys() {
-        if !maps.backends.contains_key(&member.backend_id) {
+        if !backend_exists(&member.backend_id) {
             problems.push(format!(
                 "affinity member {}/{} is a missing backend",
                 member.service_id, member.backend_id

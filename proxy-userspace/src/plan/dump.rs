@@ -1,11 +1,12 @@
 //! Stable text form of map contents, for golden tests and the CLI.
 
 use std::fmt::Write;
+use std::net::SocketAddr;
 
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_FLAG_NOT_SERVING, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL,
     SVC_FLAG_AFFINITY, SVC_FLAG_DRAINING, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_LOCAL_ONLY,
-    SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
+    SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, ServiceValue,
 };
 
 /// Service flags as the dump names them.
@@ -29,21 +30,25 @@ use super::maps::MapContents;
 /// ```
 pub fn dump_text(maps: &MapContents) -> String {
     let mut out = String::new();
-    let mut services: Vec<_> = maps.services.iter().collect();
-    // The map's own order is by wire-order u32, which is not numeric on little-endian.
-    services.sort_by_key(|(k, _)| (k.ip(), k.port(), k.proto, k.scope));
-    for (key, value) in services {
+    // The maps' own order is by wire-order words, which is not numeric on
+    // little-endian; IPv4 frontends first, then IPv6, each by address.
+    let mut services: Vec<(SocketAddr, u8, u8, &ServiceValue)> = maps
+        .services
+        .iter()
+        .map(|(k, v)| (SocketAddr::from((k.ip(), k.port())), k.proto, k.scope, v))
+        .chain(
+            maps.services6
+                .iter()
+                .map(|(k, v)| (SocketAddr::from((k.ip(), k.port())), k.proto, k.scope, v)),
+        )
+        .collect();
+    services.sort_by_key(|&(at, proto, scope, _)| (at.is_ipv6(), at, proto, scope));
+    for (at, proto, scope, value) in services {
         let _ = write!(
             out,
-            "svc {}:{}/{}{} id={} count={}",
-            key.ip(),
-            key.port(),
-            proto_name(key.proto),
-            if key.scope == SCOPE_EXTERNAL {
-                " ext"
-            } else {
-                ""
-            },
+            "svc {at}/{}{} id={} count={}",
+            proto_name(proto),
+            if scope == SCOPE_EXTERNAL { " ext" } else { "" },
             value.service_id,
             value.backend_count
         );
@@ -57,19 +62,26 @@ pub fn dump_text(maps: &MapContents) -> String {
     for (key, id) in &maps.slots {
         let _ = writeln!(out, "slot {}/{} -> {id}", key.service_id, key.slot);
     }
-    for (id, value) in &maps.backends {
+    let backends = maps
+        .backends
+        .iter()
+        .map(|(id, v)| (*id, SocketAddr::from((v.ip(), v.port())), v.proto, v.flags))
+        .chain(
+            maps.backends6
+                .iter()
+                .map(|(id, v)| (*id, SocketAddr::from((v.ip(), v.port())), v.proto, v.flags)),
+        );
+    for (id, at, proto, flags) in backends {
         let _ = writeln!(
             out,
-            "backend {id} {}:{}/{}{}{}",
-            value.ip(),
-            value.port(),
-            proto_name(value.proto),
-            if value.flags & BACKEND_FLAG_LOCAL != 0 {
+            "backend {id} {at}/{}{}{}",
+            proto_name(proto),
+            if flags & BACKEND_FLAG_LOCAL != 0 {
                 " local"
             } else {
                 ""
             },
-            if value.flags & BACKEND_FLAG_NOT_SERVING != 0 {
+            if flags & BACKEND_FLAG_NOT_SERVING != 0 {
                 " not-serving"
             } else {
                 ""

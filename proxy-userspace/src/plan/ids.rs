@@ -5,7 +5,8 @@ use std::hash::Hash;
 
 use hashbrown::HashMap;
 
-/// Hands out ids `1..`, lowest free first; 0 is never used (reads as "unset").
+/// Hands out ids `first..` (`1..` by default), lowest free first; 0 is never
+/// used (reads as "unset").
 ///
 /// An id released in one round (see [`IdTable::retain`]) is quarantined and
 /// becomes free only at the next round: the diff of the round that releases
@@ -21,29 +22,42 @@ pub(crate) struct IdTable<K> {
     free: BTreeSet<u32>,
     quarantine: BTreeSet<u32>,
     next: u32,
+    /// The lowest id this table hands out.
+    first: u32,
 }
 
 impl<K> Default for IdTable<K> {
     fn default() -> Self {
+        Self::starting_at(1)
+    }
+}
+
+impl<K> IdTable<K> {
+    /// A table whose ids are `first..` (`first` ≥ 1).
+    pub fn starting_at(first: u32) -> Self {
+        let first = first.max(1);
         Self {
             ids: HashMap::new(),
             free: BTreeSet::new(),
             quarantine: BTreeSet::new(),
-            next: 1,
+            next: first,
+            first,
         }
     }
 }
 
 impl<K: Eq + Hash + Clone> IdTable<K> {
-    /// Rebuilds a table from (key, id) pairs read back from the kernel. A
-    /// key or id seen twice keeps its first pairing; the other ids are
-    /// quarantined so the next round does not reuse them while still mapped.
-    pub fn restore(pairs: impl IntoIterator<Item = (K, u32)>) -> Self {
-        let mut table = Self::default();
+    /// Rebuilds a table of ids `first..` from (key, id) pairs read back from
+    /// the kernel. A key or id seen twice keeps its first pairing; the other
+    /// ids are quarantined so the next round does not reuse them while
+    /// still mapped. Ids below `first` belong to another table: ignored.
+    pub fn restore(first: u32, pairs: impl IntoIterator<Item = (K, u32)>) -> Self {
+        let mut table = Self::starting_at(first);
+        let first = table.first;
         let mut held = BTreeSet::new();
         let mut orphans = BTreeSet::new();
         for (key, id) in pairs {
-            if id == 0 {
+            if id < first {
                 continue;
             }
             if held.contains(&id) || table.ids.contains_key(&key) {
@@ -54,9 +68,9 @@ impl<K: Eq + Hash + Clone> IdTable<K> {
             table.ids.insert(key, id);
         }
         orphans.retain(|id| !held.contains(id));
-        let max = held.iter().chain(&orphans).max().copied().unwrap_or(0);
-        table.next = max.saturating_add(1);
-        table.free = (1..table.next)
+        let max = held.iter().chain(&orphans).max().copied();
+        table.next = max.map_or(first, |m| m.saturating_add(1));
+        table.free = (first..table.next)
             .filter(|id| !held.contains(id) && !orphans.contains(id))
             .collect();
         table.quarantine = orphans;

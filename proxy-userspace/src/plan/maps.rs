@@ -3,15 +3,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use proxy_common::{AffinityMember, BackendValue, ServiceKey, ServiceValue, SlotKey};
+use proxy_common::{
+    AffinityMember, Backend6Value, BackendValue, Service6Key, ServiceKey, ServiceValue, SlotKey,
+};
 
-/// The full contents of the three service maps. Built by the planner from the
+/// The full contents of the service maps. Built by the planner from the
 /// model (desired), or read back from the kernel (applied).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapContents {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// IPv6 frontends; their ids are in the same space as `services`'.
+    pub services6: BTreeMap<Service6Key, ServiceValue>,
+    /// Both families' slots (ids never overlap).
     pub slots: BTreeMap<SlotKey, u32>,
     pub backends: BTreeMap<u32, BackendValue>,
+    pub backends6: BTreeMap<u32, Backend6Value>,
     /// loadBalancerSourceRanges entries: (service id, prefix, prefix length).
     pub source_ranges: BTreeSet<SourceRange>,
     /// Session affinity: the endpoints an affinity may lead to, per
@@ -64,4 +70,8 @@ pub enum MapOp {
     DeleteSourceRange(SourceRange),
     UpsertAffinity(AffinityMember, u32),
     DeleteAffinity(AffinityMember),
+    UpsertBackend6(u32, Backend6Value),
+    UpsertService6(Service6Key, ServiceValue),
+    DeleteService6(Service6Key),
+    DeleteBackend6(u32),
 }

@@ -4,6 +4,7 @@ pub mod maps;
 
 mod diff;
 mod dump;
+mod family;
 mod ids;
 mod planner;
 #[cfg(test)]

@@ -1,36 +1,55 @@
 //! Model → desired map contents, with stable ids; in full or per frontend.
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 
 use hashbrown::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
-
 use proxy_common::{
     AffinityMember, BackendValue, SVC_FLAG_AFFINITY, SVC_FLAG_DRAINING, SVC_FLAG_HAS_ENDPOINTS,
-    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue,
-    SlotKey,
+    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, Service6Key, ServiceKey,
+    ServiceValue, SlotKey,
 };
 
+use super::family::{Family, V4, V6};
 use super::ids::IdTable;
 use super::maps::MapContents;
-use crate::model::{Backend, Frontend, FrontendKey, Model};
+use crate::model::{Frontend, FrontendKey, Model};
 
-/// Owns the id tables: service ids per [`ServiceKey`], backend ids per
-/// (ip, port, proto) (a [`BackendValue`] is exactly that triple). An id stays
-/// with its key as long as the key is in the model, so unchanged services and
-/// backends produce no writes and established flows keep their backend id.
+/// Owns the id tables: service ids per map key, backend ids per (ip, port,
+/// proto) (a backend value is exactly that triple), one set per address
+/// family with disjoint id ranges. An id stays with its key as long as the
+/// key is in the model, so unchanged services and backends produce no
+/// writes and established flows keep their backend id.
 ///
 /// It also keeps the last desired contents, so that [`Planner::update`] can
 /// rewrite only the entries of the frontends that changed.
 #[derive(Clone, Debug, Default)]
 pub struct Planner {
-    services: IdTable<ServiceKey>,
-    backends: IdTable<BackendValue>,
+    v4: Tables<V4>,
+    v6: Tables<V6>,
     desired: MapContents,
+}
+
+/// One family's ids and references.
+#[derive(Clone, Debug)]
+struct Tables<F: Family> {
+    services: IdTable<F::Key>,
+    backends: IdTable<F::Backend>,
     /// Every backend (any condition) of each frontend in `desired`.
-    frontend_backends: HashMap<ServiceKey, Vec<BackendValue>>,
+    frontend_backends: HashMap<F::Key, Vec<F::Backend>>,
     /// How many frontends list each backend; the entry goes at zero.
-    backend_refs: HashMap<BackendValue, u32>,
+    backend_refs: HashMap<F::Backend, u32>,
+}
+
+impl<F: Family> Default for Tables<F> {
+    fn default() -> Self {
+        Self {
+            services: IdTable::starting_at(F::FIRST_ID),
+            backends: IdTable::starting_at(F::FIRST_ID),
+            frontend_backends: HashMap::new(),
+            backend_refs: HashMap::new(),
+        }
+    }
 }
 
 /// The map keys an incremental update may have changed: the diff looks at
@@ -38,8 +57,10 @@ pub struct Planner {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Touched {
     pub services: BTreeSet<ServiceKey>,
+    pub services6: BTreeSet<Service6Key>,
     pub slots: BTreeSet<SlotKey>,
     pub backends: BTreeSet<u32>,
+    pub backends6: BTreeSet<u32>,
     pub source_ranges: BTreeSet<super::maps::SourceRange>,
     pub affinity: BTreeSet<AffinityMember>,
 }
@@ -53,18 +74,18 @@ impl Planner {
     /// agent restart), so the next `desired` keeps every id and slot as is.
     pub fn restore(applied: &MapContents) -> Self {
         Self {
-            services: IdTable::restore(applied.services.iter().map(|(k, v)| (*k, v.service_id))),
-            backends: IdTable::restore(applied.backends.iter().map(|(id, v)| (*v, *id))),
-            ..Self::default()
+            v4: Tables::restore(&applied.services, &applied.backends),
+            v6: Tables::restore(&applied.services6, &applied.backends6),
+            desired: MapContents::default(),
         }
     }
 
     pub fn service_id(&self, key: &ServiceKey) -> Option<u32> {
-        self.services.get(key)
+        self.v4.services.get(key)
     }
 
     pub fn backend_id(&self, backend: &BackendValue) -> Option<u32> {
-        self.backends.get(backend)
+        self.v4.backends.get(backend)
     }
 
     /// The desired contents as of the last [`Planner::desired`] or
@@ -85,24 +106,17 @@ impl Planner {
 
     /// [`Planner::desired`] without the copy: the result is [`Planner::current`].
     pub fn plan(&mut self, model: &Model) {
-        // Ids released in an earlier round become free now; keys gone from
-        // the model lose theirs after the frontends are added, so no id
-        // passes from an old key to a new one within this round.
-        self.services.start_round();
-        self.backends.start_round();
         self.desired = MapContents::default();
-        self.frontend_backends.clear();
-        self.backend_refs.clear();
+        self.v4.start_full();
+        self.v6.start_full();
         // Allocation follows model order (frontends by ip:port/proto, backends by
         // ip:port), so ids are deterministic for a given history of models.
         for fe in model.frontends.values() {
-            self.add_frontend(fe, None);
+            self.v4.add_frontend(&mut self.desired, fe, None);
+            self.v6.add_frontend(&mut self.desired, fe, None);
         }
-        let (desired, backend_refs) = (&self.desired, &self.backend_refs);
-        self.services
-            .release_unless(|key| desired.services.contains_key(key));
-        self.backends
-            .release_unless(|value| backend_refs.contains_key(value));
+        self.v4.end_full(&mut self.desired);
+        self.v6.end_full(&mut self.desired);
     }
 
     /// Rewrites the entries of the `changed` frontends (as [`Planner::desired`]
@@ -120,91 +134,114 @@ impl Planner {
         model: &Model,
         changed: &BTreeSet<FrontendKey>,
     ) -> (Touched, MapContents) {
-        self.services.start_round();
-        self.backends.start_round();
+        self.v4.start_round();
+        self.v6.start_round();
         let mut notes = Notes::default();
         for key in changed {
-            let Some(skey) = key_of(key) else { continue };
-            notes.touched.services.insert(skey);
-            let old = self.desired.services.remove(&skey);
-            if let Some(old) = old {
-                notes.before.services.insert(skey, old);
-                let ranges: Vec<_> = self
-                    .desired
-                    .source_ranges
-                    .range((old.service_id, Ipv4Addr::UNSPECIFIED, 0)..)
-                    .take_while(|r| r.0 == old.service_id)
-                    .copied()
-                    .collect();
-                for range in ranges {
-                    self.desired.source_ranges.remove(&range);
-                    notes.touched.source_ranges.insert(range);
-                    notes.before.source_ranges.insert(range);
-                }
-                let members: Vec<AffinityMember> = self
-                    .desired
-                    .affinity
-                    .range(
-                        AffinityMember {
-                            service_id: old.service_id,
-                            backend_id: 0,
-                        }..,
-                    )
-                    .take_while(|(m, _)| m.service_id == old.service_id)
-                    .map(|(m, _)| *m)
-                    .collect();
-                for member in members {
-                    if let Some(timeout) = self.desired.affinity.remove(&member) {
-                        notes.before.affinity.insert(member, timeout);
-                    }
-                    notes.touched.affinity.insert(member);
-                }
-                for slot in 0..u32::from(old.backend_count) {
-                    let slot_key = SlotKey {
-                        service_id: old.service_id,
-                        slot,
-                    };
-                    if let Some(id) = self.desired.slots.remove(&slot_key) {
-                        notes.before.slots.insert(slot_key, id);
-                    }
-                    notes.touched.slots.insert(slot_key);
-                }
-            }
-            let old_backends = self.frontend_backends.remove(&skey).unwrap_or_default();
-            // Added before the old ones are dropped, so a backend the frontend
-            // keeps never loses its id.
-            match (model.frontends.get(key), old) {
-                (Some(fe), _) => self.add_frontend(fe, Some(&mut notes)),
-                // Gone from the model: the frontend drains (see `draining`).
-                (None, Some(old)) => {
-                    self.desired.services.insert(skey, draining(old.service_id));
-                }
-                (None, None) => self.services.release(&skey),
-            }
-            for value in old_backends {
-                self.drop_backend_ref(value, &mut notes);
-            }
+            self.v4
+                .update_key(&mut self.desired, model, key, &mut notes);
+            self.v6
+                .update_key(&mut self.desired, model, key, &mut notes);
         }
         (notes.touched, notes.before)
     }
+}
+
+impl<F: Family> Tables<F> {
+    fn restore(
+        services: &std::collections::BTreeMap<F::Key, ServiceValue>,
+        backends: &std::collections::BTreeMap<u32, F::Backend>,
+    ) -> Self {
+        Self {
+            services: IdTable::restore(
+                F::FIRST_ID,
+                services.iter().map(|(k, v)| (*k, v.service_id)),
+            ),
+            backends: IdTable::restore(F::FIRST_ID, backends.iter().map(|(id, v)| (*v, *id))),
+            ..Self::default()
+        }
+    }
+
+    fn start_round(&mut self) {
+        self.services.start_round();
+        self.backends.start_round();
+    }
+
+    /// A full plan: ids released in an earlier round become free now; keys
+    /// gone from the model lose theirs in `end_full`, after the frontends
+    /// are added, so no id passes from an old key to a new one within a round.
+    fn start_full(&mut self) {
+        self.start_round();
+        self.frontend_backends.clear();
+        self.backend_refs.clear();
+    }
+
+    fn end_full(&mut self, desired: &mut MapContents) {
+        let (services, backend_refs) = (F::services(desired), &self.backend_refs);
+        self.services
+            .release_unless(|key| services.contains_key(key));
+        self.backends
+            .release_unless(|value| backend_refs.contains_key(value));
+    }
+
+    /// Replaces the entries of frontend `key`, if it is of this family.
+    fn update_key(
+        &mut self,
+        desired: &mut MapContents,
+        model: &Model,
+        key: &FrontendKey,
+        notes: &mut Notes,
+    ) {
+        let Some(skey) = F::key(key) else { return };
+        F::touched_services(&mut notes.touched).insert(skey);
+        let old = F::services(desired).remove(&skey);
+        if let Some(old) = old {
+            F::services(&mut notes.before).insert(skey, old);
+            forget_service_entries(desired, old.service_id, notes);
+        }
+        let old_backends = self.frontend_backends.remove(&skey).unwrap_or_default();
+        // Added before the old ones are dropped, so a backend the frontend
+        // keeps never loses its id.
+        match (model.frontends.get(key), old) {
+            (Some(fe), _) => self.add_frontend(desired, fe, Some(notes)),
+            // Gone from the model: the frontend drains (see `draining`).
+            (None, Some(old)) => {
+                F::services(desired).insert(skey, draining(old.service_id));
+            }
+            (None, None) => self.services.release(&skey),
+        }
+        for value in old_backends {
+            self.drop_backend_ref(desired, value, notes);
+        }
+    }
 
     /// Writes one frontend's service, slots and backends into `desired`,
-    /// noting what it touched when asked (an incremental update).
-    fn add_frontend(&mut self, fe: &Frontend, mut notes: Option<&mut Notes>) {
-        let Some(skey) = key_of(&fe.key) else { return };
-        let values: Vec<BackendValue> = backend_values(fe).collect();
+    /// noting what it touched when asked (an incremental update). A
+    /// frontend of the other family is left alone.
+    fn add_frontend(
+        &mut self,
+        desired: &mut MapContents,
+        fe: &Frontend,
+        mut notes: Option<&mut Notes>,
+    ) {
+        let Some(skey) = F::key(&fe.key) else { return };
+        let values: Vec<F::Backend> = fe
+            .backends
+            .iter()
+            .filter_map(|b| F::backend(fe, b))
+            .collect();
         for value in &values {
             let refs = self.backend_refs.entry(*value).or_default();
             *refs += 1;
             if *refs == 1
                 && let Some(id) = self.backends.get_or_alloc(value)
             {
-                let old = self.desired.backends.insert(id, *value);
+                let old = F::backends(desired).insert(id, *value);
                 if let Some(notes) = notes.as_deref_mut() {
                     if let Some(old) = old {
-                        notes.before.backends.entry(id).or_insert(old);
+                        F::backends(&mut notes.before).entry(id).or_insert(old);
                     }
-                    notes.touched.backends.insert(id);
+                    F::touched_backends(&mut notes.touched).insert(id);
                 }
             }
         }
@@ -215,12 +252,12 @@ impl Planner {
         let mut ids: Vec<u32> = fe
             .active_backends()
             .into_iter()
-            .filter_map(|b| self.backends.get(&value_of(fe, b)?))
+            .filter_map(|b| self.backends.get(&F::backend(fe, b)?))
             .collect();
         ids.truncate(usize::from(u16::MAX));
         for (slot, id) in (0u32..).zip(&ids) {
             let slot_key = SlotKey { service_id, slot };
-            self.desired.slots.insert(slot_key, *id);
+            desired.slots.insert(slot_key, *id);
             if let Some(notes) = notes.as_deref_mut() {
                 notes.touched.slots.insert(slot_key);
             }
@@ -231,7 +268,7 @@ impl Planner {
                     service_id,
                     backend_id,
                 };
-                self.desired.affinity.insert(member, timeout);
+                desired.affinity.insert(member, timeout);
                 if let Some(notes) = notes.as_deref_mut() {
                     notes.touched.affinity.insert(member);
                 }
@@ -240,12 +277,12 @@ impl Planner {
         let backend_count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
         for (ip, len) in ipv4_ranges(&fe.policy.source_ranges) {
             let range = (service_id, ip, len);
-            self.desired.source_ranges.insert(range);
+            desired.source_ranges.insert(range);
             if let Some(notes) = notes.as_deref_mut() {
                 notes.touched.source_ranges.insert(range);
             }
         }
-        self.desired.services.insert(
+        F::services(desired).insert(
             skey,
             ServiceValue {
                 service_id,
@@ -255,7 +292,12 @@ impl Planner {
         );
     }
 
-    fn drop_backend_ref(&mut self, value: BackendValue, notes: &mut Notes) {
+    fn drop_backend_ref(
+        &mut self,
+        desired: &mut MapContents,
+        value: F::Backend,
+        notes: &mut Notes,
+    ) {
         let Some(refs) = self.backend_refs.get_mut(&value) else {
             return;
         };
@@ -265,12 +307,62 @@ impl Planner {
         }
         self.backend_refs.remove(&value);
         if let Some(id) = self.backends.get(&value) {
-            if let Some(old) = self.desired.backends.remove(&id) {
-                notes.before.backends.entry(id).or_insert(old);
+            if let Some(old) = F::backends(desired).remove(&id) {
+                F::backends(&mut notes.before).entry(id).or_insert(old);
             }
-            notes.touched.backends.insert(id);
+            F::touched_backends(&mut notes.touched).insert(id);
         }
         self.backends.release(&value);
+    }
+}
+
+/// Removes (noting them) the slots, affinity members and source ranges of
+/// the service with `service_id`: the maps both families share by id.
+fn forget_service_entries(desired: &mut MapContents, service_id: u32, notes: &mut Notes) {
+    let ranges: Vec<_> = desired
+        .source_ranges
+        .range((service_id, Ipv4Addr::UNSPECIFIED, 0)..)
+        .take_while(|r| r.0 == service_id)
+        .copied()
+        .collect();
+    for range in ranges {
+        desired.source_ranges.remove(&range);
+        notes.touched.source_ranges.insert(range);
+        notes.before.source_ranges.insert(range);
+    }
+    let members: Vec<AffinityMember> = desired
+        .affinity
+        .range(
+            AffinityMember {
+                service_id,
+                backend_id: 0,
+            }..,
+        )
+        .take_while(|(m, _)| m.service_id == service_id)
+        .map(|(m, _)| *m)
+        .collect();
+    for member in members {
+        if let Some(timeout) = desired.affinity.remove(&member) {
+            notes.before.affinity.insert(member, timeout);
+        }
+        notes.touched.affinity.insert(member);
+    }
+    let slots: Vec<SlotKey> = desired
+        .slots
+        .range(
+            SlotKey {
+                service_id,
+                slot: 0,
+            }..,
+        )
+        .take_while(|(k, _)| k.service_id == service_id)
+        .map(|(k, _)| *k)
+        .collect();
+    for slot_key in slots {
+        if let Some(id) = desired.slots.remove(&slot_key) {
+            notes.before.slots.insert(slot_key, id);
+        }
+        notes.touched.slots.insert(slot_key);
     }
 }
 
@@ -293,26 +385,14 @@ fn draining(service_id: u32) -> ServiceValue {
     }
 }
 
-/// The IPv4 maps' key of a frontend; `None` for an IPv6 one, which these
-/// maps cannot hold (the model makes those only with `ModelOptions::ipv6`).
-fn key_of(key: &FrontendKey) -> Option<ServiceKey> {
-    let IpAddr::V4(ip) = key.ip else {
-        return None;
-    };
-    Some(ServiceKey::scoped(
-        ip,
-        key.port,
-        key.protocol.number(),
-        key.scope.number(),
-    ))
-}
-
 /// The IPv4 ones of a frontend's source ranges (all of them, for an IPv4
 /// frontend: the model gives each frontend the ranges of its family).
-fn ipv4_ranges(ranges: &[(IpAddr, u8)]) -> impl Iterator<Item = (Ipv4Addr, u8)> + '_ {
+/// IPv6 ranges have no map yet; an IPv6 frontend with ranges still carries
+/// `SVC_FLAG_SOURCE_RANGES`, so the datapath lets no client in (fails closed).
+fn ipv4_ranges(ranges: &[(std::net::IpAddr, u8)]) -> impl Iterator<Item = (Ipv4Addr, u8)> + '_ {
     ranges.iter().filter_map(|&(ip, len)| match ip {
-        IpAddr::V4(v4) => Some((v4, len)),
-        IpAddr::V6(_) => None,
+        std::net::IpAddr::V4(v4) => Some((v4, len)),
+        std::net::IpAddr::V6(_) => None,
     })
 }
 
@@ -335,23 +415,4 @@ fn flags_of(fe: &Frontend) -> u16 {
         flags |= SVC_FLAG_AFFINITY;
     }
     flags
-}
-
-fn backend_values(fe: &Frontend) -> impl Iterator<Item = BackendValue> + '_ {
-    fe.backends.iter().filter_map(|b| value_of(fe, b))
-}
-
-/// `None` for an IPv6 endpoint (never behind an IPv4 frontend).
-fn value_of(fe: &Frontend, b: &Backend) -> Option<BackendValue> {
-    let IpAddr::V4(ip) = b.ip else {
-        return None;
-    };
-    let mut value = BackendValue::new(ip, b.port, fe.key.protocol.number());
-    if b.local {
-        value = value.local();
-    }
-    if !b.conditions.serving {
-        value = value.not_serving();
-    }
-    Some(value)
 }

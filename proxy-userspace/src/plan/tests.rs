@@ -34,10 +34,24 @@ fn model(specs: &[Spec]) -> Model {
 }
 
 fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
+    model_with(specs, protocol, |_| false)
+}
+
+/// As [`model_proto`], with the services `ipv6` picks in IPv6:
+/// `fd00:96::<svc>` with backends `fd00::<b>`.
+fn model_with(specs: &[Spec], protocol: Protocol, ipv6: impl Fn(u8) -> bool) -> Model {
     let mut m = Model::default();
     for &(svc, backends) in specs {
+        let v6 = ipv6(svc);
+        let address = |net: [u16; 2], v4: Ipv4Addr, last: u8| -> std::net::IpAddr {
+            if v6 {
+                std::net::Ipv6Addr::new(net[0], net[1], 0, 0, 0, 0, 0, u16::from(last)).into()
+            } else {
+                v4.into()
+            }
+        };
         let key = FrontendKey {
-            ip: Ipv4Addr::new(10, 96, 0, svc).into(),
+            ip: address([0xfd00, 0x96], Ipv4Addr::new(10, 96, 0, svc), svc),
             port: 80,
             protocol,
             scope: Default::default(),
@@ -47,7 +61,7 @@ fn model_proto(specs: &[Spec], protocol: Protocol) -> Model {
             .map(|&(b, conditions)| Backend {
                 local: false,
                 endpoint: std::sync::Arc::new(EndpointModel {
-                    ip: Ipv4Addr::new(10, 0, 0, b).into(),
+                    ip: address([0xfd00, 0], Ipv4Addr::new(10, 0, 0, b), b),
                     conditions,
                     node_name: None,
                     zone: None,
@@ -447,7 +461,8 @@ fn incremental_update_matches_full_desired() {
             specs.push((svc, backends));
         }
         let specs: Vec<Spec> = specs.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        let m = model(&specs);
+        // Odd services in IPv6: both families' ids share the slot map.
+        let m = model_with(&specs, Protocol::Tcp, |svc| svc % 2 == 1);
         let changed = previous
             .frontends
             .keys()
@@ -459,9 +474,9 @@ fn incremental_update_matches_full_desired() {
         let desired = planner.current().clone();
         // Deleted frontends drain until the next full sync; otherwise the same.
         let mut settled = desired.clone();
-        settled
-            .services
-            .retain(|_, v| v.flags & proxy_common::SVC_FLAG_DRAINING == 0);
+        let draining = |v: &ServiceValue| v.flags & proxy_common::SVC_FLAG_DRAINING != 0;
+        settled.services.retain(|_, v| !draining(v));
+        settled.services6.retain(|_, v| !draining(v));
         assert_eq!(settled, planner.clone().desired(&m), "round {round}");
         let ops = diff_touched(&applied, &desired, &touched);
         assert_eq!(ops, diff(&applied, &desired), "round {round}");
@@ -581,4 +596,28 @@ backend 2 10.0.0.2:8080/tcp
     // A full sync ends any drain.
     planner.update(&after, &changed);
     assert!(!planner.desired(&after).services.contains_key(&svc_key(10)));
+}
+
+/// A restarted agent keeps every id of both families, and IPv6 ids stay
+/// in their own range (they share the slot map with IPv4's).
+#[test]
+fn restore_keeps_the_ids_of_both_families() {
+    let specs: [Spec; 3] = [
+        (1, &[(1, READY), (2, READY)]),
+        (2, &[(1, READY)]),
+        (3, &[(3, READY), (4, TERMINATING)]),
+    ];
+    let m = model_with(&specs, Protocol::Tcp, |svc| svc != 2);
+    let desired = Planner::new().desired(&m);
+    assert_eq!(desired.services.len(), 1);
+    assert_eq!(desired.services6.len(), 2);
+    assert!(
+        desired.services6.values().all(|v| v.service_id >= 1 << 31)
+            && desired.backends6.keys().all(|id| *id >= 1 << 31)
+            && desired.services.values().all(|v| v.service_id < 1 << 31),
+        "{desired:?}"
+    );
+    assert!(check_consistency(&desired).is_empty());
+    let mut restored = Planner::restore(&desired);
+    assert_eq!(restored.desired(&m), desired);
 }
