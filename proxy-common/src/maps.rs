@@ -4,7 +4,7 @@
 //! (bytemuck's `Pod` derive checks that at compile time on the user side),
 //! and the kernel never hashes uninitialised bytes.
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 /// `AffinityKey` → `AffinityValue`, LRU: the endpoint each client of a
 /// `sessionAffinity: ClientIP` frontend was last sent to, and when.
@@ -24,6 +24,16 @@ pub const BACKENDS: &str = "VIPR_BACKENDS";
 /// directions. The agent removes entries whose flow is over or idle past
 /// its state's timeout; when full, new flows are dropped, old ones kept.
 pub const CONNTRACK: &str = "VIPR_CONNTRACK";
+/// IPv6 has maps of its own, with 16-byte addresses, so IPv4 keys stay 8
+/// bytes. Service and backend ids are one id space across both families:
+/// `VIPR_SLOTS` and `VIPR_AFFINITY_MEMBERS` are shared, and the slots of an
+/// IPv6 frontend hold ids of `VIPR_BACKENDS6` entries.
+/// `Service6Key` → `ServiceValue`.
+pub const SERVICES6: &str = "VIPR_SERVICES6";
+/// backend id (`u32`) → `Backend6Value`.
+pub const BACKENDS6: &str = "VIPR_BACKENDS6";
+/// `Ct6Key` → `Ct6Value`, a plain hash like `VIPR_CONNTRACK`.
+pub const CONNTRACK6: &str = "VIPR_CONNTRACK6";
 /// Per-CPU `u64` array indexed by [`crate::Counter`].
 pub const COUNTERS: &str = "VIPR_COUNTERS";
 /// LPM trie of `SourceRangeKey` → `u8` (1): the client prefixes a service
@@ -276,6 +286,167 @@ pub const CT_FLAG_FIN: u8 = 1 << 2;
 /// A TCP RST went this entry's way: the connection is over.
 pub const CT_FLAG_RST: u8 = 1 << 3;
 
+/// An IPv6 address as its 16 wire bytes, in four native `u32` words.
+pub type Addr6 = [u32; 4];
+
+/// An IPv6 service frontend; the IPv6 twin of [`ServiceKey`]. No padding is
+/// needed: 16 + 2 + 1 + 1 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Service6Key {
+    /// IPv6 address, network byte order.
+    pub addr: Addr6,
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// `SCOPE_INTERNAL` or `SCOPE_EXTERNAL`.
+    pub scope: u8,
+}
+
+impl Service6Key {
+    /// A frontend for traffic from pods.
+    pub fn new(addr: Ipv6Addr, port: u16, proto: u8) -> Self {
+        Self::scoped(addr, port, proto, SCOPE_INTERNAL)
+    }
+    pub fn scoped(addr: Ipv6Addr, port: u16, proto: u8, scope: u8) -> Self {
+        Self {
+            addr: wire_addr6(addr),
+            port: port.to_be(),
+            proto,
+            scope,
+        }
+    }
+    pub fn ip(&self) -> Ipv6Addr {
+        host_addr6(self.addr)
+    }
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// An IPv6 endpoint; the IPv6 twin of [`BackendValue`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Backend6Value {
+    /// IPv6 address, network byte order.
+    pub addr: Addr6,
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// `BACKEND_FLAG_*` bits.
+    pub flags: u8,
+}
+
+impl Backend6Value {
+    pub fn new(addr: Ipv6Addr, port: u16, proto: u8) -> Self {
+        Self {
+            addr: wire_addr6(addr),
+            port: port.to_be(),
+            proto,
+            flags: 0,
+        }
+    }
+    pub fn local(self) -> Self {
+        Self {
+            flags: self.flags | BACKEND_FLAG_LOCAL,
+            ..self
+        }
+    }
+    pub fn not_serving(self) -> Self {
+        Self {
+            flags: self.flags | BACKEND_FLAG_NOT_SERVING,
+            ..self
+        }
+    }
+    pub fn ip(&self) -> Ipv6Addr {
+        host_addr6(self.addr)
+    }
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// An IPv6 flow as seen in one direction; the fields of [`CtKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Ct6Key {
+    /// Network byte order.
+    pub src_addr: Addr6,
+    /// Network byte order.
+    pub dst_addr: Addr6,
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub proto: u8,
+    /// `CT_FORWARD` (client → frontend) or `CT_REVERSE` (backend → client).
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+impl Ct6Key {
+    /// The key of the other direction of the same flow (see [`CtKey::partner`]).
+    pub fn partner(&self, value: &Ct6Value) -> Ct6Key {
+        let masqueraded = value.flags & CT_FLAG_SNAT != 0;
+        if self.direction == CT_FORWARD {
+            let (to_addr, to_port) = if masqueraded {
+                (value.snat_addr, value.snat_port)
+            } else {
+                (self.src_addr, self.src_port)
+            };
+            Ct6Key {
+                src_addr: value.nat_addr,
+                dst_addr: to_addr,
+                src_port: value.nat_port,
+                dst_port: to_port,
+                proto: self.proto,
+                direction: CT_REVERSE,
+                _pad: [0; 2],
+            }
+        } else {
+            let (client_addr, client_port) = if masqueraded {
+                (value.snat_addr, value.snat_port)
+            } else {
+                (self.dst_addr, self.dst_port)
+            };
+            Ct6Key {
+                src_addr: client_addr,
+                dst_addr: value.nat_addr,
+                src_port: client_port,
+                dst_port: value.nat_port,
+                proto: self.proto,
+                direction: CT_FORWARD,
+                _pad: [0; 2],
+            }
+        }
+    }
+}
+
+/// The fields of [`CtValue`] with IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Ct6Value {
+    /// Forward entries: the backend the flow is pinned to.
+    pub backend_id: u32,
+    /// Forward: the backend address; reverse: the frontend address to restore. Network order.
+    pub nat_addr: Addr6,
+    /// With `CT_FLAG_SNAT`: as [`CtValue::snat_addr`]. Network order.
+    pub snat_addr: Addr6,
+    /// Forward: the backend port; reverse: the frontend port to restore. Network order.
+    pub nat_port: u16,
+    /// With `CT_FLAG_SNAT`: the port paired with `snat_addr`. Network order.
+    pub snat_port: u16,
+    /// `CT_FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// As [`CtValue::last_seen`].
+    pub last_seen: u32,
+}
+
 /// Key of `VIPR_AFFINITY`: one client of one frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -373,6 +544,21 @@ pub fn host_addr(wire: u32) -> Ipv4Addr {
     Ipv4Addr::from(wire.to_ne_bytes())
 }
 
+/// IPv6 address as its wire bytes in four native `u32` words.
+pub fn wire_addr6(addr: Ipv6Addr) -> Addr6 {
+    let o = addr.octets();
+    let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
+}
+
+pub fn host_addr6(wire: Addr6) -> Ipv6Addr {
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(wire) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(octets)
+}
+
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::*;
@@ -390,4 +576,8 @@ mod pod_impls {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for AffinityMember {}
     unsafe impl aya::Pod for SockRevValue {}
+    unsafe impl aya::Pod for Service6Key {}
+    unsafe impl aya::Pod for Backend6Value {}
+    unsafe impl aya::Pod for Ct6Key {}
+    unsafe impl aya::Pod for Ct6Value {}
 }
