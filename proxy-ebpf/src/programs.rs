@@ -14,7 +14,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use proxy_common::{CT_FLAG_SNAT, Counter, IPPROTO_TCP, SCOPE_EXTERNAL};
+use proxy_common::{CT_FLAG_SNAT, Counter, Ct6Value, IPPROTO_TCP, SCOPE_EXTERNAL};
 
 use crate::{
     decide::{self, Decision},
@@ -26,8 +26,6 @@ use crate::{
     parse6::parse_flow6,
 };
 
-/// Whether the pod programs serve IPv6 yet (off until their stack fits).
-const V6_SERVED: bool = false;
 const PASS: i32 = TC_ACT_OK as i32;
 const DROP: i32 = TC_ACT_SHOT as i32;
 
@@ -38,42 +36,121 @@ fn verdict(counter: Counter) -> i32 {
     if counter.is_drop() { DROP } else { PASS }
 }
 
+/// Each family's half is a BPF subprogram: the kernel limits the stack of
+/// a call chain to 512 bytes, and the IPv6 path's keys and entries are
+/// large; so the entry point itself keeps no frame of its own to add.
 #[classifier]
 pub fn vipr_from_pod(ctx: TcContext) -> i32 {
-    if V6_SERVED && is_ipv6(&ctx) {
+    if is_ipv6(&ctx) {
         return from_pod6(&ctx);
     }
-    match parse_flow(&ctx) {
-        Ok(flow) => apply(&ctx, &flow, decide::from_pod(&flow)),
+    from_pod4(&ctx)
+}
+
+#[inline(never)]
+fn from_pod4(ctx: &TcContext) -> i32 {
+    match parse_flow(ctx) {
+        Ok(flow) => apply(ctx, &flow, decide::from_pod(&flow)),
         Err(reason) => verdict(reason),
     }
 }
 
-/// The IPv6 half of `vipr_from_pod`: a BPF subprogram, whose stack frame is
-/// its own (the two halves' together exceed one frame).
+/// The IPv6 half of `vipr_from_pod`: holds the flow and the decision, and
+/// parses, decides and carries out in subprograms called one after the
+/// other, so their stack frames never add up.
 #[inline(never)]
 fn from_pod6(ctx: &TcContext) -> i32 {
-    let flow = match parse_flow6(ctx) {
-        Ok(flow) => flow,
-        Err(reason) => return verdict(reason),
+    let mut flow = Flow::<V6>::EMPTY;
+    if let Some(reason) = parse6_into(ctx, &mut flow) {
+        return verdict(reason);
+    }
+    let mut decided = Decided6 {
+        kind: Kind::Pass,
+        counter: Counter::PassNotService,
+        entry: Ct6Value::default(),
     };
-    let mut decision = Decision::Pass(Counter::PassNotService);
-    decide_from_pod6(&flow, &mut decision);
-    apply(ctx, &flow, decision)
+    decide_from_pod6(&flow, &mut decided);
+    // From here, not from `apply6`: the reply frames' subprograms must not
+    // stack on its frame.
+    if let Kind::Refuse = decided.kind {
+        return V6::refuse(ctx, &flow);
+    }
+    apply6(ctx, &flow, &decided)
 }
 
-/// The decision of `from_pod6`, in a subprogram of its own: the stack
-/// frames of parsing, deciding and carrying out do not add up.
+/// `None`: `out` holds the flow; else why there is none.
 #[inline(never)]
-fn decide_from_pod6(flow: &Flow<V6>, out: &mut Decision<V6>) {
-    *out = decide::from_pod(flow);
+fn parse6_into(ctx: &TcContext, out: &mut Flow<V6>) -> Option<Counter> {
+    match parse_flow6(ctx) {
+        Ok(flow) => {
+            *out = flow;
+            None
+        }
+        Err(reason) => Some(reason),
+    }
+}
+
+/// A `Decision<V6>` as it crosses between subprograms: every byte defined.
+/// (Copying the enum would copy its variants' unused bytes too, and the
+/// verifier refuses a stack write of whatever register held them.)
+struct Decided6 {
+    kind: Kind,
+    counter: Counter,
+    entry: Ct6Value,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Pass,
+    Drop,
+    Translate,
+    Unmasquerade,
+    RestoreSource,
+    Refuse,
+}
+
+#[inline(never)]
+fn decide_from_pod6(flow: &Flow<V6>, out: &mut Decided6) {
+    let (kind, counter) = match decide::from_pod(flow) {
+        Decision::Pass(counter) => (Kind::Pass, counter),
+        Decision::Drop(counter) => (Kind::Drop, counter),
+        Decision::Translate(entry, counter) => {
+            out.entry = entry;
+            (Kind::Translate, counter)
+        }
+        Decision::Unmasquerade(entry) => {
+            out.entry = entry;
+            (Kind::Unmasquerade, Counter::RevSnat)
+        }
+        Decision::RestoreSource(entry) => {
+            out.entry = entry;
+            (Kind::RestoreSource, Counter::RevNat)
+        }
+        Decision::Refuse => (Kind::Refuse, Counter::DropRejectFailed),
+    };
+    out.kind = kind;
+    out.counter = counter;
+}
+
+#[inline(never)]
+fn apply6(ctx: &TcContext, flow: &Flow<V6>, decided: &Decided6) -> i32 {
+    let decision = match decided.kind {
+        Kind::Pass => Decision::Pass(decided.counter),
+        Kind::Drop => Decision::Drop(decided.counter),
+        Kind::Translate => Decision::Translate(decided.entry, decided.counter),
+        Kind::Unmasquerade => Decision::Unmasquerade(decided.entry),
+        Kind::RestoreSource => Decision::RestoreSource(decided.entry),
+        Kind::Refuse => Decision::Refuse,
+    };
+    carry_out(ctx, flow, decision)
 }
 
 #[classifier]
 pub fn vipr_to_pod(ctx: TcContext) -> i32 {
-    if V6_SERVED && is_ipv6(&ctx) {
+    if is_ipv6(&ctx) {
+        // A reply is never refused: no reply frames on this path.
         return match parse_flow6(&ctx) {
-            Ok(flow) => apply(&ctx, &flow, decide::from_service(&flow)),
+            Ok(flow) => carry_out(&ctx, &flow, decide::from_service(&flow)),
             Err(reason) => verdict(reason),
         };
     }
@@ -107,9 +184,19 @@ pub fn vipr_to_external(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn apply<F: Family>(ctx: &TcContext, flow: &Flow<F>, decision: Decision<F>) -> i32 {
+    match decision {
+        Decision::Refuse => F::refuse(ctx, flow),
+        other => carry_out(ctx, flow, other),
+    }
+}
+
+/// Every decision but a refusal (see `apply`).
+#[inline(always)]
+fn carry_out<F: Family>(ctx: &TcContext, flow: &Flow<F>, decision: Decision<F>) -> i32 {
     let (rewritten, counter) = match decision {
         Decision::Pass(counter) | Decision::Drop(counter) => return verdict(counter),
-        Decision::Refuse => return F::refuse(ctx, flow),
+        // Never here: `apply` refuses.
+        Decision::Refuse => return verdict(Counter::DropRejectFailed),
         Decision::Translate(entry, counter) => (translate(ctx, flow, &entry), counter),
         Decision::RestoreSource(entry) => {
             let (addr, port) = F::entry_nat(&entry);

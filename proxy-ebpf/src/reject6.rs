@@ -2,7 +2,7 @@
 //! `reject.rs` does for IPv4: a TCP RST, or ICMPv6 destination unreachable
 //! / port unreachable (RFC 4443 §3.1), sent back out of the interface the
 //! packet came in on.
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 use proxy_common::{Addr6, IPPROTO_TCP};
 
 use crate::{
@@ -27,9 +27,27 @@ const HOP_LIMIT: u8 = 64;
 /// Version 6, traffic class and flow label 0.
 const IPV6_VERSION_BYTE: u8 = 0x60;
 const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
+const ETH_ALEN: usize = 6;
+const ETH_MACS_LEN: usize = 2 * ETH_ALEN;
 const NEXT_HEADER_OFF: usize = 6;
 const HOP_LIMIT_OFF: usize = 7;
 const TCP_DOFF_NO_OPTIONS: u8 = 5 << 4;
+
+/// Copies `dst.len()` bytes of the packet at `offset` straight into `dst`
+/// (`TcContext::load_bytes` may ask the helper for 0 bytes, which the
+/// verifier refuses; these lengths are constants).
+#[inline(always)]
+fn load_into(ctx: &TcContext, offset: usize, dst: &mut [u8]) -> Result<(), i64> {
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            offset as u32,
+            dst.as_mut_ptr() as *mut _,
+            dst.len() as u32,
+        )
+    };
+    if ret < 0 { Err(ret) } else { Ok(()) }
+}
 
 #[inline(always)]
 fn addr_bytes(addr: Addr6) -> [u8; IPV6_ADDR_LEN] {
@@ -50,9 +68,11 @@ fn write_reply_headers(
     flow: &Flow<V6>,
     next_header: u8,
 ) -> Result<(), i64> {
-    let macs: [u8; 12] = ctx.load(0)?;
-    frame[0..6].copy_from_slice(&macs[6..12]);
-    frame[6..12].copy_from_slice(&macs[0..6]);
+    // Both MACs straight into the frame, then swapped in place.
+    load_into(ctx, 0, &mut frame[0..ETH_MACS_LEN])?;
+    for i in 0..ETH_ALEN {
+        frame.swap(i, i + ETH_ALEN);
+    }
     frame[12..14].copy_from_slice(&ETHERTYPE_IPV6);
     let ip = ETH_LEN;
     let payload = (frame.len() - ETH_LEN - IPV6_HDR_LEN) as u16;
@@ -154,8 +174,8 @@ fn build_port_unreachable(ctx: &TcContext, flow: &Flow<V6>) -> Result<i32, i64> 
     let mut frame = [0u8; ICMP6_FRAME_LEN];
     let icmp = ETH_LEN + IPV6_HDR_LEN;
     let quote = icmp + ICMP6_HDR_LEN;
-    let offending: [u8; ICMP6_QUOTE_LEN] = ctx.load(ETH_LEN)?;
-    frame[quote..quote + ICMP6_QUOTE_LEN].copy_from_slice(&offending);
+    // Straight into the frame: a copy would not fit the stack.
+    load_into(ctx, ETH_LEN, &mut frame[quote..quote + ICMP6_QUOTE_LEN])?;
     write_reply_headers(ctx, &mut frame, flow, NEXTHDR_ICMPV6)?;
     frame[icmp] = ICMPV6_DEST_UNREACH;
     frame[icmp + 1] = ICMPV6_PORT_UNREACH;
