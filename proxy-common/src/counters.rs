@@ -66,4 +66,13 @@ counters! {
     DropConntrackCollision => "drop_conntrack_collision",
     // A RST to a Service without endpoints: never answered with a RST.
     DropRstNotRefused => "drop_rst_not_refused",
+    // IPv6: more extension headers before the L4 header than the programs
+    // walk (`MAX_IPV6_EXT_HEADERS`): passed untouched.
+    PassIpv6ExtHeaders => "pass_ipv6_ext_headers",
+    // IPv6: a frontend asks for what the IPv6 path does not do yet
+    // (masquerade, hairpin, source ranges): dropped, never half-served.
+    DropIpv6Unsupported => "drop_ipv6_unsupported",
+    // IPv6: a ClientIP-affinity frontend's new flow chose by hash (affinity
+    // is IPv4-only so far).
+    Ipv6AffinityIgnored => "ipv6_affinity_ignored",
 }

@@ -138,3 +138,67 @@ fn trace_record_layout() {
     assert_eq!(offset_of!(TraceRecord, hash), 12);
     assert_eq!(offset_of!(TraceRecord, backend_id), 20);
 }
+
+#[test]
+fn ipv6_layouts() {
+    assert_eq!(size_of::<Service6Key>(), 20);
+    assert_eq!(offset_of!(Service6Key, port), 16);
+    assert_eq!(offset_of!(Service6Key, proto), 18);
+    assert_eq!(offset_of!(Service6Key, scope), 19);
+    assert_eq!(size_of::<Backend6Value>(), 20);
+    assert_eq!(offset_of!(Backend6Value, port), 16);
+    assert_eq!(offset_of!(Backend6Value, proto), 18);
+    assert_eq!(offset_of!(Backend6Value, flags), 19);
+    assert_eq!(size_of::<Ct6Key>(), 40);
+    assert_eq!(offset_of!(Ct6Key, dst_addr), 16);
+    assert_eq!(offset_of!(Ct6Key, src_port), 32);
+    assert_eq!(offset_of!(Ct6Key, dst_port), 34);
+    assert_eq!(offset_of!(Ct6Key, proto), 36);
+    assert_eq!(offset_of!(Ct6Key, direction), 37);
+    assert_eq!(size_of::<Ct6Value>(), 48);
+    assert_eq!(offset_of!(Ct6Value, nat_addr), 4);
+    assert_eq!(offset_of!(Ct6Value, snat_addr), 20);
+    assert_eq!(offset_of!(Ct6Value, nat_port), 36);
+    assert_eq!(offset_of!(Ct6Value, snat_port), 38);
+    assert_eq!(offset_of!(Ct6Value, flags), 40);
+    assert_eq!(offset_of!(Ct6Value, last_seen), 44);
+}
+
+#[test]
+fn ipv6_fields_hold_wire_byte_order() {
+    let ip: core::net::Ipv6Addr = "fd00:96::a".parse().unwrap();
+    let key = Service6Key::new(ip, 443, IPPROTO_TCP);
+    assert_eq!(key.addr[0].to_ne_bytes(), [0xfd, 0x00, 0x00, 0x96]);
+    assert_eq!(key.addr[3].to_ne_bytes(), [0, 0, 0, 0x0a]);
+    assert_eq!(key.ip(), ip);
+    assert_eq!(key.port(), 443);
+    assert_eq!(Backend6Value::new(ip, 8443, IPPROTO_TCP).ip(), ip);
+}
+
+#[test]
+fn ipv6_partners_lead_back_to_each_other() {
+    let forward = Ct6Key {
+        src_addr: [1, 1, 1, 1],
+        dst_addr: [2, 2, 2, 2],
+        src_port: 3,
+        dst_port: 4,
+        proto: IPPROTO_UDP,
+        direction: CT_FORWARD,
+        _pad: [0; 2],
+    };
+    let to_backend = Ct6Value {
+        nat_addr: [9, 9, 9, 9],
+        nat_port: 10,
+        ..Ct6Value::default()
+    };
+    let reverse = forward.partner(&to_backend);
+    assert_eq!((reverse.src_addr, reverse.src_port), ([9, 9, 9, 9], 10));
+    assert_eq!((reverse.dst_addr, reverse.dst_port), ([1, 1, 1, 1], 3));
+    assert_eq!(reverse.direction, CT_REVERSE);
+    let back_to_frontend = Ct6Value {
+        nat_addr: [2, 2, 2, 2],
+        nat_port: 4,
+        ..Ct6Value::default()
+    };
+    assert_eq!(reverse.partner(&back_to_frontend), forward);
+}

@@ -9,6 +9,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use proxy_common::{AffinityKey, AffinityMember, AffinityValue, BackendValue, ServiceValue};
 
 use crate::{
+    family::V4,
     lb::lookup_backend,
     maps::{AFFINITY, AFFINITY_MEMBERS},
 };
@@ -40,7 +41,7 @@ pub fn followed(service: &ServiceValue, client_addr: u32) -> Option<(u32, Backen
     if now_s().wrapping_sub(entry.last_used_s) > timeout_s {
         return None;
     }
-    Some((entry.backend_id, lookup_backend(entry.backend_id)?))
+    Some((entry.backend_id, lookup_backend::<V4>(entry.backend_id)?))
 }
 
 /// The client's new connection went to `backend_id`: (re)starts its timeout.

@@ -7,11 +7,12 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
 use proxy_common::{
-    CT_FLAG_FIN, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, CT_REVERSE, CtKey, CtValue,
-    SNAT_PORT_COUNT, SNAT_PORT_FIRST,
+    CT_FLAG_FIN, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, CT_REVERSE, CtValue, SNAT_PORT_COUNT,
+    SNAT_PORT_FIRST,
 };
 
 use crate::{
+    family::Family,
     maps::CONNTRACK,
     parse::{Flow, TCP_FLAG_FIN, TCP_FLAG_RST},
 };
@@ -43,7 +44,7 @@ fn now_seconds() -> u32 {
 
 /// The closing flags a packet of `flow` leaves on the entry it uses.
 #[inline(always)]
-fn closing_marks(flow: &Flow) -> u8 {
+fn closing_marks<F: Family>(flow: &Flow<F>) -> u8 {
     let mut marks = 0;
     if flow.tcp_flags & TCP_FLAG_FIN != 0 {
         marks |= CT_FLAG_FIN;
@@ -55,42 +56,42 @@ fn closing_marks(flow: &Flow) -> u8 {
 }
 
 #[inline(always)]
-pub fn forward_key(flow: &Flow) -> CtKey {
-    CtKey {
-        src_addr: flow.src_addr,
-        dst_addr: flow.dst_addr,
-        src_port: flow.src_port,
-        dst_port: flow.dst_port,
-        proto: flow.proto,
-        direction: CT_FORWARD,
-        _pad: [0; 2],
-    }
+pub fn forward_key<F: Family>(flow: &Flow<F>) -> F::CtKey {
+    F::ct_key(
+        (flow.src_addr, flow.src_port),
+        (flow.dst_addr, flow.dst_port),
+        flow.proto,
+        CT_FORWARD,
+    )
 }
 
 /// The key under which a reply from the backend will look itself up.
 #[inline(always)]
-pub fn reply_key(flow: &Flow) -> CtKey {
-    CtKey {
-        direction: CT_REVERSE,
-        ..forward_key(flow)
-    }
+pub fn reply_key<F: Family>(flow: &Flow<F>) -> F::CtKey {
+    F::ct_key(
+        (flow.src_addr, flow.src_port),
+        (flow.dst_addr, flow.dst_port),
+        flow.proto,
+        CT_REVERSE,
+    )
 }
 
 /// The entry under `key`, noting on it that a packet of `flow` used it now,
 /// with its FIN/RST and the `extra` flags.
 #[inline(always)]
-pub fn lookup_for(key: &CtKey, flow: &Flow, extra: u8) -> Option<CtValue> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+pub fn lookup_for<F: Family>(key: &F::CtKey, flow: &Flow<F>, extra: u8) -> Option<F::CtValue> {
+    let entry = F::conntrack().get_ptr_mut(key)?;
     let now = now_seconds();
+    let (last_seen, entry_flags) = F::entry_notes(entry);
     // Written only on change: a write per packet would bounce the entry's
     // cache line between the CPUs a flow's packets arrive on.
     unsafe {
-        if (*entry).last_seen != now {
-            (*entry).last_seen = now;
+        if *last_seen != now {
+            *last_seen = now;
         }
-        let flags = (*entry).flags | closing_marks(flow) | extra;
-        if (*entry).flags != flags {
-            (*entry).flags = flags;
+        let flags = *entry_flags | closing_marks(flow) | extra;
+        if *entry_flags != flags {
+            *entry_flags = flags;
         }
         // Copied out: the agent's sweep may delete the entry under us.
         Some(*entry)
@@ -101,10 +102,10 @@ pub fn lookup_for(key: &CtKey, flow: &Flow, extra: u8) -> Option<CtValue> {
 /// masqueraded flow must not keep its old source port claimed, and a flow
 /// that finds no endpoint now must not find its old one later.
 #[inline(always)]
-pub fn forget(flow: &Flow, old: &CtValue) {
+pub fn forget<F: Family>(flow: &Flow<F>, old: &F::CtValue) {
     let forward = forward_key(flow);
-    let _ = CONNTRACK.remove(&forward);
-    let _ = CONNTRACK.remove(&forward.partner(old));
+    let _ = F::conntrack().remove(&forward);
+    let _ = F::conntrack().remove(&F::partner(&forward, old));
 }
 
 /// Records both directions of a flow translated to a backend (DNAT only).
@@ -112,36 +113,29 @@ pub fn forget(flow: &Flow, old: &CtValue) {
 /// absent: a second flow from the same client port to another frontend of
 /// the same backend would reach the backend as the same connection.
 #[inline(always)]
-pub fn record(
-    flow: &Flow,
+pub fn record<F: Family>(
+    flow: &Flow<F>,
     backend_id: u32,
-    backend_addr: u32,
+    backend_addr: F::Addr,
     backend_port: u16,
 ) -> Result<(), RecordError> {
     let now = now_seconds();
-    let forward = CtValue {
+    let forward = F::ct_entry(
         backend_id,
-        nat_addr: backend_addr,
-        nat_port: backend_port,
-        flags: closing_marks(flow),
-        last_seen: now,
-        ..CtValue::default()
-    };
+        (backend_addr, backend_port),
+        closing_marks(flow),
+        now,
+    );
     let forward_key = forward_key(flow);
-    CONNTRACK
+    F::conntrack()
         .insert(&forward_key, &forward, 0)
         .map_err(|_| RecordError::Full)?;
-    let reverse = CtValue {
-        backend_id,
-        nat_addr: flow.dst_addr,
-        nat_port: flow.dst_port,
-        last_seen: now,
-        ..CtValue::default()
-    };
-    match CONNTRACK.insert(&forward_key.partner(&forward), &reverse, BPF_NOEXIST as u64) {
+    let reverse = F::ct_entry(backend_id, (flow.dst_addr, flow.dst_port), 0, now);
+    let reverse_key = F::partner(&forward_key, &forward);
+    match F::conntrack().insert(&reverse_key, &reverse, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(error) => {
-            let _ = CONNTRACK.remove(&forward_key);
+            let _ = F::conntrack().remove(&forward_key);
             Err(if error == MAP_FULL {
                 RecordError::Full
             } else {

@@ -11,35 +11,36 @@ use proxy_common::{
 use crate::{
     affinity,
     ct::{self, RecordError},
+    family::{Family, V4},
     lb::{choose_backend_id, flow_hash, lookup_backend, lookup_service, source_allowed},
     maps::{count, node_ipv4},
     parse::{Flow, TCP_FLAG_RST},
     trace,
 };
 
-pub enum Decision {
+pub enum Decision<F: Family = V4> {
     /// Leave the packet as it is (and count why).
     Pass(Counter),
     Drop(Counter),
     /// Rewrite the destination (and with `CT_FLAG_SNAT` the source) as the entry says.
-    Translate(CtValue, Counter),
+    Translate(F::CtValue, Counter),
     /// A reply to a masqueraded flow: source back to the frontend,
     /// destination back to the client.
-    Unmasquerade(CtValue),
+    Unmasquerade(F::CtValue),
     /// A backend's reply: source back to the frontend.
-    RestoreSource(CtValue),
+    RestoreSource(F::CtValue),
     /// No endpoints at all: answer with a RST or ICMP port unreachable.
     Refuse,
 }
 
-impl Decision {
+impl<F: Family> Decision<F> {
     /// Masqueraded packets (source: the node) and restored replies to them
     /// (source: the frontend) leave with a local source address, which the
     /// stack's input routing would take for a martian.
     #[inline(always)]
     pub fn leaves_with_a_local_source(&self) -> bool {
         match self {
-            Decision::Translate(entry, _) => entry.flags & CT_FLAG_SNAT != 0,
+            Decision::Translate(entry, _) => F::entry_flags(entry) & CT_FLAG_SNAT != 0,
             Decision::Unmasquerade(_) => true,
             _ => false,
         }
@@ -69,7 +70,7 @@ pub fn new_backend(
         trace::affinity_followed(backend_id);
         return Ok((backend_id, backend));
     }
-    let chosen = pick_backend(service, hash)?;
+    let chosen = pick_backend::<V4>(service, hash)?;
     if sticky {
         affinity::remember(service, client_addr, chosen.0);
     }
@@ -78,7 +79,10 @@ pub fn new_backend(
 
 /// The slot `hash` picks, or why there is none.
 #[inline(always)]
-fn pick_backend(service: &ServiceValue, hash: u32) -> Result<(u32, BackendValue), Decision> {
+pub fn pick_backend<F: Family>(
+    service: &ServiceValue,
+    hash: u32,
+) -> Result<(u32, F::Backend), Decision<F>> {
     if service.backend_count == 0 {
         if service.flags & SVC_FLAG_HAS_ENDPOINTS != 0 {
             return Err(Decision::Drop(Counter::DropNoLocalEndpoints));
@@ -88,7 +92,7 @@ fn pick_backend(service: &ServiceValue, hash: u32) -> Result<(u32, BackendValue)
     let Some(backend_id) = choose_backend_id(service, hash) else {
         return Err(Decision::Drop(Counter::DropMissingSlot));
     };
-    match lookup_backend(backend_id) {
+    match lookup_backend::<F>(backend_id) {
         Some(backend) => Ok((backend_id, backend)),
         None => Err(Decision::Drop(Counter::DropMissingBackend)),
     }
@@ -96,19 +100,19 @@ fn pick_backend(service: &ServiceValue, hash: u32) -> Result<(u32, BackendValue)
 
 /// Forward path: a packet for a service frontend of `scope`.
 #[inline(always)]
-pub fn to_service(flow: &Flow, scope: u8) -> Decision {
+pub fn to_service<F: Family>(flow: &Flow<F>, scope: u8) -> Decision<F> {
     // Non-service traffic pays for exactly this one lookup.
     let Some(service) = lookup_service(flow, scope) else {
         return Decision::Pass(Counter::PassNotService);
     };
-    if !admits(&service, flow.src_addr) {
-        return Decision::Drop(Counter::DropSourceRange);
+    if let Err(reason) = F::admits(&service, flow.src_addr) {
+        return Decision::Drop(reason);
     }
     let mut outcome = Counter::DnatNew;
     if let Some(entry) = ct::lookup_for(&ct::forward_key(flow), flow, 0) {
         // A new SYN on a reused tuple is a new connection: choose again.
         if !flow.is_tcp_syn() && stays_on(flow, &entry) {
-            trace::conntrack_followed(entry.backend_id);
+            trace::conntrack_followed(F::entry_backend_id(&entry));
             return Decision::Translate(entry, Counter::DnatEstablished);
         }
         ct::forget(flow, &entry);
@@ -117,7 +121,7 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
     if service.flags & SVC_FLAG_DRAINING != 0 {
         return Decision::Pass(Counter::PassNotService);
     }
-    let (backend_id, backend) = match new_backend(&service, flow_hash(flow), flow.src_addr) {
+    let (backend_id, backend) = match F::new_backend(&service, flow_hash(flow), flow.src_addr) {
         Ok(chosen) => chosen,
         // As a TCP stack never answers a RST with one (RFC 9293).
         Err(Decision::Refuse) if flow.tcp_flags & TCP_FLAG_RST != 0 => {
@@ -125,24 +129,38 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
         }
         Err(no_backend) => return no_backend,
     };
-    // A pod landing on itself would see its own address as the source and
-    // drop the packet; it gets the hairpin address instead.
+    let node = match F::snat_source(flow, &service, &backend) {
+        Ok(Some(node)) => node,
+        Ok(None) => {
+            let (addr, port) = (F::backend_addr(&backend), F::backend_port(&backend));
+            match ct::record(flow, backend_id, addr, port) {
+                Ok(()) => {}
+                Err(RecordError::Collision) => {
+                    return Decision::Drop(Counter::DropConntrackCollision);
+                }
+                Err(_) => return Decision::Drop(Counter::DropConntrackFull),
+            }
+            return Decision::Translate(F::ct_entry(backend_id, (addr, port), 0, 0), outcome);
+        }
+        Err(reason) => return Decision::Drop(reason),
+    };
+    F::masqueraded(flow, backend_id, &backend, node, outcome)
+}
+
+/// IPv4: the source a new flow to `backend` leaves with instead of its own.
+/// A pod landing on itself would see its own address as the source and
+/// drop the packet; it gets the hairpin address instead.
+#[inline(always)]
+pub fn snat_source4(
+    flow: &Flow,
+    service: &ServiceValue,
+    backend: &BackendValue,
+) -> Result<Option<u32>, Counter> {
     let hairpin = backend.addr == flow.src_addr;
     let masquerade = hairpin
         || service.flags & SVC_FLAG_MASQUERADE != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
     if !masquerade {
-        match ct::record(flow, backend_id, backend.addr, backend.port) {
-            Ok(()) => {}
-            Err(RecordError::Collision) => return Decision::Drop(Counter::DropConntrackCollision),
-            Err(_) => return Decision::Drop(Counter::DropConntrackFull),
-        }
-        let entry = CtValue {
-            backend_id,
-            nat_addr: backend.addr,
-            nat_port: backend.port,
-            ..CtValue::default()
-        };
-        return Decision::Translate(entry, outcome);
+        return Ok(None);
     }
     let node = if hairpin {
         u32::from_ne_bytes(HAIRPIN_IPV4)
@@ -150,8 +168,20 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
         node_ipv4()
     };
     if node == 0 {
-        return Decision::Drop(Counter::DropSnatPortsExhausted);
+        return Err(Counter::DropSnatPortsExhausted);
     }
+    Ok(Some(node))
+}
+
+/// IPv4: records a new flow masqueraded behind `node`.
+#[inline(always)]
+pub fn masqueraded4(
+    flow: &Flow,
+    backend_id: u32,
+    backend: &BackendValue,
+    node: u32,
+    outcome: Counter,
+) -> Decision {
     match ct::record_masqueraded(flow, backend_id, backend.addr, backend.port, node) {
         Ok(port) => Decision::Translate(
             CtValue {
@@ -179,25 +209,26 @@ pub fn to_service(flow: &Flow, scope: u8) -> Decision {
 /// still answers. A UDP flow moves once its endpoint is gone or no longer
 /// serving, instead of sending into the void (kube-proxy #19029, #48370).
 #[inline(always)]
-fn stays_on(flow: &Flow, entry: &CtValue) -> bool {
+fn stays_on<F: Family>(flow: &Flow<F>, entry: &F::CtValue) -> bool {
     if flow.proto == IPPROTO_TCP {
         return true;
     }
     // The id may have been reused for another endpoint since.
-    lookup_backend(entry.backend_id).is_some_and(|b| {
-        b.addr == entry.nat_addr
-            && b.port == entry.nat_port
-            && b.flags & BACKEND_FLAG_NOT_SERVING == 0
+    let (nat_addr, nat_port) = F::entry_nat(entry);
+    lookup_backend::<F>(F::entry_backend_id(entry)).is_some_and(|b| {
+        F::backend_addr(&b) == nat_addr
+            && F::backend_port(&b) == nat_port
+            && F::backend_flags(&b) & BACKEND_FLAG_NOT_SERVING == 0
     })
 }
 
 /// Ingress of an external interface: replies to masqueraded flows first,
 /// then external frontends.
 #[inline(always)]
-pub fn from_outside(flow: &Flow, scope: u8) -> Decision {
+pub fn from_outside<F: Family>(flow: &Flow<F>, scope: u8) -> Decision<F> {
     match masqueraded_reply(flow) {
         Some(entry) => {
-            trace::conntrack_followed(entry.backend_id);
+            trace::conntrack_followed(F::entry_backend_id(&entry));
             Decision::Unmasquerade(entry)
         }
         None => to_service(flow, scope),
@@ -206,19 +237,19 @@ pub fn from_outside(flow: &Flow, scope: u8) -> Decision {
 
 /// The conntrack entry of a reply to a masqueraded (or hairpin) flow.
 #[inline(always)]
-fn masqueraded_reply(flow: &Flow) -> Option<CtValue> {
+fn masqueraded_reply<F: Family>(flow: &Flow<F>) -> Option<F::CtValue> {
     ct::lookup_for(&ct::reply_key(flow), flow, CT_FLAG_REPLIED)
-        .filter(|e| e.flags & CT_FLAG_SNAT != 0)
+        .filter(|e| F::entry_flags(e) & CT_FLAG_SNAT != 0)
 }
 
 /// What pods send: their own hairpin replies first (one compare for all
 /// other traffic), then service frontends.
 #[inline(always)]
-pub fn from_pod(flow: &Flow) -> Decision {
-    if flow.dst_addr == u32::from_ne_bytes(HAIRPIN_IPV4)
+pub fn from_pod<F: Family>(flow: &Flow<F>) -> Decision<F> {
+    if F::is_hairpin(flow.dst_addr)
         && let Some(entry) = masqueraded_reply(flow)
     {
-        trace::conntrack_followed(entry.backend_id);
+        trace::conntrack_followed(F::entry_backend_id(&entry));
         return Decision::Unmasquerade(entry);
     }
     to_service(flow, SCOPE_INTERNAL)
@@ -226,11 +257,11 @@ pub fn from_pod(flow: &Flow) -> Decision {
 
 /// Reply path towards a client: restore the frontend as the source.
 #[inline(always)]
-pub fn from_service(flow: &Flow) -> Decision {
+pub fn from_service<F: Family>(flow: &Flow<F>) -> Decision<F> {
     match ct::lookup_for(&ct::reply_key(flow), flow, CT_FLAG_REPLIED) {
         // Replies of masqueraded flows are handled where they arrive.
-        Some(entry) if entry.flags & CT_FLAG_SNAT == 0 => {
-            trace::conntrack_followed(entry.backend_id);
+        Some(entry) if F::entry_flags(&entry) & CT_FLAG_SNAT == 0 => {
+            trace::conntrack_followed(F::entry_backend_id(&entry));
             Decision::RestoreSource(entry)
         }
         _ => Decision::Pass(Counter::PassNotTranslated),

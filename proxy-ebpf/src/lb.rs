@@ -1,9 +1,10 @@
 //! Service lookup and backend choice.
 use aya_ebpf::maps::lpm_trie::Key;
-use proxy_common::{BackendValue, ServiceKey, ServiceValue, SlotKey, SourceRangeKey};
+use proxy_common::{ServiceKey, ServiceValue, SlotKey, SourceRangeKey};
 
 use crate::{
-    maps::{BACKENDS, SERVICES, SLOTS, SOURCE_RANGES, hash_seed},
+    family::Family,
+    maps::{SERVICES, SLOTS, SOURCE_RANGES, hash_seed},
     parse::Flow,
     trace,
 };
@@ -13,13 +14,11 @@ const SERVICE_ID_BITS: u32 = 32;
 const IPV4_BITS: u32 = 32;
 
 #[inline(always)]
-pub fn lookup_service(flow: &Flow, scope: u8) -> Option<ServiceValue> {
-    lookup_frontend(&ServiceKey {
-        addr: flow.dst_addr,
-        port: flow.dst_port,
-        proto: flow.proto,
-        scope,
-    })
+pub fn lookup_service<F: Family>(flow: &Flow<F>, scope: u8) -> Option<ServiceValue> {
+    let key = F::service_key(flow.dst_addr, flow.dst_port, flow.proto, scope);
+    let service = unsafe { F::services().get(&key).copied() };
+    F::note_frontend(&key, service.is_some());
+    service
 }
 
 #[inline(always)]
@@ -43,8 +42,8 @@ pub fn source_allowed(service: &ServiceValue, src_addr: u32) -> bool {
 }
 
 #[inline(always)]
-pub fn lookup_backend(backend_id: u32) -> Option<BackendValue> {
-    unsafe { BACKENDS.get(&backend_id).copied() }
+pub fn lookup_backend<F: Family>(backend_id: u32) -> Option<F::Backend> {
+    unsafe { F::backends().get(&backend_id).copied() }
 }
 
 /// murmur3's 32-bit finaliser: cheap, and every input bit affects every output bit.
@@ -58,9 +57,9 @@ pub fn mix(mut h: u32) -> u32 {
 }
 
 #[inline(always)]
-pub fn flow_hash(flow: &Flow) -> u32 {
-    let mut h = mix(hash_seed() ^ flow.src_addr);
-    h = mix(h ^ flow.dst_addr);
+pub fn flow_hash<F: Family>(flow: &Flow<F>) -> u32 {
+    let mut h = F::hash_addr(hash_seed(), flow.src_addr);
+    h = F::hash_addr(h, flow.dst_addr);
     h = mix(h ^ ((flow.src_port as u32) << 16 | flow.dst_port as u32));
     mix(h ^ flow.proto as u32)
 }

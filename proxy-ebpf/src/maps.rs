@@ -4,11 +4,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    AffinityKey, AffinityMember, AffinityValue, BackendValue, Counter, CtKey, CtValue,
-    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK, DEFAULT_MAX_SERVICES,
-    DEFAULT_MAX_SLOTS, DEFAULT_MAX_SOCK_REVNAT, DEFAULT_MAX_SOURCE_RANGES, ServiceKey,
-    ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey, TRACE_RECORD_ENTRIES,
-    TraceRecord,
+    AffinityKey, AffinityMember, AffinityValue, Backend6Value, BackendValue, Counter, Ct6Key,
+    Ct6Value, CtKey, CtValue, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK,
+    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS, DEFAULT_MAX_SOCK_REVNAT, DEFAULT_MAX_SOURCE_RANGES,
+    Service6Key, ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey,
+    TRACE_RECORD_ENTRIES, TraceRecord,
 };
 
 #[map(name = "VIPR_SERVICES")]
@@ -22,6 +22,16 @@ pub static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(DEFAULT_MAX_BA
 
 #[map(name = "VIPR_CONNTRACK")]
 pub static CONNTRACK: HashMap<CtKey, CtValue> = HashMap::pinned(DEFAULT_MAX_CONNTRACK, 0);
+
+// IPv6 twins of the three maps above (16-byte addresses); the slots are shared.
+#[map(name = "VIPR_SERVICES6")]
+pub static SERVICES6: HashMap<Service6Key, ServiceValue> = HashMap::pinned(DEFAULT_MAX_SERVICES, 0);
+
+#[map(name = "VIPR_BACKENDS6")]
+pub static BACKENDS6: HashMap<u32, Backend6Value> = HashMap::pinned(DEFAULT_MAX_BACKENDS, 0);
+
+#[map(name = "VIPR_CONNTRACK6")]
+pub static CONNTRACK6: HashMap<Ct6Key, Ct6Value> = HashMap::pinned(DEFAULT_MAX_CONNTRACK, 0);
 
 #[map(name = "VIPR_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

@@ -5,8 +5,11 @@ use core::mem::{offset_of, size_of};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use proxy_common::{Counter, IPPROTO_TCP, IPPROTO_UDP};
 
+use crate::family::{Family, V4};
+
 pub const ETH_LEN: usize = size_of::<EthHdr>();
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 const IPV4_MIN_HDR_LEN: usize = size_of::<Ipv4Hdr>();
 /// "More fragments" flag and fragment offset bits of `frags`.
 const IP_MF_AND_OFFSET: u16 = 0x3fff;
@@ -24,11 +27,11 @@ pub const IP_DST_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, dst_addr);
 pub const TCP_CSUM_OFF: usize = offset_of!(TcpHdr, check);
 pub const UDP_CSUM_OFF: usize = offset_of!(UdpHdr, check);
 
-/// An IPv4 TCP or UDP packet; addresses and ports in wire byte order.
+/// A TCP or UDP packet of family `F`; addresses and ports in wire byte order.
 #[derive(Clone, Copy)]
-pub struct Flow {
-    pub src_addr: u32,
-    pub dst_addr: u32,
+pub struct Flow<F: Family = V4> {
+    pub src_addr: F::Addr,
+    pub dst_addr: F::Addr,
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
@@ -38,7 +41,20 @@ pub struct Flow {
     pub l4_off: usize,
 }
 
-impl Flow {
+impl Flow<crate::family::V6> {
+    /// A placeholder for a flow still to be parsed.
+    pub const EMPTY: Self = Self {
+        src_addr: [0; 4],
+        dst_addr: [0; 4],
+        src_port: 0,
+        dst_port: 0,
+        proto: 0,
+        tcp_flags: 0,
+        l4_off: 0,
+    };
+}
+
+impl<F: Family> Flow<F> {
     /// A TCP SYN without ACK: the first packet of a new connection.
     #[inline(always)]
     pub fn is_tcp_syn(&self) -> bool {
@@ -99,14 +115,24 @@ pub fn ptr_at<T>(ctx: &impl Frame, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
+/// The frame's EtherType, if it has an Ethernet header.
 #[inline(always)]
-pub fn parse_flow(ctx: &impl Frame) -> Result<Flow, NotAFlow> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassNotIpv4)?;
+fn ether_type(ctx: &impl Frame) -> Option<[u8; 2]> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // Read the ethertype as bytes: network-types models it as an enum, and an
     // unknown value must not be materialised as one.
-    let ether_type: [u8; 2] =
-        unsafe { *((eth as *const u8).add(offset_of!(EthHdr, ether_type)) as *const [u8; 2]) };
-    if ether_type != ETHERTYPE_IPV4 {
+    Some(unsafe { *((eth as *const u8).add(offset_of!(EthHdr, ether_type)) as *const [u8; 2]) })
+}
+
+/// Whether the frame is IPv6 (by its EtherType).
+#[inline(always)]
+pub fn is_ipv6(ctx: &impl Frame) -> bool {
+    ether_type(ctx) == Some(ETHERTYPE_IPV6)
+}
+
+#[inline(always)]
+pub fn parse_flow(ctx: &impl Frame) -> Result<Flow, NotAFlow> {
+    if ether_type(ctx) != Some(ETHERTYPE_IPV4) {
         return Err(Counter::PassNotIpv4);
     }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(Counter::DropTruncated)?;

@@ -4,20 +4,26 @@
 //! - On the node's external interfaces: `vipr_from_external` on ingress
 //!   (NodePort/LoadBalancer/external-IP traffic and replies to masqueraded
 //!   flows), `vipr_to_external` on egress (replies of local endpoints).
+//!
+//! The pod programs serve IPv4 and IPv6 (EtherType 0x86DD), the same
+//! decisions for both (`family.rs`). The external programs (and XDP) still
+//! pass IPv6 untouched, counted as `pass_not_ipv4`: external IPv6 frontends
+//! need masquerade, which the IPv6 path does not have yet.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::classifier,
     programs::TcContext,
 };
-use proxy_common::{CT_FLAG_SNAT, Counter, CtValue, IPPROTO_TCP, SCOPE_EXTERNAL};
+use proxy_common::{CT_FLAG_SNAT, Counter, Ct6Value, IPPROTO_TCP, SCOPE_EXTERNAL};
 
 use crate::{
     decide::{self, Decision},
+    family::{Family, V6},
     fwd,
     maps::count,
-    nat::{Side, rewrite},
-    parse::{Flow, parse_flow},
-    reject,
+    nat::Side,
+    parse::{Flow, is_ipv6, parse_flow},
+    parse6::parse_flow6,
 };
 
 const PASS: i32 = TC_ACT_OK as i32;
@@ -30,16 +36,124 @@ fn verdict(counter: Counter) -> i32 {
     if counter.is_drop() { DROP } else { PASS }
 }
 
+/// Each family's half is a BPF subprogram: the kernel limits the stack of
+/// a call chain to 512 bytes, and the IPv6 path's keys and entries are
+/// large; so the entry point itself keeps no frame of its own to add.
 #[classifier]
 pub fn vipr_from_pod(ctx: TcContext) -> i32 {
-    match parse_flow(&ctx) {
-        Ok(flow) => apply(&ctx, &flow, decide::from_pod(&flow)),
+    if is_ipv6(&ctx) {
+        return from_pod6(&ctx);
+    }
+    from_pod4(&ctx)
+}
+
+#[inline(never)]
+fn from_pod4(ctx: &TcContext) -> i32 {
+    match parse_flow(ctx) {
+        Ok(flow) => apply(ctx, &flow, decide::from_pod(&flow)),
         Err(reason) => verdict(reason),
     }
 }
 
+/// The IPv6 half of `vipr_from_pod`: holds the flow and the decision, and
+/// parses, decides and carries out in subprograms called one after the
+/// other, so their stack frames never add up.
+#[inline(never)]
+fn from_pod6(ctx: &TcContext) -> i32 {
+    let mut flow = Flow::<V6>::EMPTY;
+    if let Some(reason) = parse6_into(ctx, &mut flow) {
+        return verdict(reason);
+    }
+    let mut decided = Decided6 {
+        kind: Kind::Pass,
+        counter: Counter::PassNotService,
+        entry: Ct6Value::default(),
+    };
+    decide_from_pod6(&flow, &mut decided);
+    // From here, not from `apply6`: the reply frames' subprograms must not
+    // stack on its frame.
+    if let Kind::Refuse = decided.kind {
+        return V6::refuse(ctx, &flow);
+    }
+    apply6(ctx, &flow, &decided)
+}
+
+/// `None`: `out` holds the flow; else why there is none.
+#[inline(never)]
+fn parse6_into(ctx: &TcContext, out: &mut Flow<V6>) -> Option<Counter> {
+    match parse_flow6(ctx) {
+        Ok(flow) => {
+            *out = flow;
+            None
+        }
+        Err(reason) => Some(reason),
+    }
+}
+
+/// A `Decision<V6>` as it crosses between subprograms: every byte defined.
+/// (Copying the enum would copy its variants' unused bytes too, and the
+/// verifier refuses a stack write of whatever register held them.)
+struct Decided6 {
+    kind: Kind,
+    counter: Counter,
+    entry: Ct6Value,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Pass,
+    Drop,
+    Translate,
+    Unmasquerade,
+    RestoreSource,
+    Refuse,
+}
+
+#[inline(never)]
+fn decide_from_pod6(flow: &Flow<V6>, out: &mut Decided6) {
+    let (kind, counter) = match decide::from_pod(flow) {
+        Decision::Pass(counter) => (Kind::Pass, counter),
+        Decision::Drop(counter) => (Kind::Drop, counter),
+        Decision::Translate(entry, counter) => {
+            out.entry = entry;
+            (Kind::Translate, counter)
+        }
+        Decision::Unmasquerade(entry) => {
+            out.entry = entry;
+            (Kind::Unmasquerade, Counter::RevSnat)
+        }
+        Decision::RestoreSource(entry) => {
+            out.entry = entry;
+            (Kind::RestoreSource, Counter::RevNat)
+        }
+        Decision::Refuse => (Kind::Refuse, Counter::DropRejectFailed),
+    };
+    out.kind = kind;
+    out.counter = counter;
+}
+
+#[inline(never)]
+fn apply6(ctx: &TcContext, flow: &Flow<V6>, decided: &Decided6) -> i32 {
+    let decision = match decided.kind {
+        Kind::Pass => Decision::Pass(decided.counter),
+        Kind::Drop => Decision::Drop(decided.counter),
+        Kind::Translate => Decision::Translate(decided.entry, decided.counter),
+        Kind::Unmasquerade => Decision::Unmasquerade(decided.entry),
+        Kind::RestoreSource => Decision::RestoreSource(decided.entry),
+        Kind::Refuse => Decision::Refuse,
+    };
+    carry_out(ctx, flow, decision)
+}
+
 #[classifier]
 pub fn vipr_to_pod(ctx: TcContext) -> i32 {
+    if is_ipv6(&ctx) {
+        // A reply is never refused: no reply frames on this path.
+        return match parse_flow6(&ctx) {
+            Ok(flow) => carry_out(&ctx, &flow, decide::from_service(&flow)),
+            Err(reason) => verdict(reason),
+        };
+    }
     match parse_flow(&ctx) {
         Ok(flow) => apply(&ctx, &flow, decide::from_service(&flow)),
         Err(reason) => verdict(reason),
@@ -69,27 +183,37 @@ pub fn vipr_to_external(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn apply(ctx: &TcContext, flow: &Flow, decision: Decision) -> i32 {
+fn apply<F: Family>(ctx: &TcContext, flow: &Flow<F>, decision: Decision<F>) -> i32 {
+    match decision {
+        Decision::Refuse => F::refuse(ctx, flow),
+        other => carry_out(ctx, flow, other),
+    }
+}
+
+/// Every decision but a refusal (see `apply`).
+#[inline(always)]
+fn carry_out<F: Family>(ctx: &TcContext, flow: &Flow<F>, decision: Decision<F>) -> i32 {
     let (rewritten, counter) = match decision {
         Decision::Pass(counter) | Decision::Drop(counter) => return verdict(counter),
-        Decision::Refuse => return refuse(ctx, flow),
+        // Never here: `apply` refuses.
+        Decision::Refuse => return verdict(Counter::DropRejectFailed),
         Decision::Translate(entry, counter) => (translate(ctx, flow, &entry), counter),
-        Decision::RestoreSource(entry) => (
-            rewrite(ctx, flow, Side::Source, entry.nat_addr, entry.nat_port),
-            Counter::RevNat,
-        ),
-        Decision::Unmasquerade(entry) => (
-            rewrite(ctx, flow, Side::Source, entry.nat_addr, entry.nat_port).and_then(|()| {
-                rewrite(
-                    ctx,
-                    flow,
-                    Side::Destination,
-                    entry.snat_addr,
-                    entry.snat_port,
-                )
-            }),
-            Counter::RevSnat,
-        ),
+        Decision::RestoreSource(entry) => {
+            let (addr, port) = F::entry_nat(&entry);
+            (
+                F::rewrite(ctx, flow, Side::Source, addr, port),
+                Counter::RevNat,
+            )
+        }
+        Decision::Unmasquerade(entry) => {
+            let (addr, port) = F::entry_nat(&entry);
+            let (client, client_port) = F::entry_snat(&entry);
+            (
+                F::rewrite(ctx, flow, Side::Source, addr, port)
+                    .and_then(|()| F::rewrite(ctx, flow, Side::Destination, client, client_port)),
+                Counter::RevSnat,
+            )
+        }
     };
     match rewritten {
         Ok(()) => verdict(counter),
@@ -98,21 +222,23 @@ fn apply(ctx: &TcContext, flow: &Flow, decision: Decision) -> i32 {
 }
 
 #[inline(always)]
-fn translate(ctx: &TcContext, flow: &Flow, entry: &CtValue) -> Result<(), i64> {
-    rewrite(ctx, flow, Side::Destination, entry.nat_addr, entry.nat_port)?;
-    if entry.flags & CT_FLAG_SNAT != 0 {
-        rewrite(ctx, flow, Side::Source, entry.snat_addr, entry.snat_port)?;
+fn translate<F: Family>(ctx: &TcContext, flow: &Flow<F>, entry: &F::CtValue) -> Result<(), i64> {
+    let (addr, port) = F::entry_nat(entry);
+    F::rewrite(ctx, flow, Side::Destination, addr, port)?;
+    if F::entry_flags(entry) & CT_FLAG_SNAT != 0 {
+        let (node, node_port) = F::entry_snat(entry);
+        F::rewrite(ctx, flow, Side::Source, node, node_port)?;
     }
     Ok(())
 }
 
 #[inline(always)]
-fn refuse(ctx: &TcContext, flow: &Flow) -> i32 {
+pub fn refuse<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> i32 {
     let (sent, counter) = if flow.proto == IPPROTO_TCP {
-        (reject::tcp_reset(ctx, flow), Counter::RejectTcpRst)
+        (F::tcp_reset(ctx, flow), Counter::RejectTcpRst)
     } else {
         (
-            reject::icmp_port_unreachable(ctx, flow),
+            F::port_unreachable(ctx, flow),
             Counter::RejectIcmpUnreachable,
         )
     };

@@ -25,7 +25,7 @@ const IPV4_NO_OPTIONS: u8 = 0x45;
 const TCP_DOFF_NO_OPTIONS: u8 = 5 << 4;
 
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+pub(crate) fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
@@ -33,7 +33,7 @@ fn fold(mut sum: u32) -> u16 {
 
 /// One's-complement sum of big-endian 16-bit words of `bytes[start..start+len]`.
 #[inline(always)]
-fn sum_words(bytes: &[u8], start: usize, len: usize) -> u32 {
+pub(crate) fn sum_words(bytes: &[u8], start: usize, len: usize) -> u32 {
     let mut sum = 0u32;
     let mut i = 0;
     while i + 1 < len {
@@ -72,7 +72,7 @@ fn write_reply_headers(
 
 /// Replaces the whole frame with `frame` and sends it back where it came from.
 #[inline(always)]
-fn send_back<const N: usize>(ctx: &TcContext, frame: &[u8; N]) -> Result<i32, i64> {
+pub(crate) fn send_back<const N: usize>(ctx: &TcContext, frame: &[u8; N]) -> Result<i32, i64> {
     let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, N as u32, 0) };
     if ret != 0 {
         return Err(ret);

@@ -27,6 +27,16 @@ pub fn frontend(key: &ServiceKey, found: bool) {
     }
 }
 
+/// The steps of a frontend lookup without the key (IPv6: the record holds
+/// an IPv4 frontend).
+#[inline(always)]
+pub fn frontend_steps(found: bool) {
+    if let Some(r) = record() {
+        let found_bit = if found { TRACE_FRONTEND_FOUND } else { 0 };
+        unsafe { (*r).steps |= TRACE_FRONTEND_LOOKED_UP | found_bit };
+    }
+}
+
 #[inline(always)]
 pub fn conntrack_followed(backend_id: u32) {
     chose(TRACE_CONNTRACK_FOLLOWED, backend_id);

@@ -13,6 +13,7 @@ pub mod fuzz_packets;
 pub mod metrics;
 pub mod netns;
 pub mod packet;
+pub mod packet6;
 pub mod soak;
 
 /// The `vipr` binary under test: `VIPR_BIN` (set by `cargo xtask test`),

@@ -232,6 +232,7 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
             "packets_xdp",
             "packets_conntrack",
             "packets_trace",
+            "packets_ipv6",
         ]
         .into_iter()
         .map(|name| stage(executable(name)?, name))

@@ -7,10 +7,10 @@ use proxy_common::Counter;
 pub fn explain(counter: Counter) -> &'static str {
     match counter {
         Counter::PassNotIpv4 => {
-            "TC/XDP: the frame is not IPv4 (EtherType), or shorter than an Ethernet header. Passed untouched (IPv6 is not served yet)."
+            "TC/XDP: the frame is neither IPv4 nor (on the pod interfaces) IPv6 by its EtherType, or shorter than an Ethernet header; XDP and the external programs also count IPv6 here (they do not serve it yet). Passed untouched."
         }
         Counter::PassFragment => {
-            "TC/XDP: an IPv4 fragment (more-fragments set or a non-zero offset): no L4 ports to match, passed untranslated."
+            "TC/XDP: an IPv4 fragment (more-fragments set or a non-zero offset), or on the pod path an IPv6 one (a fragment header with either): no L4 ports to match, passed untranslated."
         }
         Counter::PassOtherProtocol => {
             "TC/XDP: neither TCP nor UDP (ICMP, SCTP, ...); socket hooks: a socket of another protocol. Passed untouched."
@@ -48,7 +48,9 @@ pub fn explain(counter: Counter) -> &'static str {
         Counter::RejectIcmpUnreachable => {
             "A UDP packet to a frontend with no endpoint anywhere: answered with ICMP port unreachable."
         }
-        Counter::DropTruncated => "Dropped: the packet ends inside its IPv4, TCP or UDP header.",
+        Counter::DropTruncated => {
+            "Dropped: the packet ends inside its IPv4 or IPv6 header, an IPv6 extension header, or its TCP or UDP header."
+        }
         Counter::DropBadIpHeader => {
             "Dropped: IPv4 version field not 4, or a header length under 20 bytes."
         }
@@ -109,6 +111,15 @@ pub fn explain(counter: Counter) -> &'static str {
         }
         Counter::DropRstNotRefused => {
             "Dropped: a TCP RST to a frontend with no endpoints; a RST is never answered with a RST."
+        }
+        Counter::PassIpv6ExtHeaders => {
+            "TC pod path: an IPv6 packet with more extension headers before its TCP/UDP header than the programs walk. Passed untranslated."
+        }
+        Counter::DropIpv6Unsupported => {
+            "Dropped: an IPv6 frontend needs what the IPv6 path does not do yet (masquerade, a pod reaching itself through its Service, loadBalancerSourceRanges)."
+        }
+        Counter::Ipv6AffinityIgnored => {
+            "A new IPv6 connection to a ClientIP-affinity frontend chose its endpoint by hash: session affinity is IPv4-only so far."
         }
     }
 }

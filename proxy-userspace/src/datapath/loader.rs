@@ -167,6 +167,10 @@ impl Globals {
             .map_max_entries(maps::BACKENDS, sizes.backends)
             .map_max_entries(maps::SLOTS, sizes.slots)
             .map_max_entries(maps::CONNTRACK, sizes.conntrack)
+            // IPv6 maps hold what their IPv4 twins hold.
+            .map_max_entries(maps::SERVICES6, sizes.services)
+            .map_max_entries(maps::BACKENDS6, sizes.backends)
+            .map_max_entries(maps::CONNTRACK6, sizes.conntrack)
             .map_max_entries(maps::SOCK_REVNAT, sizes.socket_revnat)
             // One member per slot at most.
             .map_max_entries(maps::AFFINITY_MEMBERS, sizes.slots);

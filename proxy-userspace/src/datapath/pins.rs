@@ -6,8 +6,9 @@ use std::{mem::size_of, path::Path};
 
 use aya::maps::{MapInfo, MapType};
 use proxy_common::{
-    AffinityKey, AffinityMember, AffinityValue, BackendValue, CtKey, CtValue, ServiceKey,
-    ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey, TraceRecord, maps,
+    AffinityKey, AffinityMember, AffinityValue, Backend6Value, BackendValue, Ct6Key, Ct6Value,
+    CtKey, CtValue, Service6Key, ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue,
+    SourceRangeKey, TraceRecord, maps,
 };
 
 use super::DatapathError;
@@ -16,7 +17,7 @@ use super::DatapathError;
 const LPM_PREFIX_LEN: usize = size_of::<u32>();
 
 /// Every map the object pins: name, type, key size, value size.
-const LAYOUTS: [(&str, MapType, usize, usize); 10] = [
+const LAYOUTS: [(&str, MapType, usize, usize); 13] = [
     (
         maps::SERVICES,
         MapType::Hash,
@@ -70,6 +71,24 @@ const LAYOUTS: [(&str, MapType, usize, usize); 10] = [
         MapType::Hash,
         size_of::<AffinityMember>(),
         size_of::<u32>(),
+    ),
+    (
+        maps::SERVICES6,
+        MapType::Hash,
+        size_of::<Service6Key>(),
+        size_of::<ServiceValue>(),
+    ),
+    (
+        maps::BACKENDS6,
+        MapType::Hash,
+        size_of::<u32>(),
+        size_of::<Backend6Value>(),
+    ),
+    (
+        maps::CONNTRACK6,
+        MapType::Hash,
+        size_of::<Ct6Key>(),
+        size_of::<Ct6Value>(),
     ),
     (
         proxy_common::TRACE_RECORD,

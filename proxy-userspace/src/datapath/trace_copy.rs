@@ -15,10 +15,12 @@ use super::loader::{Globals, MAP_DIR, MapSizes, OBJECT, cleanup_pins, private_di
 const TRACE_DIR: &str = "trace";
 
 /// Maps the programs only read: the trace copy uses the live ones.
-const SHARED_MAPS: [&str; 5] = [
+const SHARED_MAPS: [&str; 7] = [
     maps::SERVICES,
     maps::SLOTS,
     maps::BACKENDS,
+    maps::SERVICES6,
+    maps::BACKENDS6,
     maps::SOURCE_RANGES,
     maps::AFFINITY_MEMBERS,
 ];
@@ -82,7 +84,12 @@ pub(super) fn load(
     for name in SHARED_MAPS {
         loader.map_pin_path(name, live_maps.join(name));
     }
-    for name in [maps::CONNTRACK, maps::AFFINITY, maps::SOCK_REVNAT] {
+    for name in [
+        maps::CONNTRACK,
+        maps::CONNTRACK6,
+        maps::AFFINITY,
+        maps::SOCK_REVNAT,
+    ] {
         loader.map_max_entries(name, SCRATCH_ENTRIES);
     }
     let mut ebpf = loader.load(OBJECT)?;

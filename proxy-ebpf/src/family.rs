@@ -1,0 +1,440 @@
+//! The address family of a packet. Conntrack (`ct.rs`), service lookups
+//! (`lb.rs`) and the decisions (`decide.rs`) are written once over
+//! `Family` and monomorphised: the IPv4 programs the verifier sees are the
+//! code they were before IPv6, and IPv6 follows the same rules. What only
+//! one family does (IPv4 masquerade, hairpin, source ranges and affinity)
+//! sits behind the hooks at the end of the trait.
+use aya_ebpf::{maps::HashMap, programs::TcContext};
+use proxy_common::{
+    Addr6, BACKEND_FLAG_LOCAL, Backend6Value, BackendValue, Counter, Ct6Key, Ct6Value, CtKey,
+    CtValue, HAIRPIN_IPV4, SVC_FLAG_AFFINITY, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
+    Service6Key, ServiceKey, ServiceValue,
+};
+
+use crate::{
+    decide::{self, Decision},
+    maps::{self, count},
+    nat::{self, Side},
+    nat6,
+    parse::Flow,
+    programs, reject, reject6, trace,
+};
+
+/// IPv4: 4-byte addresses, the original maps.
+#[derive(Clone, Copy)]
+pub struct V4;
+/// IPv6: 16-byte addresses, the `*6` maps; slots and ids shared with IPv4.
+#[derive(Clone, Copy)]
+pub struct V6;
+
+pub trait Family: Copy + 'static {
+    /// An address in wire order.
+    type Addr: Copy + PartialEq;
+    type ServiceKey;
+    type Backend: Copy;
+    type CtKey;
+    type CtValue: Copy;
+
+    fn services() -> &'static HashMap<Self::ServiceKey, ServiceValue>;
+    fn backends() -> &'static HashMap<u32, Self::Backend>;
+    fn conntrack() -> &'static HashMap<Self::CtKey, Self::CtValue>;
+
+    fn service_key(addr: Self::Addr, port: u16, proto: u8, scope: u8) -> Self::ServiceKey;
+    /// For `vipr trace`: the frontend looked up, and whether it was found.
+    fn note_frontend(key: &Self::ServiceKey, found: bool);
+    /// Folds an address into the flow hash `h`.
+    fn hash_addr(h: u32, addr: Self::Addr) -> u32;
+
+    fn backend_addr(b: &Self::Backend) -> Self::Addr;
+    fn backend_port(b: &Self::Backend) -> u16;
+    fn backend_flags(b: &Self::Backend) -> u8;
+
+    fn ct_key(
+        src: (Self::Addr, u16),
+        dst: (Self::Addr, u16),
+        proto: u8,
+        direction: u8,
+    ) -> Self::CtKey;
+    /// The other direction's key (`CtKey::partner`).
+    fn partner(key: &Self::CtKey, value: &Self::CtValue) -> Self::CtKey;
+    /// An entry without source translation.
+    fn ct_entry(
+        backend_id: u32,
+        nat: (Self::Addr, u16),
+        flags: u8,
+        last_seen: u32,
+    ) -> Self::CtValue;
+    fn entry_backend_id(v: &Self::CtValue) -> u32;
+    fn entry_nat(v: &Self::CtValue) -> (Self::Addr, u16);
+    fn entry_snat(v: &Self::CtValue) -> (Self::Addr, u16);
+    fn entry_flags(v: &Self::CtValue) -> u8;
+    /// Where a packet notes itself on an entry: `last_seen` and `flags`.
+    fn entry_notes(v: *mut Self::CtValue) -> (*mut u32, *mut u8);
+
+    /// A frontend's admission of a client (loadBalancerSourceRanges).
+    fn admits(service: &ServiceValue, src: Self::Addr) -> Result<(), Counter>;
+    /// The endpoint a new connection gets, or what to do instead.
+    fn new_backend(
+        service: &ServiceValue,
+        hash: u32,
+        client: Self::Addr,
+    ) -> Result<(u32, Self::Backend), Decision<Self>>;
+    /// The source a new flow to `backend` must leave with instead of its
+    /// own (masquerade, hairpin), if any; `Err`: drop.
+    fn snat_source(
+        flow: &Flow<Self>,
+        service: &ServiceValue,
+        backend: &Self::Backend,
+    ) -> Result<Option<Self::Addr>, Counter>;
+    /// Records a new flow leaving with the source `node`.
+    fn masqueraded(
+        flow: &Flow<Self>,
+        backend_id: u32,
+        backend: &Self::Backend,
+        node: Self::Addr,
+        outcome: Counter,
+    ) -> Decision<Self>;
+    /// Whether `addr` is where the replies of hairpin flows go.
+    fn is_hairpin(addr: Self::Addr) -> bool;
+
+    /// Rewrites one end of the flow in an skb, checksums included.
+    fn rewrite(
+        ctx: &TcContext,
+        flow: &Flow<Self>,
+        side: Side,
+        addr: Self::Addr,
+        port: u16,
+    ) -> Result<(), i64>;
+    /// Turns a TCP segment to a frontend without endpoints into a RST back.
+    fn tcp_reset(ctx: &TcContext, flow: &Flow<Self>) -> Result<i32, i64>;
+    /// Turns a UDP datagram to a frontend without endpoints into an ICMP
+    /// port unreachable back.
+    fn port_unreachable(ctx: &TcContext, flow: &Flow<Self>) -> Result<i32, i64>;
+    /// One of the two above, counted: the TC verdict.
+    #[inline(always)]
+    fn refuse(ctx: &TcContext, flow: &Flow<Self>) -> i32 {
+        programs::refuse(ctx, flow)
+    }
+}
+
+impl Family for V4 {
+    type Addr = u32;
+    type ServiceKey = ServiceKey;
+    type Backend = BackendValue;
+    type CtKey = CtKey;
+    type CtValue = CtValue;
+
+    #[inline(always)]
+    fn services() -> &'static HashMap<ServiceKey, ServiceValue> {
+        &maps::SERVICES
+    }
+    #[inline(always)]
+    fn backends() -> &'static HashMap<u32, BackendValue> {
+        &maps::BACKENDS
+    }
+    #[inline(always)]
+    fn conntrack() -> &'static HashMap<CtKey, CtValue> {
+        &maps::CONNTRACK
+    }
+    #[inline(always)]
+    fn service_key(addr: u32, port: u16, proto: u8, scope: u8) -> ServiceKey {
+        ServiceKey {
+            addr,
+            port,
+            proto,
+            scope,
+        }
+    }
+    #[inline(always)]
+    fn note_frontend(key: &ServiceKey, found: bool) {
+        trace::frontend(key, found);
+    }
+    #[inline(always)]
+    fn hash_addr(h: u32, addr: u32) -> u32 {
+        crate::lb::mix(h ^ addr)
+    }
+    #[inline(always)]
+    fn backend_addr(b: &BackendValue) -> u32 {
+        b.addr
+    }
+    #[inline(always)]
+    fn backend_port(b: &BackendValue) -> u16 {
+        b.port
+    }
+    #[inline(always)]
+    fn backend_flags(b: &BackendValue) -> u8 {
+        b.flags
+    }
+    #[inline(always)]
+    fn ct_key(src: (u32, u16), dst: (u32, u16), proto: u8, direction: u8) -> CtKey {
+        CtKey {
+            src_addr: src.0,
+            dst_addr: dst.0,
+            src_port: src.1,
+            dst_port: dst.1,
+            proto,
+            direction,
+            _pad: [0; 2],
+        }
+    }
+    #[inline(always)]
+    fn partner(key: &CtKey, value: &CtValue) -> CtKey {
+        key.partner(value)
+    }
+    #[inline(always)]
+    fn ct_entry(backend_id: u32, nat: (u32, u16), flags: u8, last_seen: u32) -> CtValue {
+        CtValue {
+            backend_id,
+            nat_addr: nat.0,
+            nat_port: nat.1,
+            flags,
+            last_seen,
+            ..CtValue::default()
+        }
+    }
+    #[inline(always)]
+    fn entry_backend_id(v: &CtValue) -> u32 {
+        v.backend_id
+    }
+    #[inline(always)]
+    fn entry_nat(v: &CtValue) -> (u32, u16) {
+        (v.nat_addr, v.nat_port)
+    }
+    #[inline(always)]
+    fn entry_snat(v: &CtValue) -> (u32, u16) {
+        (v.snat_addr, v.snat_port)
+    }
+    #[inline(always)]
+    fn entry_flags(v: &CtValue) -> u8 {
+        v.flags
+    }
+    #[inline(always)]
+    fn entry_notes(v: *mut CtValue) -> (*mut u32, *mut u8) {
+        unsafe { (&raw mut (*v).last_seen, &raw mut (*v).flags) }
+    }
+    #[inline(always)]
+    fn admits(service: &ServiceValue, src: u32) -> Result<(), Counter> {
+        if decide::admits(service, src) {
+            Ok(())
+        } else {
+            Err(Counter::DropSourceRange)
+        }
+    }
+    #[inline(always)]
+    fn new_backend(
+        service: &ServiceValue,
+        hash: u32,
+        client: u32,
+    ) -> Result<(u32, BackendValue), Decision<V4>> {
+        decide::new_backend(service, hash, client)
+    }
+    #[inline(always)]
+    fn snat_source(
+        flow: &Flow<V4>,
+        service: &ServiceValue,
+        backend: &BackendValue,
+    ) -> Result<Option<u32>, Counter> {
+        decide::snat_source4(flow, service, backend)
+    }
+    #[inline(always)]
+    fn masqueraded(
+        flow: &Flow<V4>,
+        backend_id: u32,
+        backend: &BackendValue,
+        node: u32,
+        outcome: Counter,
+    ) -> Decision<V4> {
+        decide::masqueraded4(flow, backend_id, backend, node, outcome)
+    }
+    #[inline(always)]
+    fn is_hairpin(addr: u32) -> bool {
+        addr == u32::from_ne_bytes(HAIRPIN_IPV4)
+    }
+    #[inline(always)]
+    fn rewrite(
+        ctx: &TcContext,
+        flow: &Flow<V4>,
+        side: Side,
+        addr: u32,
+        port: u16,
+    ) -> Result<(), i64> {
+        nat::rewrite(ctx, flow, side, addr, port)
+    }
+    #[inline(always)]
+    fn tcp_reset(ctx: &TcContext, flow: &Flow<V4>) -> Result<i32, i64> {
+        reject::tcp_reset(ctx, flow)
+    }
+    #[inline(always)]
+    fn port_unreachable(ctx: &TcContext, flow: &Flow<V4>) -> Result<i32, i64> {
+        reject::icmp_port_unreachable(ctx, flow)
+    }
+}
+
+impl Family for V6 {
+    type Addr = Addr6;
+    type ServiceKey = Service6Key;
+    type Backend = Backend6Value;
+    type CtKey = Ct6Key;
+    type CtValue = Ct6Value;
+
+    #[inline(always)]
+    fn services() -> &'static HashMap<Service6Key, ServiceValue> {
+        &maps::SERVICES6
+    }
+    #[inline(always)]
+    fn backends() -> &'static HashMap<u32, Backend6Value> {
+        &maps::BACKENDS6
+    }
+    #[inline(always)]
+    fn conntrack() -> &'static HashMap<Ct6Key, Ct6Value> {
+        &maps::CONNTRACK6
+    }
+    #[inline(always)]
+    fn service_key(addr: Addr6, port: u16, proto: u8, scope: u8) -> Service6Key {
+        Service6Key {
+            addr,
+            port,
+            proto,
+            scope,
+        }
+    }
+    #[inline(always)]
+    fn note_frontend(_key: &Service6Key, found: bool) {
+        // The trace record holds an IPv4 frontend; `vipr trace` builds IPv4 only.
+        trace::frontend_steps(found);
+    }
+    #[inline(always)]
+    fn hash_addr(h: u32, addr: Addr6) -> u32 {
+        // Every word, each mixed in: all 16 bytes decide.
+        let mut h = crate::lb::mix(h ^ addr[0]);
+        h = crate::lb::mix(h ^ addr[1]);
+        h = crate::lb::mix(h ^ addr[2]);
+        crate::lb::mix(h ^ addr[3])
+    }
+    #[inline(always)]
+    fn backend_addr(b: &Backend6Value) -> Addr6 {
+        b.addr
+    }
+    #[inline(always)]
+    fn backend_port(b: &Backend6Value) -> u16 {
+        b.port
+    }
+    #[inline(always)]
+    fn backend_flags(b: &Backend6Value) -> u8 {
+        b.flags
+    }
+    #[inline(always)]
+    fn ct_key(src: (Addr6, u16), dst: (Addr6, u16), proto: u8, direction: u8) -> Ct6Key {
+        Ct6Key {
+            src_addr: src.0,
+            dst_addr: dst.0,
+            src_port: src.1,
+            dst_port: dst.1,
+            proto,
+            direction,
+            _pad: [0; 2],
+        }
+    }
+    #[inline(always)]
+    fn partner(key: &Ct6Key, value: &Ct6Value) -> Ct6Key {
+        key.partner(value)
+    }
+    #[inline(always)]
+    fn ct_entry(backend_id: u32, nat: (Addr6, u16), flags: u8, last_seen: u32) -> Ct6Value {
+        Ct6Value {
+            backend_id,
+            nat_addr: nat.0,
+            nat_port: nat.1,
+            flags,
+            last_seen,
+            ..Ct6Value::default()
+        }
+    }
+    #[inline(always)]
+    fn entry_backend_id(v: &Ct6Value) -> u32 {
+        v.backend_id
+    }
+    #[inline(always)]
+    fn entry_nat(v: &Ct6Value) -> (Addr6, u16) {
+        (v.nat_addr, v.nat_port)
+    }
+    #[inline(always)]
+    fn entry_snat(v: &Ct6Value) -> (Addr6, u16) {
+        (v.snat_addr, v.snat_port)
+    }
+    #[inline(always)]
+    fn entry_flags(v: &Ct6Value) -> u8 {
+        v.flags
+    }
+    #[inline(always)]
+    fn entry_notes(v: *mut Ct6Value) -> (*mut u32, *mut u8) {
+        unsafe { (&raw mut (*v).last_seen, &raw mut (*v).flags) }
+    }
+    #[inline(always)]
+    fn admits(service: &ServiceValue, _src: Addr6) -> Result<(), Counter> {
+        // Fail closed: a range we cannot check must not admit everyone.
+        if service.flags & SVC_FLAG_SOURCE_RANGES != 0 {
+            return Err(Counter::DropIpv6Unsupported);
+        }
+        Ok(())
+    }
+    #[inline(always)]
+    fn new_backend(
+        service: &ServiceValue,
+        hash: u32,
+        _client: Addr6,
+    ) -> Result<(u32, Backend6Value), Decision<V6>> {
+        if service.flags & SVC_FLAG_AFFINITY != 0 {
+            // Losing stickiness is safe; the flow itself is served.
+            count(Counter::Ipv6AffinityIgnored);
+        }
+        decide::pick_backend::<V6>(service, hash)
+    }
+    #[inline(always)]
+    fn snat_source(
+        flow: &Flow<V6>,
+        service: &ServiceValue,
+        backend: &Backend6Value,
+    ) -> Result<Option<Addr6>, Counter> {
+        let hairpin = backend.addr == flow.src_addr;
+        let masquerade =
+            service.flags & SVC_FLAG_MASQUERADE != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
+        if hairpin || masquerade {
+            return Err(Counter::DropIpv6Unsupported);
+        }
+        Ok(None)
+    }
+    #[inline(always)]
+    fn masqueraded(
+        _flow: &Flow<V6>,
+        _backend_id: u32,
+        _backend: &Backend6Value,
+        _node: Addr6,
+        _outcome: Counter,
+    ) -> Decision<V6> {
+        // Never reached: `snat_source` names no IPv6 source.
+        Decision::Drop(Counter::DropIpv6Unsupported)
+    }
+    #[inline(always)]
+    fn is_hairpin(_addr: Addr6) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn rewrite(
+        ctx: &TcContext,
+        flow: &Flow<V6>,
+        side: Side,
+        addr: Addr6,
+        port: u16,
+    ) -> Result<(), i64> {
+        nat6::rewrite(ctx, flow, side, addr, port)
+    }
+    #[inline(always)]
+    fn tcp_reset(ctx: &TcContext, flow: &Flow<V6>) -> Result<i32, i64> {
+        reject6::tcp_reset(ctx, flow)
+    }
+    #[inline(always)]
+    fn port_unreachable(ctx: &TcContext, flow: &Flow<V6>) -> Result<i32, i64> {
+        reject6::icmp_port_unreachable(ctx, flow)
+    }
+}
