@@ -7,13 +7,52 @@
 //! its own state and silence end it.
 mod sweeper;
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, hash::Hash, time::Duration};
 
 pub use sweeper::Sweeper;
 
 use proxy_common::{
-    CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FORWARD, CtKey, CtValue, IPPROTO_TCP,
+    CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FORWARD, Ct6Key, Ct6Value, CtKey, CtValue,
+    IPPROTO_TCP,
 };
+
+/// A conntrack key of either family, with what the sweep reads of its value.
+pub trait Tracked: Copy + Eq + Hash {
+    type Value: Copy;
+    /// The other direction's key of the same flow.
+    fn partner(&self, value: &Self::Value) -> Self;
+    fn direction(&self) -> u8;
+    fn proto(&self) -> u8;
+    fn flags(value: &Self::Value) -> u8;
+    fn last_seen(value: &Self::Value) -> u32;
+}
+
+macro_rules! tracked {
+    ($key:ty, $value:ty) => {
+        impl Tracked for $key {
+            type Value = $value;
+            fn partner(&self, value: &$value) -> Self {
+                <$key>::partner(self, value)
+            }
+            fn direction(&self) -> u8 {
+                self.direction
+            }
+            fn proto(&self) -> u8 {
+                self.proto
+            }
+            fn flags(value: &$value) -> u8 {
+                value.flags
+            }
+            fn last_seen(value: &$value) -> u32 {
+                value.last_seen
+            }
+        }
+    };
+}
+
+// The two families' entries have the same fields, with addresses of their size.
+tracked!(CtKey, CtValue);
+tracked!(Ct6Key, Ct6Value);
 
 /// How long a flow may stay silent in each state before its entries go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,19 +90,20 @@ const ORPHAN_GRACE_SECONDS: u32 = 2;
 impl CtTimeouts {
     /// The silence allowed to the flow of a forward entry and, if there is
     /// one, its reverse entry.
-    pub fn allowed_silence(
+    pub fn allowed_silence<K: Tracked>(
         &self,
-        key: &CtKey,
-        forward: &CtValue,
-        reverse: Option<&CtValue>,
+        key: &K,
+        forward: &K::Value,
+        reverse: Option<&K::Value>,
     ) -> Duration {
-        let reverse_flags = reverse.map_or(0, |r| r.flags);
+        let reverse_flags = reverse.map_or(0, K::flags);
+        let forward_flags = K::flags(forward);
         let replied = reverse_flags & CT_FLAG_REPLIED != 0;
-        if key.proto != IPPROTO_TCP {
+        if key.proto() != IPPROTO_TCP {
             return if replied { self.udp_stream } else { self.udp };
         }
-        let reset = (forward.flags | reverse_flags) & CT_FLAG_RST != 0;
-        let fin_both_ways = forward.flags & reverse_flags & CT_FLAG_FIN != 0;
+        let reset = (forward_flags | reverse_flags) & CT_FLAG_RST != 0;
+        let fin_both_ways = forward_flags & reverse_flags & CT_FLAG_FIN != 0;
         if reset || fin_both_ways {
             self.tcp_closed
         } else if replied {
@@ -77,21 +117,25 @@ impl CtTimeouts {
 /// The entries of one flow to delete together: its forward entry (or a lone
 /// reverse one) and the other direction's, if present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Expired {
-    pub key: CtKey,
-    pub partner: Option<CtKey>,
+pub struct Expired<K> {
+    pub key: K,
+    pub partner: Option<K>,
 }
 
 /// What to delete from a snapshot of the table at `now` (the kernel's
 /// monotonic seconds): both entries of every flow silent past its allowed
 /// time, and reverse entries left without a forward one.
-pub fn expired(table: &HashMap<CtKey, CtValue>, now: u32, timeouts: &CtTimeouts) -> Vec<Expired> {
+pub fn expired<K: Tracked>(
+    table: &HashMap<K, K::Value>,
+    now: u32,
+    timeouts: &CtTimeouts,
+) -> Vec<Expired<K>> {
     let mut gone = Vec::new();
     for (key, value) in table {
         let partner = key.partner(value);
         let paired = table.get(&partner);
-        if key.direction != CT_FORWARD {
-            if paired.is_none() && now.saturating_sub(value.last_seen) >= ORPHAN_GRACE_SECONDS {
+        if key.direction() != CT_FORWARD {
+            if paired.is_none() && now.saturating_sub(K::last_seen(value)) >= ORPHAN_GRACE_SECONDS {
                 gone.push(Expired {
                     key: *key,
                     partner: None,
@@ -99,7 +143,7 @@ pub fn expired(table: &HashMap<CtKey, CtValue>, now: u32, timeouts: &CtTimeouts)
             }
             continue;
         }
-        let last_seen = value.last_seen.max(paired.map_or(0, |r| r.last_seen));
+        let last_seen = K::last_seen(value).max(paired.map_or(0, K::last_seen));
         let allowed = timeouts.allowed_silence(key, value, paired).as_secs();
         if u64::from(now.saturating_sub(last_seen)) >= allowed {
             gone.push(Expired {
@@ -234,5 +278,46 @@ mod tests {
         assert!(sweep_at(&t, 59).is_empty());
         assert_eq!(sweep_at(&t, 60), vec![ok]);
         assert_eq!(rk.direction, CT_REVERSE);
+    }
+
+    #[test]
+    fn ipv6_flows_expire_by_the_same_rules() {
+        let forward = Ct6Key {
+            src_addr: [1, 0, 0, 1],
+            dst_addr: [2, 0, 0, 2],
+            src_port: 1000,
+            dst_port: 80,
+            proto: IPPROTO_UDP,
+            direction: CT_FORWARD,
+            _pad: [0; 2],
+        };
+        let to_backend = Ct6Value {
+            nat_addr: [3, 0, 0, 3],
+            nat_port: 8080,
+            last_seen: NOW,
+            ..Ct6Value::default()
+        };
+        let reverse = forward.partner(&to_backend);
+        let to_frontend = Ct6Value {
+            nat_addr: forward.dst_addr,
+            nat_port: forward.dst_port,
+            flags: CT_FLAG_REPLIED,
+            last_seen: NOW,
+            ..Ct6Value::default()
+        };
+        let table: HashMap<Ct6Key, Ct6Value> =
+            [(forward, to_backend), (reverse, to_frontend)].into();
+        let timeouts = CtTimeouts::default();
+        let stream = timeouts.udp_stream.as_secs() as u32;
+        assert!(expired(&table, NOW + stream - 1, &timeouts).is_empty());
+        let gone = expired(&table, NOW + stream, &timeouts);
+        assert_eq!(
+            gone,
+            [Expired {
+                key: forward,
+                partner: Some(reverse)
+            }]
+        );
+        assert_eq!(reverse.direction, CT_REVERSE);
     }
 }

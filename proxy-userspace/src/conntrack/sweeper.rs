@@ -9,8 +9,8 @@ use tracing::{debug, warn};
 
 use proxy_common::{Counter, SNAT_PORT_COUNT};
 
-use super::{CtTimeouts, expired};
-use crate::datapath::{ConntrackTable, DatapathError, Pressure, conntrack_clock};
+use super::{CtTimeouts, Tracked, expired};
+use crate::datapath::{ConntrackTable, DatapathError, FamilyTable, Pressure, conntrack_clock};
 
 /// Sweeps may take at most 1/this of the time between them.
 const SWEEP_DUTY_DIVISOR: u32 = 10;
@@ -94,23 +94,41 @@ impl Sweeper {
         filling && since >= stats.took * SWEEP_DUTY_DIVISOR
     }
 
-    /// Deletes the entries of every flow that is over or silent past its
-    /// state's timeout.
+    /// Deletes the entries of every flow, either family, that is over or
+    /// silent past its state's timeout.
     pub fn sweep(&mut self) -> Result<SweepStats, DatapathError> {
         let started = Instant::now();
-        let snapshot = self.table.snapshot()?;
         let now = conntrack_clock()?;
-        let mut removed = 0;
-        for flow in expired(&snapshot, now, &self.timeouts) {
-            let keys: Vec<_> = std::iter::once(flow.key).chain(flow.partner).collect();
-            if self.table.remove_unless_used(&keys, &snapshot)? {
-                removed += keys.len();
-            }
+        let (mut entries, mut removed) = sweep_family(&mut self.table.v4, now, &self.timeouts)?;
+        if let Some(v6) = &mut self.table.v6 {
+            let (more, gone) = sweep_family(v6, now, &self.timeouts)?;
+            entries += more;
+            removed += gone;
         }
         Ok(SweepStats {
-            entries: snapshot.len(),
+            entries,
             removed,
             took: started.elapsed(),
         })
     }
+}
+
+/// One family's sweep: (entries seen, entries removed).
+fn sweep_family<K: Tracked + aya::Pod>(
+    table: &mut FamilyTable<K, K::Value>,
+    now: u32,
+    timeouts: &CtTimeouts,
+) -> Result<(usize, usize), DatapathError>
+where
+    K::Value: aya::Pod,
+{
+    let snapshot = table.snapshot()?;
+    let mut removed = 0;
+    for flow in expired(&snapshot, now, timeouts) {
+        let keys: Vec<K> = std::iter::once(flow.key).chain(flow.partner).collect();
+        if table.remove_unless_used(&keys, &snapshot, K::last_seen)? {
+            removed += keys.len();
+        }
+    }
+    Ok((snapshot.len(), removed))
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, IterableMap, MapData, MapError, PerCpuArray};
 use nix::time::{ClockId, clock_gettime};
-use proxy_common::{Counter, CtKey, CtValue, maps};
+use proxy_common::{Counter, Ct6Key, Ct6Value, CtKey, CtValue, maps};
 
 use super::{Datapath, DatapathError, kernel::take};
 
@@ -16,16 +16,21 @@ pub struct Pressure {
 }
 
 pub struct ConntrackTable {
-    map: HashMap<MapData, CtKey, CtValue>,
+    pub v4: FamilyTable<CtKey, CtValue>,
+    /// `None` in an object without IPv6.
+    pub v6: Option<FamilyTable<Ct6Key, Ct6Value>>,
     counters: PerCpuArray<MapData, u64>,
     capacity: u32,
 }
 
-fn map_err(source: MapError) -> DatapathError {
-    DatapathError::Map {
-        name: maps::CONNTRACK,
-        source,
-    }
+/// One family's conntrack map.
+pub struct FamilyTable<K, V> {
+    map: HashMap<MapData, K, V>,
+    name: &'static str,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
 }
 
 /// The clock of `CtValue::last_seen`: the kernel's coarse monotonic clock
@@ -39,52 +44,25 @@ pub fn conntrack_clock() -> Result<u32, DatapathError> {
 impl ConntrackTable {
     pub fn take(datapath: &mut Datapath) -> Result<Self, DatapathError> {
         let map: HashMap<MapData, CtKey, CtValue> = take(datapath, maps::CONNTRACK)?;
-        let capacity = map.map().info().map_err(map_err)?.max_entries();
+        let capacity = map
+            .map()
+            .info()
+            .map_err(map_err(maps::CONNTRACK))?
+            .max_entries();
         Ok(Self {
-            map,
+            v4: FamilyTable {
+                map,
+                name: maps::CONNTRACK,
+            },
+            v6: take(datapath, maps::CONNTRACK6)
+                .ok()
+                .map(|map| FamilyTable {
+                    map,
+                    name: maps::CONNTRACK6,
+                }),
             counters: take(datapath, maps::COUNTERS)?,
             capacity,
         })
-    }
-
-    /// Every entry now. Entries deleted while the walk runs are skipped.
-    pub fn snapshot(&self) -> Result<StdHashMap<CtKey, CtValue>, DatapathError> {
-        let mut table = StdHashMap::new();
-        for entry in self.map.iter() {
-            match entry {
-                Ok((key, value)) => {
-                    table.insert(key, value);
-                }
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => return Err(map_err(source)),
-            }
-        }
-        Ok(table)
-    }
-
-    /// Deletes the entries of `keys` together, unless one of them was used
-    /// after `seen` recorded it (a packet came while the sweep judged).
-    /// Returns whether they went.
-    pub fn remove_unless_used(
-        &mut self,
-        keys: &[CtKey],
-        seen: &StdHashMap<CtKey, CtValue>,
-    ) -> Result<bool, DatapathError> {
-        for key in keys {
-            let then = seen.get(key).map(|v| v.last_seen);
-            match self.map.get(key, 0) {
-                Ok(now) if Some(now.last_seen) != then => return Ok(false),
-                Ok(_) | Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_err(source)),
-            }
-        }
-        for key in keys {
-            match self.map.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_err(source)),
-            }
-        }
-        Ok(true)
     }
 
     /// What fills the table, summed over CPUs since the programs were
@@ -112,13 +90,56 @@ impl ConntrackTable {
         Ok(total)
     }
 
-    /// Entries the map holds at most (two per flow).
     /// Every counter of the datapath, summed over CPUs.
     pub fn read_counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
         super::read_counters(&self.counters)
     }
 
+    /// Entries one family's map holds at most (two per flow).
     pub fn capacity(&self) -> u32 {
         self.capacity
+    }
+}
+
+impl<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod> FamilyTable<K, V> {
+    /// Every entry now. Entries deleted while the walk runs are skipped.
+    pub fn snapshot(&self) -> Result<StdHashMap<K, V>, DatapathError> {
+        let mut table = StdHashMap::new();
+        for entry in self.map.iter() {
+            match entry {
+                Ok((key, value)) => {
+                    table.insert(key, value);
+                }
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(map_err(self.name)(source)),
+            }
+        }
+        Ok(table)
+    }
+
+    /// Deletes the entries of `keys` together, unless one of them was used
+    /// after `seen` recorded it (a packet came while the sweep judged:
+    /// `last_seen` reads a value's note). Returns whether they went.
+    pub fn remove_unless_used(
+        &mut self,
+        keys: &[K],
+        seen: &StdHashMap<K, V>,
+        last_seen: impl Fn(&V) -> u32,
+    ) -> Result<bool, DatapathError> {
+        for key in keys {
+            let then = seen.get(key).map(&last_seen);
+            match self.map.get(key, 0) {
+                Ok(now) if Some(last_seen(&now)) != then => return Ok(false),
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_err(self.name)(source)),
+            }
+        }
+        for key in keys {
+            match self.map.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_err(self.name)(source)),
+            }
+        }
+        Ok(true)
     }
 }

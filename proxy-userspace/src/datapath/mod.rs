@@ -24,7 +24,7 @@ mod veth_peer;
 mod xdp_attach;
 
 pub use attach::{AttachMode, Attacher, cleanup_attachments};
-pub use conntrack::{ConntrackTable, Pressure, conntrack_clock};
+pub use conntrack::{ConntrackTable, FamilyTable, Pressure, conntrack_clock};
 pub use fake::FakeMaps;
 pub use interfaces::{InterfaceSelector, all_interfaces, ip_addresses};
 pub use kernel::{KernelMaps, read_counters, source_range_of};
