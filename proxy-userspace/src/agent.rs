@@ -70,6 +70,8 @@ pub struct AgentConfig {
     pub conntrack: ConntrackConfig,
     /// `None`: TCX where the kernel has it, else clsact.
     pub tc_attach: Option<AttachMode>,
+    /// Serve IPv6 (`--ipv6`).
+    pub ipv6: bool,
 }
 
 /// How tracked flows end (`--conntrack-*`).
@@ -172,7 +174,8 @@ pub async fn open_source(config: &AgentConfig) -> Result<Source, AgentError> {
         SourceConfig::Manifests(dir) => Source::Manifests(
             ManifestDir::new(dir)
                 .with_node_name(&config.node_name)
-                .with_proxy_name(config.proxy_name.clone()),
+                .with_proxy_name(config.proxy_name.clone())
+                .with_ipv6(config.ipv6),
         ),
         SourceConfig::Kube { kubeconfig } => {
             let client = crate::source::kube::connect(kubeconfig.as_deref()).await?;
@@ -180,6 +183,7 @@ pub async fn open_source(config: &AgentConfig) -> Result<Source, AgentError> {
                 client,
                 &config.node_name,
                 config.proxy_name.as_deref(),
+                config.ipv6,
             ))
         }
     })
@@ -238,8 +242,7 @@ pub fn run(
         node_name: Some(config.node_name.clone()),
         nodeport_addresses,
         nodeport_localhost: config.socket_lb.nodeport_localhost,
-        // Until the datapath programs IPv6 maps.
-        ipv6: false,
+        ipv6: config.ipv6,
     });
     let mut sync = SyncLoop::new(builder, syncer, config.periods).with_metrics(metrics.clone());
     let mut metrics_refreshed: Option<Instant> = None;

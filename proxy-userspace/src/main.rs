@@ -156,6 +156,12 @@ enum Command {
         /// socket and backend; least recently used evicted when full).
         #[arg(long, default_value_t = MapSizes::default().socket_revnat)]
         max_socket_revnat: u32,
+        /// Serve IPv6 too: dual-stack and IPv6-only Services. So far the
+        /// datapath serves IPv6 cluster IPs for pods (TC); NodePorts and
+        /// other external frontends, and the node's own sockets, pass IPv6
+        /// untouched. Off: IPv6 is skipped with counted reasons.
+        #[arg(long, value_enum, default_value = "off")]
+        ipv6: OnOff,
     },
     /// Print the pinned service maps and the packet counters.
     Dump {
@@ -224,6 +230,12 @@ enum TcAttachFlag {
     Auto,
     Tcx,
     Clsact,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -303,6 +315,7 @@ async fn cli() -> anyhow::Result<()> {
             cgroup_root,
             nodeport_localhost,
             max_socket_revnat,
+            ipv6,
         } => {
             let source = match manifests {
                 Some(dir) => SourceConfig::Manifests(dir),
@@ -336,6 +349,7 @@ async fn cli() -> anyhow::Result<()> {
                     conntrack: max_conntrack,
                     socket_revnat: max_socket_revnat,
                 },
+                ipv6: ipv6 == OnOff::On,
                 tc_attach: match tc_attach {
                     TcAttachFlag::Auto => None,
                     TcAttachFlag::Tcx => Some(AttachMode::Tcx),

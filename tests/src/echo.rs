@@ -48,13 +48,31 @@ impl EchoServer {
         tcp_port: Option<u16>,
         udp_port: Option<u16>,
     ) -> Result<Self> {
+        Self::start_on(
+            netns,
+            name,
+            Ipv4Addr::UNSPECIFIED.into(),
+            tcp_port,
+            udp_port,
+        )
+    }
+
+    /// [`EchoServer::start`] on the address `ip` (e.g. a pod's IPv6
+    /// address, beside a server on 0.0.0.0 with the same ports).
+    pub fn start_on(
+        netns: &str,
+        name: &str,
+        ip: std::net::IpAddr,
+        tcp_port: Option<u16>,
+        udp_port: Option<u16>,
+    ) -> Result<Self> {
         let (listener, udp) = netns::run_in(netns, || -> Result<_> {
             let listener = tcp_port
-                .map(|p| TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)))
+                .map(|p| TcpListener::bind((ip, p)))
                 .transpose()
                 .context("bind tcp")?;
             let udp = udp_port
-                .map(|p| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, p)))
+                .map(|p| UdpSocket::bind((ip, p)))
                 .transpose()
                 .context("bind udp")?;
             Ok((listener, udp))
@@ -422,12 +440,15 @@ impl Drop for TcpSession {
     }
 }
 
-fn udp_socket(netns: &str) -> Result<UdpSocket, ClientError> {
+/// A client socket in `netns` of `to`'s family.
+fn udp_socket(netns: &str, to: SocketAddr) -> Result<UdpSocket, ClientError> {
     in_netns(netns, || {
-        Ok(UdpSocket::bind(SocketAddrV4::new(
-            Ipv4Addr::UNSPECIFIED,
-            0,
-        ))?)
+        let any: SocketAddr = if to.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        Ok(UdpSocket::bind(any)?)
     })
 }
 
@@ -438,7 +459,7 @@ pub fn udp_request(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(String, SocketAddr), ClientError> {
-    let sock = udp_socket(netns)?;
+    let sock = udp_socket(netns, addr)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.send_to(b"who", addr)?;
     let mut buf = [0u8; 2048];
@@ -453,7 +474,7 @@ pub fn udp_connected_request(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<String, ClientError> {
-    let sock = udp_socket(netns)?;
+    let sock = udp_socket(netns, addr)?;
     sock.connect(addr)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.send(b"who")?;

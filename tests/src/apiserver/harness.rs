@@ -139,7 +139,7 @@ impl Harness {
             full_resync: full_sync,
         };
         Ok(Self {
-            source: Source::Kube(KubeSource::start(api.client()?, NODE, None)),
+            source: Source::Kube(KubeSource::start(api.client()?, NODE, None, false)),
             sync: SyncLoop::new(
                 ModelBuilder::new(ModelOptions::default()),
                 Syncer::restore(maps)?,

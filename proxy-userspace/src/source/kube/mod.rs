@@ -127,15 +127,17 @@ impl KubeSource {
     /// Starts the watchers (needs a tokio runtime). Objects labelled
     /// headless, or for another proxy when `proxy_name` is unset, are left
     /// out by the API server as kube-proxy does; the model filters again.
-    pub fn start(client: Client, node_name: &str, proxy_name: Option<&str>) -> Self {
+    /// `ipv6`: IPv6 parts are converted (else skipped with their reasons).
+    pub fn start(client: Client, node_name: &str, proxy_name: Option<&str>, ipv6: bool) -> Self {
         let mut selector = vec![format!("!{LABEL_HEADLESS}")];
         if proxy_name.is_none() {
             selector.push(format!("!{LABEL_SERVICE_PROXY_NAME}"));
         }
         let labels = selector.join(",");
-        // Conversion reads only the proxy name; the rest is the model's.
+        // Conversion reads only the proxy name and IPv6; the rest is the model's.
         let options = Arc::new(ModelOptions {
             proxy_name: proxy_name.map(str::to_owned),
+            ipv6,
             ..ModelOptions::default()
         });
         let pending = Arc::new(Mutex::new(Pending::default()));

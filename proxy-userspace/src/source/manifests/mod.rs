@@ -125,10 +125,13 @@ impl ManifestDir {
     /// Objects labelled for another proxy than this one (`None`: the
     /// default proxy) are left out, as kube-proxy does.
     pub fn with_proxy_name(mut self, name: Option<String>) -> Self {
-        self.options = Arc::new(ModelOptions {
-            proxy_name: name,
-            ..ModelOptions::default()
-        });
+        Arc::make_mut(&mut self.options).proxy_name = name;
+        self
+    }
+
+    /// IPv6 parts are converted (else skipped with their reasons).
+    pub fn with_ipv6(mut self, on: bool) -> Self {
+        Arc::make_mut(&mut self.options).ipv6 = on;
         self
     }
 

@@ -1,0 +1,138 @@
+//! IPv6 end to end (`--ipv6 on`): both nodes and every pod dual-stack, a
+//! pod reaching a dual-stack Service's IPv6 ClusterIP in TCP and UDP on
+//! endpoints of both nodes, the same Service in IPv4 at once, and an IPv6
+//! Service without endpoints refusing at once.
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use proxy_common::Counter;
+use vipr_tests::{
+    demo::wait_until,
+    echo::{self, EchoServer},
+    external::*,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+const CLUSTER_IP6: &str = "fd00:96::60";
+const CLUSTER_IP4: &str = "10.96.0.60";
+const EMPTY_IP6: &str = "fd00:96::61";
+/// A client pod on node1, added after the agents started (the agent
+/// attaches new pod interfaces as they appear).
+const CLIENT_POD: (&str, &str) = ("c6", "10.244.1.50");
+
+fn manifest(endpoints6: &[(String, &str)]) -> String {
+    let endpoints = |list: &[(String, &str)]| -> String {
+        list.iter()
+            .map(|(ip, node)| format!("- {{addresses: ['{ip}'], nodeName: {node}}}\n"))
+            .collect()
+    };
+    let v4: Vec<(String, &str)> = PODS
+        .iter()
+        .map(|(_, node, ip)| (ip.to_string(), *node))
+        .collect();
+    let slice = |name: &str, family: &str, list: &[(String, &str)]| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: ext, labels: {{kubernetes.io/service-name: dual}}}}\naddressType: {family}\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n{}",
+            endpoints(list)
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: dual, namespace: ext}}\nspec:\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIPs: [{CLUSTER_IP4}, '{CLUSTER_IP6}']\n  ports: [{{name: http, port: 80, targetPort: 8080}}, {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}]\n{}{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: none6, namespace: ext}}\nspec:\n  ipFamilies: [IPv6]\n  clusterIPs: ['{EMPTY_IP6}']\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n",
+        slice("dual-v4", "IPv4", &v4),
+        slice("dual-v6", "IPv6", endpoints6),
+    )
+}
+
+#[test]
+fn a_pod_reaches_a_dual_stack_service_in_both_families() {
+    let mut cluster = ExternalCluster::start_with_args(
+        &vipr_tests::vipr_bin(),
+        "off",
+        &["--socket-lb", "host", "--ipv6", "on"],
+    )
+    .expect("cluster");
+    let result = dual_stack(&mut cluster);
+    if let Err(e) = result {
+        eprintln!("{}", cluster.logs());
+        panic!("{e:?}");
+    }
+}
+
+fn dual_stack(cluster: &mut ExternalCluster) -> Result<()> {
+    cluster
+        .topology
+        .add_pod("node1", CLIENT_POD.0, CLIENT_POD.1)?;
+    cluster.topology.enable_ipv6()?;
+    let client = cluster.topology.netns(CLIENT_POD.0)?;
+    let client_ip6 = cluster.topology.pod_ip6(CLIENT_POD.0)?;
+    // IPv6 twins of the pods' echo servers (same ports, their IPv6 address).
+    let mut servers6 = Vec::new();
+    let mut endpoints6 = Vec::new();
+    for (pod, node, _) in PODS {
+        let ip = cluster.topology.pod_ip6(pod)?;
+        let netns = cluster.topology.netns(pod)?;
+        servers6.push(EchoServer::start_on(
+            &netns,
+            pod,
+            ip.into(),
+            Some(8080),
+            Some(5353),
+        )?);
+        endpoints6.push((ip.to_string(), node));
+    }
+    cluster.write_manifest("dual.yaml", &manifest(&endpoints6))?;
+
+    let cluster_ip6: Ipv6Addr = CLUSTER_IP6.parse()?;
+    let http6 = SocketAddr::from((cluster_ip6, 80));
+    let served = wait_until(APPLY_TIMEOUT, || {
+        echo::tcp_request(&client, http6, TIMEOUT).is_ok()
+    });
+    ensure!(served, "no answer from {http6}");
+    let dnat_before = cluster.counter("node1", Counter::DnatNew)?;
+
+    // New connections spread over the endpoints of both nodes.
+    let mut names = BTreeSet::new();
+    for _ in 0..24 {
+        names.insert(echo::tcp_request(&client, http6, TIMEOUT).context("TCP over IPv6")?);
+    }
+    ensure!(names.len() == 2, "IPv6 connections reached only {names:?}");
+    ensure!(
+        cluster.counter("node1", Counter::DnatNew)? >= dnat_before + 24,
+        "the IPv6 connections were not translated by vipr"
+    );
+    // The endpoints see the pod's own address: no masquerade for pods.
+    let peers: Vec<IpAddr> = servers6
+        .iter()
+        .flat_map(|s| s.peers())
+        .map(|p| p.ip())
+        .collect();
+    ensure!(
+        peers.iter().all(|ip| *ip == IpAddr::V6(client_ip6)),
+        "endpoints saw {peers:?}, not {client_ip6}"
+    );
+
+    // UDP: the reply comes back from the ClusterIP.
+    let dns6 = SocketAddr::from((cluster_ip6, 53));
+    let (name, from) = echo::udp_request(&client, dns6, TIMEOUT).context("UDP over IPv6")?;
+    ensure!(PODS.iter().any(|p| p.0 == name), "UDP answered by {name:?}");
+    ensure!(from == dns6, "the UDP reply came from {from}, not {dns6}");
+
+    // The same Service answers IPv4 at the same time.
+    let http4 = SocketAddr::from((CLUSTER_IP4.parse::<std::net::Ipv4Addr>()?, 80));
+    let name = echo::tcp_request(&client, http4, TIMEOUT).context("TCP over IPv4")?;
+    ensure!(
+        PODS.iter().any(|p| p.0 == name),
+        "IPv4 answered by {name:?}"
+    );
+
+    // An IPv6 Service without endpoints refuses at once.
+    let empty = SocketAddr::from((EMPTY_IP6.parse::<Ipv6Addr>()?, 80));
+    match echo::tcp_request(&client, empty, TIMEOUT) {
+        Err(e) if e.is_refused() => {}
+        other => anyhow::bail!("{empty}: expected a refusal, got {other:?}"),
+    }
+    Ok(())
+}
