@@ -116,6 +116,8 @@ pub struct Results {
     pub failures: Vec<Skipped>,
     pub packet_cost: Vec<packet_cost::PacketCost>,
     pub nodeport_cost: Option<packet_cost::NodePortCost>,
+    /// The pod paths in IPv6 and, beside it, IPv4 on the same two services.
+    pub packet_cost_by_family: Option<[packet_cost::PacketCost; 2]>,
 }
 
 fn topology() -> Result<Topology> {

@@ -7,7 +7,7 @@
 //! one run per packet, each with its own source port; the kernel's
 //! per-invocation overhead is shown next to it (a non-service packet run
 //! once) so the two can be told apart. Counters confirm every path.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, ensure};
 use aya::maps::HashMap;
@@ -58,26 +58,106 @@ pub fn measure(services: u32, conntrack: u32, rounds: usize) -> Result<PacketCos
     h.add_service(2, B, IPPROTO_TCP, &[(2, A.0, A.1)])?;
     fill_conntrack(&mut h.conntrack, conntrack)?;
 
+    let mut cost = measure_paths(&mut h, Family::Ipv4, rounds)?;
+    cost.services = services;
+    cost.conntrack_entries = conntrack;
+    Ok(cost)
+}
+
+/// The same paths in IPv6: a pair of IPv6 ClusterIPs pointing at each
+/// other, beside nothing else (the IPv4 figure to compare is `measure(2, 0, _)`).
+pub fn measure_ipv6(rounds: usize) -> Result<PacketCost> {
+    use proxy_common::{Backend6Value, Service6Key};
+    let mut h = Harness::with_options(|o| {
+        o.sizes.conntrack = 2 * (NEW_FLOWS as u32 * rounds as u32 + 64);
+    })?;
+    let mut maps = crate::packet6::Maps6::open(&h)?;
+    let (a, b) = (address6(At::A), address6(At::B));
+    let frontend = |at: (Ipv6Addr, u16)| Service6Key::new(at.0, at.1, IPPROTO_TCP);
+    let backend = |at: (Ipv6Addr, u16)| Backend6Value::new(at.0, at.1, IPPROTO_TCP);
+    // Ids in the IPv6 range, as the planner gives them.
+    let (id_a, id_b) = (1 << 31, (1 << 31) + 1);
+    maps.add_frontend(id_a, frontend(a), 0, &[(id_a, backend(b))])?;
+    maps.add_frontend(id_b, frontend(b), 0, &[(id_b, backend(a))])?;
+    let mut cost = measure_paths(&mut h, Family::Ipv6, rounds)?;
+    cost.services = 2;
+    Ok(cost)
+}
+
+/// Which family's frames a measurement sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// The ends of the measured flows: the client pod, the two services that
+/// point at each other, and a pod no service leads to.
+#[derive(Clone, Copy)]
+enum At {
+    Client(u16),
+    A,
+    B,
+    Pod,
+}
+
+fn address4(at: At) -> (Ipv4Addr, u16) {
+    match at {
+        At::Client(port) => (CLIENT, port),
+        At::A => A,
+        At::B => B,
+        At::Pod => (Ipv4Addr::new(10, 244, 2, 11), 8080),
+    }
+}
+
+fn address6(at: At) -> (Ipv6Addr, u16) {
+    let ip = |last: u16| Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, last);
+    match at {
+        At::Client(port) => (Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x100), port),
+        At::A => (ip(1), 80),
+        At::B => (ip(2), 80),
+        At::Pod => (Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x11), 8080),
+    }
+}
+
+/// A TCP segment from `src` to `dst` in `family`.
+fn segment(family: Family, src: At, dst: At, seq: u32, syn: bool, ack: bool) -> Vec<u8> {
+    match family {
+        Family::Ipv4 => tcp(
+            Tuple {
+                src: address4(src),
+                dst: address4(dst),
+            },
+            seq,
+            syn,
+            ack,
+            b"",
+        ),
+        Family::Ipv6 => crate::packet6::tcp6(
+            crate::packet6::Tuple6 {
+                src: address6(src),
+                dst: address6(dst),
+            },
+            seq,
+            syn,
+            ack,
+            b"",
+        ),
+    }
+}
+
+/// Every path `rounds` times on a harness whose services A and B point at
+/// each other; the counters confirm each path.
+fn measure_paths(h: &mut Harness, family: Family, rounds: usize) -> Result<PacketCost> {
     let (mut new, mut overhead, mut est, mut reply, mut other) =
         (vec![], vec![], vec![], vec![], vec![]);
-    let non_service = tcp(
-        Tuple {
-            src: (CLIENT, 60_001),
-            dst: (Ipv4Addr::new(10, 244, 2, 11), 8080),
-        },
-        1,
-        true,
-        false,
-        b"",
-    );
+    let non_service = segment(family, At::Client(60_001), At::Pod, 1, true, false);
     for round in 0..rounds {
         let (mut sum_new, mut sum_once) = (0.0, 0.0);
         for port in 0..NEW_FLOWS {
-            let t = Tuple {
-                src: (CLIENT, 1024 + port + round as u16 * NEW_FLOWS),
-                dst: A,
-            };
-            let (run, ns) = h.run_repeat(programs::FROM_POD, &tcp(t, 1, true, false, b""), 1)?;
+            let client = At::Client(1024 + port + round as u16 * NEW_FLOWS);
+            let syn = segment(family, client, At::A, 1, true, false);
+            let (run, ns) = h.run_repeat(programs::FROM_POD, &syn, 1)?;
             ensure!(
                 run.counted == vec![("dnat_new", 1)],
                 "new flow took {:?}",
@@ -95,16 +175,17 @@ pub fn measure(services: u32, conntrack: u32, rounds: usize) -> Result<PacketCos
         new.push(sum_new / NEW_FLOWS as f64);
         overhead.push(sum_once / NEW_FLOWS as f64);
 
-        let t = Tuple {
-            src: (CLIENT, 60_000),
-            dst: A,
-        };
-        h.run(programs::FROM_POD, &tcp(t, 1, true, false, b""))?;
+        let client = At::Client(60_000);
         h.run(
             programs::FROM_POD,
-            &tcp(Tuple { dst: B, ..t }, 1, true, false, b""),
+            &segment(family, client, At::A, 1, true, false),
         )?;
-        let (run, ns) = h.run_repeat(programs::FROM_POD, &tcp(t, 2, false, true, b""), REPEAT)?;
+        h.run(
+            programs::FROM_POD,
+            &segment(family, client, At::B, 1, true, false),
+        )?;
+        let ack = segment(family, client, At::A, 2, false, true);
+        let (run, ns) = h.run_repeat(programs::FROM_POD, &ack, REPEAT)?;
         ensure!(
             run.counted == vec![("dnat_established", REPEAT as u64)],
             "established took {:?}",
@@ -112,11 +193,8 @@ pub fn measure(services: u32, conntrack: u32, rounds: usize) -> Result<PacketCos
         );
         est.push(ns);
 
-        let r = Tuple {
-            src: B,
-            dst: (CLIENT, 60_000),
-        };
-        let (run, ns) = h.run_repeat(programs::TO_POD, &tcp(r, 9, false, true, b""), REPEAT)?;
+        let answer = segment(family, At::B, client, 9, false, true);
+        let (run, ns) = h.run_repeat(programs::TO_POD, &answer, REPEAT)?;
         ensure!(
             run.counted == vec![("rev_nat", REPEAT as u64)],
             "reply took {:?}",
@@ -133,8 +211,8 @@ pub fn measure(services: u32, conntrack: u32, rounds: usize) -> Result<PacketCos
         other.push(ns);
     }
     Ok(PacketCost {
-        services,
-        conntrack_entries: conntrack,
+        services: 0,
+        conntrack_entries: 0,
         new_flow_ns: median(new),
         single_run_overhead_ns: median(overhead),
         established_ns: median(est),

@@ -272,6 +272,23 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
             p.non_service_ns
         );
     }
+    if let Some([v4, v6]) = &results.packet_cost_by_family {
+        let _ = writeln!(md, "\n## IPv6 against IPv4\n");
+        let _ = writeln!(
+            md,
+            "The same pod paths on two Services pointing at each other, measured in one run per family.\n"
+        );
+        let _ = writeln!(md, "| path | IPv4 ns | IPv6 ns | IPv6/IPv4 |");
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        for (path, four, six) in [
+            ("new flow", v4.new_flow_ns, v6.new_flow_ns),
+            ("established", v4.established_ns, v6.established_ns),
+            ("reply", v4.reply_ns, v6.reply_ns),
+            ("non-service", v4.non_service_ns, v6.non_service_ns),
+        ] {
+            let _ = writeln!(md, "| {path} | {four:.0} | {six:.0} | {:.2} |", six / four);
+        }
+    }
     if let Some(n) = &results.nodeport_cost {
         let _ = writeln!(md, "\n## NodePort: XDP against TC\n");
         let _ = writeln!(

@@ -74,6 +74,21 @@ fn main() -> anyhow::Result<()> {
             last.non_service_ns / first.non_service_ns
         );
     }
+    let v4 = packet_cost::measure(2, 0, 5)?;
+    let v6 = packet_cost::measure_ipv6(5)?;
+    println!("\nIPv6 against IPv4, two services (ns/packet, median of 5 rounds; IPv6/IPv4):");
+    for (path, four, six) in [
+        ("new flow", v4.new_flow_ns, v6.new_flow_ns),
+        ("established", v4.established_ns, v6.established_ns),
+        ("reply", v4.reply_ns, v6.reply_ns),
+        ("non-service", v4.non_service_ns, v6.non_service_ns),
+    ] {
+        println!(
+            "{path:>12}: IPv4 {four:>6.0}  IPv6 {six:>6.0}  {:.2}",
+            six / four
+        );
+    }
+    results.packet_cost_by_family = Some([v4, v6]);
     let fib = vipr_tests::packet::FibNamespace::new();
     let nodeport = vipr_tests::netns::run_in(fib.name(), || packet_cost::nodeport_xdp_vs_tc(5))??;
     println!(
