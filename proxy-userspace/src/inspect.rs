@@ -56,6 +56,24 @@ pub fn pinned_contents(pin_dir: &Path) -> Result<MapContents, DatapathError> {
         let key = key.map_err(err(maps::SOURCE_RANGES))?;
         contents.source_ranges.insert(source_range_of(&key));
     }
+    // Pins of an agent from before IPv6 have no IPv6 maps.
+    if let (Ok(services6), Ok(backends6)) = (
+        open(pin_dir, maps::SERVICES6),
+        open(pin_dir, maps::BACKENDS6),
+    ) {
+        let services6: HashMap<_, proxy_common::Service6Key, proxy_common::ServiceValue> =
+            typed(maps::SERVICES6, Map::HashMap(services6))?;
+        for entry in services6.iter() {
+            let (k, v) = entry.map_err(err(maps::SERVICES6))?;
+            contents.services6.insert(k, v);
+        }
+        let backends6: HashMap<_, u32, proxy_common::Backend6Value> =
+            typed(maps::BACKENDS6, Map::HashMap(backends6))?;
+        for entry in backends6.iter() {
+            let (k, v) = entry.map_err(err(maps::BACKENDS6))?;
+            contents.backends6.insert(k, v);
+        }
+    }
     // Pins of an agent from before session affinity have no such map.
     if let Ok(pinned) = open(pin_dir, maps::AFFINITY_MEMBERS) {
         let members: HashMap<_, proxy_common::AffinityMember, u32> =

@@ -91,6 +91,7 @@ fn dual_stack(cluster: &mut ExternalCluster) -> Result<()> {
         echo::tcp_request(&client, http6, TIMEOUT).is_ok()
     });
     ensure!(served, "no answer from {http6}");
+    service_list_names_the_ipv6_frontend(cluster, &endpoints6)?;
     let dnat_before = cluster.counter("node1", Counter::DnatNew)?;
 
     // New connections spread over the endpoints of both nodes.
@@ -134,5 +135,49 @@ fn dual_stack(cluster: &mut ExternalCluster) -> Result<()> {
         Err(e) if e.is_refused() => {}
         other => anyhow::bail!("{empty}: expected a refusal, got {other:?}"),
     }
+    Ok(())
+}
+
+/// `vipr service list -o json` on node1 lists the IPv6 ClusterIP with its
+/// Service and its IPv6 endpoints (the name index is written within a few
+/// seconds of the change).
+fn service_list_names_the_ipv6_frontend(
+    cluster: &ExternalCluster,
+    endpoints6: &[(String, &str)],
+) -> Result<()> {
+    let list = || -> Result<Vec<serde_json::Value>> {
+        let out = std::process::Command::new(vipr_tests::vipr_bin())
+            .args(["service", "list", "-o", "json", "--bpffs"])
+            .arg(cluster.pins("node1"))
+            .arg("--state-dir")
+            .arg(cluster.state_dir())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let row = || -> Option<serde_json::Value> {
+        list()
+            .ok()?
+            .into_iter()
+            .find(|r| r["ip"] == CLUSTER_IP6 && r["port"] == 80 && r["service"] == "ext/dual")
+    };
+    ensure!(
+        wait_until(APPLY_TIMEOUT, || row().is_some()),
+        "no named row for [{CLUSTER_IP6}]:80 in {:?}",
+        list()
+    );
+    let row = row().context("row")?;
+    let listed: BTreeSet<String> = row["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["ip"].as_str().map(str::to_string))
+        .collect();
+    let want: BTreeSet<String> = endpoints6.iter().map(|(ip, _)| ip.clone()).collect();
+    ensure!(listed == want, "listed {listed:?}, want {want:?}: {row:#}");
     Ok(())
 }

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_FLAG_NOT_SERVING, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL,
-    SVC_FLAG_DRAINING, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, ServiceKey, ServiceValue,
+    SVC_FLAG_DRAINING, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, Service6Key, ServiceKey,
+    ServiceValue,
 };
 use serde::Serialize;
 
@@ -65,29 +66,58 @@ fn scope_of(scope: u8) -> &'static str {
     })
 }
 
-/// One row per frontend in `maps`, named from `names` where it knows them.
+/// A frontend's key, either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrontendAt {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+}
+
+impl From<&ServiceKey> for FrontendAt {
+    fn from(key: &ServiceKey) -> Self {
+        Self {
+            ip: key.ip().into(),
+            port: key.port(),
+            proto: key.proto,
+            scope: key.scope,
+        }
+    }
+}
+
+impl From<&Service6Key> for FrontendAt {
+    fn from(key: &Service6Key) -> Self {
+        Self {
+            ip: key.ip().into(),
+            port: key.port(),
+            proto: key.proto,
+            scope: key.scope,
+        }
+    }
+}
+
+/// One row per frontend in `maps`, either family, named from `names`
+/// where it knows them.
 pub fn rows(maps: &MapContents, names: Option<&NameIndex>) -> Vec<ServiceRow> {
-    maps.services
-        .iter()
-        .map(|(key, value)| row(maps, names, key, value))
+    let v4 = maps.services.iter().map(|(k, v)| (FrontendAt::from(k), v));
+    let v6 = maps.services6.iter().map(|(k, v)| (FrontendAt::from(k), v));
+    v4.chain(v6)
+        .map(|(at, value)| row(maps, names, at, value))
         .collect()
 }
 
 pub fn row(
     maps: &MapContents,
     names: Option<&NameIndex>,
-    key: &ServiceKey,
+    at: FrontendAt,
     value: &ServiceValue,
 ) -> ServiceRow {
-    let protocol = protocol_name(key.proto);
-    let scope = scope_of(key.scope);
+    let protocol = protocol_name(at.proto);
+    let scope = scope_of(at.scope);
     let named: Option<&FrontendNames> =
-        names.and_then(|n| n.frontend(key.ip().into(), key.port(), &protocol, scope));
-    let active: Vec<(IpAddr, u16, u8)> = maps
-        .slot_backends(value)
-        .flatten()
-        .map(|b| (b.ip().into(), b.port(), b.flags))
-        .collect();
+        names.and_then(|n| n.frontend(at.ip, at.port, &protocol, scope));
+    let active: Vec<(IpAddr, u16, u8)> = maps.slot_endpoints(value).flatten().collect();
     let is_active = |ip, port| active.iter().any(|&(i, p, _)| i == ip && p == port);
     let mut backends: Vec<BackendRow> = named
         .map(|n| {
@@ -133,8 +163,8 @@ pub fn row(
     ServiceRow {
         service: named.map(|n| n.service.clone()).unwrap_or_default(),
         port_name: named.map(|n| n.port_name.clone()).unwrap_or_default(),
-        ip: key.ip().into(),
-        port: key.port(),
+        ip: at.ip,
+        port: at.port,
         protocol,
         scope: scope.into(),
         kind: named.map_or_else(|| "-".into(), |n| n.kind.clone()),

@@ -336,7 +336,7 @@ fn report(
         .then(|| {
             maps.services
                 .get(&frontend)
-                .map(|v| row(maps, names, &frontend, v))
+                .map(|v| row(maps, names, (&frontend).into(), v))
         })
         .flatten();
     let by = [

@@ -1,7 +1,7 @@
 //! Map contents as plain data: what the planner wants and what the datapath holds.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use proxy_common::{
     AffinityMember, Backend6Value, BackendValue, Service6Key, ServiceKey, ServiceValue, SlotKey,
@@ -38,6 +38,26 @@ impl MapContents {
                 slot,
             };
             self.slots.get(&key).and_then(|id| self.backends.get(id))
+        })
+    }
+
+    /// The endpoints in `service`'s slots, either family, as (address,
+    /// port, `BACKEND_FLAG_*`), in slot order.
+    pub fn slot_endpoints(
+        &self,
+        service: &ServiceValue,
+    ) -> impl Iterator<Item = Option<(IpAddr, u16, u8)>> {
+        (0..u32::from(service.backend_count)).map(move |slot| {
+            let key = SlotKey {
+                service_id: service.service_id,
+                slot,
+            };
+            let id = self.slots.get(&key)?;
+            match (self.backends.get(id), self.backends6.get(id)) {
+                (Some(b), _) => Some((b.ip().into(), b.port(), b.flags)),
+                (None, Some(b)) => Some((b.ip().into(), b.port(), b.flags)),
+                (None, None) => None,
+            }
         })
     }
 
