@@ -93,12 +93,10 @@ pub fn parse_flow6(ctx: &TcContext) -> Result<Flow<V6>, Counter> {
     if off + l4_len > ctx.len() as usize {
         return Err(Counter::DropTruncated);
     }
-    let ports: [u8; 4] = ctx.load(off).map_err(|_| Counter::DropTruncated)?;
-    let tcp_flags = if next == IPPROTO_TCP {
-        ctx.load::<u8>(off + TCP_FLAGS_OFF)
-            .map_err(|_| Counter::DropTruncated)?
+    let (ports, tcp_flags) = if walked == 0 {
+        l4_direct(ctx, next)?
     } else {
-        0
+        l4_loaded(ctx, off, next)?
     };
     // The base header again: the helper calls above invalidated `header`.
     let header =
@@ -112,6 +110,35 @@ pub fn parse_flow6(ctx: &TcContext) -> Result<Flow<V6>, Counter> {
         tcp_flags,
         l4_off: off,
     })
+}
+
+/// Ports and TCP flags right after the base header (no extension headers,
+/// the common case): a constant offset, read in place like IPv4's, without
+/// the two helper calls of [`l4_loaded`].
+#[inline(always)]
+fn l4_direct(ctx: &TcContext, proto: u8) -> Result<([u8; 4], u8), Counter> {
+    const L4_OFF: usize = ETH_LEN + IPV6_HDR_LEN;
+    let ports = ptr_at::<[u8; 4]>(ctx, L4_OFF).ok_or(Counter::DropTruncated)?;
+    let flags = if proto == IPPROTO_TCP {
+        let flags = ptr_at::<u8>(ctx, L4_OFF + TCP_FLAGS_OFF).ok_or(Counter::DropTruncated)?;
+        unsafe { *flags }
+    } else {
+        0
+    };
+    Ok((unsafe { *ports }, flags))
+}
+
+/// Ports and TCP flags at `off`, which depends on the extension headers.
+#[inline(always)]
+fn l4_loaded(ctx: &TcContext, off: usize, proto: u8) -> Result<([u8; 4], u8), Counter> {
+    let ports: [u8; 4] = ctx.load(off).map_err(|_| Counter::DropTruncated)?;
+    let flags = if proto == IPPROTO_TCP {
+        ctx.load::<u8>(off + TCP_FLAGS_OFF)
+            .map_err(|_| Counter::DropTruncated)?
+    } else {
+        0
+    };
+    Ok((ports, flags))
 }
 
 const _: () = assert!(IPV6_DST_OFF + IPV6_ADDR_LEN == IPV6_HDR_LEN);

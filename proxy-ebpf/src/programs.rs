@@ -71,11 +71,12 @@ fn from_pod6(ctx: &TcContext) -> i32 {
     };
     decide_from_pod6(&flow, &mut decided);
     // From here, not from `apply6`: the reply frames' subprograms must not
-    // stack on its frame.
-    if let Kind::Refuse = decided.kind {
-        return V6::refuse(ctx, &flow);
+    // stack on its frame. Packets left as they are need no call at all.
+    match decided.kind {
+        Kind::Refuse => V6::refuse(ctx, &flow),
+        Kind::Pass | Kind::Drop => verdict(decided.counter),
+        _ => apply6(ctx, &flow, &decided),
     }
-    apply6(ctx, &flow, &decided)
 }
 
 /// `None`: `out` holds the flow; else why there is none.
