@@ -4,7 +4,7 @@ use std::path::Path;
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use comfy_table::Table;
-use proxy_common::{Counter, CtKey, CtValue, maps};
+use proxy_common::{Counter, Ct6Key, Ct6Value, CtKey, CtValue, maps};
 
 use crate::{
     datapath::{
@@ -90,18 +90,31 @@ pub fn pinned_contents(pin_dir: &Path) -> Result<MapContents, DatapathError> {
 pub fn pinned_conntrack(
     pin_dir: &Path,
 ) -> Result<std::collections::HashMap<CtKey, CtValue>, DatapathError> {
-    let table: HashMap<_, CtKey, CtValue> = typed(
-        maps::CONNTRACK,
-        Map::HashMap(open(pin_dir, maps::CONNTRACK)?),
-    )?;
+    pinned_entries(pin_dir, maps::CONNTRACK)
+}
+
+/// The IPv6 conntrack entries (none for pins of an agent from before IPv6).
+pub fn pinned_conntrack6(
+    pin_dir: &Path,
+) -> Result<std::collections::HashMap<Ct6Key, Ct6Value>, DatapathError> {
+    if open(pin_dir, maps::CONNTRACK6).is_err() {
+        return Ok(Default::default());
+    }
+    pinned_entries(pin_dir, maps::CONNTRACK6)
+}
+
+fn pinned_entries<K, V>(
+    pin_dir: &Path,
+    name: &'static str,
+) -> Result<std::collections::HashMap<K, V>, DatapathError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let table: HashMap<_, K, V> = typed(name, Map::HashMap(open(pin_dir, name)?))?;
     table
         .iter()
-        .map(|entry| {
-            entry.map_err(|source| DatapathError::Map {
-                name: maps::CONNTRACK,
-                source,
-            })
-        })
+        .map(|entry| entry.map_err(|source| DatapathError::Map { name, source }))
         .collect()
 }
 

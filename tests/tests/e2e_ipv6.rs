@@ -115,6 +115,25 @@ fn dual_stack(cluster: &mut ExternalCluster) -> Result<()> {
         "endpoints saw {peers:?}, not {client_ip6}"
     );
 
+    // A held IPv6 connection is listed as an established flow of ext/dual.
+    let mut session = echo::TcpSession::connect(&client, http6, TIMEOUT)?;
+    let serving = session.request()?;
+    let local = session.local_addr().to_string();
+    let flows = vipr_json(cluster, &["conntrack", "list", "--service", "ext/dual"])?;
+    let flow = flows
+        .iter()
+        .find(|f| f["client"] == local.as_str())
+        .with_context(|| format!("no flow from {local}: {flows:#?}"))?;
+    ensure!(flow["frontend"] == http6.to_string(), "{flow}");
+    ensure!(flow["state"] == "established", "{flow}");
+    let backend = flow["backend"].as_str().context("backend")?;
+    let serving_ip = cluster.topology.pod_ip6(&serving)?;
+    ensure!(
+        backend == SocketAddr::from((serving_ip, 8080)).to_string(),
+        "{serving} serves, but the flow says {backend}"
+    );
+    drop(session);
+
     // UDP: the reply comes back from the ClusterIP.
     let dns6 = SocketAddr::from((cluster_ip6, 53));
     let (name, from) = echo::udp_request(&client, dns6, TIMEOUT).context("UDP over IPv6")?;
@@ -180,4 +199,21 @@ fn service_list_names_the_ipv6_frontend(
     let want: BTreeSet<String> = endpoints6.iter().map(|(ip, _)| ip.clone()).collect();
     ensure!(listed == want, "listed {listed:?}, want {want:?}: {row:#}");
     Ok(())
+}
+
+/// `vipr ARGS -o json` on node1's pins and name index.
+fn vipr_json(cluster: &ExternalCluster, args: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let out = std::process::Command::new(vipr_tests::vipr_bin())
+        .args(args)
+        .args(["-o", "json", "--bpffs"])
+        .arg(cluster.pins("node1"))
+        .arg("--state-dir")
+        .arg(cluster.state_dir())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
 }

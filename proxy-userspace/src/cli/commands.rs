@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{AgentFiles, CliError, Output, conntrack, render, services, stats};
 use crate::datapath::conntrack_clock;
-use crate::inspect::{pinned_conntrack, pinned_contents, pinned_counters};
+use crate::inspect::{pinned_conntrack, pinned_conntrack6, pinned_contents, pinned_counters};
 
 /// Where the agent's files are, and how to print.
 #[derive(Clone, Debug, clap::Args)]
@@ -76,12 +76,16 @@ pub fn conntrack(command: &ConntrackCommand) -> Result<String, CliError> {
         backend,
     } = command;
     let entries = pinned_conntrack(&list.bpffs)?;
+    let entries6 = pinned_conntrack6(&list.bpffs)?;
     let names = names_or_warn(&list.files());
     let filter = conntrack::FlowFilter {
         service: service.clone(),
         backend: backend.clone(),
     };
-    let rows = conntrack::rows(&entries, names.as_ref(), conntrack_clock()?, &filter);
+    let now = conntrack_clock()?;
+    let mut rows = conntrack::rows(&entries, names.as_ref(), now, &filter);
+    rows.extend(conntrack::rows(&entries6, names.as_ref(), now, &filter));
+    conntrack::sort(&mut rows);
     render(list.output, &rows, &conntrack::HEADER, conntrack::cells)
 }
 

@@ -2,15 +2,13 @@
 //! (its forward entry, with what its reply entry says), with the NAT it
 //! does and how long the flow has been idle.
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::SocketAddr;
 
-use proxy_common::{
-    CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, CtKey, CtValue,
-    IPPROTO_TCP, host_addr,
-};
+use proxy_common::{CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FORWARD, IPPROTO_TCP};
 use serde::Serialize;
 
 use super::services::protocol_name;
+use crate::conntrack::Tracked;
 use crate::names::NameIndex;
 
 #[derive(Clone, Debug, Serialize)]
@@ -38,18 +36,15 @@ pub struct FlowFilter {
     pub backend: Option<String>,
 }
 
-fn endpoint(addr: u32, port: u16) -> String {
-    format!("{}:{}", host_addr(addr), u16::from_be(port))
-}
-
-fn state(key: &CtKey, forward: &CtValue, reverse: Option<&CtValue>) -> &'static str {
-    let reverse_flags = reverse.map_or(0, |r| r.flags);
+fn state<K: Tracked>(key: &K, forward: &K::Value, reverse: Option<&K::Value>) -> &'static str {
+    let forward_flags = K::flags(forward);
+    let reverse_flags = reverse.map_or(0, K::flags);
     let replied = reverse_flags & CT_FLAG_REPLIED != 0;
-    if key.proto != IPPROTO_TCP {
+    if key.proto() != IPPROTO_TCP {
         return if replied { "replied" } else { "unreplied" };
     }
-    let both = forward.flags | reverse_flags;
-    let fins = [forward.flags, reverse_flags]
+    let both = forward_flags | reverse_flags;
+    let fins = [forward_flags, reverse_flags]
         .iter()
         .filter(|f| *f & CT_FLAG_FIN != 0)
         .count();
@@ -62,53 +57,64 @@ fn state(key: &CtKey, forward: &CtValue, reverse: Option<&CtValue>) -> &'static 
 }
 
 /// The Service a frontend belongs to, from the name index.
-fn service_of(names: Option<&NameIndex>, ip: Ipv4Addr, port: u16, protocol: &str) -> String {
+fn service_of(names: Option<&NameIndex>, at: SocketAddr, protocol: &str) -> String {
     names
         .into_iter()
         .flat_map(|n| &n.frontends)
-        .find(|f| f.ip == ip && f.port == port && f.protocol == protocol)
+        .find(|f| f.ip == at.ip() && f.port == at.port() && f.protocol == protocol)
         .map(|f| f.service.clone())
         .unwrap_or_default()
 }
 
-/// One row per flow in `entries` that passes `filter`, oldest activity last.
-pub fn rows(
-    entries: &HashMap<CtKey, CtValue>,
+impl FlowFilter {
+    fn admits(&self, row: &FlowRow, backend: SocketAddr) -> bool {
+        let service = self.service.as_ref().is_none_or(|s| &row.service == s);
+        // An address alone matches every port; `[v6]:port` and `v4:port` a port.
+        let endpoint = self.backend.as_deref().is_none_or(|wanted| {
+            wanted.parse::<SocketAddr>().ok() == Some(backend)
+                || wanted.parse::<std::net::IpAddr>().ok() == Some(backend.ip())
+        });
+        service && endpoint
+    }
+}
+
+/// One row per flow in `entries` (either family) that passes `filter`.
+pub fn rows<K: Tracked>(
+    entries: &HashMap<K, K::Value>,
     names: Option<&NameIndex>,
     now: u32,
     filter: &FlowFilter,
 ) -> Vec<FlowRow> {
-    let mut rows: Vec<FlowRow> = entries
+    entries
         .iter()
-        .filter(|(key, _)| key.direction == CT_FORWARD)
-        .map(|(key, value)| {
+        .filter(|(key, _)| key.direction() == CT_FORWARD)
+        .filter_map(|(key, value)| {
             let reverse = entries.get(&key.partner(value));
-            let protocol = protocol_name(key.proto);
-            let last_seen = reverse.map_or(value.last_seen, |r| r.last_seen.max(value.last_seen));
-            let frontend_port = u16::from_be(key.dst_port);
-            FlowRow {
-                service: service_of(names, host_addr(key.dst_addr), frontend_port, &protocol),
-                client: endpoint(key.src_addr, key.src_port),
-                frontend: endpoint(key.dst_addr, key.dst_port),
-                backend: endpoint(value.nat_addr, value.nat_port),
-                snat: (value.flags & CT_FLAG_SNAT != 0)
-                    .then(|| endpoint(value.snat_addr, value.snat_port)),
+            let protocol = protocol_name(key.proto());
+            let last_seen = reverse.map_or(K::last_seen(value), |r| {
+                K::last_seen(r).max(K::last_seen(value))
+            });
+            let ends = key.ends(value);
+            let row = FlowRow {
+                service: service_of(names, ends.frontend, &protocol),
+                client: ends.client.to_string(),
+                frontend: ends.frontend.to_string(),
+                backend: ends.backend.to_string(),
+                snat: ends.snat.map(|s| s.to_string()),
                 state: state(key, value, reverse).into(),
                 idle_seconds: now.saturating_sub(last_seen),
                 protocol,
-            }
+            };
+            filter.admits(&row, ends.backend).then_some(row)
         })
-        .filter(|row| {
-            filter.service.as_ref().is_none_or(|s| &row.service == s)
-                && filter.backend.as_ref().is_none_or(|b| {
-                    row.backend == *b || row.backend.split(':').next() == Some(b.as_str())
-                })
-        })
-        .collect();
+        .collect()
+}
+
+/// Rows most recently active first, then by frontend and client.
+pub fn sort(rows: &mut [FlowRow]) {
     rows.sort_by(|a, b| {
         (a.idle_seconds, &a.frontend, &a.client).cmp(&(b.idle_seconds, &b.frontend, &b.client))
     });
-    rows
 }
 
 pub const HEADER: [&str; 7] = [

@@ -7,13 +7,13 @@
 //! its own state and silence end it.
 mod sweeper;
 
-use std::{collections::HashMap, hash::Hash, time::Duration};
+use std::{collections::HashMap, hash::Hash, net::SocketAddr, time::Duration};
 
 pub use sweeper::Sweeper;
 
 use proxy_common::{
-    CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FORWARD, Ct6Key, Ct6Value, CtKey, CtValue,
-    IPPROTO_TCP,
+    CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, Ct6Key, Ct6Value, CtKey,
+    CtValue, IPPROTO_TCP,
 };
 
 /// A conntrack key of either family, with what the sweep reads of its value.
@@ -25,10 +25,22 @@ pub trait Tracked: Copy + Eq + Hash {
     fn proto(&self) -> u8;
     fn flags(value: &Self::Value) -> u8;
     fn last_seen(value: &Self::Value) -> u32;
+    /// A forward entry's client, frontend, backend and, if masqueraded,
+    /// the node address the client was translated to.
+    fn ends(&self, value: &Self::Value) -> FlowEnds;
+}
+
+/// The addresses of a tracked flow, either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEnds {
+    pub client: SocketAddr,
+    pub frontend: SocketAddr,
+    pub backend: SocketAddr,
+    pub snat: Option<SocketAddr>,
 }
 
 macro_rules! tracked {
-    ($key:ty, $value:ty) => {
+    ($key:ty, $value:ty, $host:path) => {
         impl Tracked for $key {
             type Value = $value;
             fn partner(&self, value: &$value) -> Self {
@@ -46,13 +58,23 @@ macro_rules! tracked {
             fn last_seen(value: &$value) -> u32 {
                 value.last_seen
             }
+            fn ends(&self, value: &$value) -> FlowEnds {
+                let at = |addr, port: u16| SocketAddr::new($host(addr).into(), u16::from_be(port));
+                FlowEnds {
+                    client: at(self.src_addr, self.src_port),
+                    frontend: at(self.dst_addr, self.dst_port),
+                    backend: at(value.nat_addr, value.nat_port),
+                    snat: (value.flags & CT_FLAG_SNAT != 0)
+                        .then(|| at(value.snat_addr, value.snat_port)),
+                }
+            }
         }
     };
 }
 
 // The two families' entries have the same fields, with addresses of their size.
-tracked!(CtKey, CtValue);
-tracked!(Ct6Key, Ct6Value);
+tracked!(CtKey, CtValue, proxy_common::host_addr);
+tracked!(Ct6Key, Ct6Value, proxy_common::host_addr6);
 
 /// How long a flow may stay silent in each state before its entries go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
