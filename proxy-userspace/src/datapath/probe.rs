@@ -115,12 +115,25 @@ impl KernelFeatures {
             }
             XdpSupport::Unsupported(why) => format!("feature xdp: unavailable ({why})"),
         });
-        lines.push(match (self.socket_lb_missing(), self.socket_hooks_refused.first()) {
-            (Some(why), _) => format!("feature socket-lb: unavailable ({why})"),
-            (None, Some((_, why))) => format!(
-                "feature socket-lb: connect4, sendmsg4, recvmsg4 (fallback: getpeername shows the backend; getpeername4 refused: {why})"
+        let refused = &self.socket_hooks_refused;
+        // The hooks by their attach point (connect4, ...), in attach order.
+        let loaded = super::SOCKET_PROGRAMS
+            .iter()
+            .filter(|(name, _)| !refused.iter().any(|(r, _)| r == name))
+            .map(|(name, _)| name.trim_start_matches("vipr_sock_"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        lines.push(match self.socket_lb_missing() {
+            Some(why) => format!("feature socket-lb: unavailable ({why})"),
+            None if refused.is_empty() => format!("feature socket-lb: {loaded}"),
+            None => format!(
+                "feature socket-lb: {loaded} (fallback: getpeername shows the backend; refused: {})",
+                refused
+                    .iter()
+                    .map(|(name, why)| format!("{name}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
-            (None, None) => "feature socket-lb: connect4, sendmsg4, recvmsg4, getpeername4".into(),
         });
         lines.push(match &self.sock_destroy {
             Ok(()) => "feature udp socket destroy: netlink SOCK_DESTROY".into(),
@@ -132,12 +145,12 @@ impl KernelFeatures {
     }
 
     /// Why the socket hooks cannot balance at all, if they cannot: one of
-    /// the hooks they need is refused (getpeername4 is optional).
+    /// the hooks they need is refused (the getpeername ones are optional).
     pub fn socket_lb_missing(&self) -> Option<String> {
         let essential: Vec<String> = self
             .socket_hooks_refused
             .iter()
-            .filter(|(name, _)| *name != programs::SOCK_GETPEERNAME4)
+            .filter(|(name, _)| !super::OPTIONAL_SOCKET_PROGRAMS.contains(name))
             .map(|(name, why)| format!("{name}: {why}"))
             .collect();
         (!essential.is_empty()).then(|| essential.join("; "))
