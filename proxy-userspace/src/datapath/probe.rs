@@ -393,3 +393,45 @@ pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusing(names: &[&'static str]) -> KernelFeatures {
+        KernelFeatures {
+            release: "test".into(),
+            essentials: Vec::new(),
+            tc_attach: AttachMode::Clsact,
+            tcx_refused: None,
+            xdp: XdpSupport::Native,
+            socket_hooks_refused: names.iter().map(|n| (*n, "refused".into())).collect(),
+            sock_destroy: Ok(()),
+        }
+    }
+
+    fn socket_line(features: &KernelFeatures) -> String {
+        let lines = features.lines();
+        let line = lines.iter().find(|l| l.starts_with("feature socket-lb"));
+        line.cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn either_familys_getpeername_is_optional_and_the_other_hooks_are_not() {
+        let all = refusing(&[]);
+        assert_eq!(all.socket_lb_missing(), None);
+        assert!(socket_line(&all).ends_with("recvmsg6, getpeername6"));
+
+        let no_peer6 = refusing(&[programs::SOCK_GETPEERNAME6]);
+        assert_eq!(no_peer6.socket_lb_missing(), None);
+        let line = socket_line(&no_peer6);
+        assert!(line.contains("sendmsg6, recvmsg6 (fallback"), "{line}");
+
+        for essential in [programs::SOCK_CONNECT6, programs::SOCK_RECVMSG6] {
+            let features = refusing(&[essential, programs::SOCK_GETPEERNAME4]);
+            let missing = features.socket_lb_missing().unwrap_or_default();
+            assert!(missing.contains(essential), "{missing}");
+            assert!(!missing.contains(programs::SOCK_GETPEERNAME4), "{missing}");
+        }
+    }
+}
