@@ -75,6 +75,18 @@ fn socket_revnat_layout() {
 }
 
 #[test]
+fn socket_revnat6_layout() {
+    assert_eq!(size_of::<SockRev6Key>(), 32);
+    assert_eq!(offset_of!(SockRev6Key, addr), 8);
+    assert_eq!(offset_of!(SockRev6Key, port), 24);
+    assert_eq!(offset_of!(SockRev6Key, _pad), 26);
+    assert_eq!(size_of::<SockRev6Value>(), 24);
+    assert_eq!(offset_of!(SockRev6Value, port), 16);
+    assert_eq!(offset_of!(SockRev6Value, proto), 18);
+    assert_eq!(offset_of!(SockRev6Value, service_id), 20);
+}
+
+#[test]
 fn affinity_layout() {
     assert_eq!(size_of::<AffinityKey>(), 8);
     assert_eq!(offset_of!(AffinityKey, client_addr), 4);

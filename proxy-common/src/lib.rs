@@ -48,6 +48,15 @@ pub mod programs {
     pub const SOCK_RECVMSG4: &str = "vipr_sock_recvmsg4";
     /// cgroup `getpeername4`: the peer shows the frontend.
     pub const SOCK_GETPEERNAME4: &str = "vipr_sock_getpeername4";
+    /// cgroup `connect6`: the same for IPv6 sockets, IPv6 frontends and
+    /// v4-mapped IPv4 ones (`::ffff:a.b.c.d`, dual-stack sockets).
+    pub const SOCK_CONNECT6: &str = "vipr_sock_connect6";
+    /// cgroup `sendmsg6`: each unconnected UDP datagram of an IPv6 socket.
+    pub const SOCK_SENDMSG6: &str = "vipr_sock_sendmsg6";
+    /// cgroup `recvmsg6`: a UDP reply's source shows the frontend.
+    pub const SOCK_RECVMSG6: &str = "vipr_sock_recvmsg6";
+    /// cgroup `getpeername6`: the peer shows the frontend.
+    pub const SOCK_GETPEERNAME6: &str = "vipr_sock_getpeername6";
     /// Only in the trace copy: the socket hooks' decision for a packet's
     /// tuple, since the kernel cannot test-run cgroup socket programs.
     pub const TRACE_HOST: &str = "vipr_trace_host";

@@ -44,6 +44,9 @@ pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
 /// a backend, the frontend that `recvmsg`/`getpeername` must show instead.
 pub const SOCK_REVNAT: &str = "VIPR_SOCK_REVNAT";
 pub const DEFAULT_MAX_SOCK_REVNAT: u32 = 262_144;
+/// `SockRev6Key` → `SockRev6Value`, LRU: the IPv6 twin of `VIPR_SOCK_REVNAT`
+/// (v4-mapped sockets use the IPv4 map), sized like it.
+pub const SOCK_REVNAT6: &str = "VIPR_SOCK_REVNAT6";
 
 /// Which side a frontend answers: traffic pods and the node itself send, or
 /// traffic arriving on the node's external interfaces. One service port can have both, with
@@ -517,6 +520,47 @@ impl SockRevValue {
     }
 }
 
+/// Key of `VIPR_SOCK_REVNAT6`: one IPv6 socket talking to one IPv6 backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockRev6Key {
+    /// `bpf_get_socket_cookie`.
+    pub cookie: u64,
+    /// Backend address, network byte order.
+    pub addr: Addr6,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Up to the 8-byte alignment the cookie gives the struct.
+    pub _pad: [u8; 6],
+}
+
+/// The IPv6 frontend a socket asked for; as [`SockRevValue`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockRev6Value {
+    /// Frontend address, network byte order.
+    pub addr: Addr6,
+    /// Frontend port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub service_id: u32,
+}
+
+impl SockRev6Value {
+    /// The frontend the socket asked for (socket hooks serve the internal scope).
+    pub fn frontend(&self) -> Service6Key {
+        Service6Key {
+            addr: self.addr,
+            port: self.port,
+            proto: self.proto,
+            scope: SCOPE_INTERNAL,
+        }
+    }
+}
+
 /// Which sockets the cgroup hooks translate (global `SOCKET_LB_SCOPE`):
 /// only those in the agent's own network namespace (the node's), or all
 /// in the cgroup, pods included.
@@ -581,4 +625,6 @@ mod pod_impls {
     unsafe impl aya::Pod for Backend6Value {}
     unsafe impl aya::Pod for Ct6Key {}
     unsafe impl aya::Pod for Ct6Value {}
+    unsafe impl aya::Pod for SockRev6Key {}
+    unsafe impl aya::Pod for SockRev6Value {}
 }

@@ -1,10 +1,10 @@
 //! Service lookup and backend choice.
 use aya_ebpf::maps::lpm_trie::Key;
-use proxy_common::{ServiceKey, ServiceValue, SlotKey, SourceRangeKey};
+use proxy_common::{ServiceValue, SlotKey, SourceRangeKey};
 
 use crate::{
     family::Family,
-    maps::{SERVICES, SLOTS, SOURCE_RANGES, hash_seed},
+    maps::{SLOTS, SOURCE_RANGES, hash_seed},
     parse::Flow,
     trace,
 };
@@ -16,15 +16,13 @@ const IPV4_BITS: u32 = 32;
 #[inline(always)]
 pub fn lookup_service<F: Family>(flow: &Flow<F>, scope: u8) -> Option<ServiceValue> {
     let key = F::service_key(flow.dst_addr, flow.dst_port, flow.proto, scope);
-    let service = unsafe { F::services().get(&key).copied() };
-    F::note_frontend(&key, service.is_some());
-    service
+    lookup_frontend::<F>(&key)
 }
 
 #[inline(always)]
-pub fn lookup_frontend(key: &ServiceKey) -> Option<ServiceValue> {
-    let service = unsafe { SERVICES.get(key).copied() };
-    trace::frontend(key, service.is_some());
+pub fn lookup_frontend<F: Family>(key: &F::ServiceKey) -> Option<ServiceValue> {
+    let service = unsafe { F::services().get(key).copied() };
+    F::note_frontend(key, service.is_some());
     service
 }
 

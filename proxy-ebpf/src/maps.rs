@@ -7,8 +7,8 @@ use proxy_common::{
     AffinityKey, AffinityMember, AffinityValue, Backend6Value, BackendValue, Counter, Ct6Key,
     Ct6Value, CtKey, CtValue, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK,
     DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS, DEFAULT_MAX_SOCK_REVNAT, DEFAULT_MAX_SOURCE_RANGES,
-    Service6Key, ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue, SourceRangeKey,
-    TRACE_RECORD_ENTRIES, TraceRecord,
+    Service6Key, ServiceKey, ServiceValue, SlotKey, SockRev6Key, SockRev6Value, SockRevKey,
+    SockRevValue, SourceRangeKey, TRACE_RECORD_ENTRIES, TraceRecord,
 };
 
 #[map(name = "VIPR_SERVICES")]
@@ -49,6 +49,11 @@ pub static AFFINITY_MEMBERS: HashMap<AffinityMember, u32> = HashMap::pinned(DEFA
 
 #[map(name = "VIPR_SOCK_REVNAT")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::pinned(DEFAULT_MAX_SOCK_REVNAT, 0);
+
+// The IPv6 twin of the above; v4-mapped sockets use the IPv4 map.
+#[map(name = "VIPR_SOCK_REVNAT6")]
+pub static SOCK_REVNAT6: LruHashMap<SockRev6Key, SockRev6Value> =
     LruHashMap::pinned(DEFAULT_MAX_SOCK_REVNAT, 0);
 
 #[map(name = "VIPR_TRACE_RECORD")]

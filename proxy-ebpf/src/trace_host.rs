@@ -10,6 +10,7 @@ use aya_ebpf::{
 use proxy_common::{Counter, SCOPE_INTERNAL, ServiceKey};
 
 use crate::{
+    family::V4,
     maps::count,
     nat::{Side, rewrite},
     parse::parse_flow,
@@ -34,7 +35,7 @@ pub fn vipr_trace_host(ctx: TcContext) -> i32 {
     // A real socket's cookie is unique; the tracer stands one in from the
     // client port, so other ports show other sockets' choices.
     let cookie = flow.src_port as u64;
-    match socket_backend(&frontend, flow.src_addr, cookie) {
+    match socket_backend::<V4>(&frontend, flow.src_addr, cookie) {
         Ok((_, backend)) => {
             if rewrite(&ctx, &flow, Side::Destination, backend.addr, backend.port).is_err() {
                 count(Counter::DropRewriteFailed);

@@ -75,10 +75,7 @@ impl StaleUdpSweep {
     /// Closes the stale sockets of the node's namespace and, in `all`
     /// scope, of every namespace with a process under the cgroup.
     pub fn sweep(&self, applied: &MapContents) {
-        let sweep_here = || {
-            self.revnat
-                .destroy_stale_udp_sockets(|f, addr, port| applied.serves(f, addr, port))
-        };
+        let sweep_here = || self.revnat.destroy_stale_udp_sockets(applied);
         let mut results = vec![sweep_here()];
         if let Some(cgroup) = &self.pods_under {
             results.extend(run_in_each(&namespaces_in(cgroup), sweep_here));

@@ -49,7 +49,7 @@ pub struct MapSizes {
     pub slots: u32,
     /// Tracked flows, two entries each (LRU: the oldest are evicted).
     pub conntrack: u32,
-    /// Sockets the cgroup hooks sent to a backend (LRU).
+    /// Sockets the cgroup hooks sent to a backend (LRU), per family.
     pub socket_revnat: u32,
 }
 
@@ -172,6 +172,7 @@ impl Globals {
             .map_max_entries(maps::BACKENDS6, sizes.backends)
             .map_max_entries(maps::CONNTRACK6, sizes.conntrack)
             .map_max_entries(maps::SOCK_REVNAT, sizes.socket_revnat)
+            .map_max_entries(maps::SOCK_REVNAT6, sizes.socket_revnat)
             // One member per slot at most.
             .map_max_entries(maps::AFFINITY_MEMBERS, sizes.slots);
         loader

@@ -36,8 +36,8 @@ pub use probe::{
 };
 pub use sock_destroy::{SocketRevNat, probe_sock_destroy};
 pub use socket_lb::{
-    SOCKET_PROGRAMS, SocketLbScope, attach_socket_lb, cgroup2_root, detach_socket_lb,
-    load_socket_programs,
+    OPTIONAL_SOCKET_PROGRAMS, SOCKET_PROGRAMS, SocketLbScope, attach_socket_lb, cgroup2_root,
+    detach_socket_lb, load_socket_programs,
 };
 pub use sys::{netns_cookie, trim_heap, use_one_malloc_arena};
 pub use trace_copy::trace_dir;

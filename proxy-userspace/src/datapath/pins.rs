@@ -7,8 +7,8 @@ use std::{mem::size_of, path::Path};
 use aya::maps::{MapInfo, MapType};
 use proxy_common::{
     AffinityKey, AffinityMember, AffinityValue, Backend6Value, BackendValue, Ct6Key, Ct6Value,
-    CtKey, CtValue, Service6Key, ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue,
-    SourceRangeKey, TraceRecord, maps,
+    CtKey, CtValue, Service6Key, ServiceKey, ServiceValue, SlotKey, SockRev6Key, SockRev6Value,
+    SockRevKey, SockRevValue, SourceRangeKey, TraceRecord, maps,
 };
 
 use super::DatapathError;
@@ -17,7 +17,7 @@ use super::DatapathError;
 const LPM_PREFIX_LEN: usize = size_of::<u32>();
 
 /// Every map the object pins: name, type, key size, value size.
-const LAYOUTS: [(&str, MapType, usize, usize); 13] = [
+const LAYOUTS: [(&str, MapType, usize, usize); 14] = [
     (
         maps::SERVICES,
         MapType::Hash,
@@ -59,6 +59,12 @@ const LAYOUTS: [(&str, MapType, usize, usize); 13] = [
         MapType::LruHash,
         size_of::<SockRevKey>(),
         size_of::<SockRevValue>(),
+    ),
+    (
+        maps::SOCK_REVNAT6,
+        MapType::LruHash,
+        size_of::<SockRev6Key>(),
+        size_of::<SockRev6Value>(),
     ),
     (
         maps::AFFINITY,

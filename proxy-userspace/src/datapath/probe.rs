@@ -115,12 +115,25 @@ impl KernelFeatures {
             }
             XdpSupport::Unsupported(why) => format!("feature xdp: unavailable ({why})"),
         });
-        lines.push(match (self.socket_lb_missing(), self.socket_hooks_refused.first()) {
-            (Some(why), _) => format!("feature socket-lb: unavailable ({why})"),
-            (None, Some((_, why))) => format!(
-                "feature socket-lb: connect4, sendmsg4, recvmsg4 (fallback: getpeername shows the backend; getpeername4 refused: {why})"
+        let refused = &self.socket_hooks_refused;
+        // The hooks by their attach point (connect4, ...), in attach order.
+        let loaded = super::SOCKET_PROGRAMS
+            .iter()
+            .filter(|(name, _)| !refused.iter().any(|(r, _)| r == name))
+            .map(|(name, _)| name.trim_start_matches("vipr_sock_"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        lines.push(match self.socket_lb_missing() {
+            Some(why) => format!("feature socket-lb: unavailable ({why})"),
+            None if refused.is_empty() => format!("feature socket-lb: {loaded}"),
+            None => format!(
+                "feature socket-lb: {loaded} (fallback: getpeername shows the backend; refused: {})",
+                refused
+                    .iter()
+                    .map(|(name, why)| format!("{name}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
-            (None, None) => "feature socket-lb: connect4, sendmsg4, recvmsg4, getpeername4".into(),
         });
         lines.push(match &self.sock_destroy {
             Ok(()) => "feature udp socket destroy: netlink SOCK_DESTROY".into(),
@@ -132,12 +145,12 @@ impl KernelFeatures {
     }
 
     /// Why the socket hooks cannot balance at all, if they cannot: one of
-    /// the hooks they need is refused (getpeername4 is optional).
+    /// the hooks they need is refused (the getpeername ones are optional).
     pub fn socket_lb_missing(&self) -> Option<String> {
         let essential: Vec<String> = self
             .socket_hooks_refused
             .iter()
-            .filter(|(name, _)| *name != programs::SOCK_GETPEERNAME4)
+            .filter(|(name, _)| !super::OPTIONAL_SOCKET_PROGRAMS.contains(name))
             .map(|(name, why)| format!("{name}: {why}"))
             .collect();
         (!essential.is_empty()).then(|| essential.join("; "))
@@ -379,4 +392,46 @@ pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusing(names: &[&'static str]) -> KernelFeatures {
+        KernelFeatures {
+            release: "test".into(),
+            essentials: Vec::new(),
+            tc_attach: AttachMode::Clsact,
+            tcx_refused: None,
+            xdp: XdpSupport::Native,
+            socket_hooks_refused: names.iter().map(|n| (*n, "refused".into())).collect(),
+            sock_destroy: Ok(()),
+        }
+    }
+
+    fn socket_line(features: &KernelFeatures) -> String {
+        let lines = features.lines();
+        let line = lines.iter().find(|l| l.starts_with("feature socket-lb"));
+        line.cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn either_familys_getpeername_is_optional_and_the_other_hooks_are_not() {
+        let all = refusing(&[]);
+        assert_eq!(all.socket_lb_missing(), None);
+        assert!(socket_line(&all).ends_with("recvmsg6, getpeername6"));
+
+        let no_peer6 = refusing(&[programs::SOCK_GETPEERNAME6]);
+        assert_eq!(no_peer6.socket_lb_missing(), None);
+        let line = socket_line(&no_peer6);
+        assert!(line.contains("sendmsg6, recvmsg6 (fallback"), "{line}");
+
+        for essential in [programs::SOCK_CONNECT6, programs::SOCK_RECVMSG6] {
+            let features = refusing(&[essential, programs::SOCK_GETPEERNAME4]);
+            let missing = features.socket_lb_missing().unwrap_or_default();
+            assert!(missing.contains(essential), "{missing}");
+            assert!(!missing.contains(programs::SOCK_GETPEERNAME4), "{missing}");
+        }
+    }
 }

@@ -10,6 +10,8 @@
 //! The kernel's `bpf_sock_destroy` is a kfunc, which aya 0.14 cannot
 //! relocate; vipr uses netlink SOCK_DESTROY (`CONFIG_INET_DIAG_DESTROY`).
 //! Both act on the sockets of one network namespace: the agent's.
+//! IPv6 sockets are swept too: their IPv6 peers through the IPv6 reverse
+//! map, their v4-mapped peers (dual-stack sockets) through the IPv4 one.
 use std::net::IpAddr;
 
 use aya::maps::{HashMap, MapData};
@@ -19,14 +21,18 @@ use netlink_packet_core::{
     NetlinkSerializable,
 };
 use netlink_packet_sock_diag::{
-    AF_INET, IPPROTO_UDP, SockDiagMessage,
+    AF_INET, AF_INET6, IPPROTO_UDP, SockDiagMessage,
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
     message::SockDiagDestroy,
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
-use proxy_common::{ServiceKey, SockRevKey, SockRevValue, maps, wire_addr};
+use proxy_common::{
+    Addr6, Service6Key, ServiceKey, SockRev6Key, SockRev6Value, SockRevKey, SockRevValue, maps,
+    wire_addr, wire_addr6,
+};
 
 use super::{Datapath, DatapathError};
+use crate::plan::maps::MapContents;
 
 /// A connected UDP socket is in TCP_ESTABLISHED as far as sock_diag says.
 const UDP_CONNECTED: u8 = 1;
@@ -37,48 +43,90 @@ fn fail(message: String) -> DatapathError {
     DatapathError::SockDiag(message)
 }
 
-/// The socket hooks' reverse map: which frontend each socket asked for.
-pub struct SocketRevNat(HashMap<MapData, SockRevKey, SockRevValue>);
+/// The socket hooks' reverse maps: which frontend each socket asked for.
+pub struct SocketRevNat {
+    v4: HashMap<MapData, SockRevKey, SockRevValue>,
+    v6: HashMap<MapData, SockRev6Key, SockRev6Value>,
+}
+
+/// Whether a frontend still sends new connections to an endpoint: the
+/// frontend, the endpoint's address and port, wire order.
+pub trait Serves {
+    fn serves(&self, frontend: &ServiceKey, addr: u32, port: u16) -> bool;
+    fn serves6(&self, frontend: &Service6Key, addr: Addr6, port: u16) -> bool;
+}
+
+/// What the planner applied is what the datapath serves.
+impl Serves for MapContents {
+    fn serves(&self, frontend: &ServiceKey, addr: u32, port: u16) -> bool {
+        MapContents::serves(self, frontend, addr, port)
+    }
+    fn serves6(&self, frontend: &Service6Key, addr: Addr6, port: u16) -> bool {
+        MapContents::serves6(self, frontend, addr, port)
+    }
+}
 
 impl SocketRevNat {
     pub fn take(datapath: &mut Datapath) -> Result<Self, DatapathError> {
-        super::kernel::take(datapath, maps::SOCK_REVNAT).map(Self)
+        Ok(Self {
+            v4: super::kernel::take(datapath, maps::SOCK_REVNAT)?,
+            v6: super::kernel::take(datapath, maps::SOCK_REVNAT6)?,
+        })
     }
 
-    /// Destroys the connected UDP sockets of this network namespace that the
-    /// socket hooks sent to a backend their frontend no longer serves:
-    /// `serves(frontend, backend address, backend port)`, wire order.
-    pub fn destroy_stale_udp_sockets(
-        &self,
-        serves: impl Fn(&ServiceKey, u32, u16) -> bool,
-    ) -> Result<usize, DatapathError> {
+    /// Destroys the connected UDP sockets of this network namespace, of
+    /// both families, that the socket hooks sent to a backend their
+    /// frontend no longer serves.
+    pub fn destroy_stale_udp_sockets(&self, serves: &impl Serves) -> Result<usize, DatapathError> {
         let socket = open()?;
         let mut destroyed = 0;
-        for id in connected_udp_sockets(&socket)? {
-            let IpAddr::V4(peer) = id.destination_address else {
-                continue;
-            };
-            let key = SockRevKey {
-                cookie: u64::from_ne_bytes(id.cookie),
-                addr: wire_addr(peer),
-                port: id.destination_port.to_be(),
-                _pad: 0,
-            };
-            // Sockets the hooks never translated are not vipr's business.
-            let Ok(entry) = self.0.get(&key, 0) else {
-                continue;
-            };
-            if serves(&entry.frontend(), key.addr, key.port) {
-                continue;
-            }
-            match destroy(&socket, id) {
-                Ok(()) => destroyed += 1,
-                // Closed by its owner in the meantime.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(fail(format!("SOCK_DESTROY: {e}"))),
+        for family in [AF_INET, AF_INET6] {
+            for id in connected_udp_sockets(&socket, family)? {
+                let cookie = u64::from_ne_bytes(id.cookie);
+                let port = id.destination_port.to_be();
+                // Sockets the hooks never translated are not vipr's business.
+                let stale = match id.destination_address {
+                    IpAddr::V4(peer) => self.stale4(serves, cookie, wire_addr(peer), port),
+                    IpAddr::V6(peer) => match peer.to_ipv4_mapped() {
+                        Some(peer) => self.stale4(serves, cookie, wire_addr(peer), port),
+                        None => {
+                            let key = SockRev6Key {
+                                cookie,
+                                addr: wire_addr6(peer),
+                                port,
+                                _pad: [0; 6],
+                            };
+                            self.v6
+                                .get(&key, 0)
+                                .is_ok_and(|e| !serves.serves6(&e.frontend(), key.addr, port))
+                        }
+                    },
+                };
+                if !stale {
+                    continue;
+                }
+                match destroy(&socket, family, id) {
+                    Ok(()) => destroyed += 1,
+                    // Closed by its owner in the meantime.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(fail(format!("SOCK_DESTROY: {e}"))),
+                }
             }
         }
         Ok(destroyed)
+    }
+
+    /// Whether a socket the IPv4 map knows sits on an endpoint its frontend left.
+    fn stale4(&self, serves: &impl Serves, cookie: u64, addr: u32, port: u16) -> bool {
+        let key = SockRevKey {
+            cookie,
+            addr,
+            port,
+            _pad: 0,
+        };
+        self.v4
+            .get(&key, 0)
+            .is_ok_and(|e| !serves.serves(&e.frontend(), addr, port))
     }
 }
 
@@ -91,12 +139,12 @@ pub fn probe_sock_destroy() -> Result<(), String> {
         .map_err(|e| format!("loopback: {e}"))?;
     let local = victim.local_addr().map_err(|e| e.to_string())?;
     let socket = open().map_err(|e| e.to_string())?;
-    let id = connected_udp_sockets(&socket)
+    let id = connected_udp_sockets(&socket, AF_INET)
         .map_err(|e| e.to_string())?
         .into_iter()
         .find(|id| id.source_port == local.port() && id.source_address == local.ip())
         .ok_or("the probe socket is not listed")?;
-    destroy(&socket, id).map_err(|e| format!("SOCK_DESTROY: {e}"))
+    destroy(&socket, AF_INET, id).map_err(|e| format!("SOCK_DESTROY: {e}"))
 }
 
 fn open() -> Result<Socket, DatapathError> {
@@ -107,9 +155,9 @@ fn open() -> Result<Socket, DatapathError> {
     Ok(socket)
 }
 
-fn udp_request(socket_id: SocketId) -> SockDiagMessage {
+fn udp_request(family: u8, socket_id: SocketId) -> SockDiagMessage {
     SockDiagMessage::InetRequest(InetRequest {
-        family: AF_INET,
+        family,
         protocol: IPPROTO_UDP,
         extensions: ExtensionFlags::empty(),
         states: StateFlags::all(),
@@ -130,14 +178,16 @@ where
     socket.send(&bytes, 0).map(|_| ())
 }
 
-/// Every connected IPv4 UDP socket of this network namespace.
-fn connected_udp_sockets(socket: &Socket) -> Result<Vec<SocketId>, DatapathError> {
-    send(
-        socket,
-        udp_request(SocketId::new_v4()),
-        NLM_F_REQUEST | NLM_F_DUMP,
-    )
-    .map_err(|e| fail(format!("dump request: {e}")))?;
+/// Every connected UDP socket of `family` (`AF_INET`, `AF_INET6`) of
+/// this network namespace.
+fn connected_udp_sockets(socket: &Socket, family: u8) -> Result<Vec<SocketId>, DatapathError> {
+    let any = if family == AF_INET6 {
+        SocketId::new_v6()
+    } else {
+        SocketId::new_v4()
+    };
+    send(socket, udp_request(family, any), NLM_F_REQUEST | NLM_F_DUMP)
+        .map_err(|e| fail(format!("dump request: {e}")))?;
     let mut found = Vec::new();
     loop {
         let mut answer = Vec::with_capacity(ANSWER_BUFFER);
@@ -166,11 +216,11 @@ fn connected_udp_sockets(socket: &Socket) -> Result<Vec<SocketId>, DatapathError
     }
 }
 
-/// Destroys the one socket `id` names (its cookie included).
-fn destroy(socket: &Socket, id: SocketId) -> std::io::Result<()> {
+/// Destroys the one socket of `family` `id` names (its cookie included).
+fn destroy(socket: &Socket, family: u8, id: SocketId) -> std::io::Result<()> {
     send(
         socket,
-        SockDiagDestroy::new(udp_request(id)),
+        SockDiagDestroy::new(udp_request(family, id)),
         NLM_F_REQUEST | NLM_F_ACK,
     )?;
     let mut answer = Vec::with_capacity(ANSWER_BUFFER);

@@ -33,14 +33,26 @@ impl SocketLbScope {
     }
 }
 
-/// The hooks and the pin name of each one's link. getpeername4 is last: a
-/// kernel without it still balances (the peer then shows the backend).
-pub const SOCKET_PROGRAMS: [(&str, &str); 4] = [
+/// The hooks and the pin name of each one's link. The IPv6 hooks attach
+/// whatever `--ipv6` says: IPv6 frontends exist only with `--ipv6 on` (the
+/// maps are empty otherwise), and v4-mapped IPv4 frontends are IPv4
+/// Services reached from dual-stack sockets. The getpeername hooks are
+/// optional: a kernel without them still balances (the peer then shows
+/// the backend).
+pub const SOCKET_PROGRAMS: [(&str, &str); 8] = [
     (programs::SOCK_CONNECT4, "sock-connect4"),
     (programs::SOCK_SENDMSG4, "sock-sendmsg4"),
     (programs::SOCK_RECVMSG4, "sock-recvmsg4"),
     (programs::SOCK_GETPEERNAME4, "sock-getpeername4"),
+    (programs::SOCK_CONNECT6, "sock-connect6"),
+    (programs::SOCK_SENDMSG6, "sock-sendmsg6"),
+    (programs::SOCK_RECVMSG6, "sock-recvmsg6"),
+    (programs::SOCK_GETPEERNAME6, "sock-getpeername6"),
 ];
+
+/// The hooks a kernel may refuse while the others still balance.
+pub const OPTIONAL_SOCKET_PROGRAMS: [&str; 2] =
+    [programs::SOCK_GETPEERNAME4, programs::SOCK_GETPEERNAME6];
 
 /// Loads the socket programs; the ones the kernel refuses are returned
 /// with the reason, the rest are ready to attach.

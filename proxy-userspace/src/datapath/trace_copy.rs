@@ -89,6 +89,7 @@ pub(super) fn load(
         maps::CONNTRACK6,
         maps::AFFINITY,
         maps::SOCK_REVNAT,
+        maps::SOCK_REVNAT6,
     ] {
         loader.map_max_entries(name, SCRATCH_ENTRIES);
     }

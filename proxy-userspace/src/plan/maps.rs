@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use proxy_common::{
-    AffinityMember, Backend6Value, BackendValue, Service6Key, ServiceKey, ServiceValue, SlotKey,
+    Addr6, AffinityMember, Backend6Value, BackendValue, Service6Key, ServiceKey, ServiceValue,
+    SlotKey,
 };
 
 /// The full contents of the service maps. Built by the planner from the
@@ -67,6 +68,21 @@ impl MapContents {
         self.services.get(frontend).is_some_and(|service| {
             self.slot_backends(service)
                 .flatten()
+                .any(|b| b.addr == addr && b.port == port)
+        })
+    }
+
+    /// [`MapContents::serves`] for an IPv6 frontend.
+    pub fn serves6(&self, frontend: &Service6Key, addr: Addr6, port: u16) -> bool {
+        self.services6.get(frontend).is_some_and(|service| {
+            (0..u32::from(service.backend_count))
+                .filter_map(|slot| {
+                    let key = SlotKey {
+                        service_id: service.service_id,
+                        slot,
+                    };
+                    self.slots.get(&key).and_then(|id| self.backends6.get(id))
+                })
                 .any(|b| b.addr == addr && b.port == port)
         })
     }
