@@ -75,4 +75,7 @@ counters! {
     // IPv6: a ClientIP-affinity frontend's new flow chose by hash (affinity
     // is IPv4-only so far).
     Ipv6AffinityIgnored => "ipv6_affinity_ignored",
+    // IPv6: the per-CPU scratch entry the pod path keeps its flow in was
+    // missing (never, for a one-entry per-CPU array).
+    DropNoScratch => "drop_no_scratch",
 }

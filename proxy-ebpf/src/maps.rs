@@ -115,3 +115,8 @@ static SOCKET_LB_SCOPE: u8 = 0;
 pub fn socket_lb_scope() -> u8 {
     unsafe { core::ptr::read_volatile(&SOCKET_LB_SCOPE) }
 }
+
+/// Kernel-private, never read by the agent: the IPv6 pod path's flow and
+/// decision between its subprograms (see `programs::from_pod6`).
+#[map(name = "VIPR_SCRATCH6")]
+pub static SCRATCH6: PerCpuArray<crate::programs::Scratch6> = PerCpuArray::with_max_entries(1, 0);

@@ -20,7 +20,7 @@ use crate::{
     decide::{self, Decision},
     family::{Family, V6},
     fwd,
-    maps::count,
+    maps::{SCRATCH6, count},
     nat::Side,
     parse::{Flow, is_ipv6, parse_flow},
     parse6::parse_flow6,
@@ -55,28 +55,36 @@ fn from_pod4(ctx: &TcContext) -> i32 {
     }
 }
 
-/// The IPv6 half of `vipr_from_pod`: holds the flow and the decision, and
-/// parses, decides and carries out in subprograms called one after the
-/// other, so their stack frames never add up.
+/// The IPv6 half of `vipr_from_pod`: parses, decides and carries out in
+/// subprograms called one after the other, so their stack frames never add
+/// up; the flow and the decision they pass on live in a per-CPU map entry,
+/// not on this frame. (6.1 counts every frame of a chain rounded up to 32
+/// bytes, a compiler-emitted `memset` call included: 512 in all.)
 #[inline(never)]
 fn from_pod6(ctx: &TcContext) -> i32 {
-    let mut flow = Flow::<V6>::EMPTY;
-    if let Some(reason) = parse6_into(ctx, &mut flow) {
+    let Some(scratch) = SCRATCH6.get_ptr_mut(0) else {
+        return verdict(Counter::DropNoScratch);
+    };
+    // A per-CPU entry: nothing else runs on this CPU while the program does.
+    let scratch = unsafe { &mut *scratch };
+    if let Some(reason) = parse6_into(ctx, &mut scratch.flow) {
         return verdict(reason);
     }
-    let mut decided = Decided6 {
-        kind: Kind::Pass,
-        counter: Counter::PassNotService,
-        entry: Ct6Value::default(),
-    };
-    decide_from_pod6(&flow, &mut decided);
+    decide_from_pod6(&scratch.flow, &mut scratch.decided);
+    let (flow, decided) = (&scratch.flow, &scratch.decided);
     // From here, not from `apply6`: the reply frames' subprograms must not
     // stack on its frame. Packets left as they are need no call at all.
     match decided.kind {
-        Kind::Refuse => V6::refuse(ctx, &flow),
+        Kind::Refuse => V6::refuse(ctx, flow),
         Kind::Pass | Kind::Drop => verdict(decided.counter),
-        _ => apply6(ctx, &flow, &decided),
+        _ => apply6(ctx, flow, decided),
     }
+}
+
+/// What the IPv6 pod path hands from one subprogram to the next.
+pub struct Scratch6 {
+    flow: Flow<V6>,
+    decided: Decided6,
 }
 
 /// `None`: `out` holds the flow; else why there is none.

@@ -121,6 +121,9 @@ pub fn explain(counter: Counter) -> &'static str {
         Counter::Ipv6AffinityIgnored => {
             "A new IPv6 connection to a ClientIP-affinity frontend chose its endpoint by hash: session affinity is IPv4-only so far."
         }
+        Counter::DropNoScratch => {
+            "Dropped: the IPv6 pod path found no per-CPU scratch entry for its flow (the one-entry per-CPU array always has it: a kernel or load fault)."
+        }
     }
 }
 
