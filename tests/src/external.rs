@@ -338,6 +338,18 @@ impl ExternalCluster {
         fs::rename(tmp, self.manifests.join("ext.yaml")).context("replace manifests")
     }
 
+    /// IPv6 twins of the pods' echo servers (same ports, each pod's IPv6
+    /// address), after [`Topology::enable_ipv6`]; in `PODS` order.
+    pub fn start_ipv6_servers(&self) -> Result<Vec<EchoServer>> {
+        PODS.iter()
+            .map(|(pod, _, _)| {
+                let ip = self.topology.pod_ip6(pod)?;
+                let netns = self.topology.netns(pod)?;
+                EchoServer::start_on(&netns, pod, ip.into(), Some(8080), Some(5353))
+            })
+            .collect()
+    }
+
     pub fn server(&self, pod: &str) -> &EchoServer {
         self.servers
             .iter()

@@ -8,11 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use proxy_common::Counter;
-use vipr_tests::{
-    demo::wait_until,
-    echo::{self, EchoServer},
-    external::*,
-};
+use vipr_tests::{demo::wait_until, echo, external::*};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,21 +64,11 @@ fn dual_stack(cluster: &mut ExternalCluster) -> Result<()> {
     cluster.topology.enable_ipv6()?;
     let client = cluster.topology.netns(CLIENT_POD.0)?;
     let client_ip6 = cluster.topology.pod_ip6(CLIENT_POD.0)?;
-    // IPv6 twins of the pods' echo servers (same ports, their IPv6 address).
-    let mut servers6 = Vec::new();
-    let mut endpoints6 = Vec::new();
-    for (pod, node, _) in PODS {
-        let ip = cluster.topology.pod_ip6(pod)?;
-        let netns = cluster.topology.netns(pod)?;
-        servers6.push(EchoServer::start_on(
-            &netns,
-            pod,
-            ip.into(),
-            Some(8080),
-            Some(5353),
-        )?);
-        endpoints6.push((ip.to_string(), node));
-    }
+    let servers6 = cluster.start_ipv6_servers()?;
+    let endpoints6 = PODS
+        .iter()
+        .map(|(pod, node, _)| Ok((cluster.topology.pod_ip6(pod)?.to_string(), *node)))
+        .collect::<Result<Vec<(String, &str)>>>()?;
     cluster.write_manifest("dual.yaml", &manifest(&endpoints6))?;
 
     let cluster_ip6: Ipv6Addr = CLUSTER_IP6.parse()?;

@@ -69,18 +69,7 @@ fn dual_stack_cluster() -> Result<(ExternalCluster, Vec<EchoServer>)> {
         &["--socket-lb", "host", "--ipv6", "on"],
     )?;
     cluster.topology.enable_ipv6()?;
-    let mut servers6 = Vec::new();
-    for (pod, _, _) in PODS {
-        let ip = cluster.topology.pod_ip6(pod)?;
-        let netns = cluster.topology.netns(pod)?;
-        servers6.push(EchoServer::start_on(
-            &netns,
-            pod,
-            ip.into(),
-            Some(8080),
-            Some(5353),
-        )?);
-    }
+    let servers6 = cluster.start_ipv6_servers()?;
     let all: Vec<&str> = PODS.iter().map(|p| p.0).collect();
     cluster.write_manifest("sock6.yaml", &manifest(&cluster, &all, &all)?)?;
     Ok((cluster, servers6))
