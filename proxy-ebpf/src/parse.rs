@@ -41,19 +41,6 @@ pub struct Flow<F: Family = V4> {
     pub l4_off: usize,
 }
 
-impl Flow<crate::family::V6> {
-    /// A placeholder for a flow still to be parsed.
-    pub const EMPTY: Self = Self {
-        src_addr: [0; 4],
-        dst_addr: [0; 4],
-        src_port: 0,
-        dst_port: 0,
-        proto: 0,
-        tcp_flags: 0,
-        l4_off: 0,
-    };
-}
-
 impl<F: Family> Flow<F> {
     /// A TCP SYN without ACK: the first packet of a new connection.
     #[inline(always)]
