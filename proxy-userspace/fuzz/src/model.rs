@@ -69,6 +69,8 @@ endpoints: [{addresses: [10.244.1.20], nodeName: node-a}]
 #[derive(Arbitrary, Debug)]
 pub struct Input {
     nodeport_localhost: bool,
+    /// IPv6 (dual-stack) served, or skipped with its reasons.
+    ipv6: bool,
     /// Set resourceVersions (a hash of the content, as the API's identify it).
     versions: bool,
     ops: Vec<Op>,
@@ -96,8 +98,12 @@ pub fn run(input: Input) {
     let opts = ModelOptions {
         proxy_name: Some(PROXY_NAME.into()),
         node_name: Some(NODE_NAME.into()),
-        nodeport_addresses: vec!["192.168.1.10".parse().expect("address")],
+        nodeport_addresses: vec![
+            "192.168.1.10".parse().expect("address"),
+            "fd00:1::10".parse().expect("address"),
+        ],
         nodeport_localhost: input.nodeport_localhost,
+        ipv6: input.ipv6,
     };
     static PARSED: LazyLock<Parsed> = LazyLock::new(|| parse_str(FIXED).expect("fixed objects"));
     let fixed = &*PARSED;
