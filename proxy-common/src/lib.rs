@@ -68,6 +68,8 @@ pub mod globals {
     pub const HASH_SEED: &str = "HASH_SEED";
     /// `u32`, wire order: the node address masqueraded flows leave with.
     pub const NODE_IPV4: &str = "NODE_IPV4";
+    /// `[u32; 4]`, wire order: as `NODE_IPV4`, for IPv6 flows; all zero: none.
+    pub const NODE_IPV6: &str = "NODE_IPV6";
     /// `u64`: the agent's network namespace cookie (the node's).
     pub const NETNS_COOKIE: &str = "NETNS_COOKIE";
     /// `u8`: `SOCKET_LB_HOST` or `SOCKET_LB_ALL`.

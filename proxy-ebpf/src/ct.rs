@@ -7,13 +7,12 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
 use proxy_common::{
-    CT_FLAG_FIN, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, CT_REVERSE, CtValue, SNAT_PORT_COUNT,
+    CT_FLAG_FIN, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, CT_REVERSE, SNAT_PORT_COUNT,
     SNAT_PORT_FIRST,
 };
 
 use crate::{
     family::Family,
-    maps::CONNTRACK,
     parse::{Flow, TCP_FLAG_FIN, TCP_FLAG_RST},
 };
 
@@ -147,36 +146,29 @@ pub fn record<F: Family>(
 
 /// Records a flow translated to a backend *and* masqueraded behind
 /// `node_addr`: claims a free source port (the reverse entry is inserted only
-/// if absent, so two flows never share one) and returns it.
+/// if absent, so two flows never share one) and returns the forward entry.
 #[inline(always)]
-pub fn record_masqueraded(
-    flow: &Flow,
+pub fn record_masqueraded<F: Family>(
+    flow: &Flow<F>,
     backend_id: u32,
-    backend_addr: u32,
-    backend_port: u16,
-    node_addr: u32,
-) -> Result<u16, RecordError> {
+    backend: (F::Addr, u16),
+    node_addr: F::Addr,
+) -> Result<F::CtValue, RecordError> {
     let now = now_seconds();
-    let reverse = CtValue {
+    let reverse = F::ct_entry_snat(
         backend_id,
-        nat_addr: flow.dst_addr,
-        nat_port: flow.dst_port,
-        snat_addr: flow.src_addr,
-        snat_port: flow.src_port,
-        flags: CT_FLAG_SNAT,
-        _pad: [0; 3],
-        last_seen: now,
-    };
-    let mut forward = CtValue {
+        (flow.dst_addr, flow.dst_port),
+        (flow.src_addr, flow.src_port),
+        CT_FLAG_SNAT,
+        now,
+    );
+    let mut forward = F::ct_entry_snat(
         backend_id,
-        nat_addr: backend_addr,
-        nat_port: backend_port,
-        snat_addr: node_addr,
-        snat_port: 0,
-        flags: CT_FLAG_SNAT | closing_marks(flow),
-        _pad: [0; 3],
-        last_seen: now,
-    };
+        backend,
+        (node_addr, 0),
+        CT_FLAG_SNAT | closing_marks(flow),
+        now,
+    );
     let forward_key = forward_key(flow);
     // Random, not the flow's hash: a retransmitted SYN whose ports were all
     // taken tries other ones.
@@ -184,15 +176,15 @@ pub fn record_masqueraded(
     let mut attempt = 0;
     while attempt < SNAT_PORT_ATTEMPTS {
         let offset = start.wrapping_add(attempt * SNAT_PORT_STEP) % SNAT_PORT_COUNT as u32;
-        forward.snat_port = (SNAT_PORT_FIRST + offset as u16).to_be();
-        let reverse_key = forward_key.partner(&forward);
-        match CONNTRACK.insert(&reverse_key, &reverse, BPF_NOEXIST as u64) {
+        F::set_snat_port(&mut forward, (SNAT_PORT_FIRST + offset as u16).to_be());
+        let reverse_key = F::partner(&forward_key, &forward);
+        match F::conntrack().insert(&reverse_key, &reverse, BPF_NOEXIST as u64) {
             Ok(()) => {
-                if CONNTRACK.insert(&forward_key, &forward, 0).is_err() {
-                    let _ = CONNTRACK.remove(&reverse_key);
+                if F::conntrack().insert(&forward_key, &forward, 0).is_err() {
+                    let _ = F::conntrack().remove(&reverse_key);
                     return Err(RecordError::Full);
                 }
-                return Ok(forward.snat_port);
+                return Ok(forward);
             }
             Err(MAP_FULL) => return Err(RecordError::Full),
             // Taken by another flow: try the next port.

@@ -3,9 +3,8 @@
 //! them out. Deciding may record conntrack entries.
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_FLAG_NOT_SERVING, BackendValue, CT_FLAG_REPLIED, CT_FLAG_SNAT,
-    Counter, CtValue, HAIRPIN_IPV4, IPPROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_AFFINITY,
-    SVC_FLAG_DRAINING, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
-    ServiceValue,
+    Counter, HAIRPIN_IPV4, IPPROTO_TCP, SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_DRAINING,
+    SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, ServiceValue,
 };
 
 use crate::{
@@ -144,7 +143,7 @@ pub fn to_service<F: Family>(flow: &Flow<F>, scope: u8) -> Decision<F> {
         }
         Err(reason) => return Decision::Drop(reason),
     };
-    F::masqueraded(flow, backend_id, &backend, node, outcome)
+    masqueraded(flow, backend_id, &backend, node, outcome)
 }
 
 /// IPv4: the source a new flow to `backend` leaves with instead of its own.
@@ -173,29 +172,18 @@ pub fn snat_source4(
     Ok(Some(node))
 }
 
-/// IPv4: records a new flow masqueraded behind `node`.
+/// Records a new flow masqueraded behind `node`.
 #[inline(always)]
-pub fn masqueraded4(
-    flow: &Flow,
+pub fn masqueraded<F: Family>(
+    flow: &Flow<F>,
     backend_id: u32,
-    backend: &BackendValue,
-    node: u32,
+    backend: &F::Backend,
+    node: F::Addr,
     outcome: Counter,
-) -> Decision {
-    match ct::record_masqueraded(flow, backend_id, backend.addr, backend.port, node) {
-        Ok(port) => Decision::Translate(
-            CtValue {
-                backend_id,
-                nat_addr: backend.addr,
-                nat_port: backend.port,
-                snat_addr: node,
-                snat_port: port,
-                flags: CT_FLAG_SNAT,
-                _pad: [0; 3],
-                last_seen: 0,
-            },
-            outcome,
-        ),
+) -> Decision<F> {
+    let to = (F::backend_addr(backend), F::backend_port(backend));
+    match ct::record_masqueraded(flow, backend_id, to, node) {
+        Ok(entry) => Decision::Translate(entry, outcome),
         Err(RecordError::Full) => Decision::Drop(Counter::DropConntrackFull),
         Err(RecordError::PortsExhausted | RecordError::Collision) => {
             Decision::Drop(Counter::DropSnatPortsExhausted)

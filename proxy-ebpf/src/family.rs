@@ -64,6 +64,16 @@ pub trait Family: Copy + 'static {
         flags: u8,
         last_seen: u32,
     ) -> Self::CtValue;
+    /// An entry of a masqueraded flow: `snat` is the source it leaves
+    /// with (forward) or the client to restore (reverse).
+    fn ct_entry_snat(
+        backend_id: u32,
+        nat: (Self::Addr, u16),
+        snat: (Self::Addr, u16),
+        flags: u8,
+        last_seen: u32,
+    ) -> Self::CtValue;
+    fn set_snat_port(v: &mut Self::CtValue, port: u16);
     fn entry_backend_id(v: &Self::CtValue) -> u32;
     fn entry_nat(v: &Self::CtValue) -> (Self::Addr, u16);
     fn entry_snat(v: &Self::CtValue) -> (Self::Addr, u16);
@@ -86,14 +96,6 @@ pub trait Family: Copy + 'static {
         service: &ServiceValue,
         backend: &Self::Backend,
     ) -> Result<Option<Self::Addr>, Counter>;
-    /// Records a new flow leaving with the source `node`.
-    fn masqueraded(
-        flow: &Flow<Self>,
-        backend_id: u32,
-        backend: &Self::Backend,
-        node: Self::Addr,
-        outcome: Counter,
-    ) -> Decision<Self>;
     /// Whether `addr` is where the replies of hairpin flows go.
     fn is_hairpin(addr: Self::Addr) -> bool;
 
@@ -193,6 +195,29 @@ impl Family for V4 {
         }
     }
     #[inline(always)]
+    fn ct_entry_snat(
+        backend_id: u32,
+        nat: (u32, u16),
+        snat: (u32, u16),
+        flags: u8,
+        last_seen: u32,
+    ) -> CtValue {
+        CtValue {
+            backend_id,
+            nat_addr: nat.0,
+            nat_port: nat.1,
+            snat_addr: snat.0,
+            snat_port: snat.1,
+            flags,
+            last_seen,
+            ..CtValue::default()
+        }
+    }
+    #[inline(always)]
+    fn set_snat_port(v: &mut CtValue, port: u16) {
+        v.snat_port = port;
+    }
+    #[inline(always)]
     fn entry_backend_id(v: &CtValue) -> u32 {
         v.backend_id
     }
@@ -235,16 +260,6 @@ impl Family for V4 {
         backend: &BackendValue,
     ) -> Result<Option<u32>, Counter> {
         decide::snat_source4(flow, service, backend)
-    }
-    #[inline(always)]
-    fn masqueraded(
-        flow: &Flow<V4>,
-        backend_id: u32,
-        backend: &BackendValue,
-        node: u32,
-        outcome: Counter,
-    ) -> Decision<V4> {
-        decide::masqueraded4(flow, backend_id, backend, node, outcome)
     }
     #[inline(always)]
     fn is_hairpin(addr: u32) -> bool {
@@ -351,6 +366,29 @@ impl Family for V6 {
         }
     }
     #[inline(always)]
+    fn ct_entry_snat(
+        backend_id: u32,
+        nat: (Addr6, u16),
+        snat: (Addr6, u16),
+        flags: u8,
+        last_seen: u32,
+    ) -> Ct6Value {
+        Ct6Value {
+            backend_id,
+            nat_addr: nat.0,
+            nat_port: nat.1,
+            snat_addr: snat.0,
+            snat_port: snat.1,
+            flags,
+            last_seen,
+            ..Ct6Value::default()
+        }
+    }
+    #[inline(always)]
+    fn set_snat_port(v: &mut Ct6Value, port: u16) {
+        v.snat_port = port;
+    }
+    #[inline(always)]
     fn entry_backend_id(v: &Ct6Value) -> u32 {
         v.backend_id
     }
@@ -396,24 +434,19 @@ impl Family for V6 {
         service: &ServiceValue,
         backend: &Backend6Value,
     ) -> Result<Option<Addr6>, Counter> {
-        let hairpin = backend.addr == flow.src_addr;
-        let masquerade =
-            service.flags & SVC_FLAG_MASQUERADE != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
-        if hairpin || masquerade {
+        if backend.addr == flow.src_addr {
+            // A pod reaching itself needs a hairpin stand-in address,
+            // which IPv6 does not have yet: fail closed.
             return Err(Counter::DropIpv6Unsupported);
         }
-        Ok(None)
-    }
-    #[inline(always)]
-    fn masqueraded(
-        _flow: &Flow<V6>,
-        _backend_id: u32,
-        _backend: &Backend6Value,
-        _node: Addr6,
-        _outcome: Counter,
-    ) -> Decision<V6> {
-        // Never reached: `snat_source` names no IPv6 source.
-        Decision::Drop(Counter::DropIpv6Unsupported)
+        if service.flags & SVC_FLAG_MASQUERADE == 0 || backend.flags & BACKEND_FLAG_LOCAL != 0 {
+            return Ok(None);
+        }
+        let node = maps::node_ipv6();
+        if node == [0; 4] {
+            return Err(Counter::DropSnatPortsExhausted);
+        }
+        Ok(Some(node))
     }
     #[inline(always)]
     fn is_hairpin(_addr: Addr6) -> bool {

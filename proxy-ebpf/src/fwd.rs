@@ -1,4 +1,5 @@
-//! Sending translated external packets straight to their egress (TC).
+//! Sending translated external packets straight to their egress (TC), in
+//! either family.
 //!
 //! A masqueraded packet leaves with the node's own address as source, and a
 //! restored reply with the frontend's. The stack's input routing drops both
@@ -22,9 +23,11 @@ use proxy_common::Counter;
 use crate::{
     maps::count,
     parse::{ETH_LEN, IP_CSUM_OFF},
+    parse6::{IPV6_DST_OFF, IPV6_SRC_OFF},
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const IPV4_MIN_LEN: usize = core::mem::size_of::<Ipv4Hdr>();
 const TOS: usize = offset_of!(Ipv4Hdr, tos);
 const TTL: usize = offset_of!(Ipv4Hdr, ttl);
@@ -35,6 +38,14 @@ const ETH_DST_OFF: usize = offset_of!(EthHdr, dst_addr);
 const ETH_SRC_OFF: usize = offset_of!(EthHdr, src_addr);
 /// The TTL shares its checksum word with the protocol byte.
 const TTL_WORD_SIZE: u64 = 2;
+
+/// IPv6 header fields the lookup reads (the addresses come from parse6).
+const IPV6_FLOWINFO_LEN: usize = 4;
+const IPV6_NEXT_HEADER_OFF: usize = 6;
+const IPV6_HOP_LIMIT_OFF: usize = 7;
+const IPV6_FIXED_LEN: usize = 40;
+/// The traffic class and flow label: the first word without the version.
+const IPV6_FLOWINFO_MASK: u32 = 0x0fff_ffff;
 
 /// Redirects the packet to the interface the FIB names, with the MAC
 /// addresses filled in (or left to the neighbour table when the next hop is
@@ -76,14 +87,73 @@ pub fn redirect_to_egress(ctx: &TcContext) -> Option<i32> {
         ctx.store(ETH_SRC_OFF, &params.smac, 0).ok()?;
     }
     decrement_ttl(ctx, ttl, proto)?;
+    Some(redirect(params.ifindex, resolved))
+}
+
+/// The IPv6 twin of [`redirect_to_egress`]; the hop limit has no
+/// checksum. A subprogram, so its lookup parameters never sit on the
+/// frames of the decision chain that called it.
+#[inline(never)]
+pub fn redirect_to_egress6(ctx: &TcContext) -> Option<i32> {
+    let ip: [u8; IPV6_FIXED_LEN] = ctx.load(ETH_LEN).ok()?;
+    let hop_limit = ip[IPV6_HOP_LIMIT_OFF];
+    if hop_limit <= 1 {
+        return None;
+    }
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET6;
+    // The header's, or the first extension header's: only policy routing reads it.
+    params.l4_protocol = ip[IPV6_NEXT_HEADER_OFF];
+    let first_word: [u8; IPV6_FLOWINFO_LEN] = [ip[0], ip[1], ip[2], ip[3]];
+    params.__bindgen_anon_2.flowinfo =
+        (u32::from_be_bytes(first_word) & IPV6_FLOWINFO_MASK).to_be();
+    params.__bindgen_anon_3.ipv6_src = address_words(&ip, IPV6_SRC_OFF);
+    params.__bindgen_anon_4.ipv6_dst = address_words(&ip, IPV6_DST_OFF);
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let found = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    let resolved = found == BPF_FIB_LKUP_RET_SUCCESS as i64;
+    if !resolved && found != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return None;
+    }
+    if resolved {
+        ctx.store(ETH_DST_OFF, &params.dmac, 0).ok()?;
+        ctx.store(ETH_SRC_OFF, &params.smac, 0).ok()?;
+    }
+    ctx.store(ETH_LEN + IPV6_HOP_LIMIT_OFF, &(hop_limit - 1), 0)
+        .ok()?;
+    Some(redirect(params.ifindex, resolved))
+}
+
+/// Four address words as they sit in the packet.
+#[inline(always)]
+fn address_words(ip: &[u8; IPV6_FIXED_LEN], off: usize) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    for (i, word) in words.iter_mut().enumerate() {
+        let at = off + i * 4;
+        *word = u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
+    }
+    words
+}
+
+/// Out of `ifindex`, straight (`resolved`: the MACs are filled in) or
+/// through the neighbour table.
+#[inline(always)]
+fn redirect(ifindex: u32, resolved: bool) -> i32 {
     let action = if resolved {
-        unsafe { bpf_redirect(params.ifindex, 0) }
+        unsafe { bpf_redirect(ifindex, 0) }
     } else {
         // The kernel looks the route up again and resolves the neighbour.
-        unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) }
+        unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) }
     };
     count(Counter::TcRedirected);
-    Some(action as i32)
+    action as i32
 }
 
 /// What the stack would have done while forwarding.

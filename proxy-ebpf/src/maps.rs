@@ -78,6 +78,16 @@ pub fn node_ipv4() -> u32 {
     unsafe { core::ptr::read_volatile(&NODE_IPV4) }
 }
 
+/// The node's IPv6 address masqueraded flows leave with (wire order); all
+/// zero = unset, which disables IPv6 masquerading.
+#[unsafe(no_mangle)]
+static NODE_IPV6: [u32; 4] = [0; 4];
+
+#[inline(always)]
+pub fn node_ipv6() -> [u32; 4] {
+    unsafe { core::ptr::read_volatile(&NODE_IPV6) }
+}
+
 /// Seed of the backend-choice hash, set by the agent at load time so that
 /// flow placement cannot be predicted from outside.
 #[unsafe(no_mangle)]

@@ -5,10 +5,8 @@
 //!   (NodePort/LoadBalancer/external-IP traffic and replies to masqueraded
 //!   flows), `vipr_to_external` on egress (replies of local endpoints).
 //!
-//! The pod programs serve IPv4 and IPv6 (EtherType 0x86DD), the same
-//! decisions for both (`family.rs`). The external programs (and XDP) still
-//! pass IPv6 untouched, counted as `pass_not_ipv4`: external IPv6 frontends
-//! need masquerade, which the IPv6 path does not have yet.
+//! Every program serves IPv4 and IPv6 (EtherType 0x86DD), the same
+//! decisions for both (`family.rs`).
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::classifier,
@@ -42,7 +40,7 @@ fn verdict(counter: Counter) -> i32 {
 #[classifier]
 pub fn vipr_from_pod(ctx: TcContext) -> i32 {
     if is_ipv6(&ctx) {
-        return from_pod6(&ctx);
+        return serve6(&ctx, Origin::Pod);
     }
     from_pod4(&ctx)
 }
@@ -55,13 +53,21 @@ fn from_pod4(ctx: &TcContext) -> i32 {
     }
 }
 
-/// The IPv6 half of `vipr_from_pod`: parses, decides and carries out in
-/// subprograms called one after the other, so their stack frames never add
-/// up; the flow and the decision they pass on live in a per-CPU map entry,
-/// not on this frame. (6.1 counts every frame of a chain rounded up to 32
-/// bytes, a compiler-emitted `memset` call included: 512 in all.)
+/// Where a packet the IPv6 path serves comes from.
+#[derive(Clone, Copy, PartialEq)]
+enum Origin {
+    Pod,
+    External,
+}
+
+/// The IPv6 half of `vipr_from_pod` and `vipr_from_external`: parses,
+/// decides and carries out in subprograms called one after the other, so
+/// their stack frames never add up; the flow and the decision they pass on
+/// live in a per-CPU map entry, not on this frame. (6.1 counts every frame
+/// of a chain rounded up to 32 bytes, a compiler-emitted `memset` call
+/// included: 512 in all.)
 #[inline(never)]
-fn from_pod6(ctx: &TcContext) -> i32 {
+fn serve6(ctx: &TcContext, origin: Origin) -> i32 {
     let Some(scratch) = SCRATCH6.get_ptr_mut(0) else {
         return verdict(Counter::DropNoScratch);
     };
@@ -70,18 +76,26 @@ fn from_pod6(ctx: &TcContext) -> i32 {
     if let Some(reason) = parse6_into(ctx, &mut scratch.flow) {
         return verdict(reason);
     }
-    decide_from_pod6(&scratch.flow, &mut scratch.decided);
+    match origin {
+        Origin::Pod => decide_from_pod6(&scratch.flow, &mut scratch.decided),
+        Origin::External => decide_from_external6(&scratch.flow, &mut scratch.decided),
+    }
     let (flow, decided) = (&scratch.flow, &scratch.decided);
     // From here, not from `apply6`: the reply frames' subprograms must not
     // stack on its frame. Packets left as they are need no call at all.
     match decided.kind {
         Kind::Refuse => V6::refuse(ctx, flow),
         Kind::Pass | Kind::Drop => verdict(decided.counter),
-        _ => apply6(ctx, flow, decided),
+        _ => match apply6(ctx, flow, decided) {
+            PASS if origin == Origin::External && decided.local_source => {
+                fwd::redirect_to_egress6(ctx).unwrap_or(PASS)
+            }
+            action => action,
+        },
     }
 }
 
-/// What the IPv6 pod path hands from one subprogram to the next.
+/// What the IPv6 path hands from one subprogram to the next.
 pub struct Scratch6 {
     flow: Flow<V6>,
     decided: Decided6,
@@ -105,6 +119,8 @@ fn parse6_into(ctx: &TcContext, out: &mut Flow<V6>) -> Option<Counter> {
 struct Decided6 {
     kind: Kind,
     counter: Counter,
+    /// `Decision::leaves_with_a_local_source`.
+    local_source: bool,
     entry: Ct6Value,
 }
 
@@ -120,7 +136,18 @@ enum Kind {
 
 #[inline(never)]
 fn decide_from_pod6(flow: &Flow<V6>, out: &mut Decided6) {
-    let (kind, counter) = match decide::from_pod(flow) {
+    note_decision6(decide::from_pod(flow), out);
+}
+
+#[inline(never)]
+fn decide_from_external6(flow: &Flow<V6>, out: &mut Decided6) {
+    note_decision6(decide::from_outside(flow, SCOPE_EXTERNAL), out);
+}
+
+#[inline(always)]
+fn note_decision6(decision: Decision<V6>, out: &mut Decided6) {
+    out.local_source = decision.leaves_with_a_local_source();
+    let (kind, counter) = match decision {
         Decision::Pass(counter) => (Kind::Pass, counter),
         Decision::Drop(counter) => (Kind::Drop, counter),
         Decision::Translate(entry, counter) => {
@@ -154,41 +181,60 @@ fn apply6(ctx: &TcContext, flow: &Flow<V6>, decided: &Decided6) -> i32 {
     carry_out(ctx, flow, decision)
 }
 
+/// Replies on their way to a client: restored to the frontend as source.
+/// A reply is never refused: no reply frames on this path.
+#[inline(never)]
+fn restore6(ctx: &TcContext) -> i32 {
+    match parse_flow6(ctx) {
+        Ok(flow) => carry_out(ctx, &flow, decide::from_service(&flow)),
+        Err(reason) => verdict(reason),
+    }
+}
+
 #[classifier]
 pub fn vipr_to_pod(ctx: TcContext) -> i32 {
     if is_ipv6(&ctx) {
-        // A reply is never refused: no reply frames on this path.
-        return match parse_flow6(&ctx) {
-            Ok(flow) => carry_out(&ctx, &flow, decide::from_service(&flow)),
-            Err(reason) => verdict(reason),
-        };
+        return restore6(&ctx);
     }
-    match parse_flow(&ctx) {
-        Ok(flow) => apply(&ctx, &flow, decide::from_service(&flow)),
+    restore4(&ctx)
+}
+
+#[inline(never)]
+fn restore4(ctx: &TcContext) -> i32 {
+    match parse_flow(ctx) {
+        Ok(flow) => apply(ctx, &flow, decide::from_service(&flow)),
         Err(reason) => verdict(reason),
     }
 }
 
 #[classifier]
 pub fn vipr_from_external(ctx: TcContext) -> i32 {
-    let flow = match parse_flow(&ctx) {
+    if is_ipv6(&ctx) {
+        return serve6(&ctx, Origin::External);
+    }
+    from_external4(&ctx)
+}
+
+#[inline(never)]
+fn from_external4(ctx: &TcContext) -> i32 {
+    let flow = match parse_flow(ctx) {
         Ok(flow) => flow,
         Err(reason) => return verdict(reason),
     };
     let decision = decide::from_outside(&flow, SCOPE_EXTERNAL);
     let local_source = decision.leaves_with_a_local_source();
-    match apply(&ctx, &flow, decision) {
-        PASS if local_source => fwd::redirect_to_egress(&ctx).unwrap_or(PASS),
+    match apply(ctx, &flow, decision) {
+        PASS if local_source => fwd::redirect_to_egress(ctx).unwrap_or(PASS),
         action => action,
     }
 }
 
 #[classifier]
 pub fn vipr_to_external(ctx: TcContext) -> i32 {
-    match parse_flow(&ctx) {
-        Ok(flow) => apply(&ctx, &flow, decide::from_service(&flow)),
-        Err(reason) => verdict(reason),
+    if is_ipv6(&ctx) {
+        return restore6(&ctx);
     }
+    restore4(&ctx)
 }
 
 #[inline(always)]

@@ -4,7 +4,7 @@
 //! went, and let the sync loop take the source's changes to the maps.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::{
         Arc,
@@ -98,9 +98,9 @@ pub struct ExternalConfig {
     /// `--nodeport-addresses` CIDRs, either family; empty: the external
     /// interfaces' addresses.
     pub nodeport_cidrs: Vec<(std::net::IpAddr, u8)>,
-    /// The address masqueraded flows leave with; default: the first address
-    /// of the first external interface.
-    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// The addresses masqueraded flows leave with, at most one per family;
+    /// default: the first address of each family on the external interfaces.
+    pub node_ip: Vec<IpAddr>,
     pub xdp: XdpMode,
 }
 
@@ -109,7 +109,7 @@ impl ExternalConfig {
         Self {
             interfaces: None,
             nodeport_cidrs: Vec::new(),
-            node_ip: None,
+            node_ip: Vec::new(),
             xdp: XdpMode::Off,
         }
     }
@@ -121,9 +121,9 @@ impl ExternalConfig {
 fn node_addresses(
     external: &ExternalConfig,
     selector: Option<&InterfaceSelector>,
-) -> Result<(Vec<IpAddr>, Option<Ipv4Addr>), DatapathError> {
+) -> Result<(Vec<IpAddr>, NodeIps), DatapathError> {
     let Some(selector) = selector else {
-        return Ok((Vec::new(), None));
+        return Ok((Vec::new(), NodeIps::default()));
     };
     let by_interface = crate::datapath::ip_addresses()?;
     let own: Vec<IpAddr> = by_interface
@@ -150,11 +150,25 @@ fn node_addresses(
     nodeport.retain(|ip| !ip.is_loopback());
     nodeport.sort();
     nodeport.dedup();
-    let first_ipv4 = own.iter().find_map(|ip| match ip {
-        IpAddr::V4(v4) => Some(*v4),
-        IpAddr::V6(_) => None,
-    });
-    Ok((nodeport, external.node_ip.or(first_ipv4)))
+    let node_ips = NodeIps {
+        ipv4: external.node_ip.iter().chain(&own).find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        }),
+        // Link-local addresses route nowhere beyond the link.
+        ipv6: external.node_ip.iter().chain(&own).find_map(|ip| match ip {
+            IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some(*v6),
+            _ => None,
+        }),
+    };
+    Ok((nodeport, node_ips))
+}
+
+/// The node addresses masqueraded flows leave with, per family.
+#[derive(Clone, Copy, Debug, Default)]
+struct NodeIps {
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +225,9 @@ pub fn run(
         info!(?nodeport_addresses, ?node_ip, xdp = ?config.external.xdp, "external traffic");
     }
     let mut load_options = LoadOptions::new(&config.pin_dir);
-    load_options.node_ipv4 = node_ip;
+    load_options.node_ipv4 = node_ip.ipv4;
+    // Without IPv6 served, no IPv6 flow is masqueraded.
+    load_options.node_ipv6 = node_ip.ipv6.filter(|_| config.ipv6);
     load_options.sizes = config.map_sizes;
     load_options.socket_lb = config.socket_lb.scope.unwrap_or(SocketLbScope::Host);
     // Logs the kernel's features and the chosen fallbacks; fails naming a missing essential.

@@ -1,6 +1,6 @@
 //! The `vipr` command: run the node agent, inspect or clean up its state.
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::Arc,
     time::Duration,
@@ -89,10 +89,11 @@ enum Command {
         /// kube-proxy); default: the external interfaces' addresses.
         #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
         nodeport_addresses: Vec<(IpAddr, u8)>,
-        /// The node address masqueraded traffic leaves with; default: the
-        /// first address of the first external interface.
-        #[arg(long)]
-        node_ip: Option<Ipv4Addr>,
+        /// The node addresses masqueraded traffic leaves with, one per
+        /// family (comma-separated); default: the first address of each
+        /// family on the external interfaces (IPv6: a global one).
+        #[arg(long, value_delimiter = ',')]
+        node_ip: Vec<IpAddr>,
         /// XDP fast path on the external interfaces (`auto`: native on NICs,
         /// none on virtual interfaces). Off by default, as an opt-in: the TC
         /// path alone is complete, and attaching native XDP makes some NIC

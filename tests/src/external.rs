@@ -4,7 +4,7 @@
 //! socket hooks to a cgroup of the node's own.
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
@@ -20,6 +20,8 @@ use crate::{
 };
 
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 200);
+/// The outside host's IPv6 address, on the nodes' IPv6 underlay link.
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 200);
 pub const NODE_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(172, 30, 0, 1), Ipv4Addr::new(172, 30, 0, 2)];
 /// (pod, node, ip)
 pub const PODS: [(&str, &str, Ipv4Addr); 2] = [
@@ -122,6 +124,19 @@ impl ExternalCluster {
 
     /// `agent_args`: more `vipr run` flags for both agents.
     pub fn start_with_args(vipr: &Path, xdp: &str, agent_args: &[&str]) -> Result<Self> {
+        Self::start_inner(vipr, xdp, agent_args, false)
+    }
+
+    /// Every node, pod and the outside host dual-stack before the agents
+    /// start (`--ipv6 on` added), so that the agents find the nodes' IPv6
+    /// addresses for NodePorts and masquerade; the outside host is
+    /// [`CLIENT_IP6`].
+    pub fn start_dual_stack(vipr: &Path, xdp: &str, agent_args: &[&str]) -> Result<Self> {
+        let args: Vec<&str> = agent_args.iter().copied().chain(["--ipv6", "on"]).collect();
+        Self::start_inner(vipr, xdp, &args, true)
+    }
+
+    fn start_inner(vipr: &Path, xdp: &str, agent_args: &[&str], ipv6: bool) -> Result<Self> {
         crate::demo::ensure_bpffs()?;
         let mut topology = Topology::new()?;
         topology.add_node("node1")?.add_node("node2")?;
@@ -187,6 +202,19 @@ impl ExternalCluster {
             cluster
                 .servers
                 .push(EchoServer::start(&ns, pod, Some(8080), Some(5353))?);
+        }
+        if ipv6 {
+            cluster.topology.enable_ipv6()?;
+            netns::ip(&[
+                "-n",
+                &cluster.client,
+                "addr",
+                "add",
+                &format!("{CLIENT_IP6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
         }
         for node in ["node1", "node2"] {
             cluster.start_agent(node, agent_args)?;

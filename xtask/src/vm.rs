@@ -233,6 +233,7 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
             "packets_conntrack",
             "packets_trace",
             "packets_ipv6",
+            "packets_external6",
         ]
         .into_iter()
         .map(|name| stage(executable(name)?, name))

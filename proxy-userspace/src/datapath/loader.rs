@@ -32,6 +32,8 @@ pub struct LoadOptions {
     pub hash_seed: u32,
     /// Address masqueraded flows leave with; `None` disables masquerading.
     pub node_ipv4: Option<std::net::Ipv4Addr>,
+    /// As `node_ipv4`, for IPv6 flows.
+    pub node_ipv6: Option<std::net::Ipv6Addr>,
     /// Which sockets the cgroup hooks translate (when they are attached).
     pub socket_lb: super::SocketLbScope,
     pub sizes: MapSizes,
@@ -71,6 +73,7 @@ impl LoadOptions {
             pin_dir: pin_dir.into(),
             hash_seed: std::process::id().wrapping_mul(0x9e37_79b9) ^ seed_from_clock(),
             node_ipv4: None,
+            node_ipv6: None,
             socket_lb: super::SocketLbScope::Host,
             sizes: MapSizes::default(),
         }
@@ -136,6 +139,7 @@ impl Datapath {
 pub(super) struct Globals {
     hash_seed: u32,
     node_ipv4: u32,
+    node_ipv6: proxy_common::Addr6,
     netns_cookie: u64,
     socket_lb_scope: u8,
 }
@@ -145,6 +149,7 @@ impl Globals {
         Ok(Self {
             hash_seed: options.hash_seed,
             node_ipv4: options.node_ipv4.map_or(0, proxy_common::wire_addr),
+            node_ipv6: options.node_ipv6.map_or([0; 4], proxy_common::wire_addr6),
             // The namespace the agent runs in is the node's: host-scope
             // socket translation keys on it.
             netns_cookie: super::netns_cookie()
@@ -161,6 +166,7 @@ impl Globals {
             .default_map_pin_directory(map_dir)
             .override_global(globals::HASH_SEED, &self.hash_seed, true)
             .override_global(globals::NODE_IPV4, &self.node_ipv4, true)
+            .override_global(globals::NODE_IPV6, &self.node_ipv6, true)
             .override_global(globals::NETNS_COOKIE, &self.netns_cookie, true)
             .override_global(globals::SOCKET_LB_SCOPE, &self.socket_lb_scope, true)
             .map_max_entries(maps::SERVICES, sizes.services)
