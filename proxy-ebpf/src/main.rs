@@ -42,6 +42,8 @@ mod trace_host;
 
 #[cfg(target_arch = "bpf")]
 mod xdp;
+#[cfg(target_arch = "bpf")]
+mod xdp6;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

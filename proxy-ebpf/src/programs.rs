@@ -97,8 +97,8 @@ fn serve6(ctx: &TcContext, origin: Origin) -> i32 {
 
 /// What the IPv6 path hands from one subprogram to the next.
 pub struct Scratch6 {
-    flow: Flow<V6>,
-    decided: Decided6,
+    pub(crate) flow: Flow<V6>,
+    pub(crate) decided: Decided6,
 }
 
 /// `None`: `out` holds the flow; else why there is none.
@@ -116,16 +116,16 @@ fn parse6_into(ctx: &TcContext, out: &mut Flow<V6>) -> Option<Counter> {
 /// A `Decision<V6>` as it crosses between subprograms: every byte defined.
 /// (Copying the enum would copy its variants' unused bytes too, and the
 /// verifier refuses a stack write of whatever register held them.)
-struct Decided6 {
-    kind: Kind,
-    counter: Counter,
+pub(crate) struct Decided6 {
+    pub(crate) kind: Kind,
+    pub(crate) counter: Counter,
     /// `Decision::leaves_with_a_local_source`.
-    local_source: bool,
-    entry: Ct6Value,
+    pub(crate) local_source: bool,
+    pub(crate) entry: Ct6Value,
 }
 
 #[derive(Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Pass,
     Drop,
     Translate,
@@ -140,7 +140,7 @@ fn decide_from_pod6(flow: &Flow<V6>, out: &mut Decided6) {
 }
 
 #[inline(never)]
-fn decide_from_external6(flow: &Flow<V6>, out: &mut Decided6) {
+pub(crate) fn decide_from_external6(flow: &Flow<V6>, out: &mut Decided6) {
     note_decision6(decide::from_outside(flow, SCOPE_EXTERNAL), out);
 }
 

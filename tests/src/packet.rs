@@ -227,6 +227,13 @@ impl FibNamespace {
             "ip route add 10.244.3.0/24 via 172.30.0.3",
             "sysctl -qw net.ipv4.ip_forward=1",
             "sysctl -qw net.ipv4.conf.lo.forwarding=1",
+            // The same in IPv6 (addresses of `packets_xdp6.rs`).
+            "sysctl -qw net.ipv6.conf.all.forwarding=1",
+            "ip addr add fd00:30::1/64 dev ext0 nodad",
+            "ip neigh add fd00:30::2 lladdr 02:00:00:00:00:22 dev ext0 nud permanent",
+            "ip neigh add fd00:30::fe lladdr 02:00:00:00:00:fe dev ext0 nud permanent",
+            "ip route add fd00:244:2::/64 via fd00:30::2",
+            "ip route add 2001:db8:64::/64 via fd00:30::fe",
         ];
         assert!(
             std::process::Command::new("ip")

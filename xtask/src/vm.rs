@@ -234,6 +234,7 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
             "packets_trace",
             "packets_ipv6",
             "packets_external6",
+            "packets_xdp6",
         ]
         .into_iter()
         .map(|name| stage(executable(name)?, name))
