@@ -2,8 +2,8 @@
 //! (`lb.rs`) and the decisions (`decide.rs`) are written once over
 //! `Family` and monomorphised: the IPv4 programs the verifier sees are the
 //! code they were before IPv6, and IPv6 follows the same rules. What only
-//! one family does (IPv4 masquerade, hairpin, source ranges and affinity)
-//! sits behind the hooks at the end of the trait.
+//! the families do differently (the hairpin source, and what IPv6 does not
+//! serve yet) sits behind the hooks at the end of the trait.
 use aya_ebpf::{maps::HashMap, programs::TcContext};
 use proxy_common::{
     Addr6, BACKEND_FLAG_LOCAL, Backend6Value, BackendValue, Counter, Ct6Key, Ct6Value, CtKey,
@@ -434,12 +434,15 @@ impl Family for V6 {
         service: &ServiceValue,
         backend: &Backend6Value,
     ) -> Result<Option<Addr6>, Counter> {
-        if backend.addr == flow.src_addr {
-            // A pod reaching itself needs a hairpin stand-in address,
-            // which IPv6 does not have yet: fail closed.
-            return Err(Counter::DropIpv6Unsupported);
-        }
-        if service.flags & SVC_FLAG_MASQUERADE == 0 || backend.flags & BACKEND_FLAG_LOCAL != 0 {
+        // A pod reaching itself would see its own address as the source
+        // and drop the packet: as kube-proxy's masquerade does, it sees the
+        // node's address instead. (IPv4 uses a link-local stand-in; in IPv6
+        // a pod would have to resolve one with neighbour discovery on its
+        // own link, where nothing answers for it.)
+        let hairpin = backend.addr == flow.src_addr;
+        let masquerade =
+            service.flags & SVC_FLAG_MASQUERADE != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0;
+        if !hairpin && !masquerade {
             return Ok(None);
         }
         let node = maps::node_ipv6();
@@ -449,8 +452,9 @@ impl Family for V6 {
         Ok(Some(node))
     }
     #[inline(always)]
-    fn is_hairpin(_addr: Addr6) -> bool {
-        false
+    fn is_hairpin(addr: Addr6) -> bool {
+        // Hairpin flows leave with the node's address (`snat_source`).
+        addr == maps::node_ipv6()
     }
     #[inline(always)]
     fn rewrite(

@@ -115,17 +115,24 @@ impl ExternalConfig {
     }
 }
 
-/// NodePort addresses and the masquerade address, from the interfaces'
+/// NodePort addresses and the masquerade addresses, from the interfaces'
 /// addresses now: `--nodeport-addresses` CIDRs pick among all of them (never
 /// loopback), the default is the external interfaces' own addresses.
+/// Without external interfaces, IPv6 still gets a node address: its hairpin
+/// flows leave with it.
 fn node_addresses(
     external: &ExternalConfig,
     selector: Option<&InterfaceSelector>,
 ) -> Result<(Vec<IpAddr>, NodeIps), DatapathError> {
-    let Some(selector) = selector else {
-        return Ok((Vec::new(), NodeIps::default()));
-    };
     let by_interface = crate::datapath::ip_addresses()?;
+    let Some(selector) = selector else {
+        let every: Vec<IpAddr> = by_interface.values().flatten().copied().collect();
+        let node_ips = NodeIps {
+            ipv4: None,
+            ipv6: first_global_ipv6(external.node_ip.iter().chain(&every)),
+        };
+        return Ok((Vec::new(), node_ips));
+    };
     let own: Vec<IpAddr> = by_interface
         .iter()
         .filter(|(name, _)| selector.matches(name))
@@ -155,13 +162,18 @@ fn node_addresses(
             IpAddr::V4(v4) => Some(*v4),
             IpAddr::V6(_) => None,
         }),
-        // Link-local addresses route nowhere beyond the link.
-        ipv6: external.node_ip.iter().chain(&own).find_map(|ip| match ip {
-            IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some(*v6),
-            _ => None,
-        }),
+        ipv6: first_global_ipv6(external.node_ip.iter().chain(&own)),
     };
     Ok((nodeport, node_ips))
+}
+
+/// Link-local addresses route nowhere beyond the link, and loopback
+/// nowhere at all.
+fn first_global_ipv6<'a>(mut candidates: impl Iterator<Item = &'a IpAddr>) -> Option<Ipv6Addr> {
+    candidates.find_map(|ip| match ip {
+        IpAddr::V6(v6) if !v6.is_unicast_link_local() && !v6.is_loopback() => Some(*v6),
+        _ => None,
+    })
 }
 
 /// The node addresses masqueraded flows leave with, per family.

@@ -1,6 +1,7 @@
 //! External IPv6 end to end (`--ipv6 on`): a client outside the cluster
 //! reaches a dual-stack NodePort Service on the nodes' IPv6 addresses under
-//! both external traffic policies, while the same Service answers in IPv4.
+//! both external traffic policies, while the same Service answers in IPv4;
+//! and a pod reaching itself through an IPv6 Service.
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -14,6 +15,7 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 const CLUSTER_PORT: u16 = 30_090;
 const LOCAL_PORT: u16 = 30_091;
 const UDP_PORT: u16 = 30_092;
+const LOCAL_CLUSTER_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x71);
 
 /// `dual6`: eTP Cluster, TCP and UDP, endpoints on both nodes in both
 /// families; `local6`: eTP Local, its only endpoint web-2 on node2.
@@ -34,7 +36,7 @@ fn manifest(endpoints6: &[(Ipv6Addr, &str)]) -> String {
         )
     };
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: dual6, namespace: ext}}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n  clusterIPs: ['fd00:96::70', 10.96.0.70]\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: {CLUSTER_PORT}}}\n  - {{name: dns, port: 53, targetPort: 5353, nodePort: {UDP_PORT}, protocol: UDP}}\n{}{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: local6, namespace: ext}}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  ipFamilies: [IPv6]\n  clusterIPs: ['fd00:96::71']\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: {LOCAL_PORT}}}]\n{}",
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: dual6, namespace: ext}}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n  clusterIPs: ['fd00:96::70', 10.96.0.70]\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: {CLUSTER_PORT}}}\n  - {{name: dns, port: 53, targetPort: 5353, nodePort: {UDP_PORT}, protocol: UDP}}\n{}{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: local6, namespace: ext}}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  ipFamilies: [IPv6]\n  clusterIPs: ['{LOCAL_CLUSTER_IP}']\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: {LOCAL_PORT}}}]\n{}",
         slice("dual6", "dual6-v6", "IPv6", &v6),
         slice("dual6", "dual6-v4", "IPv4", &v4),
         slice("local6", "local6-v6", "IPv6", &web2),
@@ -154,6 +156,18 @@ fn external6(cluster: &mut ExternalCluster) -> Result<()> {
     ensure!(
         cluster.counter("node1", Counter::DropNoLocalEndpoints)? > dropped_before,
         "node1 did not count the eTP Local drop"
+    );
+
+    // Hairpin: web-2 reaching local6's ClusterIP, whose only endpoint it
+    // is, is answered by itself from node2's address.
+    let pod = cluster.topology.netns("web-2")?;
+    let cluster_ip = SocketAddr::from((LOCAL_CLUSTER_IP, 80));
+    let name = echo::tcp_request(&pod, cluster_ip, TIMEOUT).context("hairpin")?;
+    ensure!(name == "web-2", "hairpin answered by {name}");
+    let seen = servers6[1].peers().last().map(|p| p.ip());
+    ensure!(
+        seen == Some(IpAddr::V6(node2)),
+        "hairpin: web-2 saw {seen:?}, not node2's address"
     );
     Ok(())
 }

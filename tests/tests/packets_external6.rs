@@ -1,13 +1,14 @@
 //! External IPv6 traffic through the real programs (BPF_PROG_TEST_RUN):
 //! NodePort frontends on the node's IPv6 address, masquerade behind it with
-//! collision-free ports, replies restored, traffic policy Local.
+//! collision-free ports, replies restored, traffic policy Local; and pods
+//! reaching themselves (hairpin), which leave behind the same address.
 use std::collections::BTreeSet;
 use std::net::Ipv6Addr;
 
 use proxy_common::{
     Backend6Value, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SNAT_PORT_COUNT, SNAT_PORT_FIRST,
     SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, Service6Key,
-    programs::{FROM_EXTERNAL, TO_EXTERNAL},
+    programs::{FROM_EXTERNAL, FROM_POD, TO_EXTERNAL},
 };
 use vipr_tests::packet::*;
 use vipr_tests::packet6::*;
@@ -200,4 +201,50 @@ fn without_a_node_ipv6_address_a_flow_needing_masquerade_is_dropped_and_counted(
         .unwrap();
     assert_eq!(run.verdict, TC_ACT_SHOT);
     assert_eq!(run.counted, [("drop_snat_ports_exhausted", 1)]);
+}
+
+#[test]
+fn a_pod_reaching_itself_through_an_ipv6_service_sees_the_node_address() {
+    let (mut h, mut m) = harness();
+    let vip = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0xa);
+    let itself = (3, Backend6Value::new(LOCAL_POD, 8080, IPPROTO_TCP).local());
+    m.add_frontend(3, Service6Key::new(vip, 80, IPPROTO_TCP), 0, &[itself])
+        .unwrap();
+    let t = Tuple6 {
+        src: (LOCAL_POD, 40_000),
+        dst: (vip, 80),
+    };
+    let run = h.run(FROM_POD, &tcp6(t, 1, true, false, b"")).unwrap();
+    assert_eq!(
+        (run.verdict, run.counted.clone()),
+        (TC_ACT_OK, vec![("dnat_new", 1)])
+    );
+    let (src, dst) = endpoints6(&run.output);
+    assert_eq!(dst, (LOCAL_POD, 8080));
+    assert_eq!(src.0, NODE, "not its own address, which it would drop");
+    assert!(snat_ports().contains(&u32::from(src.1)), "{}", src.1);
+    assert_eq!(checksum_errors6(&run.output), Vec::<String>::new());
+
+    // Its reply to the node address comes back in on its own interface.
+    let back = Tuple6 {
+        src: (LOCAL_POD, 8080),
+        dst: src,
+    };
+    let run = h.run(FROM_POD, &tcp6(back, 9, true, true, b"")).unwrap();
+    assert_eq!(run.counted, [("rev_snat", 1)]);
+    let restored = Tuple6 {
+        src: t.dst,
+        dst: t.src,
+    };
+    assert_eq!(run.output, tcp6(restored, 9, true, true, b""));
+
+    // Other pod traffic to the node address is none of vipr's business.
+    let to_node = Tuple6 {
+        src: (LOCAL_POD, 40_001),
+        dst: (NODE, 10_250),
+    };
+    let frame = tcp6(to_node, 1, true, false, b"");
+    let run = h.run(FROM_POD, &frame).unwrap();
+    assert_eq!(run.counted, [("pass_not_service", 1)]);
+    assert_eq!(run.output, frame);
 }

@@ -295,17 +295,6 @@ fn what_the_ipv6_path_cannot_do_yet_is_dropped_or_counted_not_half_done() {
     assert_eq!(run.verdict, TC_ACT_SHOT);
     assert_eq!(run.counted, [("drop_ipv6_unsupported", 1)], "source ranges");
 
-    // A pod reaching itself would need a hairpin source.
-    let hairpin = Tuple6 {
-        src: (POD_A, 40_000),
-        dst: (VIP, 80),
-    };
-    let run = h
-        .run(FROM_POD, &tcp6(hairpin, 1, true, false, b""))
-        .unwrap();
-    assert_eq!(run.verdict, TC_ACT_SHOT);
-    assert_eq!(run.counted, [("drop_ipv6_unsupported", 1)], "hairpin");
-
     // Affinity is only lost: the flow is served.
     let sticky = tcp6(to(STICKY_VIP, 80), 1, true, false, b"");
     let run = h.run(FROM_POD, &sticky).unwrap();
