@@ -400,6 +400,8 @@ pub struct DemoCluster {
     agents: Vec<Agent>,
     topology: Option<Topology>,
     torn_down: bool,
+    /// Pods and nodes dual-stack before the agents start with `--ipv6 on`.
+    ipv6: bool,
 }
 
 impl DemoCluster {
@@ -412,12 +414,28 @@ impl DemoCluster {
         Self::start_with(vipr_bin, manifests_dir, &|_| Ok(None))
     }
 
+    /// [`Self::start`] with every node and pod dual-stack and the agents
+    /// serving IPv6 (`--ipv6 on`); the backends' echo servers answer on
+    /// their IPv6 addresses too.
+    pub fn start_dual_stack(vipr_bin: &Path, manifests_dir: &Path) -> Result<Self> {
+        Self::start_inner_with(vipr_bin, manifests_dir, &|_| Ok(None), true)
+    }
+
     /// [`Self::start`], with the agents whose command `launch` returns
     /// started by that command instead (its stdout and stderr are the log).
     pub fn start_with(
         vipr_bin: &Path,
         manifests_dir: &Path,
         launch: AgentLauncher,
+    ) -> Result<Self> {
+        Self::start_inner_with(vipr_bin, manifests_dir, launch, false)
+    }
+
+    fn start_inner_with(
+        vipr_bin: &Path,
+        manifests_dir: &Path,
+        launch: AgentLauncher,
+        ipv6: bool,
     ) -> Result<Self> {
         ensure!(
             vipr_bin.is_file(),
@@ -441,6 +459,7 @@ impl DemoCluster {
             agents: Vec::new(),
             topology: None,
             torn_down: false,
+            ipv6,
         };
         for node in NODES {
             topo.add_node(node)?;
@@ -450,6 +469,9 @@ impl DemoCluster {
         }
         for (name, ip, node) in CLIENTS {
             topo.add_pod(node, name, &ip.to_string())?;
+        }
+        if ipv6 {
+            topo.enable_ipv6()?;
         }
         cluster.topology = Some(topo);
         if let Err(e) = cluster.start_inner(launch) {
@@ -485,6 +507,9 @@ impl DemoCluster {
             .arg("--metrics-bind-address")
             .arg(format!("127.0.0.1:{METRICS_PORT}"))
             .env("RUST_LOG", "info");
+        if self.ipv6 {
+            cmd.args(["--ipv6", "on"]);
+        }
         cmd
     }
 
@@ -497,6 +522,15 @@ impl DemoCluster {
                 Some(HTTP_TARGET_PORT),
                 Some(DNS_TARGET_PORT),
             )?);
+            if self.ipv6 {
+                self.servers.push(EchoServer::start_on(
+                    &topo.netns(b.name)?,
+                    b.name,
+                    topo.pod_ip6(b.name)?.into(),
+                    Some(HTTP_TARGET_PORT),
+                    Some(DNS_TARGET_PORT),
+                )?);
+            }
         }
         for node in NODES {
             let netns = topo.netns(node)?;
@@ -612,10 +646,12 @@ impl DemoCluster {
 
     /// TCP connections accepted per backend so far.
     pub fn tcp_connections(&self) -> BTreeMap<String, usize> {
-        self.servers
-            .iter()
-            .map(|s| (s.name().to_owned(), s.tcp_connections()))
-            .collect()
+        // A dual-stack pod has a server per family.
+        let mut counts = BTreeMap::new();
+        for s in &self.servers {
+            *counts.entry(s.name().to_owned()).or_insert(0) += s.tcp_connections();
+        }
+        counts
     }
 
     /// Replaces the endpoints of demo/echo in the manifests directory.

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod churn;
 pub mod container;
 pub mod demo;
+pub mod demo6;
 pub mod echo;
 pub mod external;
 pub mod flow_table;

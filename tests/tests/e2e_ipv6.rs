@@ -203,3 +203,36 @@ fn vipr_json(cluster: &ExternalCluster, args: &[&str]) -> Result<Vec<serde_json:
     );
     Ok(serde_json::from_slice(&out.stdout)?)
 }
+
+/// The demo's dual-stack Service (`cargo xtask demo` shows it): one
+/// ClusterIP per family, both answered by the same pods, each seen by the
+/// client as the ClusterIP of its family.
+#[test]
+fn the_demos_dual_stack_service_answers_both_families() {
+    let examples = std::env::temp_dir().join(format!("vipr-demo6-{}", std::process::id()));
+    vipr_tests::demo::prepare_manifests(&examples, None).expect("manifests");
+    let cluster =
+        vipr_tests::demo::DemoCluster::start_dual_stack(&vipr_tests::vipr_bin(), &examples)
+            .expect("dual-stack demo cluster");
+    let result = (|| -> Result<()> {
+        vipr_tests::demo6::add_dual_stack_service(&cluster)?;
+        let backends: BTreeSet<&str> = vipr_tests::demo::BACKENDS.iter().map(|b| b.name).collect();
+        for _ in 0..4 {
+            for (frontend, name, peer) in vipr_tests::demo6::ask_both_families(&cluster)? {
+                ensure!(
+                    backends.contains(name.as_str()),
+                    "{frontend} answered by {name}"
+                );
+                ensure!(peer == frontend, "{frontend}: the client saw {peer}");
+            }
+        }
+        Ok(())
+    })();
+    let logs = cluster.logs();
+    let shutdown = cluster.shutdown();
+    let _ = std::fs::remove_dir_all(&examples);
+    if let Err(e) = result {
+        panic!("{e:?}\n{logs}");
+    }
+    shutdown.expect("teardown");
+}

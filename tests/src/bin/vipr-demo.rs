@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use vipr_tests::{demo, echo};
+use vipr_tests::{demo, demo6, echo};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -31,8 +31,8 @@ fn run(examples: &Path, vipr: &Path, requests: usize) -> anyhow::Result<()> {
 }
 
 fn show(vipr: &Path, manifests: &Path, requests: usize) -> anyhow::Result<()> {
-    println!("starting two emulated nodes, five pods and one vipr agent per node…");
-    let cluster = demo::DemoCluster::start(vipr, manifests)?;
+    println!("starting two emulated dual-stack nodes, five pods and one vipr agent per node…");
+    let cluster = demo::DemoCluster::start_dual_stack(vipr, manifests)?;
     println!(
         "\nService demo/echo {}:{} (tcp) → echo-1, echo-2 on node1 and echo-3 on node2",
         demo::CLUSTER_IP,
@@ -63,6 +63,15 @@ fn show(vipr: &Path, manifests: &Path, requests: usize) -> anyhow::Result<()> {
         reply.name,
         reply.peer
     );
+
+    demo6::add_dual_stack_service(&cluster)?;
+    println!(
+        "\nService demo/{} (dual-stack, one ClusterIP per family, the same pods):",
+        demo6::DUAL_SERVICE
+    );
+    for (frontend, name, peer) in demo6::ask_both_families(&cluster)? {
+        println!("  {frontend} → served by {name}, getpeername {peer}");
+    }
 
     let started = std::time::Instant::now();
     let refused = echo::tcp_request(&client, demo::empty_http_addr(), Duration::from_secs(2));
