@@ -70,7 +70,7 @@ counters! {
     // walk (`MAX_IPV6_EXT_HEADERS`): passed untouched.
     PassIpv6ExtHeaders => "pass_ipv6_ext_headers",
     // IPv6: a frontend asks for what the IPv6 path does not do yet
-    // (masquerade, hairpin, source ranges): dropped, never half-served.
+    // (source ranges): dropped, never half-served.
     DropIpv6Unsupported => "drop_ipv6_unsupported",
     // IPv6: a ClientIP-affinity frontend's new flow chose by hash (affinity
     // is IPv4-only so far).
@@ -78,4 +78,7 @@ counters! {
     // IPv6: the per-CPU scratch entry the pod path keeps its flow in was
     // missing (never, for a one-entry per-CPU array).
     DropNoScratch => "drop_no_scratch",
+    // An ICMP or ICMPv6 error about a translated flow, on its way to the
+    // client, whose quoted packet was turned back into what the client sent.
+    RevNatIcmpError => "rev_nat_icmp_error",
 }

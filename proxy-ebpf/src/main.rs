@@ -14,6 +14,8 @@ mod family;
 #[cfg(target_arch = "bpf")]
 mod fwd;
 #[cfg(target_arch = "bpf")]
+mod icmp_error;
+#[cfg(target_arch = "bpf")]
 mod lb;
 #[cfg(target_arch = "bpf")]
 mod maps;

@@ -18,6 +18,7 @@ use crate::{
     decide::{self, Decision},
     family::{Family, V6},
     fwd,
+    icmp_error::{self, Towards},
     maps::{SCRATCH6, count},
     nat::Side,
     parse::{Flow, is_ipv6, parse_flow},
@@ -74,6 +75,9 @@ fn serve6(ctx: &TcContext, origin: Origin) -> i32 {
     // A per-CPU entry: nothing else runs on this CPU while the program does.
     let scratch = unsafe { &mut *scratch };
     if let Some(reason) = parse6_into(ctx, &mut scratch.flow) {
+        if reason == Counter::PassOtherProtocol && origin == Origin::External {
+            return related_error(ctx, true, Towards::MasqueradedClient);
+        }
         return verdict(reason);
     }
     match origin {
@@ -182,29 +186,61 @@ fn apply6(ctx: &TcContext, flow: &Flow<V6>, decided: &Decided6) -> i32 {
 }
 
 /// Replies on their way to a client: restored to the frontend as source.
-/// A reply is never refused: no reply frames on this path.
+/// A reply is never refused: no reply frames on this path. `Err`: no TCP
+/// or UDP packet, for the caller to count (see `reply_path`).
 #[inline(never)]
-fn restore6(ctx: &TcContext) -> i32 {
-    match parse_flow6(ctx) {
-        Ok(flow) => carry_out(ctx, &flow, decide::from_service(&flow)),
+fn restore6(ctx: &TcContext) -> Result<i32, Counter> {
+    let flow = parse_flow6(ctx)?;
+    Ok(carry_out(ctx, &flow, decide::from_service(&flow)))
+}
+
+#[inline(never)]
+fn restore4(ctx: &TcContext) -> Result<i32, Counter> {
+    let flow = parse_flow(ctx)?;
+    Ok(apply(ctx, &flow, decide::from_service(&flow)))
+}
+
+/// `vipr_to_pod` and `vipr_to_external`: replies restored, and ICMP errors
+/// about translated flows, after the restoring subprogram has returned (so
+/// that their frames never add up).
+#[inline(always)]
+fn reply_path(ctx: &TcContext) -> i32 {
+    let ipv6 = is_ipv6(ctx);
+    let restored = if ipv6 { restore6(ctx) } else { restore4(ctx) };
+    match restored {
+        Ok(action) => action,
+        Err(Counter::PassOtherProtocol) => related_error(ctx, ipv6, Towards::Client),
         Err(reason) => verdict(reason),
+    }
+}
+
+/// A packet that is neither TCP nor UDP: an ICMP error about a translated
+/// flow is translated (and, masqueraded, sent on to its egress as the
+/// flow's replies are); anything else passes, counted as before.
+#[inline(always)]
+fn related_error(ctx: &TcContext, ipv6: bool, towards: Towards) -> i32 {
+    let translated = if ipv6 {
+        icmp_error::translate6(ctx, towards)
+    } else {
+        icmp_error::translate4(ctx, towards)
+    };
+    match translated {
+        None => verdict(Counter::PassOtherProtocol),
+        Some(()) if towards == Towards::MasqueradedClient => {
+            let redirected = if ipv6 {
+                fwd::redirect_to_egress6(ctx)
+            } else {
+                fwd::redirect_to_egress(ctx)
+            };
+            redirected.unwrap_or(PASS)
+        }
+        Some(()) => PASS,
     }
 }
 
 #[classifier]
 pub fn vipr_to_pod(ctx: TcContext) -> i32 {
-    if is_ipv6(&ctx) {
-        return restore6(&ctx);
-    }
-    restore4(&ctx)
-}
-
-#[inline(never)]
-fn restore4(ctx: &TcContext) -> i32 {
-    match parse_flow(ctx) {
-        Ok(flow) => apply(ctx, &flow, decide::from_service(&flow)),
-        Err(reason) => verdict(reason),
-    }
+    reply_path(&ctx)
 }
 
 #[classifier]
@@ -219,6 +255,9 @@ pub fn vipr_from_external(ctx: TcContext) -> i32 {
 fn from_external4(ctx: &TcContext) -> i32 {
     let flow = match parse_flow(ctx) {
         Ok(flow) => flow,
+        Err(Counter::PassOtherProtocol) => {
+            return related_error(ctx, false, Towards::MasqueradedClient);
+        }
         Err(reason) => return verdict(reason),
     };
     let decision = decide::from_outside(&flow, SCOPE_EXTERNAL);
@@ -231,10 +270,7 @@ fn from_external4(ctx: &TcContext) -> i32 {
 
 #[classifier]
 pub fn vipr_to_external(ctx: TcContext) -> i32 {
-    if is_ipv6(&ctx) {
-        return restore6(&ctx);
-    }
-    restore4(&ctx)
+    reply_path(&ctx)
 }
 
 #[inline(always)]

@@ -235,6 +235,7 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
             "packets_ipv6",
             "packets_external6",
             "packets_xdp6",
+            "packets_icmp_error",
         ]
         .into_iter()
         .map(|name| stage(executable(name)?, name))
