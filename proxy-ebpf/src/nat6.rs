@@ -1,7 +1,7 @@
 //! IPv6 address and port rewrites. IPv6 has no header checksum; the TCP and
-//! UDP checksums cover the addresses through the pseudo-header, so each
-//! changed 32-bit word of an address is replaced in the L4 checksum.
-use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
+//! UDP checksums cover the addresses through the pseudo-header, so the
+//! address's checksum difference is applied to the L4 checksum.
+use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, helpers::bpf_csum_diff, programs::TcContext};
 use proxy_common::{Addr6, IPPROTO_UDP};
 
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
 
 const SRC_PORT_OFF: usize = 0;
 const DST_PORT_OFF: usize = 2;
-const WORD_SIZE: u64 = 4;
+const ADDR_SIZE: u32 = 16;
 const PORT_SIZE: u64 = 2;
 /// What a computed UDP checksum of 0 is sent as: in IPv6 a 0 means "no
 /// checksum", which receivers drop (RFC 8200 §8.1), and 0xffff is the
@@ -38,16 +38,24 @@ pub fn rewrite(
     // No BPF_F_MARK_MANGLED_0 for UDP: a 0 is no "none" here, so it is
     // always updated, and a result of 0 fixed below.
     if old_addr != addr {
-        for word in 0..old_addr.len() {
-            if old_addr[word] != addr[word] {
-                ctx.l4_csum_replace(
-                    csum_off,
-                    old_addr[word] as u64,
-                    addr[word] as u64,
-                    BPF_F_PSEUDO_HDR as u64 | WORD_SIZE,
-                )?;
-            }
+        // One checksum difference for the whole address, applied at once:
+        // two helper calls instead of one per changed word.
+        let mut old_addr = old_addr;
+        let mut new_addr = addr;
+        let diff = unsafe {
+            bpf_csum_diff(
+                old_addr.as_mut_ptr(),
+                ADDR_SIZE,
+                new_addr.as_mut_ptr(),
+                ADDR_SIZE,
+                0,
+            )
+        };
+        if diff < 0 {
+            return Err(diff);
         }
+        // Size bits 0: `to` is a precomputed difference.
+        ctx.l4_csum_replace(csum_off, 0, diff as u64, BPF_F_PSEUDO_HDR as u64)?;
         ctx.store(ETH_LEN + addr_off, &addr, 0)?;
     }
     if old_port != port {
