@@ -476,6 +476,13 @@ fn report(
                 .to_string(),
         );
     }
+    if program == programs::XDP_EXTERNAL && run.return_value == XDP_PASS && run.counted.is_empty() {
+        notes.push(
+            "XDP handed the packet to the stack untouched: the external TC program decides \
+             (trace it without --xdp)"
+                .to_string(),
+        );
+    }
     if from == Origin::Host {
         notes.push(
             "the socket hooks choose per socket: this shows one socket's choice, \
@@ -494,7 +501,7 @@ fn report(
         }),
         frontend_looked_up,
         service,
-        conntrack_entries: run.conntrack_before.len(),
+        conntrack_entries: run.conntrack_before.len() + run.conntrack6_before.len(),
         chosen,
         masquerade,
         counted: run.counted.iter().map(|(c, _)| c.name()).collect(),
@@ -552,6 +559,7 @@ fn is_ipv6(frame: &[u8]) -> bool {
 /// The kernel's verdict values (`enum xdp_action`; `TC_ACT_*` in
 /// pkt_cls.h), which aya's generated bindings do not carry.
 const XDP_VERDICTS: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
+const XDP_PASS: u32 = 2;
 const TC_ACT_UNSPEC: i32 = -1;
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
