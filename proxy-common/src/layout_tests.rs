@@ -145,10 +145,11 @@ fn partners_lead_back_to_each_other() {
 
 #[test]
 fn trace_record_layout() {
-    assert_eq!(size_of::<TraceRecord>(), 24);
+    assert_eq!(size_of::<TraceRecord>(), 44);
     assert_eq!(offset_of!(TraceRecord, frontend), 4);
     assert_eq!(offset_of!(TraceRecord, hash), 12);
     assert_eq!(offset_of!(TraceRecord, backend_id), 20);
+    assert_eq!(offset_of!(TraceRecord, frontend6), 24);
 }
 
 #[test]

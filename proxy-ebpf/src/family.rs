@@ -314,9 +314,8 @@ impl Family for V6 {
         }
     }
     #[inline(always)]
-    fn note_frontend(_key: &Service6Key, found: bool) {
-        // The trace record holds an IPv4 frontend; `vipr trace` builds IPv4 only.
-        trace::frontend_steps(found);
+    fn note_frontend(key: &Service6Key, found: bool) {
+        trace::frontend6(key, found);
     }
     #[inline(always)]
     fn hash_addr(h: u32, addr: Addr6) -> u32 {

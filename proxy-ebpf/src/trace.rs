@@ -2,8 +2,9 @@
 //! unless the object was loaded as the trace copy: `TRACE` is a load-time
 //! constant, so the live programs carry none of this after verification.
 use proxy_common::{
-    ServiceKey, TRACE_AFFINITY_FOLLOWED, TRACE_CONNTRACK_FOLLOWED, TRACE_FRONTEND_FOUND,
-    TRACE_FRONTEND_LOOKED_UP, TRACE_SLOT_PICKED, TraceRecord,
+    Service6Key, ServiceKey, TRACE_AFFINITY_FOLLOWED, TRACE_CONNTRACK_FOLLOWED,
+    TRACE_FRONTEND_FOUND, TRACE_FRONTEND_IPV6, TRACE_FRONTEND_LOOKED_UP, TRACE_SLOT_PICKED,
+    TraceRecord,
 };
 
 use crate::maps::{TRACE_RECORD, tracing};
@@ -27,13 +28,17 @@ pub fn frontend(key: &ServiceKey, found: bool) {
     }
 }
 
-/// The steps of a frontend lookup without the key (IPv6: the record holds
-/// an IPv4 frontend).
+/// The IPv6 twin of `frontend`. The key goes straight from where the
+/// lookup left it into the map entry: the IPv6 pod path has no stack to
+/// spare for a copy.
 #[inline(always)]
-pub fn frontend_steps(found: bool) {
+pub fn frontend6(key: &Service6Key, found: bool) {
     if let Some(r) = record() {
         let found_bit = if found { TRACE_FRONTEND_FOUND } else { 0 };
-        unsafe { (*r).steps |= TRACE_FRONTEND_LOOKED_UP | found_bit };
+        unsafe {
+            (*r).steps |= TRACE_FRONTEND_LOOKED_UP | TRACE_FRONTEND_IPV6 | found_bit;
+            (*r).frontend6 = *key;
+        }
     }
 }
 

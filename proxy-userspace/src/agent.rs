@@ -326,8 +326,7 @@ pub fn run(
         if health_generation != Some(sync.generation()) {
             let all_open = health_checks.reconcile(sync.model());
             health_generation = all_open.then_some(sync.generation());
-            let (internal, external) = no_local_endpoints(sync.model());
-            metrics.set_no_local_endpoints(internal, external);
+            metrics.set_no_local_endpoints(no_local_endpoints(sync.model(), config.ipv6));
         }
         if names_written != Some(sync.generation())
             && names_at.is_none_or(|at| tick.duration_since(at) >= NAMES_PERIOD)

@@ -23,8 +23,17 @@ fn pins_of_another_layout_are_refused_naming_the_map_and_the_way_out() {
     drop(Datapath::load(&options).expect("first load (needs root)"));
     // The same pins load again: that is how a restart keeps its flows.
     drop(Datapath::load(&options).expect("reload over our own pins"));
-    // An older agent's services map had another layout: stand one in.
     let maps = pins.0.join("maps");
+    // An older agent's trace record was smaller: it holds nothing live, so
+    // it is replaced, not refused.
+    std::fs::rename(maps.join("VIPR_COUNTERS"), maps.join("VIPR_TRACE_RECORD")).unwrap();
+    drop(Datapath::load(&options).expect("a stale trace record is replaced"));
+    let record = aya::maps::MapInfo::from_pin(maps.join("VIPR_TRACE_RECORD")).unwrap();
+    assert_eq!(
+        record.value_size() as usize,
+        size_of::<proxy_common::TraceRecord>()
+    );
+    // An older agent's services map had another layout: stand one in.
     std::fs::rename(maps.join("VIPR_COUNTERS"), maps.join("VIPR_SERVICES")).unwrap();
     let error = Datapath::load(&options)
         .err()

@@ -2,18 +2,23 @@
 //! agent's trace copy of its programs (BPF_PROG_TEST_RUN against the live
 //! service maps, scratch state; see `datapath::trace_copy`), and each
 //! decision the programs took, named with the agent's name index.
-use std::net::Ipv4Addr;
+//!
+//! Either family: SRC and DST are both IPv4 (`10.244.1.5:40000`) or both
+//! IPv6, bracketed when a port follows (`[fd00::5]:40000`,
+//! `[fd00:96::10]:80/tcp`), as in URLs and `SocketAddr`.
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use proxy_common::{
-    AffinityKey, CT_FLAG_SNAT, CT_FORWARD, CtKey, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL,
-    SCOPE_INTERNAL, ServiceKey, programs, wire_addr,
+    AffinityKey, CT_FLAG_SNAT, CT_FORWARD, Counter, Ct6Key, CtKey, IPPROTO_TCP, IPPROTO_UDP,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, Service6Key, ServiceKey, ServiceValue, TRACE_FRONTEND_IPV6,
+    host_addr, host_addr6, programs, wire_addr, wire_addr6,
 };
 use serde::Serialize;
 
-use super::services::{ServiceRow, protocol_name, row};
+use super::services::{FrontendAt, ServiceRow, protocol_name, row};
 use super::{AgentFiles, CliError, Output};
-use crate::datapath::{TraceInput, TraceRun, run_trace};
+use crate::datapath::{TraceFlow, TraceInput, TraceRun, run_trace};
 use crate::inspect::pinned_contents;
 
 /// Where the traced packet comes from, which picks the program.
@@ -51,9 +56,11 @@ pub enum TcpFlags {
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct TraceArgs {
-    /// The client: ADDR or ADDR:PORT (port 40000 if left out).
+    /// The client: ADDR or ADDR:PORT (port 40000 if left out); in IPv6
+    /// ADDR or [ADDR]:PORT.
     pub source: Option<String>,
-    /// ADDR:PORT/PROTO, PROTO tcp (default) or udp.
+    /// ADDR:PORT/PROTO, PROTO tcp (default) or udp; in IPv6 [ADDR]:PORT/PROTO.
+    /// The same family as SRC.
     pub destination: Option<String>,
     #[arg(long, value_enum, default_value = "pod")]
     pub from: Origin,
@@ -70,6 +77,7 @@ pub struct TraceArgs {
 }
 
 const DEFAULT_CLIENT_PORT: u16 = 40_000;
+/// IPv4's TTL, IPv6's hop limit.
 const TTL: u8 = 64;
 const TCP_WINDOW: u16 = 64_240;
 const SEQUENCE: u32 = 1;
@@ -90,7 +98,7 @@ pub struct PacketView {
 /// How the endpoint was chosen.
 #[derive(Clone, Debug, Serialize)]
 pub struct Choice {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     /// "conntrack", "affinity" or "slot".
     pub by: &'static str,
@@ -140,24 +148,43 @@ pub fn trace(args: &TraceArgs) -> Result<String, CliError> {
     } else {
         SCOPE_INTERNAL
     };
-    let frontend = ServiceKey::scoped(dst.0, dst.1, protocol, scope);
     let maps = pinned_contents(&args.files.bpffs)?;
-    let affinity = maps.services.get(&frontend).map(|s| AffinityKey {
-        service_id: s.service_id,
-        client_addr: wire_addr(client.0),
-    });
+    let (flow, affinity) = match (client.ip(), dst.ip()) {
+        (IpAddr::V4(client_ip), IpAddr::V4(dst_ip)) => {
+            let frontend = ServiceKey::scoped(dst_ip, dst.port(), protocol, scope);
+            let affinity = maps.services.get(&frontend).map(|s| AffinityKey {
+                service_id: s.service_id,
+                client_addr: wire_addr(client_ip),
+            });
+            let flow = CtKey {
+                src_addr: wire_addr(client_ip),
+                dst_addr: wire_addr(dst_ip),
+                src_port: client.port().to_be(),
+                dst_port: dst.port().to_be(),
+                proto: protocol,
+                direction: CT_FORWARD,
+                _pad: [0; 2],
+            };
+            (TraceFlow::V4(flow), affinity)
+        }
+        // No affinity to copy: IPv6 frontends choose by hash.
+        (IpAddr::V6(client_ip), IpAddr::V6(dst_ip)) => {
+            let flow = Ct6Key {
+                src_addr: wire_addr6(client_ip),
+                dst_addr: wire_addr6(dst_ip),
+                src_port: client.port().to_be(),
+                dst_port: dst.port().to_be(),
+                proto: protocol,
+                direction: CT_FORWARD,
+                _pad: [0; 2],
+            };
+            (TraceFlow::V6(flow), None)
+        }
+        _ => return Err(mixed_families(client, dst)),
+    };
     let ifindex = match &args.iface {
         Some(name) => Some(interface_index(name)?),
         None => None,
-    };
-    let flow = CtKey {
-        src_addr: wire_addr(client.0),
-        dst_addr: wire_addr(dst.0),
-        src_port: client.1.to_be(),
-        dst_port: dst.1.to_be(),
-        proto: protocol,
-        direction: CT_FORWARD,
-        _pad: [0; 2],
     };
     let input = TraceInput {
         program,
@@ -197,17 +224,26 @@ fn interface_index(name: &str) -> Result<u32, CliError> {
     nix::net::if_::if_nametoindex(name).map_err(|e| usage(&format!("interface {name}: {e}")))
 }
 
-fn parse_source(text: &str) -> Result<(Ipv4Addr, u16), CliError> {
-    if let Ok(ip) = text.parse::<Ipv4Addr>() {
-        return Ok((ip, DEFAULT_CLIENT_PORT));
+/// SRC: ADDR or ADDR:PORT; an IPv6 ADDR bare or bracketed, bracketed
+/// with a port.
+fn parse_source(text: &str) -> Result<SocketAddr, CliError> {
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_CLIENT_PORT));
     }
-    let addr: std::net::SocketAddrV4 = text
-        .parse()
-        .map_err(|_| usage(&format!("SRC {text:?}: expected ADDR or ADDR:PORT (IPv4)")))?;
-    Ok((*addr.ip(), addr.port()))
+    text.parse().map_err(|_| {
+        usage(&format!(
+            "SRC {text:?}: expected ADDR or ADDR:PORT (IPv6: ADDR or [ADDR]:PORT)"
+        ))
+    })
 }
 
-fn parse_destination(text: &str) -> Result<((Ipv4Addr, u16), u8), CliError> {
+/// DST: ADDR:PORT/PROTO, an IPv6 ADDR bracketed (its colons would swallow
+/// the port otherwise).
+fn parse_destination(text: &str) -> Result<(SocketAddr, u8), CliError> {
     let (addr, protocol) = match text.rsplit_once('/') {
         Some((addr, protocol)) => (addr, protocol),
         None => (text, "tcp"),
@@ -217,25 +253,50 @@ fn parse_destination(text: &str) -> Result<((Ipv4Addr, u16), u8), CliError> {
         "udp" => IPPROTO_UDP,
         other => return Err(usage(&format!("protocol {other:?}: tcp or udp"))),
     };
-    let addr: std::net::SocketAddrV4 = addr
-        .parse()
-        .map_err(|_| usage(&format!("DST {text:?}: expected ADDR:PORT/PROTO (IPv4)")))?;
-    Ok(((*addr.ip(), addr.port()), protocol))
+    match addr.parse::<SocketAddr>() {
+        Ok(addr) => Ok((addr, protocol)),
+        Err(_) if addr.parse::<Ipv6Addr>().is_ok() => Err(usage(&format!(
+            "DST {text:?}: an IPv6 destination is written [ADDR]:PORT/PROTO, \
+             e.g. [fd00:96::10]:80/tcp"
+        ))),
+        Err(_) => Err(usage(&format!(
+            "DST {text:?}: expected ADDR:PORT/PROTO (IPv6: [ADDR]:PORT/PROTO)"
+        ))),
+    }
+}
+
+fn family_name(addr: SocketAddr) -> &'static str {
+    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+fn mixed_families(src: SocketAddr, dst: SocketAddr) -> CliError {
+    usage(&format!(
+        "SRC {} is {} but DST {} is {}: a packet has one address family, \
+         give both in IPv4 or both in IPv6",
+        src.ip(),
+        family_name(src),
+        dst.ip(),
+        family_name(dst),
+    ))
 }
 
 fn build_frame(
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
+    src: SocketAddr,
+    dst: SocketAddr,
     protocol: u8,
     flags: TcpFlags,
 ) -> Result<Vec<u8>, CliError> {
-    let ip =
-        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv4(src.0.octets(), dst.0.octets(), TTL);
+    let ethernet = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
+    let ip = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => ethernet.ipv4(s.octets(), d.octets(), TTL),
+        (IpAddr::V6(s), IpAddr::V6(d)) => ethernet.ipv6(s.octets(), d.octets(), TTL),
+        _ => return Err(mixed_families(src, dst)),
+    };
     let mut frame = Vec::new();
     let written = if protocol == IPPROTO_UDP {
-        ip.udp(src.1, dst.1).write(&mut frame, b"trace")
+        ip.udp(src.port(), dst.port()).write(&mut frame, b"trace")
     } else {
-        let tcp = ip.tcp(src.1, dst.1, SEQUENCE, TCP_WINDOW);
+        let tcp = ip.tcp(src.port(), dst.port(), SEQUENCE, TCP_WINDOW);
         let tcp = match flags {
             TcpFlags::Syn => tcp.syn(),
             TcpFlags::Ack => tcp.ack(SEQUENCE),
@@ -248,13 +309,21 @@ fn build_frame(
     Ok(frame)
 }
 
-/// The tuple of an Ethernet frame, if it is IPv4 TCP or UDP.
+/// The tuple of an Ethernet frame, if it is TCP, UDP or ICMP over IPv4 or
+/// IPv6 (IPv6 addresses bracketed before a port).
 pub fn view(frame: &[u8]) -> Option<PacketView> {
     let packet = SlicedPacket::from_ethernet(frame).ok()?;
-    let Some(etherparse::NetSlice::Ipv4(ip)) = packet.net else {
-        return None;
+    let (src_ip, dst_ip): (IpAddr, IpAddr) = match packet.net? {
+        NetSlice::Ipv4(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        NetSlice::Ipv6(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        _ => return None,
     };
-    let (src_ip, dst_ip) = (ip.header().source_addr(), ip.header().destination_addr());
     let (protocol, src_port, dst_port, flags) = match packet.transport? {
         TransportSlice::Tcp(tcp) => {
             let names = [
@@ -281,21 +350,53 @@ pub fn view(frame: &[u8]) -> Option<PacketView> {
             udp.destination_port(),
             String::new(),
         ),
-        TransportSlice::Icmpv4(_) => {
-            return Some(PacketView {
-                src: src_ip.to_string(),
-                dst: dst_ip.to_string(),
-                protocol: "icmp".into(),
-                flags: String::new(),
-            });
-        }
+        TransportSlice::Icmpv4(_) => return Some(icmp_view(src_ip, dst_ip, "icmp")),
+        TransportSlice::Icmpv6(_) => return Some(icmp_view(src_ip, dst_ip, "icmpv6")),
         _ => return None,
     };
     Some(PacketView {
-        src: format!("{src_ip}:{src_port}"),
-        dst: format!("{dst_ip}:{dst_port}"),
+        src: SocketAddr::new(src_ip, src_port).to_string(),
+        dst: SocketAddr::new(dst_ip, dst_port).to_string(),
         protocol: protocol_name(protocol),
         flags,
+    })
+}
+
+fn icmp_view(src: IpAddr, dst: IpAddr, protocol: &str) -> PacketView {
+    PacketView {
+        src: src.to_string(),
+        dst: dst.to_string(),
+        protocol: protocol.into(),
+        flags: String::new(),
+    }
+}
+
+/// The frontend the record names, in its family, and its entry if the
+/// live services map has one.
+fn recorded_frontend<'a>(
+    record: &proxy_common::TraceRecord,
+    maps: &'a crate::plan::MapContents,
+) -> (FrontendAt, Option<&'a ServiceValue>) {
+    if record.steps & TRACE_FRONTEND_IPV6 != 0 {
+        let key: &Service6Key = &record.frontend6;
+        (key.into(), maps.services6.get(key))
+    } else {
+        (
+            FrontendAt::from(&record.frontend),
+            maps.services.get(&record.frontend),
+        )
+    }
+}
+
+/// A backend id's endpoint, in whichever family has it (ids never overlap).
+fn endpoint(maps: &crate::plan::MapContents, backend_id: u32) -> Option<(IpAddr, u16)> {
+    let v4 = maps
+        .backends
+        .get(&backend_id)
+        .map(|b| (b.ip().into(), b.port()));
+    v4.or_else(|| {
+        let b = maps.backends6.get(&backend_id)?;
+        Some((b.ip().into(), b.port()))
     })
 }
 
@@ -313,7 +414,7 @@ fn report(
     };
     let record = &run.record;
     let steps = |bit: u32| record.steps & bit != 0;
-    let frontend = record.frontend;
+    let (frontend, service_value) = recorded_frontend(record, maps);
     let frontend_looked_up = steps(TRACE_FRONTEND_LOOKED_UP).then(|| {
         let found = if steps(TRACE_FRONTEND_FOUND) {
             ""
@@ -321,9 +422,8 @@ fn report(
             " (no such frontend)"
         };
         format!(
-            "{}:{}/{} {}{found}",
-            frontend.ip(),
-            frontend.port(),
+            "{}/{} {}{found}",
+            SocketAddr::new(frontend.ip, frontend.port),
             protocol_name(frontend.proto),
             if frontend.scope == SCOPE_EXTERNAL {
                 "external"
@@ -333,11 +433,7 @@ fn report(
         )
     });
     let service = steps(TRACE_FRONTEND_FOUND)
-        .then(|| {
-            maps.services
-                .get(&frontend)
-                .map(|v| row(maps, names, (&frontend).into(), v))
-        })
+        .then(|| service_value.map(|v| row(maps, names, frontend, v)))
         .flatten();
     let by = [
         (TRACE_CONNTRACK_FOLLOWED, "conntrack"),
@@ -350,23 +446,10 @@ fn report(
     let chosen = by.and_then(|by| {
         // A flow follows the endpoint its entry names, even one whose id
         // has since gone (TCP outlives its endpoint) or been reused.
-        let followed = run
-            .conntrack_before
-            .iter()
-            .find(|(_, v)| by == "conntrack" && v.backend_id == record.backend_id)
-            .map(|(_, v)| {
-                (
-                    proxy_common::host_addr(v.nat_addr),
-                    u16::from_be(v.nat_port),
-                )
-            });
-        let (ip, port) = match followed {
-            Some(endpoint) => endpoint,
-            None => {
-                let backend = maps.backends.get(&record.backend_id)?;
-                (backend.ip(), backend.port())
-            }
-        };
+        let followed = (by == "conntrack")
+            .then(|| followed_endpoint(run, record.backend_id))
+            .flatten();
+        let (ip, port) = followed.or_else(|| endpoint(maps, record.backend_id))?;
         let slot = by == "slot";
         Some(Choice {
             ip,
@@ -376,28 +459,27 @@ fn report(
             hash: slot.then_some(record.hash),
         })
     });
-    let masquerade = run
-        .conntrack_after
-        .iter()
-        // The forward entry holds the node's address; the reverse one the client's.
-        .filter(|(key, value)| {
-            key.direction == CT_FORWARD
-                && value.flags & CT_FLAG_SNAT != 0
-                && !run.conntrack_before.contains(&(*key, *value))
-        })
-        .map(|(_, value)| {
-            format!(
-                "{}:{}",
-                proxy_common::host_addr(value.snat_addr),
-                u16::from_be(value.snat_port)
-            )
-        })
-        .next();
+    let masquerade = masquerade_source(run).map(|at| at.to_string());
     let mut notes = Vec::new();
     if masquerade.is_some() {
         notes.push(
             "the masquerade port is the first free one in the trace's own table; the live \
              table may give another, or find none free"
+                .to_string(),
+        );
+    }
+    let ipv4_only = run.counted.iter().any(|(c, _)| *c == Counter::PassNotIpv4);
+    if ipv4_only && is_ipv6(frame) {
+        notes.push(
+            "this program does not serve IPv6 yet (pass_not_ipv4): the packet goes on \
+             to the stack untouched"
+                .to_string(),
+        );
+    }
+    if program == programs::XDP_EXTERNAL && run.return_value == XDP_PASS && run.counted.is_empty() {
+        notes.push(
+            "XDP handed the packet to the stack untouched: the external TC program decides \
+             (trace it without --xdp)"
                 .to_string(),
         );
     }
@@ -419,7 +501,7 @@ fn report(
         }),
         frontend_looked_up,
         service,
-        conntrack_entries: run.conntrack_before.len(),
+        conntrack_entries: run.conntrack_before.len() + run.conntrack6_before.len(),
         chosen,
         masquerade,
         counted: run.counted.iter().map(|(c, _)| c.name()).collect(),
@@ -429,9 +511,55 @@ fn report(
     }
 }
 
+/// The endpoint the live conntrack entry of the traced flow names.
+fn followed_endpoint(run: &TraceRun, backend_id: u32) -> Option<(IpAddr, u16)> {
+    let v4 = run
+        .conntrack_before
+        .iter()
+        .find(|(_, v)| v.backend_id == backend_id)
+        .map(|(_, v)| (host_addr(v.nat_addr).into(), u16::from_be(v.nat_port)));
+    v4.or_else(|| {
+        let (_, v) = run
+            .conntrack6_before
+            .iter()
+            .find(|(_, v)| v.backend_id == backend_id)?;
+        Some((host_addr6(v.nat_addr).into(), u16::from_be(v.nat_port)))
+    })
+}
+
+/// The node address and port a new masqueraded flow leaves with: its new
+/// forward entry holds them (the reverse one holds the client's).
+fn masquerade_source(run: &TraceRun) -> Option<SocketAddr> {
+    let v4 = run
+        .conntrack_after
+        .iter()
+        .find(|(key, value)| {
+            key.direction == CT_FORWARD
+                && value.flags & CT_FLAG_SNAT != 0
+                && !run.conntrack_before.contains(&(*key, *value))
+        })
+        .map(|(_, v)| SocketAddr::new(host_addr(v.snat_addr).into(), u16::from_be(v.snat_port)));
+    v4.or_else(|| {
+        let (_, v) = run.conntrack6_after.iter().find(|(key, value)| {
+            key.direction == CT_FORWARD
+                && value.flags & CT_FLAG_SNAT != 0
+                && !run.conntrack6_before.contains(&(*key, *value))
+        })?;
+        Some(SocketAddr::new(
+            host_addr6(v.snat_addr).into(),
+            u16::from_be(v.snat_port),
+        ))
+    })
+}
+
+fn is_ipv6(frame: &[u8]) -> bool {
+    SlicedPacket::from_ethernet(frame).is_ok_and(|p| matches!(p.net, Some(NetSlice::Ipv6(_))))
+}
+
 /// The kernel's verdict values (`enum xdp_action`; `TC_ACT_*` in
 /// pkt_cls.h), which aya's generated bindings do not carry.
 const XDP_VERDICTS: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
+const XDP_PASS: u32 = 2;
 const TC_ACT_UNSPEC: i32 = -1;
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
@@ -442,11 +570,9 @@ const TC_ACT_REDIRECT: i32 = 7;
 /// path's "drop" is a failed connect().
 fn verdict_label(from: Origin, program: &str, run: &TraceRun) -> String {
     let refused = run.counted.iter().find_map(|(c, _)| match c {
-        proxy_common::Counter::RejectTcpRst => Some("refused: a TCP RST goes back"),
-        proxy_common::Counter::RejectIcmpUnreachable => {
-            Some("refused: an ICMP port unreachable goes back")
-        }
-        proxy_common::Counter::SockRefused => Some("refused: connect() fails with ECONNREFUSED"),
+        Counter::RejectTcpRst => Some("refused: a TCP RST goes back"),
+        Counter::RejectIcmpUnreachable => Some("refused: an ICMP port unreachable goes back"),
+        Counter::SockRefused => Some("refused: connect() fails with ECONNREFUSED"),
         _ => None,
     });
     let raw = verdict_name(program, run.return_value);

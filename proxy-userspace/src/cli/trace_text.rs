@@ -1,6 +1,7 @@
 //! `vipr trace` as text: one line per decision, in the order the programs
 //! took them.
 use std::fmt::Write;
+use std::net::SocketAddr;
 
 use super::services::{ServiceRow, conditions};
 use super::trace::{Choice, PacketView, TraceReport};
@@ -49,7 +50,10 @@ fn candidates(row: &ServiceRow) -> String {
         .backends
         .iter()
         .filter(|b| b.active)
-        .map(|b| format!("{}:{} ({})", b.ip, b.port, conditions(b).join(", ")))
+        .map(|b| {
+            let at = SocketAddr::new(b.ip, b.port);
+            format!("{at} ({})", conditions(b).join(", "))
+        })
         .collect();
     format!("{}: {}", active.len(), active.join(", "))
 }
@@ -63,7 +67,7 @@ fn chosen(choice: &Choice, candidates: usize) -> String {
         ("affinity", ..) => "the client's session affinity".to_string(),
         (by, ..) => by.to_string(),
     };
-    format!("{}:{} ({why})", choice.ip, choice.port)
+    format!("{} ({why})", SocketAddr::new(choice.ip, choice.port))
 }
 
 pub fn render(report: &TraceReport) -> String {

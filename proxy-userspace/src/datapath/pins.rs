@@ -104,6 +104,12 @@ const LAYOUTS: [(&str, MapType, usize, usize); 14] = [
     ),
 ];
 
+/// Maps that hold no state of the live programs: a pin of another layout
+/// is removed and created anew rather than refused. The live programs
+/// never write the trace record (only the trace copy, in its own maps),
+/// so an upgrade that grows it loses nothing.
+const STATELESS: [&str; 1] = [proxy_common::TRACE_RECORD];
+
 /// Fails naming the first pinned map under `map_dir` whose layout differs.
 /// Maps not pinned yet are fine: the load creates them.
 pub fn check_pinned_layouts(map_dir: &Path) -> Result<(), DatapathError> {
@@ -119,6 +125,13 @@ pub fn check_pinned_layouts(map_dir: &Path) -> Result<(), DatapathError> {
             info.key_size() as usize,
             info.value_size() as usize,
         );
+        if found != (Some(map_type), key_size, value_size) && STATELESS.contains(&name) {
+            std::fs::remove_file(&path).map_err(|source| DatapathError::Pins {
+                path: path.display().to_string(),
+                source,
+            })?;
+            continue;
+        }
         if found != (Some(map_type), key_size, value_size) {
             return Err(DatapathError::IncompatiblePins {
                 path: path.display().to_string(),

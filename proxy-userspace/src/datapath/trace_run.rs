@@ -1,15 +1,16 @@
 //! One packet through the trace copy (BPF_PROG_TEST_RUN), and what it left
 //! in the copy's scratch maps. Before the run the scratch maps are emptied
 //! and given the live state the packet would meet: its flow's conntrack
-//! entries and its client's affinity, copied, never moved.
+//! entries (in its family's table) and its client's affinity, copied,
+//! never moved.
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::util::nr_cpus;
 use proxy_common::{
-    AffinityKey, AffinityValue, CT_FORWARD, CT_REVERSE, Counter, CtKey, CtValue, SockRevKey,
-    SockRevValue, TraceRecord, maps, programs,
+    AffinityKey, AffinityValue, CT_FORWARD, CT_REVERSE, Counter, Ct6Key, Ct6Value, CtKey, CtValue,
+    SockRevKey, SockRevValue, TraceRecord, maps, programs,
 };
 
 use super::DatapathError;
@@ -45,12 +46,19 @@ pub struct TraceInput<'a> {
     /// An Ethernet frame.
     pub frame: &'a [u8],
     /// The packet's tuple as a forward conntrack key (`CT_FORWARD`).
-    pub flow: CtKey,
+    pub flow: TraceFlow,
     /// The affinity the packet's client may have with the frontend it
     /// addresses, if that frontend exists.
     pub affinity: Option<AffinityKey>,
     /// The interface the packet arrives on (else the kernel's loopback).
     pub ifindex: Option<u32>,
+}
+
+/// A traced packet's tuple as its family's forward conntrack key.
+#[derive(Clone, Copy, Debug)]
+pub enum TraceFlow {
+    V4(CtKey),
+    V6(Ct6Key),
 }
 
 #[derive(Debug)]
@@ -65,6 +73,9 @@ pub struct TraceRun {
     pub conntrack_before: Vec<(CtKey, CtValue)>,
     /// The scratch conntrack after the run.
     pub conntrack_after: Vec<(CtKey, CtValue)>,
+    /// The same two for an IPv6 flow.
+    pub conntrack6_before: Vec<(Ct6Key, Ct6Value)>,
+    pub conntrack6_after: Vec<(Ct6Key, Ct6Value)>,
     /// The live affinity the run started from.
     pub affinity_before: Option<AffinityValue>,
 }
@@ -134,6 +145,8 @@ pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, Dat
 
     let mut conntrack: HashMap<_, CtKey, CtValue> =
         hash_map(scratch(pin_dir, maps::CONNTRACK)?, maps::CONNTRACK)?;
+    let mut conntrack6: HashMap<_, Ct6Key, Ct6Value> =
+        hash_map(scratch(pin_dir, maps::CONNTRACK6)?, maps::CONNTRACK6)?;
     let mut affinity: HashMap<_, AffinityKey, AffinityValue> =
         lru_map(scratch(pin_dir, maps::AFFINITY)?, maps::AFFINITY)?;
     let mut sockets: HashMap<_, SockRevKey, SockRevValue> =
@@ -146,6 +159,7 @@ pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, Dat
             .map_err(map_error(proxy_common::TRACE_RECORD))?;
 
     clear(&mut conntrack, maps::CONNTRACK)?;
+    clear(&mut conntrack6, maps::CONNTRACK6)?;
     clear(&mut affinity, maps::AFFINITY)?;
     clear(&mut sockets, maps::SOCK_REVNAT)?;
     let cpus = nr_cpus().map_err(|(_, e)| pins_error(e))?;
@@ -159,7 +173,10 @@ pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, Dat
         .set(0, TraceRecord::default(), 0)
         .map_err(map_error(proxy_common::TRACE_RECORD))?;
 
-    let conntrack_before = seed_conntrack(pin_dir, &input.flow, &mut conntrack)?;
+    let (conntrack_before, conntrack6_before) = match &input.flow {
+        TraceFlow::V4(flow) => (seed_conntrack(pin_dir, flow, &mut conntrack)?, Vec::new()),
+        TraceFlow::V6(flow) => (Vec::new(), seed_conntrack(pin_dir, flow, &mut conntrack6)?),
+    };
     let affinity_before = match &input.affinity {
         Some(key) => seed_affinity(pin_dir, key, &mut affinity)?,
         None => None,
@@ -201,6 +218,10 @@ pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, Dat
         .iter()
         .collect::<Result<_, _>>()
         .map_err(map_error(maps::CONNTRACK))?;
+    let conntrack6_after = conntrack6
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(map_error(maps::CONNTRACK6))?;
     Ok(TraceRun {
         return_value: result.return_value,
         frame_out,
@@ -210,34 +231,64 @@ pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, Dat
             .map_err(map_error(proxy_common::TRACE_RECORD))?,
         conntrack_before,
         conntrack_after,
+        conntrack6_before,
+        conntrack6_after,
         affinity_before,
     })
 }
 
+/// A conntrack key of either family, as the seeding below needs it.
+trait FlowKey: aya::Pod {
+    type Value: aya::Pod;
+    /// The family's conntrack map.
+    const MAP: &'static str;
+    fn directed(&self, direction: u8) -> Self;
+    fn partner_of(&self, value: &Self::Value) -> Self;
+}
+
+impl FlowKey for CtKey {
+    type Value = CtValue;
+    const MAP: &'static str = maps::CONNTRACK;
+    fn directed(&self, direction: u8) -> Self {
+        CtKey { direction, ..*self }
+    }
+    fn partner_of(&self, value: &CtValue) -> Self {
+        self.partner(value)
+    }
+}
+
+impl FlowKey for Ct6Key {
+    type Value = Ct6Value;
+    const MAP: &'static str = maps::CONNTRACK6;
+    fn directed(&self, direction: u8) -> Self {
+        Ct6Key { direction, ..*self }
+    }
+    fn partner_of(&self, value: &Ct6Value) -> Self {
+        self.partner(value)
+    }
+}
+
 /// Copies the live entries of `flow`, both directions, and their partners.
-fn seed_conntrack(
+fn seed_conntrack<K: FlowKey>(
     pin_dir: &Path,
-    flow: &CtKey,
-    scratch: &mut HashMap<MapData, CtKey, CtValue>,
-) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
-    let live: HashMap<_, CtKey, CtValue> =
-        hash_map(live(pin_dir, maps::CONNTRACK)?, maps::CONNTRACK)?;
+    flow: &K,
+    scratch: &mut HashMap<MapData, K, K::Value>,
+) -> Result<Vec<(K, K::Value)>, DatapathError> {
+    let live: HashMap<_, K, K::Value> = hash_map(live(pin_dir, K::MAP)?, K::MAP)?;
     let mut copied = Vec::new();
     for direction in [CT_FORWARD, CT_REVERSE] {
-        let key = CtKey { direction, ..*flow };
+        let key = flow.directed(direction);
         let Ok(value) = live.get(&key, 0) else {
             continue;
         };
-        let partner = key.partner(&value);
+        let partner = key.partner_of(&value);
         copied.push((key, value));
         if let Ok(partner_value) = live.get(&partner, 0) {
             copied.push((partner, partner_value));
         }
     }
     for (key, value) in &copied {
-        scratch
-            .insert(key, value, 0)
-            .map_err(map_error(maps::CONNTRACK))?;
+        scratch.insert(key, value, 0).map_err(map_error(K::MAP))?;
     }
     Ok(copied)
 }

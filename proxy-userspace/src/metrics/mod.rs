@@ -5,6 +5,7 @@
 mod datapath;
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,8 +24,17 @@ use crate::model::{Model, Scope};
 /// One label set: (name, value) pairs.
 pub type Labels = Vec<(&'static str, String)>;
 
-/// kube-proxy labels what one proxier (one address family) does.
+/// kube-proxy labels what one proxier (one address family) does. vipr's
+/// one sync programs both families: the sync metrics keep "IPv4" (what a
+/// single-stack dashboard selects); the per-Service ones carry the
+/// frontend's own family.
 pub const IPV4: &str = "IPv4";
+pub const IPV6: &str = "IPv6";
+
+/// The `ip_family` value of an address.
+pub fn ip_family(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() { IPV4 } else { IPV6 }
+}
 
 fn family(ip_family: &str) -> Labels {
     vec![("ip_family", ip_family.to_string())]
@@ -125,7 +135,7 @@ impl Metrics {
         }
         drop(self.last_sync.get_or_create(&ipv4));
         drop(self.last_queued.get_or_create(&ipv4));
-        self.set_no_local_endpoints(0, 0);
+        self.set_no_local_endpoints(NoLocalEndpoints::default());
     }
 
     fn register(&mut self) {
@@ -249,14 +259,20 @@ impl Metrics {
     }
 
     /// Services (ports) with a Local policy and no local endpoint, per
-    /// policy (`internal` or `external`).
-    pub fn set_no_local_endpoints(&self, internal: usize, external: usize) {
-        for (policy, count) in [("internal", internal), ("external", external)] {
-            let mut labels = family(IPV4);
-            labels.push(("traffic_policy", policy.to_string()));
-            self.no_local_endpoints
-                .get_or_create(&labels)
-                .set(i64::try_from(count).unwrap_or(i64::MAX));
+    /// family and policy (`internal` or `external`).
+    pub fn set_no_local_endpoints(&self, counts: NoLocalEndpoints) {
+        let families = [(IPV4, Some(counts.ipv4)), (IPV6, counts.ipv6)];
+        for (ip_family, counts) in families {
+            let Some((internal, external)) = counts else {
+                continue;
+            };
+            for (policy, count) in [("internal", internal), ("external", external)] {
+                let mut labels = family(ip_family);
+                labels.push(("traffic_policy", policy.to_string()));
+                self.no_local_endpoints
+                    .get_or_create(&labels)
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
         }
     }
 
@@ -295,17 +311,40 @@ impl Metrics {
 }
 
 /// Service ports with a Local traffic policy and no endpoint on this node
-/// for new connections, (internal, external), as kube-proxy counts them:
-/// one per Service port and policy, however many addresses it has.
-pub fn no_local_endpoints(model: &Model) -> (usize, usize) {
+/// for new connections, (internal, external) per family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoLocalEndpoints {
+    pub ipv4: (usize, usize),
+    /// `None` when the agent does not serve IPv6: no IPv6 series then, as
+    /// a single-stack kube-proxy has none.
+    pub ipv6: Option<(usize, usize)>,
+}
+
+/// Counted as kube-proxy's per-family proxiers count them: one per Service
+/// port, policy and family, however many addresses it has in the family.
+pub fn no_local_endpoints(model: &Model, ipv6: bool) -> NoLocalEndpoints {
     let mut seen = BTreeSet::new();
     for fe in model.frontends.values() {
         if fe.policy.local_only && fe.active_backends().is_empty() {
-            seen.insert((fe.key.scope, &fe.service, &*fe.port_name, fe.key.protocol));
+            let family = ip_family(&fe.key.ip);
+            seen.insert((
+                family,
+                fe.key.scope,
+                &fe.service,
+                &*fe.port_name,
+                fe.key.protocol,
+            ));
         }
     }
-    let internal = seen.iter().filter(|s| s.0 == Scope::Internal).count();
-    (internal, seen.len() - internal)
+    let count = |family: &str| {
+        let of_family = seen.iter().filter(|s| s.0 == family);
+        let internal = of_family.clone().filter(|s| s.1 == Scope::Internal).count();
+        (internal, of_family.count() - internal)
+    };
+    NoLocalEndpoints {
+        ipv4: count(IPV4),
+        ipv6: ipv6.then(|| count(IPV6)),
+    }
 }
 
 fn count_status(family: &Family<Labels, Counter>, status: u16) {

@@ -206,3 +206,67 @@ fn the_dashboard_queries_only_served_metrics() {
         "found only {queried} metric names in the dashboard"
     );
 }
+
+fn service(yaml: &str) -> k8s_openapi::api::core::v1::Service {
+    serde_yaml_ng::from_str(&format!("apiVersion: v1\nkind: Service\n{yaml}"))
+        .expect("test Service")
+}
+
+/// kube-proxy's per-family proxiers each count their own Services: a
+/// dual-stack Service without local endpoints counts once per family, an
+/// IPv4-only one in IPv4 only; without `--ipv6` there is no IPv6 series.
+#[test]
+fn no_local_endpoints_are_counted_in_each_frontends_family() {
+    let local = |name: &str, families: &str, ips: &str| {
+        service(&format!(
+            "metadata: {{name: {name}, namespace: default}}
+spec:
+  internalTrafficPolicy: Local
+  ipFamilyPolicy: PreferDualStack
+  ipFamilies: {families}
+  clusterIPs: {ips}
+  ports: [{{name: http, port: 80}}]"
+        ))
+    };
+    let services = [
+        local("dual", "[IPv4, IPv6]", "[10.96.0.10, 'fd00:96::10']"),
+        local("v4", "[IPv4]", "[10.96.0.11]"),
+        local("v6", "[IPv6]", "['fd00:96::12']"),
+        local("v6b", "[IPv6]", "['fd00:96::13']"),
+    ];
+    let options = crate::model::ModelOptions {
+        ipv6: true,
+        ..Default::default()
+    };
+    let (model, errors) = crate::model::ModelBuilder::new(options).update(&services, &[]);
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let counts = no_local_endpoints(&model, true);
+    assert_eq!(counts.ipv4, (2, 0));
+    assert_eq!(counts.ipv6, Some((3, 0)));
+    let metrics = Metrics::new();
+    metrics.set_no_local_endpoints(counts);
+    let text = metrics.render().body;
+    let name = "kubeproxy_sync_proxy_rules_no_local_endpoints_total";
+    let value = |family: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .find(|l| {
+                l.contains(&format!("ip_family=\"{family}\""))
+                    && l.contains("traffic_policy=\"internal\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(value(IPV4).as_deref(), Some("2"), "{text}");
+    assert_eq!(value(IPV6).as_deref(), Some("3"), "{text}");
+
+    let single_stack = no_local_endpoints(&model, false);
+    assert_eq!(single_stack.ipv6, None);
+    let metrics = Metrics::new();
+    metrics.set_no_local_endpoints(single_stack);
+    assert!(
+        !metrics.render().body.contains("ip_family=\"IPv6\""),
+        "an IPv6 series without --ipv6"
+    );
+}
