@@ -123,6 +123,8 @@ fn external6(cluster: &mut ExternalCluster) -> Result<()> {
         sent_by.name()
     );
 
+    trace_nodeport6(cluster, node1, &endpoints6)?;
+
     // UDP through node2: the reply comes from the NodePort itself.
     let udp = SocketAddr::from((node2, UDP_PORT));
     let mut udp_names = BTreeSet::new();
@@ -169,5 +171,58 @@ fn external6(cluster: &mut ExternalCluster) -> Result<()> {
         seen == Some(IpAddr::V6(node2)),
         "hairpin: web-2 saw {seen:?}, not node2's address"
     );
+    Ok(())
+}
+
+/// `vipr trace` of outside IPv6 flows to node1's NodePort (through XDP when
+/// the agents run it): the endpoint chosen, masqueraded behind node1's
+/// IPv6 address exactly when it is on node2.
+fn trace_nodeport6(
+    cluster: &ExternalCluster,
+    node1: Ipv6Addr,
+    endpoints6: &[(Ipv6Addr, &str)],
+) -> Result<()> {
+    let node_port = format!("[{node1}]:{CLUSTER_PORT}/tcp");
+    for port in 41_000..41_008u16 {
+        let client = format!("[{CLIENT_IP6}]:{port}");
+        let mut args = vec![
+            client.as_str(),
+            &node_port,
+            "--from",
+            "external",
+            "-o",
+            "json",
+        ];
+        if cluster.xdp != "off" {
+            args.push("--xdp");
+        }
+        let out = cluster
+            .topology
+            .command_in("node1", vipr_tests::vipr_bin())?
+            .arg("trace")
+            .args(&args)
+            .arg("--bpffs")
+            .arg(cluster.pins("node1"))
+            .arg("--state-dir")
+            .arg(cluster.state_dir())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(r["service"]["type"] == "NodePort", "{r:#}");
+        let ip: Ipv6Addr = r["chosen"]["ip"].as_str().context("chosen")?.parse()?;
+        let (_, node) = endpoints6
+            .iter()
+            .find(|(endpoint, _)| *endpoint == ip)
+            .with_context(|| format!("{ip} is no endpoint: {r:#}"))?;
+        let masquerade = r["masquerade"].as_str();
+        ensure!(masquerade.is_some() == (*node == "node2"), "{r:#}");
+        if let Some(at) = masquerade {
+            ensure!(at.starts_with(&format!("[{node1}]:")), "{r:#}");
+        }
+    }
     Ok(())
 }

@@ -468,14 +468,6 @@ fn report(
                 .to_string(),
         );
     }
-    let ipv4_only = run.counted.iter().any(|(c, _)| *c == Counter::PassNotIpv4);
-    if ipv4_only && is_ipv6(frame) {
-        notes.push(
-            "this program does not serve IPv6 yet (pass_not_ipv4): the packet goes on \
-             to the stack untouched"
-                .to_string(),
-        );
-    }
     if program == programs::XDP_EXTERNAL && run.return_value == XDP_PASS && run.counted.is_empty() {
         notes.push(
             "XDP handed the packet to the stack untouched: the external TC program decides \
@@ -550,10 +542,6 @@ fn masquerade_source(run: &TraceRun) -> Option<SocketAddr> {
             u16::from_be(v.snat_port),
         ))
     })
-}
-
-fn is_ipv6(frame: &[u8]) -> bool {
-    SlicedPacket::from_ethernet(frame).is_ok_and(|p| matches!(p.net, Some(NetSlice::Ipv6(_))))
 }
 
 /// The kernel's verdict values (`enum xdp_action`; `TC_ACT_*` in
