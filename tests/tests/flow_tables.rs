@@ -2,7 +2,8 @@
 //! proxier_test.go), transcribed row by row and run through vipr: the
 //! Services and EndpointSlices as YAML, vipr's model and planner, the real
 //! kernel maps and programs (see `vipr_tests::flow_table`). Row names are
-//! kube-proxy's. IPv4 TCP/UDP rows only.
+//! kube-proxy's. TCP/UDP rows; IPv6 ones where kube-proxy has them in its
+//! packet-flow tables (TestNodePorts).
 //!
 //! A row marked `.differs(...)` is a deliberate, documented difference: it
 //! keeps kube-proxy's expectation and holds vipr to its own, saying why. Any
@@ -15,6 +16,10 @@ use vipr_tests::flow_table::{
     DROP, Fixture, Masq, NODE_EXTERNAL_IP, NODE_IP, NODE_IP_ALT, REJECT, Report, RowResult,
     UNTOUCHED, ep, ep_cond, model_of, row, slice, subtest, to, to_each,
 };
+
+// The crate root's modules live beside it: kept apart from test files.
+#[path = "flow_tables/node_ports.rs"]
+mod node_ports;
 
 /// Pods reaching a NodePort, LoadBalancer IP or external IP are translated
 /// on their own veth, so replies come back through it without masquerade.
@@ -211,149 +216,6 @@ status:
             p.check(&rows)
         }));
     report.finish("TestLoadBalancer");
-}
-
-#[test]
-fn test_node_ports() {
-    let mut manifests = String::from(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {name: svc1, namespace: ns1}
-spec:
-  type: NodePort
-  clusterIP: 172.30.0.41
-  ports:
-  - {name: p80, port: 80, protocol: TCP, nodePort: 3001}
-"#,
-    );
-    manifests += &slice(
-        "ns1",
-        "svc1",
-        1,
-        &[("p80", 80, "TCP")],
-        &[ep("10.180.0.1", None), ep("10.180.2.1", Some("test-node"))],
-    );
-    let output = |masq| to(&["10.180.0.1:80", "10.180.2.1:80"], masq);
-    let external_vipr = || to_each(&[("10.180.0.1:80", Masq::Node), ("10.180.2.1:80", Masq::No)]);
-    let (node, alt) = ("192.168.0.2", "192.168.1.2");
-    let common = || {
-        vec![
-            row(
-                "pod to cluster IP",
-                "10.0.0.2",
-                "172.30.0.41",
-                80,
-                output(false),
-            ),
-            row(
-                "external to nodePort",
-                "203.0.113.2",
-                node,
-                3001,
-                output(true),
-            )
-            .differs(external_vipr(), LOCAL_KEEPS_CLIENT),
-            row("node to nodePort", node, node, 3001, output(true)),
-        ]
-    };
-    let alt_allowed = || {
-        row(
-            "external to nodePort on secondary IP",
-            "203.0.113.2",
-            alt,
-            3001,
-            output(true),
-        )
-        .differs(external_vipr(), LOCAL_KEEPS_CLIENT)
-    };
-    let alt_ignored = || {
-        row(
-            "secondary nodeIP ignores NodePorts",
-            "203.0.113.2",
-            alt,
-            3001,
-            UNTOUCHED,
-        )
-    };
-    let localhost_masq = || {
-        row(
-            "localhost to nodePort gets masqueraded",
-            "127.0.0.1",
-            "127.0.0.1",
-            3001,
-            output(true),
-        )
-    };
-    let localhost_ignored = || {
-        row(
-            "localhost to nodePort is ignored",
-            "127.0.0.1",
-            "127.0.0.1",
-            3001,
-            UNTOUCHED,
-        )
-    };
-    // nodePortAddresses resolved to the fixture's eth0 addresses the way
-    // vipr's agent resolves --nodeport-addresses (never loopback); nil in
-    // iptables mode means every local address.
-    let every_ip = vec![NODE_IP, NODE_IP_ALT, NODE_EXTERNAL_IP];
-    let subtests = vec![
-        (
-            "ipv4",
-            vec![NODE_IP],
-            false,
-            [common(), vec![alt_ignored()]].concat(),
-        ),
-        (
-            "ipv4, multiple nodeport-addresses",
-            vec![NODE_IP, NODE_IP_ALT],
-            false,
-            [common(), vec![alt_allowed()]].concat(),
-        ),
-        (
-            "iptables: ipv4, localhost-nodeports enabled",
-            every_ip.clone(),
-            true,
-            [common(), vec![localhost_masq(), alt_allowed()]].concat(),
-        ),
-        (
-            "iptables: ipv4, localhost-nodeports disabled",
-            every_ip,
-            false,
-            [common(), vec![localhost_ignored(), alt_allowed()]].concat(),
-        ),
-        (
-            "iptables: ipv4, localhost-nodeports disabled, localhost in nodeport-addresses",
-            vec![NODE_IP],
-            false,
-            [common(), vec![localhost_ignored(), alt_ignored()]].concat(),
-        ),
-        // [sic] named "enabled" in kube-proxy, with localhostNodePorts false.
-        (
-            "iptables: ipv4, localhost-nodeports enabled, multiple nodeport-addresses",
-            vec![NODE_IP, NODE_IP_ALT],
-            false,
-            [common(), vec![localhost_ignored(), alt_allowed()]].concat(),
-        ),
-    ];
-    let mut report = Report::default();
-    report.skip(
-        8,
-        "nftables subtests 'ipv6' and 'ipv6, multiple nodeport-addresses' (4 rows each)",
-    );
-    report.skip(15, "iptables IPv6 subtests 5-7 (5 rows each)");
-    for (name, addresses, localhost, rows) in subtests {
-        let fixture = Fixture {
-            nodeport_addresses: addresses,
-            nodeport_localhost: localhost,
-        };
-        report.results.extend(subtest(name, &fixture, |p| {
-            p.sync_valid(&manifests)?;
-            p.check(&rows)
-        }));
-    }
-    report.finish("TestNodePorts");
 }
 
 /// Service svc1 of TestExternalTrafficPolicyLocal/Cluster, with `policy`.
@@ -892,8 +754,9 @@ status:
             p.check(&rows)
         }));
     let iptables = Fixture {
-        nodeport_addresses: vec![NODE_IP, NODE_IP_ALT, NODE_EXTERNAL_IP],
+        nodeport_addresses: vec![NODE_IP.into(), NODE_IP_ALT.into(), NODE_EXTERNAL_IP.into()],
         nodeport_localhost: true,
+        ipv6: false,
     };
     report
         .results
@@ -933,6 +796,7 @@ fn test_health_check_node_port() {
     let fixture = Fixture {
         nodeport_addresses: vec![],
         nodeport_localhost: true,
+        ipv6: false,
     };
     let manifests = r#"
 apiVersion: v1
