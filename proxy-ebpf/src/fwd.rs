@@ -69,23 +69,7 @@ pub fn redirect_to_egress(ctx: &TcContext) -> Option<i32> {
         u32::from_ne_bytes([ip[SRC], ip[SRC + 1], ip[SRC + 2], ip[SRC + 3]]);
     params.__bindgen_anon_4.ipv4_dst =
         u32::from_ne_bytes([ip[DST], ip[DST + 1], ip[DST + 2], ip[DST + 3]]);
-    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let found = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut params,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
-    let resolved = found == BPF_FIB_LKUP_RET_SUCCESS as i64;
-    if !resolved && found != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return None;
-    }
-    if resolved {
-        ctx.store(ETH_DST_OFF, &params.dmac, 0).ok()?;
-        ctx.store(ETH_SRC_OFF, &params.smac, 0).ok()?;
-    }
+    let resolved = next_hop(ctx, &mut params)?;
     decrement_ttl(ctx, ttl, proto)?;
     Some(redirect(params.ifindex, resolved))
 }
@@ -109,11 +93,22 @@ pub fn redirect_to_egress6(ctx: &TcContext) -> Option<i32> {
         (u32::from_be_bytes(first_word) & IPV6_FLOWINFO_MASK).to_be();
     params.__bindgen_anon_3.ipv6_src = address_words(&ip, IPV6_SRC_OFF);
     params.__bindgen_anon_4.ipv6_dst = address_words(&ip, IPV6_DST_OFF);
+    let resolved = next_hop(ctx, &mut params)?;
+    ctx.store(ETH_LEN + IPV6_HOP_LIMIT_OFF, &(hop_limit - 1), 0)
+        .ok()?;
+    Some(redirect(params.ifindex, resolved))
+}
+
+/// Looks the route up from the interface the packet is on and, when the
+/// neighbour is known, writes the MAC addresses: `Some(resolved)`, or
+/// `None` when only the stack can route it.
+#[inline(always)]
+fn next_hop(ctx: &TcContext, params: &mut FibParams) -> Option<bool> {
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let found = unsafe {
         bpf_fib_lookup(
             ctx.skb.skb as *mut _,
-            &mut params,
+            params,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
@@ -126,9 +121,7 @@ pub fn redirect_to_egress6(ctx: &TcContext) -> Option<i32> {
         ctx.store(ETH_DST_OFF, &params.dmac, 0).ok()?;
         ctx.store(ETH_SRC_OFF, &params.smac, 0).ok()?;
     }
-    ctx.store(ETH_LEN + IPV6_HOP_LIMIT_OFF, &(hop_limit - 1), 0)
-        .ok()?;
-    Some(redirect(params.ifindex, resolved))
+    Some(resolved)
 }
 
 /// Four address words as they sit in the packet.
