@@ -70,12 +70,9 @@ counters! {
     // walk (`MAX_IPV6_EXT_HEADERS`): passed untouched.
     PassIpv6ExtHeaders => "pass_ipv6_ext_headers",
     // IPv6: a frontend asks for what the IPv6 path does not do yet
-    // (masquerade, hairpin, source ranges): dropped, never half-served.
+    // (masquerade, hairpin): dropped, never half-served.
     DropIpv6Unsupported => "drop_ipv6_unsupported",
-    // IPv6: a ClientIP-affinity frontend's new flow chose by hash (affinity
-    // is IPv4-only so far).
-    Ipv6AffinityIgnored => "ipv6_affinity_ignored",
-    // IPv6: the per-CPU scratch entry the pod path keeps its flow in was
-    // missing (never, for a one-entry per-CPU array).
+    // IPv6: a per-CPU scratch entry (the pod path's flow, the lookup keys)
+    // was missing (never, for a one-entry per-CPU array).
     DropNoScratch => "drop_no_scratch",
 }
