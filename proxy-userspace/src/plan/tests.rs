@@ -2,7 +2,9 @@
 
 use std::net::Ipv4Addr;
 
-use proxy_common::{BackendValue, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey};
+use proxy_common::{
+    AffinityMember, BackendValue, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey,
+};
 
 use super::*;
 use crate::model::{
@@ -707,4 +709,50 @@ fn checker_catches_a_service_checking_ranges_it_lacks() {
     elsewhere.services.insert(svc_key(10), value);
     elsewhere.source_ranges6 = maps.source_ranges6.clone();
     assert_eq!(check_consistency(&elsewhere).len(), 1, "IPv4");
+}
+
+/// IPv6 clients' affinities lead only where the shared member map says, so
+/// an IPv6 endpoint or frontend leaving takes its members with it, as an
+/// IPv4 one does.
+#[test]
+fn ipv6_affinity_members_go_with_their_endpoint_and_frontend() {
+    let sticky6 = |backends: &[(u8, Conditions)]| {
+        let mut m = model_with(&[(10, backends)], Protocol::Tcp, |_| true);
+        for fe in m.frontends.values_mut() {
+            fe.policy.affinity_timeout = Some(600);
+        }
+        m
+    };
+    let mut planner = Planner::new();
+    let applied = planner.desired(&sticky6(&[(1, READY), (2, READY)]));
+    let members =
+        |maps: &MapContents| -> Vec<AffinityMember> { maps.affinity.keys().copied().collect() };
+    let id = 1 << 31;
+    assert_eq!(
+        members(&applied),
+        [1, 2].map(|b| AffinityMember {
+            service_id: id,
+            backend_id: id + b - 1,
+        })
+    );
+    let changed: std::collections::BTreeSet<FrontendKey> = applied_frontends(&applied).collect();
+    let touched = planner.update(&sticky6(&[(1, READY)]), &changed);
+    let maps = apply_checked(
+        &applied,
+        &diff_touched(&applied, planner.current(), &touched),
+    );
+    assert_eq!(members(&maps).len(), 1, "{maps:?}");
+    let touched = planner.update(&Model::default(), &changed);
+    let maps = apply_checked(&maps, &diff_touched(&maps, planner.current(), &touched));
+    assert!(maps.affinity.is_empty(), "{maps:?}");
+}
+
+/// The model keys of the IPv6 frontends in `maps`.
+fn applied_frontends(maps: &MapContents) -> impl Iterator<Item = FrontendKey> + '_ {
+    maps.services6.keys().map(|k| FrontendKey {
+        ip: k.ip().into(),
+        port: k.port(),
+        protocol: Protocol::Tcp,
+        scope: Default::default(),
+    })
 }
