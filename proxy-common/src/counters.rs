@@ -69,14 +69,14 @@ counters! {
     // IPv6: more extension headers before the L4 header than the programs
     // walk (`MAX_IPV6_EXT_HEADERS`): passed untouched.
     PassIpv6ExtHeaders => "pass_ipv6_ext_headers",
-    // IPv6: a frontend asks for what the IPv6 path does not do yet
-    // (source ranges): dropped, never half-served.
+    // Retired: IPv6 serves masquerade, hairpin and source ranges now. Never
+    // counted; its slot stays, as counters are only ever appended.
     DropIpv6Unsupported => "drop_ipv6_unsupported",
-    // IPv6: a ClientIP-affinity frontend's new flow chose by hash (affinity
-    // is IPv4-only so far).
+    // Retired: IPv6 follows ClientIP affinity now. Never counted; the slot
+    // stays.
     Ipv6AffinityIgnored => "ipv6_affinity_ignored",
-    // IPv6: the per-CPU scratch entry the pod path keeps its flow in was
-    // missing (never, for a one-entry per-CPU array).
+    // IPv6: a per-CPU scratch entry (the pod path's flow, the lookup keys)
+    // was missing (never, for a one-entry per-CPU array).
     DropNoScratch => "drop_no_scratch",
     // An ICMP or ICMPv6 error about a translated flow, on its way to the
     // client, whose quoted packet was turned back into what the client sent.

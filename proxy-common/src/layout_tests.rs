@@ -215,3 +215,17 @@ fn ipv6_partners_lead_back_to_each_other() {
     };
     assert_eq!(reverse.partner(&back_to_frontend), forward);
 }
+
+#[test]
+fn ipv6_policy_layouts() {
+    assert_eq!(size_of::<SourceRange6Key>(), 20);
+    assert_eq!(offset_of!(SourceRange6Key, addr), 4);
+    assert_eq!(size_of::<Affinity6Key>(), 20);
+    assert_eq!(offset_of!(Affinity6Key, client_addr), 4);
+    let ip: core::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let key = Affinity6Key {
+        service_id: 1 << 31,
+        client_addr: wire_addr6(ip),
+    };
+    assert_eq!(key.client_addr[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);
+}

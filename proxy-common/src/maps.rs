@@ -10,6 +10,9 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 /// `sessionAffinity: ClientIP` frontend was last sent to, and when.
 pub const AFFINITY: &str = "VIPR_AFFINITY";
 pub const DEFAULT_MAX_AFFINITY: u32 = 262_144;
+/// `Affinity6Key` → `AffinityValue`, LRU: the IPv6 twin of `VIPR_AFFINITY`,
+/// sized like it.
+pub const AFFINITY6: &str = "VIPR_AFFINITY6";
 /// `AffinityMember` → timeout in seconds (`u32`): the endpoints an affinity
 /// may still lead to (those new connections may use), per frontend.
 pub const AFFINITY_MEMBERS: &str = "VIPR_AFFINITY_MEMBERS";
@@ -40,6 +43,9 @@ pub const COUNTERS: &str = "VIPR_COUNTERS";
 /// with `SVC_FLAG_SOURCE_RANGES` accepts (loadBalancerSourceRanges).
 pub const SOURCE_RANGES: &str = "VIPR_SOURCE_RANGES";
 pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
+/// LPM trie of `SourceRange6Key` → `u8` (1): the IPv6 twin of
+/// `VIPR_SOURCE_RANGES`, sized like it.
+pub const SOURCE_RANGES6: &str = "VIPR_SOURCE_RANGES6";
 /// `SockRevKey` → `SockRevValue`, LRU: for sockets the cgroup hooks sent to
 /// a backend, the frontend that `recvmsg`/`getpeername` must show instead.
 pub const SOCK_REVNAT: &str = "VIPR_SOCK_REVNAT";
@@ -470,6 +476,17 @@ pub struct AffinityValue {
     pub last_used_s: u32,
 }
 
+/// Key of `VIPR_AFFINITY6`: one IPv6 client of one frontend. No padding:
+/// 4 + 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Affinity6Key {
+    pub service_id: u32,
+    /// Client address, network byte order.
+    pub client_addr: Addr6,
+}
+
 /// Key of `VIPR_AFFINITY_MEMBERS`: an endpoint an affinity may lead to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -579,6 +596,18 @@ pub struct SourceRangeKey {
     pub addr: u32,
 }
 
+/// Key of `VIPR_SOURCE_RANGES6` (the data part; the LPM prefix length
+/// counts 32 bits of `service_id` plus the CIDR's length, up to 128).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SourceRange6Key {
+    /// Big-endian, so that it is the leading 32 bits the trie matches on.
+    pub service_id_be: u32,
+    /// Network byte order.
+    pub addr: Addr6,
+}
+
 /// IPv4 address as its wire bytes loaded into a native `u32`.
 pub fn wire_addr(addr: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(addr.octets())
@@ -627,4 +656,6 @@ mod pod_impls {
     unsafe impl aya::Pod for Ct6Value {}
     unsafe impl aya::Pod for SockRev6Key {}
     unsafe impl aya::Pod for SockRev6Value {}
+    unsafe impl aya::Pod for SourceRange6Key {}
+    unsafe impl aya::Pod for Affinity6Key {}
 }

@@ -12,7 +12,7 @@ use crate::{
     ct::{self, RecordError},
     family::{Family, V4},
     lb::{choose_backend_id, flow_hash, lookup_backend, lookup_service, source_allowed},
-    maps::{count, node_ipv4},
+    maps::{KeyRoom, count, node_ipv4},
     parse::{Flow, TCP_FLAG_RST},
     trace,
 };
@@ -57,21 +57,24 @@ pub fn admits(service: &ServiceValue, src_addr: u32) -> bool {
 /// do instead: refuse when the service has no endpoints at all, drop when a
 /// traffic policy leaves none for this node.
 #[inline(always)]
-pub fn new_backend(
+pub fn new_backend<F: Family>(
     service: &ServiceValue,
     hash: u32,
-    client_addr: u32,
-) -> Result<(u32, BackendValue), Decision> {
+    client_addr: F::Addr,
+    room: &mut KeyRoom<F::Keys>,
+) -> Result<(u32, F::Backend), Decision<F>> {
     let sticky = service.flags & SVC_FLAG_AFFINITY != 0;
-    if sticky && let Some((backend_id, backend)) = affinity::followed(service, client_addr) {
-        affinity::remember(service, client_addr, backend_id);
+    if sticky
+        && let Some((backend_id, backend)) = affinity::followed::<F>(service, client_addr, room)
+    {
+        affinity::remember::<F>(service, client_addr, backend_id, room);
         count(Counter::AffinityFollowed);
         trace::affinity_followed(backend_id);
         return Ok((backend_id, backend));
     }
-    let chosen = pick_backend::<V4>(service, hash)?;
+    let chosen = pick_backend::<F>(service, hash)?;
     if sticky {
-        affinity::remember(service, client_addr, chosen.0);
+        affinity::remember::<F>(service, client_addr, chosen.0, room);
     }
     Ok(chosen)
 }
@@ -104,7 +107,7 @@ pub fn to_service<F: Family>(flow: &Flow<F>, scope: u8) -> Decision<F> {
     let Some(service) = lookup_service(flow, scope) else {
         return Decision::Pass(Counter::PassNotService);
     };
-    if let Err(reason) = F::admits(&service, flow.src_addr) {
+    if let Err(reason) = F::admits(&service, flow.src_addr, &mut KeyRoom::PerCpu) {
         return Decision::Drop(reason);
     }
     let mut outcome = Counter::DnatNew;
@@ -120,7 +123,13 @@ pub fn to_service<F: Family>(flow: &Flow<F>, scope: u8) -> Decision<F> {
     if service.flags & SVC_FLAG_DRAINING != 0 {
         return Decision::Pass(Counter::PassNotService);
     }
-    let (backend_id, backend) = match F::new_backend(&service, flow_hash(flow), flow.src_addr) {
+    let chosen = F::new_backend(
+        &service,
+        flow_hash(flow),
+        flow.src_addr,
+        &mut KeyRoom::PerCpu,
+    );
+    let (backend_id, backend) = match chosen {
         Ok(chosen) => chosen,
         // As a TCP stack never answers a RST with one (RFC 9293).
         Err(Decision::Refuse) if flow.tcp_flags & TCP_FLAG_RST != 0 => {

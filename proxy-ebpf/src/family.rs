@@ -2,18 +2,19 @@
 //! (`lb.rs`) and the decisions (`decide.rs`) are written once over
 //! `Family` and monomorphised: the IPv4 programs the verifier sees are the
 //! code they were before IPv6, and IPv6 follows the same rules. What only
-//! the families do differently (the hairpin source, and what IPv6 does not
-//! serve yet) sits behind the hooks at the end of the trait.
+//! the families do differently (the hairpin source, where IPv6 builds its
+//! lookup keys) sits behind the hooks at the end of the trait.
 use aya_ebpf::{maps::HashMap, programs::TcContext};
 use proxy_common::{
-    Addr6, BACKEND_FLAG_LOCAL, Backend6Value, BackendValue, Counter, Ct6Key, Ct6Value, CtKey,
-    CtValue, HAIRPIN_IPV4, SVC_FLAG_AFFINITY, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES,
-    Service6Key, ServiceKey, ServiceValue,
+    Addr6, Affinity6Key, AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend6Value,
+    BackendValue, Counter, Ct6Key, Ct6Value, CtKey, CtValue, HAIRPIN_IPV4, SVC_FLAG_MASQUERADE,
+    SVC_FLAG_SOURCE_RANGES, Service6Key, ServiceKey, ServiceValue,
 };
 
 use crate::{
     decide::{self, Decision},
-    maps::{self, count},
+    lb,
+    maps::{self, KeyRoom, Keys6},
     nat::{self, Side},
     nat6,
     parse::Flow,
@@ -34,6 +35,9 @@ pub trait Family: Copy + 'static {
     type Backend: Copy;
     type CtKey;
     type CtValue: Copy;
+    /// Room for the keys of lookups too large for the TC path's stack
+    /// (`KeyRoom`); IPv4's keys are 8 bytes and need none.
+    type Keys: Default;
 
     fn services() -> &'static HashMap<Self::ServiceKey, ServiceValue>;
     fn backends() -> &'static HashMap<u32, Self::Backend>;
@@ -82,13 +86,31 @@ pub trait Family: Copy + 'static {
     fn entry_notes(v: *mut Self::CtValue) -> (*mut u32, *mut u8);
 
     /// A frontend's admission of a client (loadBalancerSourceRanges).
-    fn admits(service: &ServiceValue, src: Self::Addr) -> Result<(), Counter>;
+    fn admits(
+        service: &ServiceValue,
+        src: Self::Addr,
+        room: &mut KeyRoom<Self::Keys>,
+    ) -> Result<(), Counter>;
     /// The endpoint a new connection gets, or what to do instead.
     fn new_backend(
         service: &ServiceValue,
         hash: u32,
         client: Self::Addr,
+        room: &mut KeyRoom<Self::Keys>,
     ) -> Result<(u32, Self::Backend), Decision<Self>>;
+    /// The client's session affinity at a frontend, if it has one.
+    fn affinity_of(
+        service_id: u32,
+        client: Self::Addr,
+        room: &mut KeyRoom<Self::Keys>,
+    ) -> Option<AffinityValue>;
+    /// (Re)writes the client's session affinity at a frontend.
+    fn set_affinity(
+        service_id: u32,
+        client: Self::Addr,
+        value: &AffinityValue,
+        room: &mut KeyRoom<Self::Keys>,
+    );
     /// The source a new flow to `backend` must leave with instead of its
     /// own (masquerade, hairpin), if any; `Err`: drop.
     fn snat_source(
@@ -125,6 +147,7 @@ impl Family for V4 {
     type Backend = BackendValue;
     type CtKey = CtKey;
     type CtValue = CtValue;
+    type Keys = ();
 
     #[inline(always)]
     fn services() -> &'static HashMap<ServiceKey, ServiceValue> {
@@ -238,7 +261,7 @@ impl Family for V4 {
         unsafe { (&raw mut (*v).last_seen, &raw mut (*v).flags) }
     }
     #[inline(always)]
-    fn admits(service: &ServiceValue, src: u32) -> Result<(), Counter> {
+    fn admits(service: &ServiceValue, src: u32, _room: &mut KeyRoom<()>) -> Result<(), Counter> {
         if decide::admits(service, src) {
             Ok(())
         } else {
@@ -250,8 +273,26 @@ impl Family for V4 {
         service: &ServiceValue,
         hash: u32,
         client: u32,
+        room: &mut KeyRoom<()>,
     ) -> Result<(u32, BackendValue), Decision<V4>> {
-        decide::new_backend(service, hash, client)
+        decide::new_backend::<V4>(service, hash, client, room)
+    }
+    #[inline(always)]
+    fn affinity_of(service_id: u32, client: u32, _room: &mut KeyRoom<()>) -> Option<AffinityValue> {
+        let key = AffinityKey {
+            service_id,
+            client_addr: client,
+        };
+        unsafe { maps::AFFINITY.get(&key).copied() }
+    }
+    #[inline(always)]
+    fn set_affinity(service_id: u32, client: u32, value: &AffinityValue, _room: &mut KeyRoom<()>) {
+        let key = AffinityKey {
+            service_id,
+            client_addr: client,
+        };
+        // A full LRU evicts the oldest affinity; failing here only loses stickiness.
+        let _ = maps::AFFINITY.insert(&key, value, 0);
     }
     #[inline(always)]
     fn snat_source(
@@ -291,6 +332,7 @@ impl Family for V6 {
     type Backend = Backend6Value;
     type CtKey = Ct6Key;
     type CtValue = Ct6Value;
+    type Keys = Keys6;
 
     #[inline(always)]
     fn services() -> &'static HashMap<Service6Key, ServiceValue> {
@@ -408,24 +450,61 @@ impl Family for V6 {
         unsafe { (&raw mut (*v).last_seen, &raw mut (*v).flags) }
     }
     #[inline(always)]
-    fn admits(service: &ServiceValue, _src: Addr6) -> Result<(), Counter> {
-        // Fail closed: a range we cannot check must not admit everyone.
-        if service.flags & SVC_FLAG_SOURCE_RANGES != 0 {
-            return Err(Counter::DropIpv6Unsupported);
+    fn admits(
+        service: &ServiceValue,
+        src: Addr6,
+        room: &mut KeyRoom<Keys6>,
+    ) -> Result<(), Counter> {
+        if service.flags & SVC_FLAG_SOURCE_RANGES == 0 {
+            return Ok(());
         }
-        Ok(())
+        // Fail closed: a range we cannot check must not admit anyone.
+        let Some(keys) = room.keys() else {
+            return Err(Counter::DropNoScratch);
+        };
+        if lb::source_allowed6(service, src, &mut keys.range) {
+            Ok(())
+        } else {
+            Err(Counter::DropSourceRange)
+        }
     }
     #[inline(always)]
     fn new_backend(
         service: &ServiceValue,
         hash: u32,
-        _client: Addr6,
+        client: Addr6,
+        room: &mut KeyRoom<Keys6>,
     ) -> Result<(u32, Backend6Value), Decision<V6>> {
-        if service.flags & SVC_FLAG_AFFINITY != 0 {
-            // Losing stickiness is safe; the flow itself is served.
-            count(Counter::Ipv6AffinityIgnored);
-        }
-        decide::pick_backend::<V6>(service, hash)
+        decide::new_backend::<V6>(service, hash, client, room)
+    }
+    #[inline(always)]
+    fn affinity_of(
+        service_id: u32,
+        client: Addr6,
+        room: &mut KeyRoom<Keys6>,
+    ) -> Option<AffinityValue> {
+        let keys = room.keys()?;
+        keys.affinity = Affinity6Key {
+            service_id,
+            client_addr: client,
+        };
+        unsafe { maps::AFFINITY6.get(&keys.affinity).copied() }
+    }
+    #[inline(always)]
+    fn set_affinity(
+        service_id: u32,
+        client: Addr6,
+        value: &AffinityValue,
+        room: &mut KeyRoom<Keys6>,
+    ) {
+        // Without room (never) only stickiness is lost.
+        let Some(keys) = room.keys() else { return };
+        keys.affinity = Affinity6Key {
+            service_id,
+            client_addr: client,
+        };
+        // A full LRU evicts the oldest affinity; failing here only loses stickiness.
+        let _ = maps::AFFINITY6.insert(&keys.affinity, value, 0);
     }
     #[inline(always)]
     fn snat_source(

@@ -1,10 +1,10 @@
 //! Service lookup and backend choice.
 use aya_ebpf::maps::lpm_trie::Key;
-use proxy_common::{ServiceValue, SlotKey, SourceRangeKey};
+use proxy_common::{Addr6, ServiceValue, SlotKey, SourceRange6Key, SourceRangeKey};
 
 use crate::{
     family::Family,
-    maps::{SLOTS, SOURCE_RANGES, hash_seed},
+    maps::{RangeLookup6, SLOTS, SOURCE_RANGES, SOURCE_RANGES6, hash_seed},
     parse::Flow,
     trace,
 };
@@ -12,6 +12,7 @@ use crate::{
 /// Bits of a `SourceRangeKey` that must always match: the service id.
 const SERVICE_ID_BITS: u32 = 32;
 const IPV4_BITS: u32 = 32;
+const IPV6_BITS: u32 = 128;
 
 #[inline(always)]
 pub fn lookup_service<F: Family>(flow: &Flow<F>, scope: u8) -> Option<ServiceValue> {
@@ -37,6 +38,18 @@ pub fn source_allowed(service: &ServiceValue, src_addr: u32) -> bool {
         },
     );
     SOURCE_RANGES.get(&key).is_some()
+}
+
+/// [`source_allowed`] for an IPv6 client, its key built in `key` (20 bytes
+/// too many for the IPv6 pod path's stack).
+#[inline(always)]
+pub fn source_allowed6(service: &ServiceValue, src_addr: Addr6, key: &mut RangeLookup6) -> bool {
+    key.prefix_len = SERVICE_ID_BITS + IPV6_BITS;
+    key.data = SourceRange6Key {
+        service_id_be: service.service_id.to_be(),
+        addr: src_addr,
+    };
+    SOURCE_RANGES6.get(key.as_key()).is_some()
 }
 
 #[inline(always)]

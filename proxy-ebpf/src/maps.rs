@@ -4,11 +4,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    AffinityKey, AffinityMember, AffinityValue, Backend6Value, BackendValue, Counter, Ct6Key,
-    Ct6Value, CtKey, CtValue, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CONNTRACK,
-    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS, DEFAULT_MAX_SOCK_REVNAT, DEFAULT_MAX_SOURCE_RANGES,
-    Service6Key, ServiceKey, ServiceValue, SlotKey, SockRev6Key, SockRev6Value, SockRevKey,
-    SockRevValue, SourceRangeKey, TRACE_RECORD_ENTRIES, TraceRecord,
+    Affinity6Key, AffinityKey, AffinityMember, AffinityValue, Backend6Value, BackendValue, Counter,
+    Ct6Key, Ct6Value, CtKey, CtValue, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_CONNTRACK, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS, DEFAULT_MAX_SOCK_REVNAT,
+    DEFAULT_MAX_SOURCE_RANGES, Service6Key, ServiceKey, ServiceValue, SlotKey, SockRev6Key,
+    SockRev6Value, SockRevKey, SockRevValue, SourceRange6Key, SourceRangeKey, TRACE_RECORD_ENTRIES,
+    TraceRecord,
 };
 
 #[map(name = "VIPR_SERVICES")]
@@ -42,6 +43,15 @@ pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
 
 #[map(name = "VIPR_AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(DEFAULT_MAX_AFFINITY, 0);
+
+// IPv6 twins of the two above, sized like them.
+#[map(name = "VIPR_SOURCE_RANGES6")]
+pub static SOURCE_RANGES6: LpmTrie<SourceRange6Key, u8> =
+    LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, 0);
+
+#[map(name = "VIPR_AFFINITY6")]
+pub static AFFINITY6: LruHashMap<Affinity6Key, AffinityValue> =
     LruHashMap::pinned(DEFAULT_MAX_AFFINITY, 0);
 
 #[map(name = "VIPR_AFFINITY_MEMBERS")]
@@ -130,3 +140,66 @@ pub fn socket_lb_scope() -> u8 {
 /// decision between its subprograms (see `programs::from_pod6`).
 #[map(name = "VIPR_SCRATCH6")]
 pub static SCRATCH6: PerCpuArray<crate::programs::Scratch6> = PerCpuArray::with_max_entries(1, 0);
+
+/// Kernel-private, never read by the agent: where the TC and XDP programs
+/// build the 20-byte keys of the IPv6 source-range and affinity lookups,
+/// off the stack (see `family::KeyRoom`).
+#[map(name = "VIPR_KEYS6")]
+pub static KEYS6: PerCpuArray<Keys6> = PerCpuArray::with_max_entries(1, 0);
+
+/// The IPv6 lookup keys of one packet.
+#[repr(C)]
+#[derive(Default)]
+pub struct Keys6 {
+    pub range: RangeLookup6,
+    pub affinity: Affinity6Key,
+}
+
+/// An LPM lookup key of `VIPR_SOURCE_RANGES6`: the bytes of aya's
+/// `lpm_trie::Key<SourceRange6Key>` (prefix length, then the data, no
+/// padding), but word-aligned, so it is written in words: aya's is packed,
+/// which the compiler writes a byte at a time.
+#[repr(C)]
+#[derive(Default)]
+pub struct RangeLookup6 {
+    pub prefix_len: u32,
+    pub data: SourceRange6Key,
+}
+
+const _: () = assert!(
+    core::mem::size_of::<RangeLookup6>()
+        == core::mem::size_of::<aya_ebpf::maps::lpm_trie::Key<SourceRange6Key>>()
+);
+
+impl RangeLookup6 {
+    /// The same bytes as aya's key type, for `LpmTrie::get`.
+    #[inline(always)]
+    pub fn as_key(&self) -> &aya_ebpf::maps::lpm_trie::Key<SourceRange6Key> {
+        // Same fields in the same order with no padding in either (the
+        // assertion above), and the packed type needs no alignment.
+        unsafe { &*(self as *const Self).cast() }
+    }
+}
+
+/// Where a family builds the keys of its larger lookups (`Family::Keys`).
+pub enum KeyRoom<'a, K> {
+    /// The per-CPU entry (`KEYS6`): for the TC and XDP programs, which run
+    /// with softirqs off and so never interrupt one another on a CPU.
+    PerCpu,
+    /// The caller's stack: for the socket hooks, which run in process
+    /// context, where a packet's program could overwrite a per-CPU entry
+    /// between the key's writing and its lookup.
+    Stack(&'a mut K),
+}
+
+impl KeyRoom<'_, Keys6> {
+    /// `None` only if the per-CPU entry is missing (never: one entry).
+    #[inline(always)]
+    pub fn keys(&mut self) -> Option<&mut Keys6> {
+        match self {
+            KeyRoom::Stack(keys) => Some(keys),
+            // A per-CPU entry: nothing else runs on this CPU while the program does.
+            KeyRoom::PerCpu => KEYS6.get_ptr_mut(0).map(|keys| unsafe { &mut *keys }),
+        }
+    }
+}

@@ -25,7 +25,8 @@ use crate::{
     family::{Family, V4, V6},
     lb::{lookup_frontend, mix},
     maps::{
-        SOCK_REVNAT, SOCK_REVNAT6, agent_netns_cookie, count, hash_seed, node_ipv4, socket_lb_scope,
+        KeyRoom, SOCK_REVNAT, SOCK_REVNAT6, agent_netns_cookie, count, hash_seed, node_ipv4,
+        node_ipv6, socket_lb_scope,
     },
 };
 
@@ -304,9 +305,7 @@ fn to_backend6<const SENDMSG: bool>(ctx: &SockAddrContext) -> i32 {
         };
     }
     let frontend = V6::service_key(dst, port, proto, SCOPE_INTERNAL);
-    // No IPv6 address decides yet (`V6::admits`, `V6::new_backend`):
-    // the unspecified one stands in for the client's.
-    match translate::<V6>(socket_cookie(ctx), &frontend, [0; 4]) {
+    match translate::<V6>(socket_cookie(ctx), &frontend, bound_or_node_ipv6(addr)) {
         Ok((backend, port)) => {
             unsafe {
                 (*addr).user_ip6[0] = backend[0];
@@ -390,10 +389,13 @@ pub fn socket_backend<F: Family>(
     else {
         return Err(SocketRefusal::Proceed(Counter::SockPassNotService));
     };
-    if let Err(reason) = F::admits(&service, client) {
+    // On the stack: a packet's program may interrupt this one on its CPU.
+    let mut keys = F::Keys::default();
+    let mut room = KeyRoom::Stack(&mut keys);
+    if let Err(reason) = F::admits(&service, client, &mut room) {
         return Err(SocketRefusal::Fail(reason, EHOSTUNREACH));
     }
-    match F::new_backend(&service, socket_hash(cookie), client) {
+    match F::new_backend(&service, socket_hash(cookie), client, &mut room) {
         Ok((_, backend)) => Ok((service, backend)),
         Err(Decision::Drop(reason)) => Err(SocketRefusal::Fail(reason, EHOSTUNREACH)),
         Err(_) => Err(SocketRefusal::Fail(Counter::SockRefused, ECONNREFUSED)),
@@ -411,6 +413,22 @@ fn bound_or_node_ipv4(addr: *mut bpf_sock_addr) -> u32 {
         unsafe { (*sk).src_ip4 }
     };
     if bound != 0 { bound } else { node_ipv4() }
+}
+
+/// The client's IPv6 address as source ranges and affinity see it: the one
+/// the socket is bound to, else the node's IPv6 address (as for IPv4).
+#[inline(always)]
+fn bound_or_node_ipv6(addr: *mut bpf_sock_addr) -> Addr6 {
+    let sk = unsafe { (*addr).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return node_ipv6();
+    }
+    // One load per word at its fixed offset: copied as an array, the
+    // compiler steps a pointer through the socket, which the verifier
+    // refuses ("pointer arithmetic on sock prohibited").
+    let word = |i: usize| unsafe { core::ptr::read_volatile(&raw const (*sk).src_ip6[i]) };
+    let bound = [word(0), word(1), word(2), word(3)];
+    if bound != [0; 4] { bound } else { node_ipv6() }
 }
 
 /// One choice per socket: every datagram an unconnected UDP socket sends

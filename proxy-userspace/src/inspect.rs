@@ -9,7 +9,7 @@ use proxy_common::{Counter, Ct6Key, Ct6Value, CtKey, CtValue, maps};
 use crate::{
     datapath::{
         DatapathError, all_interfaces, cleanup_attachments, cleanup_pins, read_counters,
-        source_range_of,
+        source_range_of, source_range6_of,
     },
     plan::{MapContents, dump_text},
 };
@@ -72,6 +72,15 @@ pub fn pinned_contents(pin_dir: &Path) -> Result<MapContents, DatapathError> {
         for entry in backends6.iter() {
             let (k, v) = entry.map_err(err(maps::BACKENDS6))?;
             contents.backends6.insert(k, v);
+        }
+    }
+    // Pins of an agent from before IPv6 source ranges have no such map.
+    if let Ok(pinned) = open(pin_dir, maps::SOURCE_RANGES6) {
+        let ranges6: LpmTrie<_, proxy_common::SourceRange6Key, u8> =
+            typed(maps::SOURCE_RANGES6, Map::LpmTrie(pinned))?;
+        for key in ranges6.keys() {
+            let key = key.map_err(err(maps::SOURCE_RANGES6))?;
+            contents.source_ranges6.insert(source_range6_of(&key));
         }
     }
     // Pins of an agent from before session affinity have no such map.

@@ -1,7 +1,8 @@
 //! IPv6 end to end (`--ipv6 on`): both nodes and every pod dual-stack, a
 //! pod reaching a dual-stack Service's IPv6 ClusterIP in TCP and UDP on
-//! endpoints of both nodes, the same Service in IPv4 at once, and an IPv6
-//! Service without endpoints refusing at once.
+//! endpoints of both nodes, the same Service in IPv4 at once, an IPv6
+//! Service with ClientIP affinity keeping the pod on one endpoint, and an
+//! IPv6 Service without endpoints refusing at once.
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -15,6 +16,9 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 const CLUSTER_IP6: &str = "fd00:96::60";
 const CLUSTER_IP4: &str = "10.96.0.60";
 const EMPTY_IP6: &str = "fd00:96::61";
+const STICKY_IP6: &str = "fd00:96::62";
+/// New connections the affinity check makes.
+const STICKY_REQUESTS: u64 = 20;
 /// A client pod on node1, added after the agents started (the agent
 /// attaches new pod interfaces as they appear).
 const CLIENT_POD: (&str, &str) = ("c6", "10.244.1.50");
@@ -29,17 +33,23 @@ fn manifest(endpoints6: &[(String, &str)]) -> String {
         .iter()
         .map(|(_, node, ip)| (ip.to_string(), *node))
         .collect();
-    let slice = |name: &str, family: &str, list: &[(String, &str)]| {
+    let slice_of = |service: &str, name: &str, family: &str, list: &[(String, &str)]| {
         format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: ext, labels: {{kubernetes.io/service-name: dual}}}}\naddressType: {family}\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n{}",
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: ext, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: {family}\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n{}",
             endpoints(list)
         )
     };
+    let slice =
+        |name: &str, family: &str, list: &[(String, &str)]| slice_of("dual", name, family, list);
+    let sticky = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: sticky6, namespace: ext}}\nspec:\n  ipFamilies: [IPv6]\n  clusterIPs: ['{STICKY_IP6}']\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 600}}}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n{}",
+        slice_of("sticky6", "sticky6-v6", "IPv6", endpoints6)
+    );
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: dual, namespace: ext}}\nspec:\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIPs: [{CLUSTER_IP4}, '{CLUSTER_IP6}']\n  ports: [{{name: http, port: 80, targetPort: 8080}}, {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}]\n{}{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: none6, namespace: ext}}\nspec:\n  ipFamilies: [IPv6]\n  clusterIPs: ['{EMPTY_IP6}']\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n",
         slice("dual-v4", "IPv4", &v4),
         slice("dual-v6", "IPv6", endpoints6),
-    )
+    ) + &sticky
 }
 
 #[test]
@@ -99,6 +109,20 @@ fn dual_stack(cluster: &mut ExternalCluster) -> Result<()> {
     ensure!(
         peers.iter().all(|ip| *ip == IpAddr::V6(client_ip6)),
         "endpoints saw {peers:?}, not {client_ip6}"
+    );
+
+    // ClientIP affinity: the pod's new connections all go to one endpoint.
+    let sticky6 = SocketAddr::from((STICKY_IP6.parse::<Ipv6Addr>()?, 80));
+    let followed_before = cluster.counter("node1", Counter::AffinityFollowed)?;
+    let mut sticky_names = BTreeSet::new();
+    for _ in 0..STICKY_REQUESTS {
+        sticky_names.insert(echo::tcp_request(&client, sticky6, TIMEOUT).context("sticky6")?);
+    }
+    ensure!(sticky_names.len() == 1, "affinity lost: {sticky_names:?}");
+    ensure!(
+        cluster.counter("node1", Counter::AffinityFollowed)?
+            >= followed_before + STICKY_REQUESTS - 1,
+        "the IPv6 connections did not follow the client's affinity"
     );
 
     // A held IPv6 connection is listed as an established flow of ext/dual.

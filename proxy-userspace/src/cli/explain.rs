@@ -116,16 +116,16 @@ pub fn explain(counter: Counter) -> &'static str {
             "TC pod path: an IPv6 packet with more extension headers before its TCP/UDP header than the programs walk. Passed untranslated."
         }
         Counter::DropIpv6Unsupported => {
-            "Dropped: an IPv6 frontend needs what the IPv6 path does not do yet (loadBalancerSourceRanges)."
+            "Retired, never counted: IPv6 serves masquerade, hairpin and loadBalancerSourceRanges now."
         }
         Counter::Ipv6AffinityIgnored => {
-            "A new IPv6 connection to a ClientIP-affinity frontend chose its endpoint by hash: session affinity is IPv4-only so far."
+            "Retired, never counted: IPv6 follows ClientIP session affinity now."
         }
         Counter::RevNatIcmpError => {
             "An ICMP/ICMPv6 error (unreachable, packet too big, time exceeded, parameter problem) about a translated flow: the packet it quotes, and its outer addresses, were turned back into the client's view of the flow, as conntrack's RELATED translation does."
         }
         Counter::DropNoScratch => {
-            "Dropped: the IPv6 pod path found no per-CPU scratch entry for its flow (the one-entry per-CPU array always has it: a kernel or load fault)."
+            "Dropped: the IPv6 path found no per-CPU scratch entry for its flow or lookup keys (the one-entry per-CPU arrays always have it: a kernel or load fault)."
         }
     }
 }

@@ -158,6 +158,12 @@ pub fn row(
         .iter()
         .filter(|r| r.0 == value.service_id)
         .map(|(_, ip, len)| format!("{ip}/{len}"))
+        .chain(
+            maps.source_ranges6
+                .iter()
+                .filter(|r| r.0 == value.service_id)
+                .map(|(_, ip, len)| format!("{ip}/{len}")),
+        )
         .collect();
     let flag = |bit: u16| value.flags & bit != 0;
     ServiceRow {

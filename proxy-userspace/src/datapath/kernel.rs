@@ -2,13 +2,13 @@
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use proxy_common::{
     AffinityMember, Backend6Value, BackendValue, Counter, Service6Key, ServiceKey, ServiceValue,
-    SlotKey, SourceRangeKey, host_addr, maps, wire_addr,
+    SlotKey, SourceRange6Key, SourceRangeKey, host_addr, host_addr6, maps, wire_addr, wire_addr6,
 };
 
 use std::mem::discriminant;
 
 use super::{Datapath, DatapathError, ServiceMaps, sys};
-use crate::plan::maps::{MapContents, MapOp, SourceRange};
+use crate::plan::maps::{MapContents, MapOp, SourceRange, SourceRange6};
 
 pub struct KernelMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -20,6 +20,7 @@ pub struct KernelMaps {
     /// naming the map, and IPv4 is served as before).
     services6: Option<HashMap<MapData, Service6Key, ServiceValue>>,
     backends6: Option<HashMap<MapData, u32, Backend6Value>>,
+    source_ranges6: Option<LpmTrie<MapData, SourceRange6Key, u8>>,
     /// Cleared when the kernel refuses batch commands: single writes then.
     batching: bool,
 }
@@ -46,6 +47,23 @@ pub fn source_range_of(key: &Key<SourceRangeKey>) -> SourceRange {
     let data = key.data();
     let len = key.prefix_len().saturating_sub(SERVICE_ID_BITS) as u8;
     (u32::from_be(data.service_id_be), host_addr(data.addr), len)
+}
+
+fn range6_key(&(service_id, ip, len): &SourceRange6) -> Key<SourceRange6Key> {
+    Key::new(
+        SERVICE_ID_BITS + u32::from(len),
+        SourceRange6Key {
+            service_id_be: service_id.to_be(),
+            addr: wire_addr6(ip),
+        },
+    )
+}
+
+/// [`source_range_of`] for the IPv6 map.
+pub fn source_range6_of(key: &Key<SourceRange6Key>) -> SourceRange6 {
+    let data = key.data();
+    let len = key.prefix_len().saturating_sub(SERVICE_ID_BITS) as u8;
+    (u32::from_be(data.service_id_be), host_addr6(data.addr), len)
 }
 
 pub(super) fn take<T>(datapath: &mut Datapath, name: &'static str) -> Result<T, DatapathError>
@@ -92,6 +110,7 @@ impl KernelMaps {
             affinity: take(datapath, maps::AFFINITY_MEMBERS)?,
             services6: take(datapath, maps::SERVICES6).ok(),
             backends6: take(datapath, maps::BACKENDS6).ok(),
+            source_ranges6: take(datapath, maps::SOURCE_RANGES6).ok(),
             batching: true,
         })
     }
@@ -146,7 +165,10 @@ impl KernelMaps {
                 None => Ok(false),
             },
             // The LPM trie has no batch commands.
-            MapOp::UpsertSourceRange(_) | MapOp::DeleteSourceRange(_) => Ok(false),
+            MapOp::UpsertSourceRange(_)
+            | MapOp::DeleteSourceRange(_)
+            | MapOp::UpsertSourceRange6(_)
+            | MapOp::DeleteSourceRange6(_) => Ok(false),
         }
     }
 }
@@ -263,6 +285,15 @@ impl ServiceMaps for KernelMaps {
                 ignore_missing(present(&mut self.backends6, maps::BACKENDS6)?.remove(id))
                     .map_err(map_err(maps::BACKENDS6))
             }
+            MapOp::UpsertSourceRange6(range) => {
+                present(&mut self.source_ranges6, maps::SOURCE_RANGES6)?
+                    .insert(&range6_key(range), 1, 0)
+                    .map_err(map_err(maps::SOURCE_RANGES6))
+            }
+            MapOp::DeleteSourceRange6(range) => ignore_missing(
+                present(&mut self.source_ranges6, maps::SOURCE_RANGES6)?.remove(&range6_key(range)),
+            )
+            .map_err(map_err(maps::SOURCE_RANGES6)),
         }
     }
 
@@ -298,6 +329,12 @@ impl ServiceMaps for KernelMaps {
             for entry in backends6.iter() {
                 let (k, v) = entry.map_err(map_err(maps::BACKENDS6))?;
                 contents.backends6.insert(k, v);
+            }
+        }
+        if let Some(ranges6) = &self.source_ranges6 {
+            for key in ranges6.keys() {
+                let key = key.map_err(map_err(maps::SOURCE_RANGES6))?;
+                contents.source_ranges6.insert(source_range6_of(&key));
             }
         }
         Ok(contents)

@@ -27,7 +27,7 @@ pub use attach::{AttachMode, Attacher, cleanup_attachments};
 pub use conntrack::{ConntrackTable, FamilyTable, Pressure, conntrack_clock};
 pub use fake::FakeMaps;
 pub use interfaces::{InterfaceSelector, all_interfaces, ip_addresses};
-pub use kernel::{KernelMaps, read_counters, source_range_of};
+pub use kernel::{KernelMaps, read_counters, source_range_of, source_range6_of};
 pub use links::parent_device;
 pub use loader::{Datapath, LoadOptions, MAP_DIR, MapSizes, OBJECT, cleanup_pins, load_trace_copy};
 pub use namespaces::{namespaces_in, run_in_each};

@@ -6,9 +6,9 @@ use std::{mem::size_of, path::Path};
 
 use aya::maps::{MapInfo, MapType};
 use proxy_common::{
-    AffinityKey, AffinityMember, AffinityValue, Backend6Value, BackendValue, Ct6Key, Ct6Value,
-    CtKey, CtValue, Service6Key, ServiceKey, ServiceValue, SlotKey, SockRev6Key, SockRev6Value,
-    SockRevKey, SockRevValue, SourceRangeKey, TraceRecord, maps,
+    Affinity6Key, AffinityKey, AffinityMember, AffinityValue, Backend6Value, BackendValue, Ct6Key,
+    Ct6Value, CtKey, CtValue, Service6Key, ServiceKey, ServiceValue, SlotKey, SockRev6Key,
+    SockRev6Value, SockRevKey, SockRevValue, SourceRange6Key, SourceRangeKey, TraceRecord, maps,
 };
 
 use super::DatapathError;
@@ -17,7 +17,7 @@ use super::DatapathError;
 const LPM_PREFIX_LEN: usize = size_of::<u32>();
 
 /// Every map the object pins: name, type, key size, value size.
-const LAYOUTS: [(&str, MapType, usize, usize); 14] = [
+const LAYOUTS: [(&str, MapType, usize, usize); 16] = [
     (
         maps::SERVICES,
         MapType::Hash,
@@ -95,6 +95,18 @@ const LAYOUTS: [(&str, MapType, usize, usize); 14] = [
         MapType::Hash,
         size_of::<Ct6Key>(),
         size_of::<Ct6Value>(),
+    ),
+    (
+        maps::SOURCE_RANGES6,
+        MapType::LpmTrie,
+        LPM_PREFIX_LEN + size_of::<SourceRange6Key>(),
+        size_of::<u8>(),
+    ),
+    (
+        maps::AFFINITY6,
+        MapType::LruHash,
+        size_of::<Affinity6Key>(),
+        size_of::<AffinityValue>(),
     ),
     (
         proxy_common::TRACE_RECORD,

@@ -15,13 +15,14 @@ use super::loader::{Globals, MAP_DIR, MapSizes, OBJECT, cleanup_pins, private_di
 const TRACE_DIR: &str = "trace";
 
 /// Maps the programs only read: the trace copy uses the live ones.
-const SHARED_MAPS: [&str; 7] = [
+const SHARED_MAPS: [&str; 8] = [
     maps::SERVICES,
     maps::SLOTS,
     maps::BACKENDS,
     maps::SERVICES6,
     maps::BACKENDS6,
     maps::SOURCE_RANGES,
+    maps::SOURCE_RANGES6,
     maps::AFFINITY_MEMBERS,
 ];
 
@@ -88,6 +89,7 @@ pub(super) fn load(
         maps::CONNTRACK,
         maps::CONNTRACK6,
         maps::AFFINITY,
+        maps::AFFINITY6,
         maps::SOCK_REVNAT,
         maps::SOCK_REVNAT6,
     ] {

@@ -9,8 +9,8 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValue
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::util::nr_cpus;
 use proxy_common::{
-    AffinityKey, AffinityValue, CT_FORWARD, CT_REVERSE, Counter, Ct6Key, Ct6Value, CtKey, CtValue,
-    SockRevKey, SockRevValue, TraceRecord, maps, programs,
+    Affinity6Key, AffinityKey, AffinityValue, CT_FORWARD, CT_REVERSE, Counter, Ct6Key, Ct6Value,
+    CtKey, CtValue, SockRevKey, SockRevValue, TraceRecord, maps, programs,
 };
 
 use super::DatapathError;
@@ -149,6 +149,10 @@ pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, Dat
         hash_map(scratch(pin_dir, maps::CONNTRACK6)?, maps::CONNTRACK6)?;
     let mut affinity: HashMap<_, AffinityKey, AffinityValue> =
         lru_map(scratch(pin_dir, maps::AFFINITY)?, maps::AFFINITY)?;
+    // What an earlier IPv6 trace remembered must not steer this one (the
+    // live IPv6 affinity is not copied in: see the README).
+    let mut affinity6: HashMap<_, Affinity6Key, AffinityValue> =
+        lru_map(scratch(pin_dir, maps::AFFINITY6)?, maps::AFFINITY6)?;
     let mut sockets: HashMap<_, SockRevKey, SockRevValue> =
         lru_map(scratch(pin_dir, maps::SOCK_REVNAT)?, maps::SOCK_REVNAT)?;
     let mut counters: PerCpuArray<_, u64> =
@@ -161,6 +165,7 @@ pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, Dat
     clear(&mut conntrack, maps::CONNTRACK)?;
     clear(&mut conntrack6, maps::CONNTRACK6)?;
     clear(&mut affinity, maps::AFFINITY)?;
+    clear(&mut affinity6, maps::AFFINITY6)?;
     clear(&mut sockets, maps::SOCK_REVNAT)?;
     let cpus = nr_cpus().map_err(|(_, e)| pins_error(e))?;
     for counter in Counter::ALL {

@@ -1,6 +1,9 @@
 //! Ordered, minimal difference between two map contents.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use proxy_common::{SVC_FLAG_SOURCE_RANGES, ServiceValue};
 
 use super::maps::{MapContents, MapOp};
 use super::planner::Touched;
@@ -14,7 +17,7 @@ use super::planner::Touched;
 /// 1. upsert backends: nothing refers to new ones yet;
 /// 2. upsert slots and affinity members: they point at backends written in
 ///    1 or kept;
-/// 3. upsert source ranges, then services: a higher count only covers slots
+/// 3. upsert source ranges (IPv4, then IPv6), then services: a higher count only covers slots
 ///    written in 2; a lower count still covers slots that exist (they are
 ///    deleted only in 5); a service checking source ranges has them already;
 /// 4. delete services gone from `desired`, then source ranges: nothing refers
@@ -48,6 +51,9 @@ pub fn diff(applied: &MapContents, desired: &MapContents) -> Vec<MapOp> {
     for range in desired.source_ranges.difference(&applied.source_ranges) {
         ops.push(MapOp::UpsertSourceRange(*range));
     }
+    for range in desired.source_ranges6.difference(&applied.source_ranges6) {
+        ops.push(MapOp::UpsertSourceRange6(*range));
+    }
     upserts(
         &applied.services,
         &desired.services,
@@ -74,6 +80,9 @@ pub fn diff(applied: &MapContents, desired: &MapContents) -> Vec<MapOp> {
     );
     for range in applied.source_ranges.difference(&desired.source_ranges) {
         ops.push(MapOp::DeleteSourceRange(*range));
+    }
+    for range in applied.source_ranges6.difference(&desired.source_ranges6) {
+        ops.push(MapOp::DeleteSourceRange6(*range));
     }
     deletes(&applied.slots, &desired.slots, MapOp::DeleteSlot, &mut ops);
     deletes(
@@ -188,6 +197,11 @@ pub fn diff_touched(applied: &MapContents, desired: &MapContents, touched: &Touc
             ops.push(MapOp::UpsertSourceRange(*range));
         }
     }
+    for range in &t.source_ranges6 {
+        if desired.source_ranges6.contains(range) && !applied.source_ranges6.contains(range) {
+            ops.push(MapOp::UpsertSourceRange6(*range));
+        }
+    }
     touched_upserts(
         &t.services,
         &applied.services,
@@ -219,6 +233,11 @@ pub fn diff_touched(applied: &MapContents, desired: &MapContents, touched: &Touc
     for range in &t.source_ranges {
         if applied.source_ranges.contains(range) && !desired.source_ranges.contains(range) {
             ops.push(MapOp::DeleteSourceRange(*range));
+        }
+    }
+    for range in &t.source_ranges6 {
+        if applied.source_ranges6.contains(range) && !desired.source_ranges6.contains(range) {
+            ops.push(MapOp::DeleteSourceRange6(*range));
         }
     }
     touched_deletes(
@@ -298,6 +317,12 @@ pub fn apply_op(maps: &mut MapContents, op: &MapOp) {
         MapOp::DeleteBackend6(id) => {
             maps.backends6.remove(&id);
         }
+        MapOp::UpsertSourceRange6(range) => {
+            maps.source_ranges6.insert(range);
+        }
+        MapOp::DeleteSourceRange6(range) => {
+            maps.source_ranges6.remove(&range);
+        }
     }
 }
 
@@ -346,5 +371,41 @@ pub fn check_consistency(maps: &MapContents) -> Vec<String> {
             ));
         }
     }
+    // The datapath would admit no client at all; ranges go in before the
+    // flag and come out after it (phases 3 and 4).
+    let ranged = |value: &ServiceValue| value.flags & SVC_FLAG_SOURCE_RANGES != 0;
+    for (key, value) in maps.services.iter().filter(|(_, v)| ranged(v)) {
+        if !has_range(&maps.source_ranges, value.service_id, Ipv4Addr::UNSPECIFIED) {
+            problems.push(format!(
+                "service {}:{} id={} checks source ranges it has none of",
+                key.ip(),
+                key.port(),
+                value.service_id
+            ));
+        }
+    }
+    for (key, value) in maps.services6.iter().filter(|(_, v)| ranged(v)) {
+        if !has_range(
+            &maps.source_ranges6,
+            value.service_id,
+            Ipv6Addr::UNSPECIFIED,
+        ) {
+            problems.push(format!(
+                "service [{}]:{} id={} checks source ranges it has none of",
+                key.ip(),
+                key.port(),
+                value.service_id
+            ));
+        }
+    }
     problems
+}
+
+/// Whether `ranges` has an entry of service `id` (`lowest`: the family's
+/// lowest address, where the id's entries start).
+fn has_range<A: Ord + Copy>(ranges: &BTreeSet<(u32, A, u8)>, id: u32, lowest: A) -> bool {
+    ranges
+        .range((id, lowest, 0)..)
+        .next()
+        .is_some_and(|r| r.0 == id)
 }

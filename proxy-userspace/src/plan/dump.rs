@@ -91,6 +91,9 @@ pub fn dump_text(maps: &MapContents) -> String {
     for (id, ip, len) in &maps.source_ranges {
         let _ = writeln!(out, "source-range {id} {ip}/{len}");
     }
+    for (id, ip, len) in &maps.source_ranges6 {
+        let _ = writeln!(out, "source-range {id} {ip}/{len}");
+    }
     for (member, timeout) in &maps.affinity {
         let _ = writeln!(
             out,

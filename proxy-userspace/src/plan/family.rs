@@ -12,13 +12,15 @@ use proxy_common::{
     ServiceKey, ServiceValue,
 };
 
-use super::maps::MapContents;
+use super::maps::{MapContents, SourceRange, SourceRange6};
 use super::planner::Touched;
 use crate::model::{Backend, Frontend, FrontendKey};
 
 pub(crate) trait Family {
     type Key: Copy + Ord + Hash + Debug;
     type Backend: Copy + Ord + Hash + Debug;
+    /// A source range entry: (service id, prefix, prefix length).
+    type Range: Copy + Ord + Debug;
     /// The lowest id of this family's services and backends.
     const FIRST_ID: u32;
 
@@ -30,6 +32,11 @@ pub(crate) trait Family {
     fn backends(maps: &mut MapContents) -> &mut BTreeMap<u32, Self::Backend>;
     fn touched_services(touched: &mut Touched) -> &mut BTreeSet<Self::Key>;
     fn touched_backends(touched: &mut Touched) -> &mut BTreeSet<u32>;
+    /// The entry of `service_id` allowing `net/len`, if `net` is of this
+    /// family (the model gives a frontend only its own family's ranges).
+    fn range(service_id: u32, net: IpAddr, len: u8) -> Option<Self::Range>;
+    fn source_ranges(maps: &mut MapContents) -> &mut BTreeSet<Self::Range>;
+    fn touched_ranges(touched: &mut Touched) -> &mut BTreeSet<Self::Range>;
 }
 
 /// `BACKEND_FLAG_*` of an endpoint, either family.
@@ -52,6 +59,7 @@ pub(crate) struct V6;
 impl Family for V4 {
     type Key = ServiceKey;
     type Backend = BackendValue;
+    type Range = SourceRange;
     const FIRST_ID: u32 = 1;
 
     fn key(key: &FrontendKey) -> Option<ServiceKey> {
@@ -84,11 +92,22 @@ impl Family for V4 {
     fn touched_backends(touched: &mut Touched) -> &mut BTreeSet<u32> {
         &mut touched.backends
     }
+    fn range(service_id: u32, net: IpAddr, len: u8) -> Option<SourceRange> {
+        let IpAddr::V4(net) = net else { return None };
+        Some((service_id, net, len))
+    }
+    fn source_ranges(maps: &mut MapContents) -> &mut BTreeSet<SourceRange> {
+        &mut maps.source_ranges
+    }
+    fn touched_ranges(touched: &mut Touched) -> &mut BTreeSet<SourceRange> {
+        &mut touched.source_ranges
+    }
 }
 
 impl Family for V6 {
     type Key = Service6Key;
     type Backend = Backend6Value;
+    type Range = SourceRange6;
     /// The upper half of the id space: more than any map holds of either.
     const FIRST_ID: u32 = 1 << 31;
 
@@ -121,5 +140,15 @@ impl Family for V6 {
     }
     fn touched_backends(touched: &mut Touched) -> &mut BTreeSet<u32> {
         &mut touched.backends6
+    }
+    fn range(service_id: u32, net: IpAddr, len: u8) -> Option<SourceRange6> {
+        let IpAddr::V6(net) = net else { return None };
+        Some((service_id, net, len))
+    }
+    fn source_ranges(maps: &mut MapContents) -> &mut BTreeSet<SourceRange6> {
+        &mut maps.source_ranges6
+    }
+    fn touched_ranges(touched: &mut Touched) -> &mut BTreeSet<SourceRange6> {
+        &mut touched.source_ranges6
     }
 }

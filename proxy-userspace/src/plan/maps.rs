@@ -1,7 +1,7 @@
 //! Map contents as plain data: what the planner wants and what the datapath holds.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proxy_common::{
     Addr6, AffinityMember, Backend6Value, BackendValue, Service6Key, ServiceKey, ServiceValue,
@@ -21,6 +21,8 @@ pub struct MapContents {
     pub backends6: BTreeMap<u32, Backend6Value>,
     /// loadBalancerSourceRanges entries: (service id, prefix, prefix length).
     pub source_ranges: BTreeSet<SourceRange>,
+    /// The IPv6 ones, of IPv6 frontends (their own LPM map).
+    pub source_ranges6: BTreeSet<SourceRange6>,
     /// Session affinity: the endpoints an affinity may lead to, per
     /// frontend, with the frontend's timeout in seconds.
     pub affinity: BTreeMap<AffinityMember, u32>,
@@ -90,6 +92,8 @@ impl MapContents {
 
 /// One allowed client prefix of one service.
 pub type SourceRange = (u32, Ipv4Addr, u8);
+/// One allowed IPv6 client prefix of one IPv6 service.
+pub type SourceRange6 = (u32, Ipv6Addr, u8);
 
 /// One write to one map. A diff is an ordered list of these, safe to apply in
 /// order while packets flow: a slot never points at a missing backend and a
@@ -110,4 +114,6 @@ pub enum MapOp {
     UpsertService6(Service6Key, ServiceValue),
     DeleteService6(Service6Key),
     DeleteBackend6(u32),
+    UpsertSourceRange6(SourceRange6),
+    DeleteSourceRange6(SourceRange6),
 }

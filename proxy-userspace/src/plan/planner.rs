@@ -1,7 +1,7 @@
 //! Model → desired map contents, with stable ids; in full or per frontend.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use hashbrown::HashMap;
 use proxy_common::{
@@ -62,6 +62,7 @@ pub struct Touched {
     pub backends: BTreeSet<u32>,
     pub backends6: BTreeSet<u32>,
     pub source_ranges: BTreeSet<super::maps::SourceRange>,
+    pub source_ranges6: BTreeSet<super::maps::SourceRange6>,
     pub affinity: BTreeSet<AffinityMember>,
 }
 
@@ -275,11 +276,13 @@ impl<F: Family> Tables<F> {
             }
         }
         let backend_count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
-        for (ip, len) in ipv4_ranges(&fe.policy.source_ranges) {
-            let range = (service_id, ip, len);
-            desired.source_ranges.insert(range);
+        for &(net, len) in &fe.policy.source_ranges {
+            let Some(range) = F::range(service_id, net, len) else {
+                continue;
+            };
+            F::source_ranges(desired).insert(range);
             if let Some(notes) = notes.as_deref_mut() {
-                notes.touched.source_ranges.insert(range);
+                F::touched_ranges(&mut notes.touched).insert(range);
             }
         }
         F::services(desired).insert(
@@ -317,7 +320,8 @@ impl<F: Family> Tables<F> {
 }
 
 /// Removes (noting them) the slots, affinity members and source ranges of
-/// the service with `service_id`: the maps both families share by id.
+/// the service with `service_id`: the slot and member maps both families
+/// share by id, and either family's ranges (ids never overlap).
 fn forget_service_entries(desired: &mut MapContents, service_id: u32, notes: &mut Notes) {
     let ranges: Vec<_> = desired
         .source_ranges
@@ -329,6 +333,17 @@ fn forget_service_entries(desired: &mut MapContents, service_id: u32, notes: &mu
         desired.source_ranges.remove(&range);
         notes.touched.source_ranges.insert(range);
         notes.before.source_ranges.insert(range);
+    }
+    let ranges6: Vec<_> = desired
+        .source_ranges6
+        .range((service_id, Ipv6Addr::UNSPECIFIED, 0)..)
+        .take_while(|r| r.0 == service_id)
+        .copied()
+        .collect();
+    for range in ranges6 {
+        desired.source_ranges6.remove(&range);
+        notes.touched.source_ranges6.insert(range);
+        notes.before.source_ranges6.insert(range);
     }
     let members: Vec<AffinityMember> = desired
         .affinity
@@ -383,17 +398,6 @@ fn draining(service_id: u32) -> ServiceValue {
         backend_count: 0,
         flags: SVC_FLAG_DRAINING,
     }
-}
-
-/// The IPv4 ones of a frontend's source ranges (all of them, for an IPv4
-/// frontend: the model gives each frontend the ranges of its family).
-/// IPv6 ranges have no map yet; an IPv6 frontend with ranges still carries
-/// `SVC_FLAG_SOURCE_RANGES`, so the datapath lets no client in (fails closed).
-fn ipv4_ranges(ranges: &[(std::net::IpAddr, u8)]) -> impl Iterator<Item = (Ipv4Addr, u8)> + '_ {
-    ranges.iter().filter_map(|&(ip, len)| match ip {
-        std::net::IpAddr::V4(v4) => Some((v4, len)),
-        std::net::IpAddr::V6(_) => None,
-    })
 }
 
 /// The datapath's view of a frontend's policy.

@@ -2,7 +2,9 @@
 
 use std::net::Ipv4Addr;
 
-use proxy_common::{BackendValue, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey};
+use proxy_common::{
+    AffinityMember, BackendValue, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey,
+};
 
 use super::*;
 use crate::model::{
@@ -620,4 +622,137 @@ fn restore_keeps_the_ids_of_both_families() {
     assert!(check_consistency(&desired).is_empty());
     let mut restored = Planner::restore(&desired);
     assert_eq!(restored.desired(&m), desired);
+}
+
+/// `model_with` (every service in IPv6) whose frontends allow `ranges`.
+fn ranged6(specs: &[Spec], ranges: &[(&str, u8)]) -> Model {
+    let mut m = model_with(specs, Protocol::Tcp, |_| true);
+    let ranges: Vec<(std::net::IpAddr, u8)> = ranges
+        .iter()
+        .map(|&(net, len)| (net.parse().expect("test prefix"), len))
+        .collect();
+    for fe in m.frontends.values_mut() {
+        fe.policy.source_ranges = ranges.clone();
+    }
+    m
+}
+
+#[test]
+fn ipv6_source_ranges_fill_their_own_map_and_follow_changes() {
+    let before = ranged6(
+        &[(10, &[(1, READY)])],
+        &[("fd00:244:1::", 64), ("2001:db8::7", 128)],
+    );
+    let mut planner = Planner::new();
+    let applied = apply_checked(
+        &MapContents::default(),
+        &diff(&MapContents::default(), &planner.desired(&before)),
+    );
+    let want = "\
+svc [fd00:96::a]:80/tcp id=2147483648 count=1 has-endpoints source-ranges
+slot 2147483648/0 -> 2147483648
+backend 2147483648 [fd00::1]:8080/tcp
+source-range 2147483648 2001:db8::7/128
+source-range 2147483648 fd00:244:1::/64
+";
+    assert_eq!(dump_text(&applied), want);
+    assert!(applied.source_ranges.is_empty(), "no IPv4 entry");
+
+    // One range goes, another comes: added before, removed after the service.
+    let after = ranged6(
+        &[(10, &[(1, READY)])],
+        &[("fd00:244:1::", 64), ("fd00:244:2::", 64)],
+    );
+    let changed: std::collections::BTreeSet<FrontendKey> =
+        after.frontends.keys().copied().collect();
+    let touched = planner.update(&after, &changed);
+    let ops = diff_touched(&applied, planner.current(), &touched);
+    let id = 1 << 31;
+    let net = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("test prefix");
+    assert_eq!(
+        ops,
+        vec![
+            MapOp::UpsertSourceRange6((id, net("fd00:244:2::"), 64)),
+            MapOp::DeleteSourceRange6((id, net("2001:db8::7"), 128)),
+        ]
+    );
+    let maps = apply_checked(&applied, &ops);
+    assert_eq!(maps, Planner::new().desired(&after));
+
+    // The frontend gone: it drains, and its ranges go with its slots.
+    let touched = planner.update(&Model::default(), &changed);
+    let maps = apply_checked(&maps, &diff_touched(&maps, planner.current(), &touched));
+    assert!(maps.source_ranges6.is_empty(), "{maps:?}");
+}
+
+#[test]
+fn a_restarted_agent_finds_its_ipv6_ranges_in_place() {
+    let m = ranged6(&[(10, &[(1, READY)]), (11, &[])], &[("2001:db8::", 32)]);
+    let applied = Planner::new().desired(&m);
+    assert_eq!(applied.source_ranges6.len(), 2);
+    let mut restored = Planner::restore(&applied);
+    assert_eq!(diff(&applied, &restored.desired(&m)), Vec::<MapOp>::new());
+}
+
+#[test]
+fn checker_catches_a_service_checking_ranges_it_lacks() {
+    let m = ranged6(&[(10, &[(1, READY)])], &[("2001:db8::", 32)]);
+    let maps = Planner::new().desired(&m);
+    assert!(check_consistency(&maps).is_empty());
+    let mut no_range = maps.clone();
+    no_range.source_ranges6.clear();
+    assert_eq!(check_consistency(&no_range).len(), 1, "IPv6");
+    // An IPv4 service's ranges are looked for in the IPv4 map only.
+    let mut elsewhere = no_range.clone();
+    let (&key6, &value) = maps.services6.iter().next().expect("one frontend");
+    elsewhere.services6.remove(&key6);
+    elsewhere.services.insert(svc_key(10), value);
+    elsewhere.source_ranges6 = maps.source_ranges6.clone();
+    assert_eq!(check_consistency(&elsewhere).len(), 1, "IPv4");
+}
+
+/// IPv6 clients' affinities lead only where the shared member map says, so
+/// an IPv6 endpoint or frontend leaving takes its members with it, as an
+/// IPv4 one does.
+#[test]
+fn ipv6_affinity_members_go_with_their_endpoint_and_frontend() {
+    let sticky6 = |backends: &[(u8, Conditions)]| {
+        let mut m = model_with(&[(10, backends)], Protocol::Tcp, |_| true);
+        for fe in m.frontends.values_mut() {
+            fe.policy.affinity_timeout = Some(600);
+        }
+        m
+    };
+    let mut planner = Planner::new();
+    let applied = planner.desired(&sticky6(&[(1, READY), (2, READY)]));
+    let members =
+        |maps: &MapContents| -> Vec<AffinityMember> { maps.affinity.keys().copied().collect() };
+    let id = 1 << 31;
+    assert_eq!(
+        members(&applied),
+        [1, 2].map(|b| AffinityMember {
+            service_id: id,
+            backend_id: id + b - 1,
+        })
+    );
+    let changed: std::collections::BTreeSet<FrontendKey> = applied_frontends(&applied).collect();
+    let touched = planner.update(&sticky6(&[(1, READY)]), &changed);
+    let maps = apply_checked(
+        &applied,
+        &diff_touched(&applied, planner.current(), &touched),
+    );
+    assert_eq!(members(&maps).len(), 1, "{maps:?}");
+    let touched = planner.update(&Model::default(), &changed);
+    let maps = apply_checked(&maps, &diff_touched(&maps, planner.current(), &touched));
+    assert!(maps.affinity.is_empty(), "{maps:?}");
+}
+
+/// The model keys of the IPv6 frontends in `maps`.
+fn applied_frontends(maps: &MapContents) -> impl Iterator<Item = FrontendKey> + '_ {
+    maps.services6.keys().map(|k| FrontendKey {
+        ip: k.ip().into(),
+        port: k.port(),
+        protocol: Protocol::Tcp,
+        scope: Default::default(),
+    })
 }
