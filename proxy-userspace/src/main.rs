@@ -157,11 +157,10 @@ enum Command {
         /// socket and backend; least recently used evicted when full).
         #[arg(long, default_value_t = MapSizes::default().socket_revnat)]
         max_socket_revnat: u32,
-        /// Serve IPv6 too: dual-stack and IPv6-only Services. So far the
-        /// datapath serves IPv6 cluster IPs for pods (TC); NodePorts and
-        /// other external frontends, and the node's own sockets, pass IPv6
-        /// untouched. Off: IPv6 is skipped with counted reasons.
-        #[arg(long, value_enum, default_value = "off")]
+        /// Serve IPv6 too: dual-stack and IPv6-only Services, everywhere
+        /// IPv4 is served (as kube-proxy serves each family a node has).
+        /// Off: IPv6 objects are skipped with counted reasons.
+        #[arg(long, value_enum, default_value = "on")]
         ipv6: OnOff,
     },
     /// Print the pinned service maps and the packet counters.
