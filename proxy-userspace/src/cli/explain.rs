@@ -116,7 +116,7 @@ pub fn explain(counter: Counter) -> &'static str {
             "TC pod path: an IPv6 packet with more extension headers before its TCP/UDP header than the programs walk. Passed untranslated."
         }
         Counter::DropIpv6Unsupported => {
-            "Retired, never counted: IPv6 serves masquerade, hairpin and loadBalancerSourceRanges now."
+            "Retired, never counted. Dropped new IPv6 flows needing what the IPv6 path lacked then (masquerade, hairpin, loadBalancerSourceRanges), all served now."
         }
         Counter::Ipv6AffinityIgnored => {
             "Retired, never counted: IPv6 follows ClientIP session affinity now."
