@@ -183,7 +183,7 @@ fn trace_nodeport6(
     endpoints6: &[(Ipv6Addr, &str)],
 ) -> Result<()> {
     let node_port = format!("[{node1}]:{CLUSTER_PORT}/tcp");
-    for port in 41_000..41_008u16 {
+    let trace = |port: u16| -> Result<serde_json::Value> {
         let client = format!("[{CLIENT_IP6}]:{port}");
         let mut args = vec![
             client.as_str(),
@@ -211,7 +211,16 @@ fn trace_nodeport6(
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    // The agent rewrites its name index at most every 2 s: until then a
+    // trace shows the frontend without its Service's name and type.
+    let named = wait_until(APPLY_TIMEOUT, || {
+        trace(41_000).is_ok_and(|r| r["service"]["type"] == "NodePort")
+    });
+    ensure!(named, "the name index never named {node_port}");
+    for port in 41_000..41_008u16 {
+        let r = trace(port)?;
         ensure!(r["service"]["type"] == "NodePort", "{r:#}");
         let ip: Ipv6Addr = r["chosen"]["ip"].as_str().context("chosen")?.parse()?;
         let (_, node) = endpoints6
