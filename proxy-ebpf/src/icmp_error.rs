@@ -16,7 +16,7 @@ use crate::{
     family::{Family, V4, V6},
     maps::count,
     parse::{ETH_LEN, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
-    parse6::{IPV6_DST_OFF, IPV6_HDR_LEN, IPV6_SRC_OFF},
+    parse6::{IPV6_DST_OFF, IPV6_HDR_LEN, IPV6_PAYLOAD_LEN_OFF, IPV6_SRC_OFF},
 };
 
 const IPPROTO_ICMP: u8 = 1;
@@ -33,7 +33,9 @@ const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
 const ICMP_HDR_LEN: usize = 8;
 const ICMP_CSUM_OFF: usize = 2;
 const IPV4_MIN_HDR_LEN: usize = 20;
+const IPV4_TOTAL_LEN_OFF: usize = 2;
 const IPV4_PROTO_OFF: usize = 9;
+const CSUM_LEN: usize = 2;
 const IPV4_CSUM_OFF: usize = 10;
 const IPV4_SRC_OFF: usize = 12;
 const IPV4_DST_OFF: usize = 16;
@@ -81,12 +83,14 @@ fn is_tcp_or_udp(proto: u8) -> bool {
     proto == IPPROTO_TCP || proto == IPPROTO_UDP
 }
 
-/// Where the quoted L4 checksum is, if the quote holds it.
+/// Where the quoted L4 checksum is, if the quote holds it: within the
+/// ICMP message, which ends at `end` (the frame may carry more after it).
 #[inline(always)]
 fn quoted_l4_csum(
     ctx: &TcContext,
     inner_l4_off: usize,
     proto: u8,
+    end: usize,
     zero_is_none: bool,
 ) -> Option<usize> {
     let off = inner_l4_off
@@ -95,6 +99,9 @@ fn quoted_l4_csum(
         } else {
             UDP_CSUM_OFF
         };
+    if off + CSUM_LEN > end {
+        return None;
+    }
     let check: u16 = ctx.load(off).ok()?;
     (!(zero_is_none && proto == IPPROTO_UDP && check == 0)).then_some(off)
 }
@@ -136,11 +143,13 @@ pub fn translate4(ctx: &TcContext, towards: Towards) -> Option<()> {
     let inner_l4_off = inner_off + inner_len;
     let (src_port, dst_port) = ports_at(ctx, inner_l4_off)?;
     let proto = inner[IPV4_PROTO_OFF];
+    let total = u16::from_be_bytes([ip[IPV4_TOTAL_LEN_OFF], ip[IPV4_TOTAL_LEN_OFF + 1]]);
+    let end = ETH_LEN + total as usize;
     let quoted = Quoted {
         icmp_off,
         inner_off,
         inner_l4_off,
-        l4_csum_off: quoted_l4_csum(ctx, inner_l4_off, proto, true),
+        l4_csum_off: quoted_l4_csum(ctx, inner_l4_off, proto, end, true),
         proto,
         src: (addr(&inner, IPV4_SRC_OFF), src_port),
         dst: (addr(&inner, IPV4_DST_OFF), dst_port),
@@ -240,11 +249,13 @@ pub fn translate6(ctx: &TcContext, towards: Towards) -> Option<()> {
     }
     let inner_l4_off = inner_off + IPV6_HDR_LEN;
     let (src_port, dst_port) = ports_at(ctx, inner_l4_off)?;
+    let payload: [u8; 2] = ctx.load(ETH_LEN + IPV6_PAYLOAD_LEN_OFF).ok()?;
+    let end = ETH_LEN + IPV6_HDR_LEN + u16::from_be_bytes(payload) as usize;
     let quoted = Quoted {
         icmp_off,
         inner_off,
         inner_l4_off,
-        l4_csum_off: quoted_l4_csum(ctx, inner_l4_off, proto, false),
+        l4_csum_off: quoted_l4_csum(ctx, inner_l4_off, proto, end, false),
         proto,
         src: (ctx.load(inner_off + IPV6_SRC_OFF).ok()?, src_port),
         dst: (ctx.load(inner_off + IPV6_DST_OFF).ok()?, dst_port),

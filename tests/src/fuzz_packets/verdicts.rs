@@ -63,14 +63,23 @@ impl Program {
             DropNoLocalEndpoints,
             DropSourceRange,
         ];
-        const REPLIES: [Counter; 3] = [PassNotTranslated, RevNat, DropRewriteFailed];
+        const REPLIES: [Counter; 4] = [
+            PassNotTranslated,
+            RevNat,
+            DropRewriteFailed,
+            RevNatIcmpError,
+        ];
         static FROM: std::sync::LazyLock<Vec<Counter>> = std::sync::LazyLock::new(|| {
             [&PARSE[..], &TO_SERVICE, &[RevSnat, DropSnatPortsExhausted]].concat()
         });
+        // Errors about masqueraded flows are turned back on their way in.
+        static FROM_EXTERNAL: std::sync::LazyLock<Vec<Counter>> =
+            std::sync::LazyLock::new(|| [&FROM[..], &[RevNatIcmpError]].concat());
         static TO: std::sync::LazyLock<Vec<Counter>> =
             std::sync::LazyLock::new(|| [&PARSE[..], &REPLIES].concat());
         match self {
             Program::ToPod | Program::ToExternal => &TO,
+            Program::FromExternal => &FROM_EXTERNAL,
             _ => &FROM,
         }
     }
@@ -131,7 +140,8 @@ pub fn judge(o: &Outcome, ever: &Programmed) -> Result<&'static str, String> {
         return Err(format!("{} is not a verdict of this program", p.name()));
     }
     let redirected = has(TcRedirected);
-    if redirected && !(o.program == Program::FromExternal && translation(p) && p != RevNat) {
+    let sent_on = translation(p) && p != RevNat || p == RevNatIcmpError;
+    if redirected && !(o.program == Program::FromExternal && sent_on) {
         return Err(format!("tc_redirected after {}", p.name()));
     }
     let verdict = match p {
@@ -147,6 +157,7 @@ pub fn judge(o: &Outcome, ever: &Programmed) -> Result<&'static str, String> {
         _ if p.is_drop() => {}
         RejectTcpRst | RejectIcmpUnreachable => refusal(o.input, o.output, p)?,
         _ if translation(p) => translated(o, p, redirected, ever)?,
+        RevNatIcmpError => error_turned_back(o, redirected, ever)?,
         _ if o.output != o.input => return Err("a pass changed the packet".into()),
         _ => {}
     }
@@ -255,6 +266,44 @@ fn translated(o: &Outcome, p: Counter, forwarded: bool, ever: &Programmed) -> Re
         )),
         _ => Ok(()),
     }
+}
+
+/// An ICMP error about a translated flow, turned back: same length, still
+/// well-formed, and the packet it quotes now goes to a frontend that has
+/// the endpoint it went to before.
+fn error_turned_back(o: &Outcome, forwarded: bool, ever: &Programmed) -> Result<(), String> {
+    let (input, output) = (o.input, o.output);
+    if input.len() != output.len() {
+        return Err("the error's length changed".into());
+    }
+    if forwarded && output[ETH + 8] != input[ETH + 8].wrapping_sub(1) {
+        return Err("forwarded without taking one off the TTL".into());
+    }
+    if let (None, Some(problem)) = (frames::problem(input), frames::problem(output)) {
+        return Err(format!(
+            "well-formed error turned into one with a bad {problem}"
+        ));
+    }
+    // The quoted IPv4 header follows the 8-byte ICMP header.
+    let quoted = ETH + usize::from(input[ETH] & 0x0f) * 4 + 8;
+    let quoted_l4 = quoted + usize::from(input[quoted] & 0x0f) * 4;
+    let destination = |f: &[u8]| {
+        let addr = u32::from_ne_bytes(f[quoted + 16..quoted + 20].try_into().expect("4 bytes"));
+        (
+            addr,
+            u16::from_ne_bytes([f[quoted_l4 + 2], f[quoted_l4 + 3]]),
+        )
+    };
+    let proto = input[quoted + 9];
+    let (before, after) = (destination(input), destination(output));
+    let served = ever
+        .frontends
+        .get(&(after.0, after.1, proto))
+        .is_some_and(|endpoints| endpoints.contains(&before));
+    if !served {
+        return Err("the quoted packet now goes to no frontend of its endpoint".into());
+    }
+    Ok(())
 }
 
 /// Known findings a run shows (reported, see `tests/tests/packets_fuzz.rs`).
