@@ -157,7 +157,7 @@ fn an_ipv6_endpoints_errors_reach_the_client_about_the_cluster_ip() {
         Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port),
         Icmpv6Type::PacketTooBig { mtu: PATH_MTU },
     ] {
-        let error = icmp6(POD6, CLIENT6, kind.clone(), quote(&translated, whole));
+        let error = icmp6(POD6, CLIENT6, kind, quote(&translated, whole));
         let run = h.run(TO_POD, &error).unwrap();
         assert_eq!(run.counted, [("rev_nat_icmp_error", 1)], "{kind:?}");
         assert_eq!(
@@ -191,7 +191,7 @@ fn an_error_about_a_masqueraded_ipv6_flow_is_unmasqueraded_on_the_way_out() {
     assert_eq!(node_side.0, NODE6);
     let whole = masqueraded.len() - 14;
     let unreachable = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
-    let error = icmp6(POD6, NODE6, unreachable.clone(), quote(&masqueraded, whole));
+    let error = icmp6(POD6, NODE6, unreachable, quote(&masqueraded, whole));
     let run = h.run(FROM_EXTERNAL, &error).unwrap();
     assert_eq!(run.counted, [("rev_nat_icmp_error", 1)]);
     assert_eq!(
