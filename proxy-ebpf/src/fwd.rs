@@ -23,11 +23,14 @@ use proxy_common::Counter;
 use crate::{
     maps::count,
     parse::{ETH_LEN, IP_CSUM_OFF},
-    parse6::{IPV6_DST_OFF, IPV6_SRC_OFF},
+    parse6::{
+        IPV6_DST_OFF, IPV6_HDR_LEN, IPV6_HOP_LIMIT_OFF, IPV6_NEXT_HEADER_OFF, IPV6_SRC_OFF,
+        flowinfo,
+    },
 };
 
 const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
+pub const AF_INET6: u8 = 10;
 const IPV4_MIN_LEN: usize = core::mem::size_of::<Ipv4Hdr>();
 const TOS: usize = offset_of!(Ipv4Hdr, tos);
 const TTL: usize = offset_of!(Ipv4Hdr, ttl);
@@ -38,14 +41,6 @@ const ETH_DST_OFF: usize = offset_of!(EthHdr, dst_addr);
 const ETH_SRC_OFF: usize = offset_of!(EthHdr, src_addr);
 /// The TTL shares its checksum word with the protocol byte.
 const TTL_WORD_SIZE: u64 = 2;
-
-/// IPv6 header fields the lookup reads (the addresses come from parse6).
-const IPV6_FLOWINFO_LEN: usize = 4;
-const IPV6_NEXT_HEADER_OFF: usize = 6;
-const IPV6_HOP_LIMIT_OFF: usize = 7;
-const IPV6_FIXED_LEN: usize = 40;
-/// The traffic class and flow label: the first word without the version.
-const IPV6_FLOWINFO_MASK: u32 = 0x0fff_ffff;
 
 /// Redirects the packet to the interface the FIB names, with the MAC
 /// addresses filled in (or left to the neighbour table when the next hop is
@@ -79,7 +74,7 @@ pub fn redirect_to_egress(ctx: &TcContext) -> Option<i32> {
 /// frames of the decision chain that called it.
 #[inline(never)]
 pub fn redirect_to_egress6(ctx: &TcContext) -> Option<i32> {
-    let ip: [u8; IPV6_FIXED_LEN] = ctx.load(ETH_LEN).ok()?;
+    let ip: [u8; IPV6_HDR_LEN] = ctx.load(ETH_LEN).ok()?;
     let hop_limit = ip[IPV6_HOP_LIMIT_OFF];
     if hop_limit <= 1 {
         return None;
@@ -88,9 +83,7 @@ pub fn redirect_to_egress6(ctx: &TcContext) -> Option<i32> {
     params.family = AF_INET6;
     // The header's, or the first extension header's: only policy routing reads it.
     params.l4_protocol = ip[IPV6_NEXT_HEADER_OFF];
-    let first_word: [u8; IPV6_FLOWINFO_LEN] = [ip[0], ip[1], ip[2], ip[3]];
-    params.__bindgen_anon_2.flowinfo =
-        (u32::from_be_bytes(first_word) & IPV6_FLOWINFO_MASK).to_be();
+    params.__bindgen_anon_2.flowinfo = flowinfo([ip[0], ip[1], ip[2], ip[3]]);
     params.__bindgen_anon_3.ipv6_src = address_words(&ip, IPV6_SRC_OFF);
     params.__bindgen_anon_4.ipv6_dst = address_words(&ip, IPV6_DST_OFF);
     let resolved = next_hop(ctx, &mut params)?;
@@ -126,7 +119,7 @@ fn next_hop(ctx: &TcContext, params: &mut FibParams) -> Option<bool> {
 
 /// Four address words as they sit in the packet.
 #[inline(always)]
-fn address_words(ip: &[u8; IPV6_FIXED_LEN], off: usize) -> [u32; 4] {
+fn address_words(ip: &[u8; IPV6_HDR_LEN], off: usize) -> [u32; 4] {
     let mut words = [0u32; 4];
     for (i, word) in words.iter_mut().enumerate() {
         let at = off + i * 4;

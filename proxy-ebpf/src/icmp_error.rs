@@ -16,7 +16,9 @@ use crate::{
     family::{Family, V4, V6},
     maps::count,
     parse::{ETH_LEN, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
-    parse6::{IPV6_DST_OFF, IPV6_HDR_LEN, IPV6_PAYLOAD_LEN_OFF, IPV6_SRC_OFF},
+    parse6::{
+        IPV6_DST_OFF, IPV6_HDR_LEN, IPV6_NEXT_HEADER_OFF, IPV6_PAYLOAD_LEN_OFF, IPV6_SRC_OFF,
+    },
 };
 
 const IPPROTO_ICMP: u8 = 1;
@@ -39,7 +41,6 @@ const CSUM_LEN: usize = 2;
 const IPV4_CSUM_OFF: usize = 10;
 const IPV4_SRC_OFF: usize = 12;
 const IPV4_DST_OFF: usize = 16;
-const IPV6_NEXT_HEADER_OFF: usize = 6;
 const SRC_PORT_OFF: usize = 0;
 const DST_PORT_OFF: usize = 2;
 const ADDR_SIZE: u64 = 4;

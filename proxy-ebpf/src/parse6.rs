@@ -15,9 +15,12 @@ use crate::{
 /// bounds the verifier's work; real Service traffic carries none or one.
 pub const MAX_IPV6_EXT_HEADERS: u32 = 4;
 pub const IPV6_HDR_LEN: usize = 40;
-const IPV6_VERSION: u8 = 6;
+pub const IPV6_VERSION: u8 = 6;
 /// Offsets within the base header.
-const NEXT_HEADER_OFF: usize = 6;
+pub const IPV6_NEXT_HEADER_OFF: usize = 6;
+pub const IPV6_HOP_LIMIT_OFF: usize = 7;
+/// The traffic class and flow label: the first word without the version.
+const IPV6_FLOWINFO_MASK: u32 = 0x0fff_ffff;
 pub const IPV6_PAYLOAD_LEN_OFF: usize = 4;
 pub const IPV6_SRC_OFF: usize = 8;
 pub const IPV6_DST_OFF: usize = 24;
@@ -59,7 +62,7 @@ pub fn parse_flow6(ctx: &TcContext) -> Result<Flow<V6>, Counter> {
     // Direct access for the fixed header: no copy on the stack.
     let header =
         ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, ETH_LEN).ok_or(Counter::DropTruncated)? as *const u8;
-    let (version, mut next) = unsafe { (*header >> 4, *header.add(NEXT_HEADER_OFF)) };
+    let (version, mut next) = unsafe { (*header >> 4, *header.add(IPV6_NEXT_HEADER_OFF)) };
     if version != IPV6_VERSION {
         return Err(Counter::DropBadIpHeader);
     }
@@ -139,6 +142,12 @@ fn l4_loaded(ctx: &TcContext, off: usize, proto: u8) -> Result<([u8; 4], u8), Co
         0
     };
     Ok((ports, flags))
+}
+
+/// A FIB lookup's `flowinfo` (wire order) from a header's first four bytes.
+#[inline(always)]
+pub fn flowinfo(first_word: [u8; 4]) -> u32 {
+    (u32::from_be_bytes(first_word) & IPV6_FLOWINFO_MASK).to_be()
 }
 
 const _: () = assert!(IPV6_DST_OFF + IPV6_ADDR_LEN == IPV6_HDR_LEN);

@@ -8,7 +8,10 @@ use proxy_common::{Addr6, IPPROTO_TCP};
 use crate::{
     family::V6,
     parse::{ETH_LEN, Flow, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
-    parse6::{IPV6_ADDR_LEN, IPV6_DST_OFF, IPV6_HDR_LEN, IPV6_PAYLOAD_LEN_OFF, IPV6_SRC_OFF},
+    parse6::{
+        IPV6_ADDR_LEN, IPV6_DST_OFF, IPV6_HDR_LEN, IPV6_HOP_LIMIT_OFF, IPV6_NEXT_HEADER_OFF,
+        IPV6_PAYLOAD_LEN_OFF, IPV6_SRC_OFF,
+    },
     reject::{fold, send_back, sum_words},
 };
 
@@ -29,8 +32,6 @@ const IPV6_VERSION_BYTE: u8 = 0x60;
 const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 const ETH_ALEN: usize = 6;
 const ETH_MACS_LEN: usize = 2 * ETH_ALEN;
-const NEXT_HEADER_OFF: usize = 6;
-const HOP_LIMIT_OFF: usize = 7;
 const TCP_DOFF_NO_OPTIONS: u8 = 5 << 4;
 
 /// Copies `dst.len()` bytes of the packet at `offset` straight into `dst`
@@ -79,8 +80,8 @@ fn write_reply_headers(
     frame[ip] = IPV6_VERSION_BYTE;
     frame[ip + IPV6_PAYLOAD_LEN_OFF..ip + IPV6_PAYLOAD_LEN_OFF + 2]
         .copy_from_slice(&payload.to_be_bytes());
-    frame[ip + NEXT_HEADER_OFF] = next_header;
-    frame[ip + HOP_LIMIT_OFF] = HOP_LIMIT;
+    frame[ip + IPV6_NEXT_HEADER_OFF] = next_header;
+    frame[ip + IPV6_HOP_LIMIT_OFF] = HOP_LIMIT;
     frame[ip + IPV6_SRC_OFF..ip + IPV6_SRC_OFF + IPV6_ADDR_LEN]
         .copy_from_slice(&addr_bytes(flow.dst_addr));
     frame[ip + IPV6_DST_OFF..ip + IPV6_DST_OFF + IPV6_ADDR_LEN]

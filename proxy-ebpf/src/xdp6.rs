@@ -18,17 +18,17 @@ use proxy_common::{Addr6, CT_FLAG_SNAT, Counter, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     family::V6,
+    fwd::AF_INET6,
     maps::{SCRATCH6, count},
     parse::{ETH_LEN, Flow, TCP_CSUM_OFF, UDP_CSUM_OFF, ptr_at},
-    parse6::{IPV6_DST_OFF, IPV6_HDR_LEN, IPV6_PAYLOAD_LEN_OFF, IPV6_SRC_OFF},
+    parse6::{
+        IPV6_DST_OFF, IPV6_HDR_LEN, IPV6_HOP_LIMIT_OFF, IPV6_NEXT_HEADER_OFF, IPV6_PAYLOAD_LEN_OFF,
+        IPV6_SRC_OFF, IPV6_VERSION, flowinfo,
+    },
     programs::{Decided6, Kind, decide_from_external6},
     xdp::csum_update,
 };
 
-const AF_INET6: u8 = 10;
-const IPV6_VERSION: u8 = 6;
-const NEXT_HEADER_OFF: usize = 6;
-const HOP_LIMIT_OFF: usize = 7;
 /// Where TCP or UDP starts when no extension header comes first.
 const L4_OFF: usize = ETH_LEN + IPV6_HDR_LEN;
 const TCP_HDR_LEN: usize = 20;
@@ -38,8 +38,6 @@ const SRC_PORT_OFF: usize = 0;
 const DST_PORT_OFF: usize = 2;
 /// 16-bit words in an address, as the checksum sums them.
 const ADDR_WORDS: usize = 8;
-/// The traffic class and flow label: the first word without the version.
-const FLOWINFO_MASK: u32 = 0x0fff_ffff;
 /// In IPv6 a UDP checksum of 0 means none, which receivers drop.
 const UDP_CSUM_ZERO_AS: u16 = 0xffff;
 
@@ -78,7 +76,7 @@ fn parse_into(ctx: &XdpContext, out: &mut Flow<V6>) -> bool {
         return false;
     };
     let ip = ip as *const u8;
-    let (version, proto) = unsafe { (*ip >> 4, *ip.add(NEXT_HEADER_OFF)) };
+    let (version, proto) = unsafe { (*ip >> 4, *ip.add(IPV6_NEXT_HEADER_OFF)) };
     if version != IPV6_VERSION {
         return false;
     }
@@ -217,7 +215,7 @@ fn next_hop(ctx: &XdpContext, proto: u8, src: &Addr6, dst: &Addr6, params: &mut 
     };
     let ip = unsafe { &*ip };
     // An expiring hop limit goes to the stack, which answers with ICMPv6.
-    if ip[HOP_LIMIT_OFF] <= 1 {
+    if ip[IPV6_HOP_LIMIT_OFF] <= 1 {
         return false;
     }
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -225,8 +223,7 @@ fn next_hop(ctx: &XdpContext, proto: u8, src: &Addr6, dst: &Addr6, params: &mut 
     params.family = AF_INET6;
     params.l4_protocol = proto;
     params.__bindgen_anon_1.tot_len = payload_len.saturating_add(IPV6_HDR_LEN as u16);
-    params.__bindgen_anon_2.flowinfo =
-        (u32::from_be_bytes([ip[0], ip[1], ip[2], ip[3]]) & FLOWINFO_MASK).to_be();
+    params.__bindgen_anon_2.flowinfo = flowinfo([ip[0], ip[1], ip[2], ip[3]]);
     params.__bindgen_anon_3.ipv6_src = *src;
     params.__bindgen_anon_4.ipv6_dst = *dst;
     params.ifindex = ingress;
@@ -252,7 +249,7 @@ fn transmit(ctx: &XdpContext, hop: &FibParams) -> u32 {
     };
     unsafe {
         // What the stack would have done while forwarding; no checksum.
-        (*ip)[HOP_LIMIT_OFF] -= 1;
+        (*ip)[IPV6_HOP_LIMIT_OFF] -= 1;
         (*eth).dst_addr = hop.dmac;
         (*eth).src_addr = hop.smac;
     }
