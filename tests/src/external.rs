@@ -324,6 +324,37 @@ impl ExternalCluster {
         self.manifests.with_extension("state")
     }
 
+    /// `vipr ARGS` in `node`'s network namespace, on that node's agent's
+    /// pins and name index.
+    pub fn vipr_command(&self, node: &str, args: &[&str]) -> Result<std::process::Output> {
+        Ok(self
+            .topology
+            .command_in(node, crate::vipr_bin())?
+            .args(args)
+            .arg("--bpffs")
+            .arg(self.pins(node))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .output()?)
+    }
+
+    /// [`Self::vipr_command`]'s output, or an error carrying its stderr.
+    pub fn vipr(&self, node: &str, args: &[&str]) -> Result<String> {
+        let out = self.vipr_command(node, args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "vipr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// [`Self::vipr`] with `-o json`, parsed.
+    pub fn vipr_json(&self, node: &str, args: &[&str]) -> Result<serde_json::Value> {
+        let text = self.vipr(node, &[args, &["-o", "json"]].concat())?;
+        serde_json::from_str(&text).with_context(|| text.clone())
+    }
+
     /// The pin directory of `node`'s agent.
     pub fn pins(&self, node: &str) -> PathBuf {
         PathBuf::from(format!(

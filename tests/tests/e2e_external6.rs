@@ -185,33 +185,11 @@ fn trace_nodeport6(
     let node_port = format!("[{node1}]:{CLUSTER_PORT}/tcp");
     let trace = |port: u16| -> Result<serde_json::Value> {
         let client = format!("[{CLIENT_IP6}]:{port}");
-        let mut args = vec![
-            client.as_str(),
-            &node_port,
-            "--from",
-            "external",
-            "-o",
-            "json",
-        ];
+        let mut args = vec!["trace", &client, &node_port, "--from", "external"];
         if cluster.xdp != "off" {
             args.push("--xdp");
         }
-        let out = cluster
-            .topology
-            .command_in("node1", vipr_tests::vipr_bin())?
-            .arg("trace")
-            .args(&args)
-            .arg("--bpffs")
-            .arg(cluster.pins("node1"))
-            .arg("--state-dir")
-            .arg(cluster.state_dir())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
+        cluster.vipr_json("node1", &args)
     };
     // The agent rewrites its name index at most every 2 s: until then a
     // trace shows the frontend without its Service's name and type.

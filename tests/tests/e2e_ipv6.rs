@@ -213,19 +213,7 @@ fn service_list_names_the_ipv6_frontend(
 
 /// `vipr ARGS -o json` on node1's pins and name index.
 fn vipr_json(cluster: &ExternalCluster, args: &[&str]) -> Result<Vec<serde_json::Value>> {
-    let out = std::process::Command::new(vipr_tests::vipr_bin())
-        .args(args)
-        .args(["-o", "json", "--bpffs"])
-        .arg(cluster.pins("node1"))
-        .arg("--state-dir")
-        .arg(cluster.state_dir())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
+    Ok(serde_json::from_value(cluster.vipr_json("node1", args)?)?)
 }
 
 /// The demo's dual-stack Service (`cargo xtask demo` shows it): one

@@ -24,27 +24,11 @@ const POD_CLIENT: &str = "10.244.1.99:41000";
 /// `vipr trace ARGS -o json` inside `node`'s network namespace, as an
 /// operator on the node runs it.
 fn trace(cluster: &ExternalCluster, node: &str, args: &[&str]) -> Result<Value> {
-    let text = run_trace(cluster, node, &[args, &["-o", "json"]].concat())?;
-    serde_json::from_str(&text).with_context(|| text.clone())
+    cluster.vipr_json(node, &[&["trace"], args].concat())
 }
 
 fn run_trace(cluster: &ExternalCluster, node: &str, args: &[&str]) -> Result<String> {
-    let out = cluster
-        .topology
-        .command_in(node, vipr_tests::vipr_bin())?
-        .arg("trace")
-        .args(args)
-        .arg("--bpffs")
-        .arg(cluster.pins(node))
-        .arg("--state-dir")
-        .arg(cluster.state_dir())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "vipr trace {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
+    cluster.vipr(node, &[&["trace"], args].concat())
 }
 
 fn counted(report: &Value) -> BTreeSet<String> {

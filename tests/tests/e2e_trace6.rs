@@ -35,32 +35,16 @@ fn manifest(endpoints6: &[(String, &str)]) -> String {
 }
 
 fn command(cluster: &ExternalCluster, args: &[&str]) -> Result<std::process::Output> {
-    Ok(cluster
-        .topology
-        .command_in("node1", vipr_tests::vipr_bin())?
-        .arg("trace")
-        .args(args)
-        .arg("--bpffs")
-        .arg(cluster.pins("node1"))
-        .arg("--state-dir")
-        .arg(cluster.state_dir())
-        .output()?)
+    cluster.vipr_command("node1", &[&["trace"], args].concat())
 }
 
 /// `vipr trace ARGS` in node1's network namespace: its output, or its error.
 fn run_trace(cluster: &ExternalCluster, args: &[&str]) -> Result<String> {
-    let out = command(cluster, args)?;
-    ensure!(
-        out.status.success(),
-        "vipr trace {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
+    cluster.vipr("node1", &[&["trace"], args].concat())
 }
 
 fn trace(cluster: &ExternalCluster, args: &[&str]) -> Result<Value> {
-    let text = run_trace(cluster, &[args, &["-o", "json"]].concat())?;
-    serde_json::from_str(&text).with_context(|| text.clone())
+    cluster.vipr_json("node1", &[&["trace"], args].concat())
 }
 
 fn counted(report: &Value) -> BTreeSet<String> {
