@@ -2,6 +2,8 @@
 //! function; the work lives in one module per concern.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline assembly for word loads of misaligned packet fields (`wire.rs`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod affinity;
@@ -41,6 +43,8 @@ mod sock;
 mod trace;
 #[cfg(target_arch = "bpf")]
 mod trace_host;
+#[cfg(target_arch = "bpf")]
+mod wire;
 
 #[cfg(target_arch = "bpf")]
 mod xdp;

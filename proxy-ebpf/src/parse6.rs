@@ -9,6 +9,7 @@ use proxy_common::{Addr6, Counter, IPPROTO_TCP, IPPROTO_UDP};
 use crate::{
     family::V6,
     parse::{ETH_LEN, Flow, ptr_at},
+    wire,
 };
 
 /// Extension headers walked before giving up (and passing the packet):
@@ -45,7 +46,7 @@ const TCP_FLAGS_OFF: usize = 13;
 /// Reads an address from the packet (it may sit at any alignment).
 #[inline(always)]
 fn addr_at(header: *const u8, off: usize) -> Addr6 {
-    unsafe { core::ptr::read_unaligned(header.add(off) as *const Addr6) }
+    unsafe { wire::load_addr6(header.add(off)) }
 }
 
 #[inline(always)]

@@ -172,17 +172,19 @@ fn note_decision6(decision: Decision<V6>, out: &mut Decided6) {
     out.counter = counter;
 }
 
+/// Carries out what `serve6` decided, straight from the scratch entry:
+/// no `Decision` is rebuilt around a copy of it.
 #[inline(never)]
 fn apply6(ctx: &TcContext, flow: &Flow<V6>, decided: &Decided6) -> i32 {
-    let decision = match decided.kind {
-        Kind::Pass => Decision::Pass(decided.counter),
-        Kind::Drop => Decision::Drop(decided.counter),
-        Kind::Translate => Decision::Translate(decided.entry, decided.counter),
-        Kind::Unmasquerade => Decision::Unmasquerade(decided.entry),
-        Kind::RestoreSource => Decision::RestoreSource(decided.entry),
-        Kind::Refuse => Decision::Refuse,
+    let entry = &decided.entry;
+    let rewritten = match decided.kind {
+        Kind::Translate => translate::<V6>(ctx, flow, entry),
+        Kind::RestoreSource => restore_source::<V6>(ctx, flow, entry),
+        Kind::Unmasquerade => unmasquerade::<V6>(ctx, flow, entry),
+        // Never here: `serve6` answers these itself.
+        Kind::Pass | Kind::Drop | Kind::Refuse => return verdict(decided.counter),
     };
-    carry_out(ctx, flow, decision)
+    rewritten_verdict(rewritten, decided.counter)
 }
 
 /// Replies on their way to a client: restored to the frontend as source.
@@ -284,32 +286,48 @@ fn apply<F: Family>(ctx: &TcContext, flow: &Flow<F>, decision: Decision<F>) -> i
 /// Every decision but a refusal (see `apply`).
 #[inline(always)]
 fn carry_out<F: Family>(ctx: &TcContext, flow: &Flow<F>, decision: Decision<F>) -> i32 {
-    let (rewritten, counter) = match decision {
-        Decision::Pass(counter) | Decision::Drop(counter) => return verdict(counter),
+    match decision {
+        Decision::Pass(counter) | Decision::Drop(counter) => verdict(counter),
         // Never here: `apply` refuses.
-        Decision::Refuse => return verdict(Counter::DropRejectFailed),
-        Decision::Translate(entry, counter) => (translate(ctx, flow, &entry), counter),
+        Decision::Refuse => verdict(Counter::DropRejectFailed),
+        Decision::Translate(entry, counter) => {
+            rewritten_verdict(translate(ctx, flow, &entry), counter)
+        }
         Decision::RestoreSource(entry) => {
-            let (addr, port) = F::entry_nat(&entry);
-            (
-                F::rewrite(ctx, flow, Side::Source, addr, port),
-                Counter::RevNat,
-            )
+            rewritten_verdict(restore_source(ctx, flow, &entry), Counter::RevNat)
         }
         Decision::Unmasquerade(entry) => {
-            let (addr, port) = F::entry_nat(&entry);
-            let (client, client_port) = F::entry_snat(&entry);
-            (
-                F::rewrite(ctx, flow, Side::Source, addr, port)
-                    .and_then(|()| F::rewrite(ctx, flow, Side::Destination, client, client_port)),
-                Counter::RevSnat,
-            )
+            rewritten_verdict(unmasquerade(ctx, flow, &entry), Counter::RevSnat)
         }
-    };
+    }
+}
+
+/// `counter` if the rewrite went through.
+#[inline(always)]
+fn rewritten_verdict(rewritten: Result<(), i64>, counter: Counter) -> i32 {
     match rewritten {
         Ok(()) => verdict(counter),
         Err(_) => verdict(Counter::DropRewriteFailed),
     }
+}
+
+/// A backend's reply: the frontend as its source again.
+#[inline(always)]
+fn restore_source<F: Family>(
+    ctx: &TcContext,
+    flow: &Flow<F>,
+    entry: &F::CtValue,
+) -> Result<(), i64> {
+    let (addr, port) = F::entry_nat(entry);
+    F::rewrite(ctx, flow, Side::Source, addr, port)
+}
+
+/// A reply to a masqueraded flow: from the frontend, to the client.
+#[inline(always)]
+fn unmasquerade<F: Family>(ctx: &TcContext, flow: &Flow<F>, entry: &F::CtValue) -> Result<(), i64> {
+    restore_source(ctx, flow, entry)?;
+    let (client, client_port) = F::entry_snat(entry);
+    F::rewrite(ctx, flow, Side::Destination, client, client_port)
 }
 
 #[inline(always)]
