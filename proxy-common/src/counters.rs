@@ -15,11 +15,32 @@ macro_rules! counters {
                 match self { $(Counter::$variant => $name,)* }
             }
             /// Drop reasons start with `drop_`; everything else is a verdict.
-            pub fn is_drop(self) -> bool {
-                self.name().as_bytes().starts_with(b"drop_")
+            /// Decided at compile time per counter: the kernel programs ask
+            /// on every packet, and a bit test is all that is left of it.
+            #[inline(always)]
+            pub const fn is_drop(self) -> bool {
+                match self { $(Counter::$variant => const { names_a_drop($name) },)* }
             }
         }
     };
+}
+
+const DROP_PREFIX: &[u8] = b"drop_";
+
+/// Whether a counter's name starts with `drop_`.
+const fn names_a_drop(name: &str) -> bool {
+    let name = name.as_bytes();
+    if name.len() < DROP_PREFIX.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < DROP_PREFIX.len() {
+        if name[i] != DROP_PREFIX[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 counters! {

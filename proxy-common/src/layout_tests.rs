@@ -64,6 +64,13 @@ fn counter_names_are_unique_and_indexed_in_order() {
 }
 
 #[test]
+fn a_counter_is_a_drop_exactly_when_its_name_says_so() {
+    for c in Counter::ALL {
+        assert_eq!(c.is_drop(), c.name().starts_with("drop_"), "{}", c.name());
+    }
+}
+
+#[test]
 fn socket_revnat_layout() {
     assert_eq!(size_of::<SockRevKey>(), 16);
     assert_eq!(offset_of!(SockRevKey, addr), 8);
