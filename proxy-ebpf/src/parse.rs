@@ -5,7 +5,10 @@ use core::mem::{offset_of, size_of};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use proxy_common::{Counter, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::family::{Family, V4};
+use crate::{
+    family::{Family, V4},
+    wire,
+};
 
 pub const ETH_LEN: usize = size_of::<EthHdr>();
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
@@ -123,8 +126,13 @@ pub fn parse_flow(ctx: &impl Frame) -> Result<Flow, NotAFlow> {
         return Err(Counter::PassNotIpv4);
     }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(Counter::DropTruncated)?;
-    let (vihl, frags, src_addr, dst_addr) =
-        unsafe { ((*ip).vihl, (*ip).frags, (*ip).src_addr, (*ip).dst_addr) };
+    let (vihl, frags) = unsafe { ((*ip).vihl, (*ip).frags) };
+    let (src_addr, dst_addr) = unsafe {
+        (
+            wire::load_u32((ip as *const u8).add(offset_of!(Ipv4Hdr, src_addr))),
+            wire::load_u32((ip as *const u8).add(offset_of!(Ipv4Hdr, dst_addr))),
+        )
+    };
     let proto: u8 = unsafe { *((ip as *const u8).add(offset_of!(Ipv4Hdr, proto))) };
     // Masked so the verifier sees a bounded header length (at most 60).
     let ihl = ((vihl & 0x0f) as usize) << 2;
@@ -148,8 +156,8 @@ pub fn parse_flow(ctx: &impl Frame) -> Result<Flow, NotAFlow> {
         _ => return Err(Counter::PassOtherProtocol),
     };
     Ok(Flow {
-        src_addr: u32::from_ne_bytes(src_addr),
-        dst_addr: u32::from_ne_bytes(dst_addr),
+        src_addr,
+        dst_addr,
         src_port: u16::from_ne_bytes(src_port),
         dst_port: u16::from_ne_bytes(dst_port),
         proto,
