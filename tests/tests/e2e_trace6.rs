@@ -17,6 +17,8 @@ use vipr_tests::{demo::wait_until, echo, external::*};
 const TIMEOUT: Duration = Duration::from_secs(2);
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 const CLUSTER_IP6: &str = "fd00:96::70";
+/// A second Service on the same endpoints, with ClientIP session affinity.
+const STICKY_IP6: &str = "fd00:96::71";
 /// A pod address that is not an endpoint (so no hairpin), as
 /// `[CLIENT6]:CLIENT_PORT`.
 const CLIENT6: &str = "fd00:244:1::99";
@@ -29,9 +31,13 @@ fn manifest(endpoints6: &[(String, &str)]) -> String {
         .iter()
         .map(|(ip, node)| format!("- {{addresses: ['{ip}'], nodeName: {node}}}\n"))
         .collect();
-    format!(
+    let web6 = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web6, namespace: ext}}\nspec:\n  ipFamilies: [IPv6]\n  clusterIPs: ['{CLUSTER_IP6}']\n  ports: [{{name: http, port: 80, targetPort: 8080}}, {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web6, namespace: ext, labels: {{kubernetes.io/service-name: web6}}}}\naddressType: IPv6\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n{endpoints}"
-    )
+    );
+    let sticky6 = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: sticky6, namespace: ext}}\nspec:\n  ipFamilies: [IPv6]\n  clusterIPs: ['{STICKY_IP6}']\n  sessionAffinity: ClientIP\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: sticky6, namespace: ext, labels: {{kubernetes.io/service-name: sticky6}}}}\naddressType: IPv6\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n{endpoints}"
+    );
+    format!("{web6}\n---\n{sticky6}")
 }
 
 fn command(cluster: &ExternalCluster, args: &[&str]) -> Result<std::process::Output> {
@@ -122,6 +128,12 @@ fn traces6(cluster: &mut ExternalCluster) -> Result<()> {
     let mut session = echo::TcpSession::connect(&client_netns, http6, TIMEOUT)?;
     let serving = session.request()?;
     let serving_ip = cluster.topology.pod_ip6(&serving)?;
+    // The client's session affinity with the sticky Service, made live.
+    let sticky = SocketAddr::from((STICKY_IP6.parse::<Ipv6Addr>()?, 80));
+    let bound = echo::tcp_request(&client_netns, sticky, TIMEOUT)
+        .with_context(|| format!("{sticky} from {}", CLIENT_POD.0))?;
+    let bound_ip = cluster.topology.pod_ip6(&bound)?;
+    let client_ip6 = cluster.topology.pod_ip6(CLIENT_POD.0)?;
     let pins = cluster.pins("node1");
     let before = live_state(&pins)?;
 
@@ -170,6 +182,19 @@ fn traces6(cluster: &mut ExternalCluster) -> Result<()> {
     ensure!(r["chosen"]["ip"] == serving_ip.to_string(), "{r:#}");
     ensure!(r["conntrack_entries"].as_u64() >= Some(1), "{r:#}");
     ensure!(counted(&r).contains("dnat_established"), "{r:#}");
+
+    // A sticky IPv6 client: its live affinity is copied in, so a new
+    // connection from another port traces to the endpoint it is bound to.
+    let r = trace(
+        cluster,
+        &[
+            &format!("[{client_ip6}]:{CLIENT_PORT}"),
+            &format!("{sticky}/tcp"),
+        ],
+    )?;
+    ensure!(r["chosen"]["by"] == "affinity", "{r:#}");
+    ensure!(r["chosen"]["ip"] == bound_ip.to_string(), "{r:#}");
+    ensure!(counted(&r).contains("affinity_followed"), "{r:#}");
 
     // The node's own IPv6 sockets: the socket hooks' choice.
     let node6 = cluster.topology.node_ip6("node1")?.to_string();

@@ -10,15 +10,15 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use proxy_common::{
-    AffinityKey, CT_FLAG_SNAT, CT_FORWARD, Counter, Ct6Key, CtKey, IPPROTO_TCP, IPPROTO_UDP,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, Service6Key, ServiceKey, ServiceValue, TRACE_FRONTEND_IPV6,
-    host_addr, host_addr6, programs, wire_addr, wire_addr6,
+    Affinity6Key, AffinityKey, CT_FLAG_SNAT, CT_FORWARD, Counter, Ct6Key, CtKey, IPPROTO_TCP,
+    IPPROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service6Key, ServiceKey, ServiceValue,
+    TRACE_FRONTEND_IPV6, host_addr, host_addr6, programs, wire_addr, wire_addr6,
 };
 use serde::Serialize;
 
 use super::services::{FrontendAt, ServiceRow, protocol_name, row};
 use super::{AgentFiles, CliError, Output};
-use crate::datapath::{TraceFlow, TraceInput, TraceRun, run_trace};
+use crate::datapath::{TraceAffinity, TraceFlow, TraceInput, TraceRun, run_trace};
 use crate::inspect::pinned_contents;
 
 /// Where the traced packet comes from, which picks the program.
@@ -152,9 +152,11 @@ pub fn trace(args: &TraceArgs) -> Result<String, CliError> {
     let (flow, affinity) = match (client.ip(), dst.ip()) {
         (IpAddr::V4(client_ip), IpAddr::V4(dst_ip)) => {
             let frontend = ServiceKey::scoped(dst_ip, dst.port(), protocol, scope);
-            let affinity = maps.services.get(&frontend).map(|s| AffinityKey {
-                service_id: s.service_id,
-                client_addr: wire_addr(client_ip),
+            let affinity = maps.services.get(&frontend).map(|s| {
+                TraceAffinity::V4(AffinityKey {
+                    service_id: s.service_id,
+                    client_addr: wire_addr(client_ip),
+                })
             });
             let flow = CtKey {
                 src_addr: wire_addr(client_ip),
@@ -167,8 +169,14 @@ pub fn trace(args: &TraceArgs) -> Result<String, CliError> {
             };
             (TraceFlow::V4(flow), affinity)
         }
-        // No affinity to copy: IPv6 frontends choose by hash.
         (IpAddr::V6(client_ip), IpAddr::V6(dst_ip)) => {
+            let frontend = Service6Key::scoped(dst_ip, dst.port(), protocol, scope);
+            let affinity = maps.services6.get(&frontend).map(|s| {
+                TraceAffinity::V6(Affinity6Key {
+                    service_id: s.service_id,
+                    client_addr: wire_addr6(client_ip),
+                })
+            });
             let flow = Ct6Key {
                 src_addr: wire_addr6(client_ip),
                 dst_addr: wire_addr6(dst_ip),
@@ -178,7 +186,7 @@ pub fn trace(args: &TraceArgs) -> Result<String, CliError> {
                 direction: CT_FORWARD,
                 _pad: [0; 2],
             };
-            (TraceFlow::V6(flow), None)
+            (TraceFlow::V6(flow), affinity)
         }
         _ => return Err(mixed_families(client, dst)),
     };

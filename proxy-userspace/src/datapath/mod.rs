@@ -41,7 +41,7 @@ pub use socket_lb::{
 };
 pub use sys::{netns_cookie, trim_heap, use_one_malloc_arena};
 pub use trace_copy::trace_dir;
-pub use trace_run::{TraceFlow, TraceInput, TraceRun, run_trace};
+pub use trace_run::{TraceAffinity, TraceFlow, TraceInput, TraceRun, run_trace};
 pub use veth_peer::attach_pass_through;
 pub use xdp_attach::{XdpMode, attach_xdp, detach_xdp};
 

@@ -49,9 +49,16 @@ pub struct TraceInput<'a> {
     pub flow: TraceFlow,
     /// The affinity the packet's client may have with the frontend it
     /// addresses, if that frontend exists.
-    pub affinity: Option<AffinityKey>,
+    pub affinity: Option<TraceAffinity>,
     /// The interface the packet arrives on (else the kernel's loopback).
     pub ifindex: Option<u32>,
+}
+
+/// A traced client's affinity key with a frontend, in its family.
+#[derive(Clone, Copy, Debug)]
+pub enum TraceAffinity {
+    V4(AffinityKey),
+    V6(Affinity6Key),
 }
 
 /// A traced packet's tuple as its family's forward conntrack key.
@@ -149,8 +156,6 @@ pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, Dat
         hash_map(scratch(pin_dir, maps::CONNTRACK6)?, maps::CONNTRACK6)?;
     let mut affinity: HashMap<_, AffinityKey, AffinityValue> =
         lru_map(scratch(pin_dir, maps::AFFINITY)?, maps::AFFINITY)?;
-    // What an earlier IPv6 trace remembered must not steer this one (the
-    // live IPv6 affinity is not copied in: see the README).
     let mut affinity6: HashMap<_, Affinity6Key, AffinityValue> =
         lru_map(scratch(pin_dir, maps::AFFINITY6)?, maps::AFFINITY6)?;
     let mut sockets: HashMap<_, SockRevKey, SockRevValue> =
@@ -183,7 +188,10 @@ pub fn run_trace(pin_dir: &Path, input: &TraceInput<'_>) -> Result<TraceRun, Dat
         TraceFlow::V6(flow) => (Vec::new(), seed_conntrack(pin_dir, flow, &mut conntrack6)?),
     };
     let affinity_before = match &input.affinity {
-        Some(key) => seed_affinity(pin_dir, key, &mut affinity)?,
+        Some(TraceAffinity::V4(key)) => seed_affinity(pin_dir, maps::AFFINITY, key, &mut affinity)?,
+        Some(TraceAffinity::V6(key)) => {
+            seed_affinity(pin_dir, maps::AFFINITY6, key, &mut affinity6)?
+        }
         None => None,
     };
 
@@ -298,18 +306,17 @@ fn seed_conntrack<K: FlowKey>(
     Ok(copied)
 }
 
-fn seed_affinity(
+/// Copies the client's live affinity under `key` from the map `name`.
+fn seed_affinity<K: aya::Pod>(
     pin_dir: &Path,
-    key: &AffinityKey,
-    scratch: &mut HashMap<MapData, AffinityKey, AffinityValue>,
+    name: &'static str,
+    key: &K,
+    scratch: &mut HashMap<MapData, K, AffinityValue>,
 ) -> Result<Option<AffinityValue>, DatapathError> {
-    let live: HashMap<_, AffinityKey, AffinityValue> =
-        lru_map(live(pin_dir, maps::AFFINITY)?, maps::AFFINITY)?;
+    let live: HashMap<_, K, AffinityValue> = lru_map(live(pin_dir, name)?, name)?;
     let Ok(value) = live.get(key, 0) else {
         return Ok(None);
     };
-    scratch
-        .insert(key, value, 0)
-        .map_err(map_error(maps::AFFINITY))?;
+    scratch.insert(key, value, 0).map_err(map_error(name))?;
     Ok(Some(value))
 }
