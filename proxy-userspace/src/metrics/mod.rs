@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 pub use datapath::{DatapathMetrics, DatapathSnapshot, MapFill};
 
 use crate::http::Reply;
-use crate::model::{Model, Scope};
+use crate::model::{Model, Scope, Triggered, ip::Family as ModelFamily};
 
 /// One label set: (name, value) pairs.
 pub type Labels = Vec<(&'static str, String)>;
@@ -27,7 +27,7 @@ pub type Labels = Vec<(&'static str, String)>;
 /// kube-proxy labels what one proxier (one address family) does. vipr's
 /// one sync programs both families: the sync metrics keep "IPv4" (what a
 /// single-stack dashboard selects); the per-Service ones carry the
-/// frontend's own family.
+/// frontend's own family, and programming latency its slice's.
 pub const IPV4: &str = "IPv4";
 pub const IPV6: &str = "IPv6";
 
@@ -246,14 +246,20 @@ impl Metrics {
     }
 
     /// Endpoint changes made at `triggered` (their slices'
-    /// `endpoints.kubernetes.io/last-change-trigger-time`) are now in the maps.
-    pub fn programmed(&self, triggered: impl IntoIterator<Item = SystemTime>) {
+    /// `endpoints.kubernetes.io/last-change-trigger-time`) are now in the
+    /// maps: observed under their slices' family.
+    pub fn programmed(&self, triggered: impl IntoIterator<Item = Triggered>) {
         let now = SystemTime::now();
-        let histogram = self.programming.get_or_create(&family(IPV4));
-        for at in triggered.into_iter().filter(|&at| at >= self.started) {
+        for change in triggered.into_iter().filter(|t| t.at >= self.started) {
             // A trigger time ahead of this node's clock is skew, not latency.
-            if let Ok(latency) = now.duration_since(at) {
-                histogram.observe(latency.as_secs_f64());
+            if let Ok(latency) = now.duration_since(change.at) {
+                let ip_family = match change.family {
+                    ModelFamily::Ipv4 => IPV4,
+                    ModelFamily::Ipv6 => IPV6,
+                };
+                self.programming
+                    .get_or_create(&family(ip_family))
+                    .observe(latency.as_secs_f64());
             }
         }
     }

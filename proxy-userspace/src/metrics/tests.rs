@@ -106,15 +106,19 @@ fn programming_latency_uses_kube_proxy_buckets_and_ignores_skew() {
     let mut metrics = Metrics::new();
     let now = SystemTime::now();
     let count = "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"}";
-    metrics.programmed([now - Duration::from_secs(3600)]);
+    metrics.programmed([ipv4(now - Duration::from_secs(3600))]);
     assert!(
         metrics.render().body.contains(&format!("{count} 0")),
         "a change from before the agent started is not its latency"
     );
     metrics.started = now - Duration::from_secs(60);
     metrics.programmed([
-        now - Duration::from_millis(300),
-        now + Duration::from_secs(60),
+        ipv4(now - Duration::from_millis(300)),
+        ipv4(now + Duration::from_secs(60)),
+        Triggered {
+            at: now - Duration::from_millis(100),
+            family: crate::model::ip::Family::Ipv6,
+        },
     ]);
     let text = metrics.render().body;
     let programming = "kubeproxy_network_programming_duration_seconds";
@@ -134,6 +138,16 @@ fn programming_latency_uses_kube_proxy_buckets_and_ignores_skew() {
         "{text}"
     );
     assert!(text.contains(&format!("{count} 1")), "{text}");
+    // An IPv6 slice's change is the IPv6 proxier's, as kube-proxy labels it.
+    let count6 = "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv6\"}";
+    assert!(text.contains(&format!("{count6} 1")), "{text}");
+}
+
+fn ipv4(at: SystemTime) -> Triggered {
+    Triggered {
+        at,
+        family: crate::model::ip::Family::Ipv4,
+    }
 }
 
 /// One pod interface pair, one XDP interface, the services map 3/65536 full.

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -12,7 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use super::index::Index;
 use super::node::convert_node;
 use super::{
-    ConversionError, FrontendKey, Kind, Model, ObjectRef, ServiceModel, SliceModel,
+    ConversionError, FrontendKey, Kind, Model, ObjectRef, ServiceModel, SliceModel, Triggered,
     convert_service, convert_slice,
 };
 
@@ -52,7 +51,7 @@ pub struct ModelBuilder {
     /// Objects converted since the last commit (a cache hit is not counted).
     converted: usize,
     /// Trigger times of the slices converted since the last commit.
-    triggered: Vec<SystemTime>,
+    triggered: Vec<Triggered>,
 }
 
 /// What one [`ModelBuilder::commit`] did.
@@ -70,7 +69,7 @@ pub struct Commit {
     pub endpoints: Counts,
     /// When the endpoint changes in this commit were made, where their
     /// slices say (see [`super::SliceModel::trigger_time`]).
-    pub triggered: Vec<SystemTime>,
+    pub triggered: Vec<Triggered>,
 }
 
 /// Added / changed / removed, for the log line of a sync.

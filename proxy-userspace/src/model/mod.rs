@@ -37,7 +37,7 @@ pub use name::{Name, Unique};
 pub use node::{NodeAddress, NodeModel, convert_node};
 pub use service::{ExternalModel, ServiceModel, ServicePortModel, convert_service};
 pub use skip::{SkipReason, Skipped};
-pub use slice::{EndpointModel, SliceModel, SlicePortModel, convert_slice};
+pub use slice::{EndpointModel, SliceModel, SlicePortModel, Triggered, convert_slice};
 pub use topology::{Hints, HintsUnused, Topology, TrafficDistribution};
 
 /// Label naming the proxy that should handle a Service (absent: the default proxy).

@@ -29,7 +29,15 @@ pub struct SliceModel {
     /// When the change this version carries was made (the endpoints
     /// controller's `endpoints.kubernetes.io/last-change-trigger-time`):
     /// the start of kube-proxy's network programming latency.
-    pub trigger_time: Option<SystemTime>,
+    pub trigger_time: Option<Triggered>,
+}
+
+/// An endpoint change's trigger time, and the family of the slice it
+/// changed (kube-proxy measures programming latency per family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Triggered {
+    pub at: SystemTime,
+    pub family: Family,
 }
 
 /// Set by the endpoints controller on the slices it manages.
@@ -181,6 +189,6 @@ pub fn convert_slice(
         ports,
         endpoints,
         skipped,
-        trigger_time: trigger_time(slice),
+        trigger_time: trigger_time(slice).map(|at| Triggered { at, family }),
     })
 }
