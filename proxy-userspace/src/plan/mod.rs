@@ -1,5 +1,6 @@
 //! Pure planning: model → desired map contents → ordered diff against what
 //! the kernel holds.
+pub mod maglev;
 pub mod maps;
 
 mod diff;
