@@ -157,7 +157,11 @@ mod tests {
                 let table = build(&backends(n), params(size));
                 assert_eq!(table.len(), size as usize);
                 let counts = counts(&table);
-                assert_eq!(counts.len(), n as usize, "M={size} N={n}: every backend has a position");
+                assert_eq!(
+                    counts.len(),
+                    n as usize,
+                    "M={size} N={n}: every backend has a position"
+                );
                 let (low, high) = (size / n, size.div_ceil(n));
                 for (id, count) in counts {
                     assert!(
@@ -220,13 +224,28 @@ mod tests {
         let other = build(&renumbered, params(1021));
         assert!(table.iter().zip(&other).all(|(a, b)| a + 1000 == *b));
         // Another seed, another table.
-        assert_ne!(build(&list, MaglevParams { size: 1021, seed: 43 }), table);
+        assert_ne!(
+            build(
+                &list,
+                MaglevParams {
+                    size: 1021,
+                    seed: 43
+                }
+            ),
+            table
+        );
     }
 
     #[test]
     fn ipv6_backends_and_one_backend() {
         let v6: Vec<_> = (1..=4u16)
-            .map(|i| (IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i)), 80, u32::from(i)))
+            .map(|i| {
+                (
+                    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i)),
+                    80,
+                    u32::from(i),
+                )
+            })
             .collect();
         let counts = counts(&build(&v6, params(251)));
         assert!(counts.values().all(|&c| c == 62 || c == 63), "{counts:?}");
