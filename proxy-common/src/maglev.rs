@@ -40,7 +40,3 @@ pub struct MaglevRef {
     /// digest matches needs no rewrite (after a restart, say).
     pub digest: u64,
 }
-
-#[cfg(feature = "user")]
-// SAFETY: #[repr(C)], integers only, no implicit padding (the Pod derive proves it).
-unsafe impl aya::Pod for MaglevRef {}

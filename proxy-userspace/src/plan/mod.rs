@@ -4,14 +4,17 @@ pub mod maglev;
 pub mod maps;
 
 mod diff;
+mod diff_maglev;
 mod dump;
 mod family;
 mod ids;
+mod maglev_pool;
 mod planner;
 #[cfg(test)]
 mod tests;
 
 pub use diff::{apply_op, check_consistency, diff, diff_touched};
 pub use dump::dump_text;
+pub use maglev_pool::{LbConfig, LbDefault, MaglevTable};
 pub use maps::{MapContents, MapOp};
 pub use planner::{Planner, Touched};
