@@ -60,6 +60,54 @@ impl LbConfig {
     }
 }
 
+/// Positions the pool may hold: 1 GiB of backend ids.
+pub const MAX_POOL_POSITIONS: u64 = 1 << 28;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LbConfigError {
+    #[error("--maglev-table-size {0} is not one of the primes {primes:?}", primes = proxy_common::MAGLEV_PRIMES)]
+    NotAListedPrime(u32),
+    #[error(
+        "--maglev-max-tables {tables} × --maglev-table-size {size} is more than \
+         {MAX_POOL_POSITIONS} positions (4 bytes each, preallocated)"
+    )]
+    PoolTooLarge { tables: u32, size: u32 },
+}
+
+impl LbConfig {
+    /// The agent's flags, checked: a listed prime size, a pool the kernel
+    /// can allocate.
+    pub fn checked(
+        default: LbDefault,
+        size: u32,
+        max_tables: u32,
+        seed: u64,
+    ) -> Result<Self, LbConfigError> {
+        if !proxy_common::MAGLEV_PRIMES.contains(&size) {
+            return Err(LbConfigError::NotAListedPrime(size));
+        }
+        if u64::from(size) * u64::from(max_tables) > MAX_POOL_POSITIONS {
+            return Err(LbConfigError::PoolTooLarge {
+                tables: max_tables,
+                size,
+            });
+        }
+        Ok(Self {
+            default,
+            params: MaglevParams { size, seed },
+            max_tables,
+        })
+    }
+
+    /// The datapath's flow-hash seed (`HASH_SEED`): derived from the
+    /// cluster-wide Maglev seed, so that every node puts a flow at the
+    /// same position of the same table.
+    pub fn flow_hash_seed(&self) -> u32 {
+        let seed = self.params.seed;
+        (seed ^ (seed >> 32)) as u32
+    }
+}
+
 impl Default for LbConfig {
     fn default() -> Self {
         Self::random()

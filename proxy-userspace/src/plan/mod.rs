@@ -15,6 +15,6 @@ mod tests;
 
 pub use diff::{apply_op, check_consistency, diff, diff_touched};
 pub use dump::dump_text;
-pub use maglev_pool::{LbConfig, LbDefault, MaglevTable};
+pub use maglev_pool::{LbConfig, LbConfigError, LbDefault, MaglevTable};
 pub use maps::{MapContents, MapOp};
 pub use planner::{Planner, Touched};
