@@ -3,7 +3,7 @@
 //! TC and XDP paths; a flow keeps its endpoint when another one leaves; a
 //! hole in a table is a counted drop. The maps are written by the real
 //! planner and `KernelMaps`, table batches included.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use proxy_common::{
@@ -16,7 +16,7 @@ use vipr::model::{
     ObjectRef, Protocol, Scope,
 };
 use vipr::plan::{LbConfig, LbDefault, MapContents, MapOp, Planner, diff, diff_touched, maglev};
-use vipr_tests::{netns, packet::*};
+use vipr_tests::{netns, packet::*, packet6::*};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const NODE: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
@@ -49,17 +49,27 @@ fn lb(default: LbDefault) -> LbConfig {
 
 /// The frontend `ip:port` (`scope`) of a Service with endpoints `pods`.
 fn frontend(ip: Ipv4Addr, port: u16, scope: Scope, pods: &[u8]) -> Frontend {
+    frontend_at(
+        ip.into(),
+        port,
+        scope,
+        &pods.iter().map(|&n| IpAddr::V4(pod(n))).collect::<Vec<_>>(),
+    )
+}
+
+/// [`frontend`] with any addresses.
+fn frontend_at(ip: IpAddr, port: u16, scope: Scope, pods: &[IpAddr]) -> Frontend {
     let key = FrontendKey {
-        ip: ip.into(),
+        ip,
         port,
         protocol: Protocol::Tcp,
         scope,
     };
     let mut backends: Vec<Backend> = pods
         .iter()
-        .map(|&n| Backend {
+        .map(|&ip| Backend {
             endpoint: Arc::new(EndpointModel {
-                ip: IpAddr::V4(pod(n)),
+                ip,
                 conditions: READY,
                 node_name: None,
                 zone: None,
@@ -270,4 +280,69 @@ fn a_hole_in_a_table_is_a_counted_drop_and_no_table_falls_back_to_slots() {
     write(&mut h, &[MapOp::DeleteMaglevRef(service_id)]);
     let to = chosen(&mut h, FROM_POD, (POD_CLIENT, 42_001), (VIP, 80));
     assert!([pod(11), pod(12)].contains(&to), "{to}");
+}
+
+/// IPv6 endpoint `fd00:244:2::<n>`, routed in the FIB namespace.
+fn pod6(n: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, n))
+}
+
+#[test]
+fn ipv6_flows_go_to_the_same_endpoint_on_two_agents_too() {
+    let vip6 = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+    let node6 = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 1);
+    let client6 = Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 7);
+    let web6 = |pods: &[u16]| {
+        let pods: Vec<IpAddr> = pods.iter().map(|&n| pod6(n)).collect();
+        vec![
+            frontend_at(vip6.into(), 80, Scope::Internal, &pods),
+            frontend_at(node6.into(), NODE_PORT, Scope::External, &pods),
+        ]
+    };
+    let netns = FibNamespace::new();
+    netns::run_in(netns.name(), || {
+        let mut a = programmed(
+            &mut Planner::with_lb(lb(LbDefault::Maglev)),
+            &[model(web6(&[1, 2, 3, 4]))],
+        );
+        let mut b_planner = Planner::with_lb(lb(LbDefault::Maglev));
+        let history = [
+            model(web(&[11, 12])),
+            model(web6(&[4, 3])),
+            model(web6(&[1, 2, 3, 4])),
+        ];
+        let mut b = programmed(&mut b_planner, &history);
+        let mut used = std::collections::BTreeSet::new();
+        for port in 43_000..43_000 + FLOWS {
+            let from_pod = Tuple6 {
+                src: (Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x64), port),
+                dst: (vip6, 80),
+            };
+            let outside = Tuple6 {
+                src: (client6, port),
+                dst: (node6, NODE_PORT),
+            };
+            let mut seen = Vec::new();
+            for h in [&mut a, &mut b] {
+                for (program, t) in [(FROM_POD, from_pod), (FROM_EXTERNAL, outside)] {
+                    let run = h.run(program, &tcp6(t, 1, true, false, b"")).unwrap();
+                    assert_eq!(
+                        run.verdict, TC_ACT_OK,
+                        "{program} {port}: {:?}",
+                        run.counted
+                    );
+                    seen.push((program, endpoints6(&run.output).1.0));
+                }
+                let xdp = h.run_xdp(&tcp6(outside, 1, true, false, b"")).unwrap();
+                assert_eq!(xdp.verdict, XDP_TX, "xdp {port}: {:?}", xdp.counted);
+                seen.push((FROM_EXTERNAL, endpoints6(&xdp.output).1.0));
+            }
+            // a's choices, then b's: the same endpoints in the same order.
+            assert_eq!(seen[..3], seen[3..], "port {port}");
+            assert_eq!(seen[1].1, seen[2].1, "TC and XDP, port {port}");
+            used.insert(seen[0].1);
+        }
+        assert_eq!(used.len(), 4, "{used:?}");
+    })
+    .unwrap();
 }
