@@ -246,7 +246,12 @@ fn maglev_layout() {
 
 #[test]
 fn maglev_sizes_are_prime_and_the_default_is_one() {
-    let prime = |n: u32| n > 1 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    let prime = |n: u32| {
+        n > 1
+            && (2..)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
+    };
     assert!(MAGLEV_PRIMES.iter().all(|&m| prime(m)), "{MAGLEV_PRIMES:?}");
     assert!(MAGLEV_PRIMES.contains(&DEFAULT_MAGLEV_TABLE_SIZE));
     assert!(MAGLEV_PRIMES.windows(2).all(|w| w[0] < w[1]));

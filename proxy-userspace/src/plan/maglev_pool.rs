@@ -16,6 +16,8 @@ use hashbrown::HashMap;
 use proxy_common::{DEFAULT_MAX_MAGLEV_TABLES, MaglevRef};
 
 use super::maglev::{self, MaglevParams};
+use super::maps::MapContents;
+use super::planner::Notes;
 use crate::model::{Frontend, LbAlgorithm, Scope};
 
 /// The agent's default algorithm (`--lb-algorithm`), which a Service's
@@ -173,7 +175,7 @@ impl MaglevPool {
         let mut digests: HashMap<u32, u64> = HashMap::new();
         for r in refs {
             let number = r.first / size;
-            if r.size != size || r.first % size != 0 || number >= config.max_tables {
+            if r.size != size || !r.first.is_multiple_of(size) || number >= config.max_tables {
                 continue;
             }
             pool.next = pool.next.max(number + 1);
@@ -280,5 +282,48 @@ impl MaglevPool {
         }
         self.exhausted += 1;
         None
+    }
+}
+
+/// Gives `service_id` the table of `members`; false when the pool is full
+/// (the frontend stays on its slots).
+pub(super) fn add_maglev(
+    desired: &mut MapContents,
+    service_id: u32,
+    members: &[(IpAddr, u16, u32)],
+    pool: &mut MaglevPool,
+    notes: Option<&mut Notes>,
+) -> bool {
+    let Some((r, table, fresh)) = pool.acquire(members) else {
+        return false;
+    };
+    desired.maglev_tables.insert(r.first, table);
+    desired.maglev.insert(service_id, r);
+    if let Some(notes) = notes {
+        notes.touched.maglev.insert(service_id);
+        if fresh {
+            notes.touched.maglev_tables.insert(r.first);
+        }
+    }
+    true
+}
+
+/// Removes (noting it) the Maglev index entry of `service_id`, and its
+/// table once no frontend uses it.
+pub(super) fn forget_maglev(
+    desired: &mut MapContents,
+    service_id: u32,
+    pool: &mut MaglevPool,
+    notes: &mut Notes,
+) {
+    let Some(r) = desired.maglev.remove(&service_id) else {
+        return;
+    };
+    notes.before.maglev.insert(service_id, r);
+    notes.touched.maglev.insert(service_id);
+    if let Some(table) = desired.maglev_tables.get(&r.first)
+        && pool.release(table)
+    {
+        desired.maglev_tables.remove(&r.first);
     }
 }

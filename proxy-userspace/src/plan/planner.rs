@@ -12,7 +12,7 @@ use proxy_common::{
 
 use super::family::{Family, V4, V6};
 use super::ids::IdTable;
-use super::maglev_pool::{LbConfig, MaglevPool};
+use super::maglev_pool::{LbConfig, MaglevPool, add_maglev, forget_maglev};
 use super::maps::MapContents;
 use crate::model::{Frontend, FrontendKey, LbAlgorithm, Model};
 
@@ -432,54 +432,11 @@ fn forget_service_entries(desired: &mut MapContents, service_id: u32, notes: &mu
     }
 }
 
-/// Gives `service_id` the table of `members`; false when the pool is full
-/// (the frontend stays on its slots).
-fn add_maglev(
-    desired: &mut MapContents,
-    service_id: u32,
-    members: &[(IpAddr, u16, u32)],
-    pool: &mut MaglevPool,
-    notes: Option<&mut Notes>,
-) -> bool {
-    let Some((r, table, fresh)) = pool.acquire(members) else {
-        return false;
-    };
-    desired.maglev_tables.insert(r.first, table);
-    desired.maglev.insert(service_id, r);
-    if let Some(notes) = notes {
-        notes.touched.maglev.insert(service_id);
-        if fresh {
-            notes.touched.maglev_tables.insert(r.first);
-        }
-    }
-    true
-}
-
-/// Removes (noting it) the Maglev index entry of `service_id`, and its
-/// table once no frontend uses it.
-fn forget_maglev(
-    desired: &mut MapContents,
-    service_id: u32,
-    pool: &mut MaglevPool,
-    notes: &mut Notes,
-) {
-    let Some(r) = desired.maglev.remove(&service_id) else {
-        return;
-    };
-    notes.before.maglev.insert(service_id, r);
-    notes.touched.maglev.insert(service_id);
-    if let Some(table) = desired.maglev_tables.get(&r.first)
-        && pool.release(table)
-    {
-        desired.maglev_tables.remove(&r.first);
-    }
-}
-
 /// What an incremental update touched, and what those keys held before.
 #[derive(Default)]
-struct Notes {
-    touched: Touched,
-    before: MapContents,
+pub(super) struct Notes {
+    pub(super) touched: Touched,
+    pub(super) before: MapContents,
 }
 
 /// A deleted frontend keeps its entry, without endpoints, until the next
