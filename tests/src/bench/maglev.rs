@@ -106,9 +106,10 @@ pub fn remap(n: u32, table_size: u32) -> Remap {
     }
 }
 
-/// `SERVICES` cluster IPs with `ENDPOINTS` each, the first Service with
-/// `first_endpoints` of them.
-fn model(first_endpoints: u32) -> Model {
+/// `SERVICES` cluster IPs with `ENDPOINTS` each; with `middle_gone`, the
+/// first Service without its middle endpoint (for random, a middle one
+/// shifts the slots after it: neither the cheapest nor the dearest case).
+fn model(middle_gone: bool) -> Model {
     let ready = Conditions {
         ready: true,
         serving: true,
@@ -116,15 +117,17 @@ fn model(first_endpoints: u32) -> Model {
     };
     let mut m = Model::default();
     for s in 0..SERVICES {
-        let count = if s == 0 { first_endpoints } else { ENDPOINTS };
         let key = FrontendKey {
             ip: Ipv4Addr::from(0x0a60_0000 + s).into(),
             port: 80,
             protocol: Protocol::Tcp,
             scope: Scope::Internal,
         };
-        let backends = endpoints(s, count)
+        let backends = endpoints(s, ENDPOINTS)
             .into_iter()
+            .enumerate()
+            .filter(|&(e, _)| !(middle_gone && s == 0 && e == ENDPOINTS as usize / 2))
+            .map(|(_, endpoint)| endpoint)
             .map(|(ip, port, _)| Backend {
                 endpoint: Arc::new(EndpointModel {
                     ip,
@@ -185,7 +188,7 @@ fn one_change(default: LbDefault, table_size: u32, rounds: usize) -> Result<Chan
         o.sizes.maglev_table_size = table_size;
     })?;
     let mut planner = Planner::with_lb(lb(default, table_size));
-    let full = model(ENDPOINTS);
+    let full = model(false);
     let ops = diff(&MapContents::default(), &planner.desired(&full));
     write(&mut h, &ops)?;
     let (mut plan_ms, mut write_ms) = (Vec::new(), Vec::new());
@@ -193,11 +196,7 @@ fn one_change(default: LbDefault, table_size: u32, rounds: usize) -> Result<Chan
     let changed: BTreeSet<FrontendKey> = full.frontends.keys().take(1).copied().collect();
     for round in 0..rounds * 2 {
         // Odd rounds put the endpoint back: every round is one change.
-        let m = model(if round % 2 == 0 {
-            ENDPOINTS - 1
-        } else {
-            ENDPOINTS
-        });
+        let m = model(round % 2 == 0);
         let start = Instant::now();
         let (touched, noted) = planner.update_noting_before(&m, &changed);
         let ops = diff_touched(&noted, planner.current(), &touched);
@@ -239,7 +238,7 @@ pub fn measure(rounds: usize) -> Result<MaglevFigures> {
     let params = lb(LbDefault::Maglev, table_size).params;
     let mut build_ms = Vec::new();
     let (mut plan_maglev, mut plan_random) = (Vec::new(), Vec::new());
-    let full = model(ENDPOINTS);
+    let full = model(false);
     for _ in 0..rounds {
         let start = Instant::now();
         for s in 0..SERVICES {
