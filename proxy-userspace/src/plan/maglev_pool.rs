@@ -144,6 +144,10 @@ pub(super) struct MaglevPool {
     restored: HashMap<u64, u32>,
     /// Numbers free from the next round on, contents forgotten.
     retired: Vec<u32>,
+    /// Pinned tables no frontend may adopt (a number under two digests, a
+    /// digest at two numbers): an index entry may still point at them
+    /// until the first full plan's switches, so they retire after it.
+    orphans: Vec<u32>,
     free: BTreeSet<u32>,
     /// Numbers from here on were never used.
     next: u32,
@@ -160,6 +164,7 @@ impl MaglevPool {
             previous: HashMap::new(),
             restored: HashMap::new(),
             retired: Vec::new(),
+            orphans: Vec::new(),
             free: BTreeSet::new(),
             next: 0,
             exhausted: 0,
@@ -186,19 +191,19 @@ impl MaglevPool {
                 .is_some_and(|d| d != r.digest)
             {
                 pool.restored.retain(|_, n| *n != number);
-                pool.retired.push(number);
+                pool.orphans.push(number);
                 continue;
             }
             if let Some(old) = pool.restored.insert(r.digest, number)
                 && old != number
             {
-                pool.retired.push(old);
+                pool.orphans.push(old);
             }
         }
         let used: BTreeSet<u32> = pool
             .restored
             .values()
-            .chain(&pool.retired)
+            .chain(&pool.orphans)
             .copied()
             .collect();
         pool.free = (0..pool.next).filter(|n| !used.contains(n)).collect();
@@ -221,6 +226,7 @@ impl MaglevPool {
     pub(super) fn end_full(&mut self) {
         self.released.extend(self.previous.drain());
         self.retired.extend(self.restored.drain().map(|(_, n)| n));
+        self.retired.append(&mut self.orphans);
     }
 
     /// The table of `backends` (address, port, id) for a frontend: its

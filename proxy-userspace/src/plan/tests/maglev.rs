@@ -188,3 +188,44 @@ fn the_annotation_overrides_the_agent_default() {
     assert_eq!(maps.maglev.len(), 1);
     assert_ne!(maps.services[&svc_key(10)].flags & SVC_FLAG_MAGLEV, 0);
 }
+
+#[test]
+fn a_restart_never_writes_over_a_table_an_entry_may_still_read() {
+    let m = model(&[
+        (10, &[(1, READY)]),
+        (20, &[(1, READY)]),
+        (30, &[(2, READY)]),
+    ]);
+    let mut applied = Planner::with_lb(maglev(16)).desired(&m);
+    // As if 20 had been given the same contents at another number (two
+    // numbers, one digest): only one survives, the other is an orphan
+    // that entry 10 or 20 may still read until the first sync switches it.
+    let id = |svc| applied.services[&svc_key(svc)].service_id;
+    let (id10, id20, id30) = (id(10), id(20), id(30));
+    applied.maglev.get_mut(&id20).unwrap().first = 2 * 251;
+    applied.maglev_tables.clear();
+    let mut restored = Planner::restore_with(&applied, maglev(16));
+    // 30 changes: its new table needs a number no entry reads.
+    let after = model(&[
+        (10, &[(1, READY)]),
+        (20, &[(1, READY)]),
+        (30, &[(3, READY)]),
+    ]);
+    let desired = restored.desired(&after);
+    let read: BTreeSet<u32> = applied.maglev.values().map(|r| r.first).collect();
+    assert!(
+        !read.contains(&desired.maglev[&id30].first),
+        "{:?} over {read:?}",
+        desired.maglev[&id30]
+    );
+    assert_eq!(desired.maglev[&id10].first, desired.maglev[&id20].first);
+    let ops = diff(&applied, &desired);
+    let writes: Vec<u32> = ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::WriteMaglevTable(first, _) => Some(*first),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes, vec![desired.maglev[&id30].first], "{ops:#?}");
+}
