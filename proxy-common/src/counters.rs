@@ -102,4 +102,7 @@ counters! {
     // An ICMP or ICMPv6 error about a translated flow, on its way to the
     // client, whose quoted packet was turned back into what the client sent.
     RevNatIcmpError => "rev_nat_icmp_error",
+    // A Maglev frontend's table has no backend at the flow's position
+    // (its index entry points outside `VIPR_MAGLEV`, or at a hole).
+    DropMaglevPosition => "drop_maglev_position",
 }

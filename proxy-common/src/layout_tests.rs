@@ -236,3 +236,23 @@ fn ipv6_policy_layouts() {
     };
     assert_eq!(key.client_addr[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);
 }
+
+#[test]
+fn maglev_layout() {
+    assert_eq!(size_of::<MaglevRef>(), 16);
+    assert_eq!(offset_of!(MaglevRef, size), 4);
+    assert_eq!(offset_of!(MaglevRef, digest), 8);
+}
+
+#[test]
+fn maglev_sizes_are_prime_and_the_default_is_one() {
+    let prime = |n: u32| {
+        n > 1
+            && (2..)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
+    };
+    assert!(MAGLEV_PRIMES.iter().all(|&m| prime(m)), "{MAGLEV_PRIMES:?}");
+    assert!(MAGLEV_PRIMES.contains(&DEFAULT_MAGLEV_TABLE_SIZE));
+    assert!(MAGLEV_PRIMES.windows(2).all(|w| w[0] < w[1]));
+}

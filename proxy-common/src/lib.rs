@@ -8,10 +8,12 @@
 #![no_std]
 
 pub mod counters;
+pub mod maglev;
 pub mod maps;
 pub mod trace;
 
 pub use counters::Counter;
+pub use maglev::*;
 pub use maps::*;
 pub use trace::*;
 

@@ -658,4 +658,5 @@ mod pod_impls {
     unsafe impl aya::Pod for SockRev6Value {}
     unsafe impl aya::Pod for SourceRange6Key {}
     unsafe impl aya::Pod for Affinity6Key {}
+    unsafe impl aya::Pod for crate::MaglevRef {}
 }

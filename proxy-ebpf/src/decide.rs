@@ -79,7 +79,7 @@ pub fn new_backend<F: Family>(
     Ok(chosen)
 }
 
-/// The slot `hash` picks, or why there is none.
+/// The endpoint `hash` picks (Maglev table or slot), or why there is none.
 #[inline(always)]
 pub fn pick_backend<F: Family>(
     service: &ServiceValue,
@@ -91,9 +91,7 @@ pub fn pick_backend<F: Family>(
         }
         return Err(Decision::Refuse);
     }
-    let Some(backend_id) = choose_backend_id(service, hash) else {
-        return Err(Decision::Drop(Counter::DropMissingSlot));
-    };
+    let backend_id = choose_backend_id(service, hash).map_err(Decision::Drop)?;
     match lookup_backend::<F>(backend_id) {
         Some(backend) => Ok((backend_id, backend)),
         None => Err(Decision::Drop(Counter::DropMissingBackend)),

@@ -1,9 +1,10 @@
 //! Service lookup and backend choice.
 use aya_ebpf::maps::lpm_trie::Key;
-use proxy_common::{Addr6, ServiceValue, SlotKey, SourceRange6Key, SourceRangeKey};
+use proxy_common::{Addr6, Counter, ServiceValue, SlotKey, SourceRange6Key, SourceRangeKey};
 
 use crate::{
     family::Family,
+    maglev,
     maps::{RangeLookup6, SLOTS, SOURCE_RANGES, SOURCE_RANGES6, hash_seed},
     parse::Flow,
     trace,
@@ -75,19 +76,23 @@ pub fn flow_hash<F: Family>(flow: &Flow<F>) -> u32 {
     mix(h ^ flow.proto as u32)
 }
 
-/// Picks the slot `hash` falls in; `None` if the service has no backends or
-/// its slots are inconsistent (the caller counts which).
+/// The backend id a new flow with `hash` gets: from the frontend's Maglev
+/// table when it has one, else the slot `hash` falls in; or the drop
+/// reason (no slots, inconsistent slots, a hole in the table).
 #[inline(always)]
-pub fn choose_backend_id(service: &ServiceValue, hash: u32) -> Option<u32> {
+pub fn choose_backend_id(service: &ServiceValue, hash: u32) -> Result<u32, Counter> {
+    if let Some(backend_id) = maglev::table_choice(service, hash)? {
+        return Ok(backend_id);
+    }
     let count = service.backend_count as u32;
     if count == 0 {
-        return None;
+        return Err(Counter::DropMissingSlot);
     }
     let slot = SlotKey {
         service_id: service.service_id,
         slot: hash % count,
     };
-    let backend_id = unsafe { SLOTS.get(&slot).copied() }?;
+    let backend_id = unsafe { SLOTS.get(&slot).copied() }.ok_or(Counter::DropMissingSlot)?;
     trace::slot_picked(hash, slot.slot, backend_id);
-    Some(backend_id)
+    Ok(backend_id)
 }

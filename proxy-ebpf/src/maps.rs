@@ -203,3 +203,16 @@ impl KeyRoom<'_, Keys6> {
         }
     }
 }
+
+// Maglev (appended: see proxy_common::maglev). The pool is sized by the
+// agent at load (tables × positions); these defaults only make the object
+// loadable on its own.
+#[map(name = "VIPR_MAGLEV")]
+pub static MAGLEV: Array<u32> = Array::pinned(
+    proxy_common::DEFAULT_MAX_MAGLEV_TABLES * proxy_common::DEFAULT_MAGLEV_TABLE_SIZE,
+    0,
+);
+
+#[map(name = "VIPR_MAGLEV_INDEX")]
+pub static MAGLEV_INDEX: HashMap<u32, proxy_common::MaglevRef> =
+    HashMap::pinned(DEFAULT_MAX_SERVICES, 0);

@@ -72,6 +72,8 @@ pub struct AgentConfig {
     pub tc_attach: Option<AttachMode>,
     /// Serve IPv6 (`--ipv6`).
     pub ipv6: bool,
+    /// `--lb-algorithm` and the Maglev tables' parameters.
+    pub lb: crate::plan::LbConfig,
 }
 
 /// How tracked flows end (`--conntrack-*`).
@@ -241,13 +243,15 @@ pub fn run(
     // Without IPv6 served, no IPv6 flow is masqueraded.
     load_options.node_ipv6 = node_ip.ipv6.filter(|_| config.ipv6);
     load_options.sizes = config.map_sizes;
+    // The same on every node: a flow hashes to the same table position.
+    load_options.hash_seed = config.lb.flow_hash_seed();
     load_options.socket_lb = config.socket_lb.scope.unwrap_or(SocketLbScope::Host);
     // Logs the kernel's features and the chosen fallbacks; fails naming a missing essential.
     let (mut datapath, features) = load_probed(&load_options)?;
     spawn_trace_copy(load_options.clone());
     let stale_udp =
         socket_lb::set_up(&config.socket_lb, &config.pin_dir, &mut datapath, &features)?;
-    let syncer = Syncer::restore(KernelMaps::take(&mut datapath)?)?;
+    let syncer = Syncer::restore_with(KernelMaps::take(&mut datapath)?, config.lb)?;
     let mut conntrack = Sweeper::new(
         ConntrackTable::take(&mut datapath)?,
         config.conntrack.timeouts,

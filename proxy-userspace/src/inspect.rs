@@ -92,6 +92,15 @@ pub fn pinned_contents(pin_dir: &Path) -> Result<MapContents, DatapathError> {
             contents.affinity.insert(member, timeout);
         }
     }
+    // Pins of an agent from before Maglev have no index.
+    if let Ok(pinned) = open(pin_dir, proxy_common::MAGLEV_INDEX) {
+        let index: HashMap<_, u32, proxy_common::MaglevRef> =
+            typed(proxy_common::MAGLEV_INDEX, Map::HashMap(pinned))?;
+        for entry in index.iter() {
+            let (service_id, r) = entry.map_err(err(proxy_common::MAGLEV_INDEX))?;
+            contents.maglev.insert(service_id, r);
+        }
+    }
     Ok(contents)
 }
 

@@ -16,6 +16,7 @@ use vipr::{
     healthz::{self, Health},
     http, inspect,
     metrics::Metrics,
+    plan::{LbConfig, LbDefault},
     sync::Periods,
 };
 
@@ -162,6 +163,29 @@ enum Command {
         /// Off: IPv6 objects are skipped with counted reasons.
         #[arg(long, value_enum, default_value = "on")]
         ipv6: OnOff,
+        /// How new connections pick an endpoint: `maglev` (a consistent-
+        /// hashing table per frontend: the same choice on every node, about
+        /// 1/N of choices move when an endpoint comes or goes), `random`
+        /// (hash % endpoints), or `external-maglev`: Maglev for traffic from
+        /// outside, random for pods and the node. A Service's
+        /// `vipr.io/lb-algorithm: maglev|random` annotation overrides it.
+        #[arg(long, value_enum, default_value = "external-maglev")]
+        lb_algorithm: LbAlgorithmFlag,
+        /// Positions per Maglev table, one of 251, 509, 1021, 2039, 4093,
+        /// 8191, 16381, 32749, 65521: at least 100 per endpoint keeps the
+        /// imbalance and the extra moves small. The same on every node.
+        #[arg(long, default_value_t = proxy_common::DEFAULT_MAGLEV_TABLE_SIZE)]
+        maglev_table_size: u32,
+        /// Maglev tables the preallocated pool holds (4 bytes per position);
+        /// frontends with the same endpoints share one. Frontends beyond
+        /// it use random until tables free up.
+        #[arg(long, default_value_t = proxy_common::DEFAULT_MAX_MAGLEV_TABLES)]
+        maglev_max_tables: u32,
+        /// Cluster-wide seed of the Maglev permutations and of the flow
+        /// hash: the same on every node, so all choose alike. Keep it a
+        /// secret of the cluster, or flow placement can be predicted.
+        #[arg(long, default_value_t = vipr::plan::maglev::DEFAULT_SEED)]
+        maglev_seed: u64,
     },
     /// Print the pinned service maps and the packet counters.
     Dump {
@@ -230,6 +254,13 @@ enum TcAttachFlag {
     Auto,
     Tcx,
     Clsact,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LbAlgorithmFlag {
+    Random,
+    Maglev,
+    ExternalMaglev,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -316,7 +347,22 @@ async fn cli() -> anyhow::Result<()> {
             nodeport_localhost,
             max_socket_revnat,
             ipv6,
+            lb_algorithm,
+            maglev_table_size,
+            maglev_max_tables,
+            maglev_seed,
         } => {
+            let lb_default = match lb_algorithm {
+                LbAlgorithmFlag::Random => LbDefault::Random,
+                LbAlgorithmFlag::Maglev => LbDefault::Maglev,
+                LbAlgorithmFlag::ExternalMaglev => LbDefault::ExternalMaglev,
+            };
+            let lb = LbConfig::checked(
+                lb_default,
+                maglev_table_size,
+                maglev_max_tables,
+                maglev_seed,
+            )?;
             let source = match manifests {
                 Some(dir) => SourceConfig::Manifests(dir),
                 None => SourceConfig::Kube { kubeconfig },
@@ -348,7 +394,10 @@ async fn cli() -> anyhow::Result<()> {
                     slots: max_slots,
                     conntrack: max_conntrack,
                     socket_revnat: max_socket_revnat,
+                    maglev_tables: maglev_max_tables,
+                    maglev_table_size,
                 },
+                lb,
                 ipv6: ipv6 == OnOff::On,
                 tc_attach: match tc_attach {
                     TcAttachFlag::Auto => None,

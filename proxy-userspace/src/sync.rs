@@ -16,7 +16,7 @@ use crate::{
     healthz::Health,
     metrics::{Metrics, SyncObservation},
     model::{Commit, Counts, FrontendKey, Kind, Model, ModelBuilder},
-    plan::{MapContents, MapOp, Planner, diff, diff_touched},
+    plan::{LbConfig, MapContents, MapOp, Planner, diff, diff_touched},
     source::{Source, Update},
 };
 
@@ -61,9 +61,14 @@ impl<M: ServiceMaps> Syncer<M> {
     /// Starts from whatever the maps hold (pinned by an earlier agent), so a
     /// restart keeps ids and slots and rewrites nothing that is still right.
     pub fn restore(maps: M) -> Result<Self, DatapathError> {
+        Self::restore_with(maps, LbConfig::random())
+    }
+
+    /// [`Syncer::restore`] balancing as `lb` says.
+    pub fn restore_with(maps: M, lb: LbConfig) -> Result<Self, DatapathError> {
         let applied = maps.dump()?;
         Ok(Self {
-            planner: Planner::restore(&applied),
+            planner: Planner::restore_with(&applied, lb),
             applied: Some(applied),
             maps,
             writes: 0,
@@ -93,6 +98,7 @@ impl<M: ServiceMaps> Syncer<M> {
         };
         self.planner.plan(model);
         let ops = diff(&applied, self.planner.current());
+        self.warn_if_pool_full();
         self.applied = Some(applied);
         let planned = Instant::now();
         let failed_ops = self.write(&ops)?;
@@ -115,6 +121,7 @@ impl<M: ServiceMaps> Syncer<M> {
         let start = Instant::now();
         let (touched, before) = self.planner.update_noting_before(model, changed);
         let ops = diff_touched(&before, self.planner.current(), &touched);
+        self.warn_if_pool_full();
         let planned = Instant::now();
         let failed_ops = self.write(&ops)?;
         Ok(report(model, ops.len(), failed_ops, false, start, planned))
@@ -125,6 +132,18 @@ impl<M: ServiceMaps> Syncer<M> {
     pub fn resync(&mut self, model: &Model) -> Result<SyncReport, DatapathError> {
         self.applied = Some(self.maps.dump()?);
         self.sync(model)
+    }
+
+    /// Frontends that wanted Maglev but got no table are served by their
+    /// slots; say so, since their choices then differ between nodes.
+    fn warn_if_pool_full(&self) {
+        let left = self.planner.maglev_exhausted();
+        if left > 0 {
+            tracing::warn!(
+                frontends = left,
+                "the Maglev pool is full: these frontends use random until tables free up (raise --maglev-max-tables)"
+            );
+        }
     }
 
     /// Writes `ops` in order. Returns how many failed.

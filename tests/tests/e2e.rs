@@ -773,6 +773,8 @@ fn cli_lists_services_flows_and_counters_as_the_model_has_them() {
         assert_eq!(row["port_name"], "http", "{row:#}");
         assert_eq!(row["type"], "ClusterIP", "{row:#}");
         assert_eq!(row["traffic_policy"], "Cluster", "{row:#}");
+        // Pods' frontends stay on random by default (`--lb-algorithm`).
+        assert_eq!(row["lb_algorithm"], "random", "{row:#}");
         assert_eq!(endpoints_of(&row), all, "{row:#}");
         for b in row["backends"].as_array().context("backends")? {
             let ip = b["ip"].as_str().context("ip")?;

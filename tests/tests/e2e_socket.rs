@@ -389,3 +389,55 @@ fn assert_pins_private(dir: &std::path::Path) {
     }
     assert!(seen > 0, "{} is empty", dir.display());
 }
+
+/// `--lb-algorithm maglev`: the socket hooks and the pods' TC path choose
+/// from the ClusterIP's Maglev table, and still reach every endpoint.
+#[test]
+fn host_and_pod_clients_use_maglev_tables_when_asked() {
+    let vipr = vipr_tests::vipr_bin();
+    let args = ["--socket-lb", "host", "--lb-algorithm", "maglev"];
+    let c = ExternalCluster::start_with_args(&vipr, "off", &args).expect("cluster");
+    let rows = c
+        .vipr_json("node1", &["service", "list"])
+        .expect("service list");
+    let cluster_ip = SocketAddr::from((CLUSTER_IP, 80));
+    let row = rows
+        .as_array()
+        .and_then(|rows| {
+            rows.iter().find(|r| {
+                r["ip"] == CLUSTER_IP.to_string() && r["port"] == 80 && r["scope"] == "internal"
+            })
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no ClusterIP row: {rows:#}"));
+    assert_eq!(row["lb_algorithm"], "maglev", "{row:#}");
+
+    let node1 = c.topology.netns("node1").unwrap();
+    let inside = c.node_cgroup("node1").enter().unwrap();
+    let translated_before = counter(&c, "node1", Counter::SockTranslated);
+    let mut served = BTreeSet::new();
+    for _ in 0..30 {
+        let reply = tcp_request_full(&node1, cluster_ip, TIMEOUT).expect("ClusterIP over TCP");
+        assert_eq!(reply.peer, cluster_ip, "getpeername shows the ClusterIP");
+        served.insert(reply.name);
+    }
+    assert_eq!(served.len(), 2, "both backends from the host: {served:?}");
+    let (name, from) =
+        udp_request(&node1, SocketAddr::from((CLUSTER_IP, 53)), TIMEOUT).expect("UDP");
+    assert!(name.starts_with("web-"), "{name}");
+    assert_eq!(from, SocketAddr::from((CLUSTER_IP, 53)));
+    assert!(counter(&c, "node1", Counter::SockTranslated) - translated_before >= 31);
+    drop(inside);
+
+    // A pod's packets take the TC path: the same table.
+    let pod = c.topology.netns("web-1").unwrap();
+    let dnat_before = counter(&c, "node1", Counter::DnatNew);
+    let mut served = BTreeSet::new();
+    for _ in 0..30 {
+        let reply = tcp_request_full(&pod, cluster_ip, TIMEOUT).expect("pod to ClusterIP");
+        served.insert(reply.name);
+    }
+    assert_eq!(served.len(), 2, "both backends from a pod: {served:?}");
+    assert!(counter(&c, "node1", Counter::DnatNew) > dnat_before);
+    assert_eq!(counter(&c, "node1", Counter::DropMaglevPosition), 0);
+}

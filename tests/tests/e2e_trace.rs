@@ -168,6 +168,8 @@ fn traces(cluster: &mut ExternalCluster) -> Result<()> {
             ],
         )?;
         ensure!(r["service"]["type"] == "NodePort", "{r:#}");
+        // External frontends use Maglev by default (`--lb-algorithm`).
+        ensure!(r["chosen"]["by"] == "maglev", "{r:#}");
         let to = chosen(&r).context("chosen")?;
         let remote = to.starts_with(&PODS[1].2.to_string());
         ensure!(r["masquerade"].is_string() == remote, "{r:#}");

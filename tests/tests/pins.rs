@@ -46,3 +46,39 @@ fn pins_of_another_layout_are_refused_naming_the_map_and_the_way_out() {
         "the pins are left as they were"
     );
 }
+
+#[test]
+fn a_maglev_pool_of_another_size_is_dropped_with_its_index_one_of_this_size_kept() {
+    use proxy_common::MaglevRef;
+    use vipr::datapath::{KernelMaps, ServiceMaps};
+    use vipr::plan::MapOp;
+
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/vipr-pins-maglev-{}",
+        std::process::id()
+    )));
+    let mut options = LoadOptions::new(&pins.0);
+    options.sizes.maglev_tables = 4;
+    options.sizes.maglev_table_size = 251;
+    let entry = MaglevRef {
+        first: 251,
+        size: 251,
+        digest: 1,
+    };
+    let index_after_load = |options: &LoadOptions| {
+        let mut datapath = Datapath::load(options).expect("load (needs root)");
+        let mut maps = KernelMaps::take(&mut datapath).unwrap();
+        let index = maps.dump().unwrap().maglev;
+        maps.apply(&MapOp::UpsertMaglevRef(7, entry)).unwrap();
+        index
+    };
+    assert!(index_after_load(&options).is_empty());
+    // A restart with the same sizes keeps the tables and their index.
+    assert_eq!(index_after_load(&options).get(&7), Some(&entry));
+    // Another table size: the old tables cannot serve; both maps start anew.
+    options.sizes.maglev_table_size = 509;
+    assert!(index_after_load(&options).is_empty());
+    let pool =
+        aya::maps::MapInfo::from_pin(pins.0.join("maps").join(proxy_common::MAGLEV)).unwrap();
+    assert_eq!(pool.max_entries(), 4 * 509);
+}

@@ -127,6 +127,9 @@ pub fn explain(counter: Counter) -> &'static str {
         Counter::DropNoScratch => {
             "Dropped: the IPv6 path found no per-CPU scratch entry for its flow or lookup keys (the one-entry per-CPU arrays always have it: a kernel or load fault)."
         }
+        Counter::DropMaglevPosition => {
+            "Dropped: a new flow to a Maglev frontend found no backend at its position in the frontend's lookup table (an index entry pointing outside VIPR_MAGLEV, or at an unwritten position: an agent or map fault; a full resync rewrites the table)."
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub struct ServiceRow {
     /// "Local" or "Cluster", as the frontend's traffic policy.
     pub traffic_policy: String,
     pub masquerade: bool,
+    /// "maglev" (the frontend's table picks) or "random" (its slots).
+    pub lb_algorithm: String,
     pub source_ranges: Vec<String>,
     /// Deleted from the cluster; established flows finish.
     pub draining: bool,
@@ -182,6 +184,12 @@ pub fn row(
         }
         .into(),
         masquerade: flag(SVC_FLAG_MASQUERADE),
+        lb_algorithm: if flag(proxy_common::SVC_FLAG_MAGLEV) {
+            "maglev"
+        } else {
+            "random"
+        }
+        .into(),
         source_ranges,
         draining: flag(SVC_FLAG_DRAINING),
         affinity_timeout: named.and_then(|n| n.affinity_timeout),
@@ -201,6 +209,9 @@ pub fn cells(row: &ServiceRow) -> Vec<String> {
     let mut policy = vec![row.traffic_policy.clone()];
     if row.masquerade {
         policy.push("masquerade".into());
+    }
+    if row.lb_algorithm == "maglev" {
+        policy.push("maglev".into());
     }
     if !row.source_ranges.is_empty() {
         policy.push(format!("from {}", row.source_ranges.join(",")));

@@ -450,7 +450,12 @@ fn report(
     ]
     .into_iter()
     .find(|(bit, _)| steps(*bit))
-    .map(|(_, by)| by);
+    .map(|(_, by)| by)
+    // A Maglev frontend's pick is a position of its table, not a slot.
+    .map(|by| match service_value {
+        Some(v) if by == "slot" && v.flags & proxy_common::SVC_FLAG_MAGLEV != 0 => "maglev",
+        _ => by,
+    });
     let chosen = by.and_then(|by| {
         // A flow follows the endpoint its entry names, even one whose id
         // has since gone (TCP outlives its endpoint) or been reused.
@@ -458,7 +463,7 @@ fn report(
             .then(|| followed_endpoint(run, record.backend_id))
             .flatten();
         let (ip, port) = followed.or_else(|| endpoint(maps, record.backend_id))?;
-        let slot = by == "slot";
+        let slot = by == "slot" || by == "maglev";
         Some(Choice {
             ip,
             port,

@@ -63,6 +63,9 @@ fn chosen(choice: &Choice, candidates: usize) -> String {
         ("slot", Some(slot), Some(hash)) => {
             format!("slot {slot} of {candidates}, by hash {hash:#010x}")
         }
+        ("maglev", Some(position), Some(hash)) => {
+            format!("position {position} of the frontend's Maglev table, by hash {hash:#010x}")
+        }
         ("conntrack", ..) => "the flow's conntrack entry".to_string(),
         ("affinity", ..) => "the client's session affinity".to_string(),
         (by, ..) => by.to_string(),

@@ -7,7 +7,7 @@ use proxy_common::{
 
 use std::mem::discriminant;
 
-use super::{Datapath, DatapathError, ServiceMaps, sys};
+use super::{Datapath, DatapathError, ServiceMaps, kernel_maglev::MaglevMaps, sys};
 use crate::plan::maps::{MapContents, MapOp, SourceRange, SourceRange6};
 
 pub struct KernelMaps {
@@ -21,6 +21,7 @@ pub struct KernelMaps {
     services6: Option<HashMap<MapData, Service6Key, ServiceValue>>,
     backends6: Option<HashMap<MapData, u32, Backend6Value>>,
     source_ranges6: Option<LpmTrie<MapData, SourceRange6Key, u8>>,
+    maglev: Option<MaglevMaps>,
     /// Cleared when the kernel refuses batch commands: single writes then.
     batching: bool,
 }
@@ -111,6 +112,7 @@ impl KernelMaps {
             services6: take(datapath, maps::SERVICES6).ok(),
             backends6: take(datapath, maps::BACKENDS6).ok(),
             source_ranges6: take(datapath, maps::SOURCE_RANGES6).ok(),
+            maglev: MaglevMaps::take(datapath),
             batching: true,
         })
     }
@@ -164,6 +166,12 @@ impl KernelMaps {
                 Some(map) => batch!(map, delete DeleteBackend6),
                 None => Ok(false),
             },
+            MapOp::UpsertMaglevRef(..) => match &self.maglev {
+                Some(maglev) => batch!(maglev.index(), upsert UpsertMaglevRef),
+                None => Ok(false),
+            },
+            // Each table is a batch of its own; deletes are rare.
+            MapOp::WriteMaglevTable(..) | MapOp::DeleteMaglevRef(_) => Ok(false),
             // The LPM trie has no batch commands.
             MapOp::UpsertSourceRange(_)
             | MapOp::DeleteSourceRange(_)
@@ -294,6 +302,18 @@ impl ServiceMaps for KernelMaps {
                 present(&mut self.source_ranges6, maps::SOURCE_RANGES6)?.remove(&range6_key(range)),
             )
             .map_err(map_err(maps::SOURCE_RANGES6)),
+            MapOp::WriteMaglevTable(first, table) => {
+                let batching = self.batching;
+                present(&mut self.maglev, proxy_common::MAGLEV)?
+                    .write_table(*first, table, batching)
+            }
+            MapOp::UpsertMaglevRef(id, r) => {
+                present(&mut self.maglev, proxy_common::MAGLEV_INDEX)?.upsert(*id, r)
+            }
+            MapOp::DeleteMaglevRef(id) => {
+                ignore_missing(present(&mut self.maglev, proxy_common::MAGLEV_INDEX)?.delete(*id))
+                    .map_err(map_err(proxy_common::MAGLEV_INDEX))
+            }
         }
     }
 
@@ -330,6 +350,9 @@ impl ServiceMaps for KernelMaps {
                 let (k, v) = entry.map_err(map_err(maps::BACKENDS6))?;
                 contents.backends6.insert(k, v);
             }
+        }
+        if let Some(maglev) = &self.maglev {
+            maglev.dump(&mut contents)?;
         }
         if let Some(ranges6) = &self.source_ranges6 {
             for key in ranges6.keys() {

@@ -53,6 +53,20 @@ pub struct MapSizes {
     pub conntrack: u32,
     /// Sockets the cgroup hooks sent to a backend (LRU), per family.
     pub socket_revnat: u32,
+    /// Maglev tables in the pool (an array: preallocated in full).
+    pub maglev_tables: u32,
+    /// Positions per Maglev table (M, a prime).
+    pub maglev_table_size: u32,
+}
+
+impl MapSizes {
+    /// Entries of the Maglev pool: every table's positions, end to end.
+    pub fn maglev_positions(&self) -> u32 {
+        // An array needs at least one entry; the agent caps the product.
+        self.maglev_tables
+            .saturating_mul(self.maglev_table_size)
+            .max(1)
+    }
 }
 
 impl Default for MapSizes {
@@ -63,6 +77,8 @@ impl Default for MapSizes {
             slots: maps::DEFAULT_MAX_SLOTS,
             conntrack: maps::DEFAULT_MAX_CONNTRACK,
             socket_revnat: maps::DEFAULT_MAX_SOCK_REVNAT,
+            maglev_tables: proxy_common::DEFAULT_MAX_MAGLEV_TABLES,
+            maglev_table_size: proxy_common::DEFAULT_MAGLEV_TABLE_SIZE,
         }
     }
 }
@@ -107,6 +123,7 @@ impl Datapath {
             })?;
         }
         super::pins::check_pinned_layouts(&map_dir)?;
+        super::pins::drop_resized_maglev_pool(&map_dir, options.sizes.maglev_positions())?;
         let globals = Globals::of(options)?;
         let mut ebpf = globals.loader(&map_dir, &options.sizes).load(OBJECT)?;
         for name in PROGRAMS {
@@ -180,7 +197,10 @@ impl Globals {
             .map_max_entries(maps::SOCK_REVNAT, sizes.socket_revnat)
             .map_max_entries(maps::SOCK_REVNAT6, sizes.socket_revnat)
             // One member per slot at most.
-            .map_max_entries(maps::AFFINITY_MEMBERS, sizes.slots);
+            .map_max_entries(maps::AFFINITY_MEMBERS, sizes.slots)
+            .map_max_entries(proxy_common::MAGLEV, sizes.maglev_positions())
+            // One index entry per frontend at most.
+            .map_max_entries(proxy_common::MAGLEV_INDEX, sizes.services);
         loader
     }
 }

@@ -10,6 +10,7 @@ mod conntrack;
 mod fake;
 mod interfaces;
 mod kernel;
+mod kernel_maglev;
 mod links;
 mod loader;
 mod namespaces;

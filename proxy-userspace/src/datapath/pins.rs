@@ -7,8 +7,9 @@ use std::{mem::size_of, path::Path};
 use aya::maps::{MapInfo, MapType};
 use proxy_common::{
     Affinity6Key, AffinityKey, AffinityMember, AffinityValue, Backend6Value, BackendValue, Ct6Key,
-    Ct6Value, CtKey, CtValue, Service6Key, ServiceKey, ServiceValue, SlotKey, SockRev6Key,
-    SockRev6Value, SockRevKey, SockRevValue, SourceRange6Key, SourceRangeKey, TraceRecord, maps,
+    Ct6Value, CtKey, CtValue, MaglevRef, Service6Key, ServiceKey, ServiceValue, SlotKey,
+    SockRev6Key, SockRev6Value, SockRevKey, SockRevValue, SourceRange6Key, SourceRangeKey,
+    TraceRecord, maps,
 };
 
 use super::DatapathError;
@@ -17,7 +18,7 @@ use super::DatapathError;
 const LPM_PREFIX_LEN: usize = size_of::<u32>();
 
 /// Every map the object pins: name, type, key size, value size.
-const LAYOUTS: [(&str, MapType, usize, usize); 16] = [
+const LAYOUTS: [(&str, MapType, usize, usize); 18] = [
     (
         maps::SERVICES,
         MapType::Hash,
@@ -114,7 +115,54 @@ const LAYOUTS: [(&str, MapType, usize, usize); 16] = [
         size_of::<u32>(),
         size_of::<TraceRecord>(),
     ),
+    (
+        proxy_common::MAGLEV,
+        MapType::Array,
+        size_of::<u32>(),
+        size_of::<u32>(),
+    ),
+    (
+        proxy_common::MAGLEV_INDEX,
+        MapType::Hash,
+        size_of::<u32>(),
+        size_of::<MaglevRef>(),
+    ),
 ];
+
+/// A Maglev pool pinned with another size (`--maglev-table-size` or
+/// `--maglev-max-tables` changed) cannot hold this agent's tables: it is
+/// removed with its index, so the new pool starts empty and Maglev
+/// frontends use their slots until the first sync writes their tables.
+/// (Their flows stay in conntrack meanwhile.)
+pub fn drop_resized_maglev_pool(map_dir: &Path, positions: u32) -> Result<(), DatapathError> {
+    let pool = map_dir.join(proxy_common::MAGLEV);
+    if !pool.exists() {
+        return Ok(());
+    }
+    let name = proxy_common::MAGLEV;
+    let info = MapInfo::from_pin(&pool).map_err(|source| DatapathError::Map { name, source })?;
+    if info.max_entries() == positions {
+        return Ok(());
+    }
+    tracing::warn!(
+        pinned = info.max_entries(),
+        wanted = positions,
+        "the Maglev table size or pool changed: Maglev tables are rebuilt"
+    );
+    for path in [pool, map_dir.join(proxy_common::MAGLEV_INDEX)] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(DatapathError::Pins {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Maps that hold no state of the live programs: a pin of another layout
 /// is removed and created anew rather than refused. The live programs

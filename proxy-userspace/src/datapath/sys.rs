@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::Pod;
-use aya::maps::{HashMap, IterableMap, MapData};
+use aya::maps::{Array, HashMap, IterableMap, MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
@@ -93,8 +93,20 @@ pub fn delete_batch<K: Pod, V: Pod>(
     batch(map, bpf_cmd::BPF_MAP_DELETE_BATCH, keys, None)
 }
 
+/// `BPF_MAP_UPDATE_BATCH` on an array: `values` into positions `first..`.
+/// (Arrays take batch updates from Linux 5.6, as hash maps do.)
+pub fn update_array_batch<V: Pod>(
+    map: &Array<MapData, V>,
+    first: u32,
+    values: &[V],
+) -> std::io::Result<()> {
+    let count = u32::try_from(values.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    let keys: Vec<u32> = (first..first.saturating_add(count)).collect();
+    batch(map, bpf_cmd::BPF_MAP_UPDATE_BATCH, &keys, Some(values))
+}
+
 fn batch<K: Pod, V: Pod>(
-    map: &HashMap<MapData, K, V>,
+    map: &impl IterableMap<K, V>,
     command: bpf_cmd,
     keys: &[K],
     values: Option<&[V]>,
@@ -112,7 +124,7 @@ fn batch<K: Pod, V: Pod>(
     attr.batch.count = count;
     // SAFETY: the kernel reads `count` keys of the map's key size from
     // `keys` and as many values of its value size from `values`; aya's
-    // HashMap checked at construction that those sizes are
+    // HashMap and Array checked at construction that those sizes are
     // size_of::<K>() and size_of::<V>(), and both slices hold `count`
     // elements and live across the call. It writes only `attr.batch.count`.
     let rc = unsafe {

@@ -15,7 +15,7 @@ use super::loader::{Globals, MAP_DIR, MapSizes, OBJECT, cleanup_pins, private_di
 const TRACE_DIR: &str = "trace";
 
 /// Maps the programs only read: the trace copy uses the live ones.
-const SHARED_MAPS: [&str; 8] = [
+const SHARED_MAPS: [&str; 10] = [
     maps::SERVICES,
     maps::SLOTS,
     maps::BACKENDS,
@@ -24,6 +24,8 @@ const SHARED_MAPS: [&str; 8] = [
     maps::SOURCE_RANGES,
     maps::SOURCE_RANGES6,
     maps::AFFINITY_MEMBERS,
+    proxy_common::MAGLEV,
+    proxy_common::MAGLEV_INDEX,
 ];
 
 /// A trace writes a few entries; the tracer clears them before each run.

@@ -62,6 +62,7 @@ pub(super) fn frontends_of(
         // Affinity is per frontend: each keeps its own client table.
         policy: Policy {
             affinity_timeout: svc.affinity_timeout,
+            lb_algorithm: svc.lb_algorithm,
             ..policy
         },
     };
@@ -73,6 +74,7 @@ pub(super) fn frontends_of(
         source_ranges: source_ranges.to_vec(),
         health_check_node_port: ext.health_check_node_port.filter(|_| ext.external_local),
         affinity_timeout: None,
+        lb_algorithm: None,
     };
     let mut out = Vec::new();
     for &ip in &svc.cluster_ips {

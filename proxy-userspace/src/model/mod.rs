@@ -16,6 +16,7 @@ mod external;
 mod frontends;
 mod index;
 pub mod ip;
+mod lb_algorithm;
 pub mod name;
 pub mod node;
 mod service;
@@ -33,6 +34,7 @@ use std::sync::Arc;
 pub use build::build_model;
 pub use builder::{Commit, Converted, Counts, ModelBuilder, ModelOptions};
 pub use error::ConversionError;
+pub use lb_algorithm::{ANNOTATION_LB_ALGORITHM, LbAlgorithm};
 pub use name::{Name, Unique};
 pub use node::{NodeAddress, NodeModel, convert_node};
 pub use service::{ExternalModel, ServiceModel, ServicePortModel, convert_service};
@@ -216,6 +218,8 @@ pub struct Policy {
     /// `sessionAffinity: ClientIP`: how long (seconds) a client's affinity
     /// to an endpoint outlives its last new connection.
     pub affinity_timeout: Option<u32>,
+    /// The Service's `vipr.io/lb-algorithm`; `None`: the agent's default.
+    pub lb_algorithm: Option<LbAlgorithm>,
 }
 
 /// One endpoint behind a frontend; the protocol is the frontend's. It

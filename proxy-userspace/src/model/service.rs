@@ -35,6 +35,8 @@ pub struct ServiceModel {
     pub traffic_distribution: Option<TrafficDistribution>,
     /// `sessionAffinity: ClientIP`: its timeout in seconds.
     pub affinity_timeout: Option<u32>,
+    /// `vipr.io/lb-algorithm`, if set.
+    pub lb_algorithm: Option<super::LbAlgorithm>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +82,7 @@ pub fn convert_service(
         external: ExternalModel::default(),
         traffic_distribution: None,
         affinity_timeout: None,
+        lb_algorithm: None,
     };
     // Label filters come first: kube-proxy never even sees these objects.
     if let Some(reason) = label_skip(&svc.metadata, opts) {
@@ -122,6 +125,7 @@ pub fn convert_service(
         external: super::external::convert(svc, spec, &object, opts.ipv6, &mut external_skipped)?,
         traffic_distribution: None,
         affinity_timeout: super::affinity::timeout_of(spec, &object)?,
+        lb_algorithm: super::lb_algorithm::of(&svc.metadata, &object)?,
     };
     match super::topology::traffic_distribution(spec.traffic_distribution.as_deref()) {
         Ok(value) => model.traffic_distribution = value,

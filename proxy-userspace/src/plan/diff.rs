@@ -16,14 +16,15 @@ use super::planner::Touched;
 /// The phases that guarantee it:
 /// 1. upsert backends: nothing refers to new ones yet;
 /// 2. upsert slots and affinity members: they point at backends written in
-///    1 or kept;
+///    1 or kept; then Maglev tables (into pool numbers no index entry
+///    points at) and the index entries switched to them;
 /// 3. upsert source ranges (IPv4, then IPv6), then services: a higher count only covers slots
 ///    written in 2; a lower count still covers slots that exist (they are
 ///    deleted only in 5); a service checking source ranges has them already;
 /// 4. delete services gone from `desired`, then source ranges: nothing refers
 ///    to services, and no service checks a removed range any more;
-/// 5. delete slots and affinity members: no service counts over them any
-///    more (3 and 4);
+/// 5. delete slots, affinity members and Maglev index entries: no service
+///    counts over them or reads them any more (3 and 4);
 /// 6. delete backends: no slot points at them any more (2 and 5).
 ///
 /// Within a phase, ops are in key order, so the output is deterministic.
@@ -46,6 +47,13 @@ pub fn diff(applied: &MapContents, desired: &MapContents) -> Vec<MapOp> {
         &applied.affinity,
         &desired.affinity,
         MapOp::UpsertAffinity,
+        &mut ops,
+    );
+    super::diff_maglev::table_writes(applied, desired, &mut ops);
+    upserts(
+        &applied.maglev,
+        &desired.maglev,
+        MapOp::UpsertMaglevRef,
         &mut ops,
     );
     for range in desired.source_ranges.difference(&applied.source_ranges) {
@@ -89,6 +97,12 @@ pub fn diff(applied: &MapContents, desired: &MapContents) -> Vec<MapOp> {
         &applied.affinity,
         &desired.affinity,
         MapOp::DeleteAffinity,
+        &mut ops,
+    );
+    deletes(
+        &applied.maglev,
+        &desired.maglev,
+        MapOp::DeleteMaglevRef,
         &mut ops,
     );
     deletes(
@@ -192,6 +206,14 @@ pub fn diff_touched(applied: &MapContents, desired: &MapContents, touched: &Touc
         MapOp::UpsertAffinity,
         &mut ops,
     );
+    super::diff_maglev::touched_table_writes(desired, t, &mut ops);
+    touched_upserts(
+        &t.maglev,
+        &applied.maglev,
+        &desired.maglev,
+        MapOp::UpsertMaglevRef,
+        &mut ops,
+    );
     for range in &t.source_ranges {
         if desired.source_ranges.contains(range) && !applied.source_ranges.contains(range) {
             ops.push(MapOp::UpsertSourceRange(*range));
@@ -255,6 +277,13 @@ pub fn diff_touched(applied: &MapContents, desired: &MapContents, touched: &Touc
         &mut ops,
     );
     touched_deletes(
+        &t.maglev,
+        &applied.maglev,
+        &desired.maglev,
+        MapOp::DeleteMaglevRef,
+        &mut ops,
+    );
+    touched_deletes(
         &t.backends,
         &applied.backends,
         &desired.backends,
@@ -269,61 +298,6 @@ pub fn diff_touched(applied: &MapContents, desired: &MapContents, touched: &Touc
         &mut ops,
     );
     ops
-}
-
-/// Applies `op` to `maps`, as the kernel would. Deleting a missing key is not
-/// an error. Used by tests and by fake datapaths.
-pub fn apply_op(maps: &mut MapContents, op: &MapOp) {
-    match *op {
-        MapOp::UpsertBackend(id, value) => {
-            maps.backends.insert(id, value);
-        }
-        MapOp::UpsertSlot(key, id) => {
-            maps.slots.insert(key, id);
-        }
-        MapOp::UpsertService(key, value) => {
-            maps.services.insert(key, value);
-        }
-        MapOp::DeleteService(key) => {
-            maps.services.remove(&key);
-        }
-        MapOp::DeleteSlot(key) => {
-            maps.slots.remove(&key);
-        }
-        MapOp::DeleteBackend(id) => {
-            maps.backends.remove(&id);
-        }
-        MapOp::UpsertSourceRange(range) => {
-            maps.source_ranges.insert(range);
-        }
-        MapOp::DeleteSourceRange(range) => {
-            maps.source_ranges.remove(&range);
-        }
-        MapOp::UpsertAffinity(member, timeout) => {
-            maps.affinity.insert(member, timeout);
-        }
-        MapOp::DeleteAffinity(member) => {
-            maps.affinity.remove(&member);
-        }
-        MapOp::UpsertBackend6(id, value) => {
-            maps.backends6.insert(id, value);
-        }
-        MapOp::UpsertService6(key, value) => {
-            maps.services6.insert(key, value);
-        }
-        MapOp::DeleteService6(key) => {
-            maps.services6.remove(&key);
-        }
-        MapOp::DeleteBackend6(id) => {
-            maps.backends6.remove(&id);
-        }
-        MapOp::UpsertSourceRange6(range) => {
-            maps.source_ranges6.insert(range);
-        }
-        MapOp::DeleteSourceRange6(range) => {
-            maps.source_ranges6.remove(&range);
-        }
-    }
 }
 
 /// Every way `maps` breaks the invariant documented on [`diff`], as text.
@@ -371,6 +345,7 @@ pub fn check_consistency(maps: &MapContents) -> Vec<String> {
             ));
         }
     }
+    super::diff_maglev::check(maps, &mut problems);
     // The datapath would admit no client at all; ranges go in before the
     // flag and come out after it (phases 3 and 4).
     let ranged = |value: &ServiceValue| value.flags & SVC_FLAG_SOURCE_RANGES != 0;

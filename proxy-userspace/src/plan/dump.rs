@@ -10,13 +10,14 @@ use proxy_common::{
 };
 
 /// Service flags as the dump names them.
-const FLAG_NAMES: [(u16, &str); 6] = [
+const FLAG_NAMES: [(u16, &str); 7] = [
     (SVC_FLAG_LOCAL_ONLY, "local-only"),
     (SVC_FLAG_HAS_ENDPOINTS, "has-endpoints"),
     (SVC_FLAG_MASQUERADE, "masquerade"),
     (SVC_FLAG_SOURCE_RANGES, "source-ranges"),
     (SVC_FLAG_AFFINITY, "affinity"),
     (SVC_FLAG_DRAINING, "draining"),
+    (proxy_common::SVC_FLAG_MAGLEV, "maglev"),
 ];
 
 use super::maps::MapContents;
@@ -99,6 +100,13 @@ pub fn dump_text(maps: &MapContents) -> String {
             out,
             "affinity {}/{} timeout={timeout}s",
             member.service_id, member.backend_id
+        );
+    }
+    for (id, r) in &maps.maglev {
+        let _ = writeln!(
+            out,
+            "maglev {id} -> table {}+{} digest={:016x}",
+            r.first, r.size, r.digest
         );
     }
     out

@@ -4,9 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proxy_common::{
-    Addr6, AffinityMember, Backend6Value, BackendValue, Service6Key, ServiceKey, ServiceValue,
-    SlotKey,
+    Addr6, AffinityMember, Backend6Value, BackendValue, MaglevRef, Service6Key, ServiceKey,
+    ServiceValue, SlotKey,
 };
+
+pub use super::maglev_pool::MaglevTable;
 
 /// The full contents of the service maps. Built by the planner from the
 /// model (desired), or read back from the kernel (applied).
@@ -26,6 +28,13 @@ pub struct MapContents {
     /// Session affinity: the endpoints an affinity may lead to, per
     /// frontend, with the frontend's timeout in seconds.
     pub affinity: BTreeMap<AffinityMember, u32>,
+    /// Maglev frontends (either family): service id → where its table is.
+    pub maglev: BTreeMap<u32, MaglevRef>,
+    /// Table contents by their first position in the pool. Desired: the
+    /// tables `maglev` points at. Applied: what was written (a fake keeps
+    /// every table; the kernel's are not read back, their digests in
+    /// `maglev` stand for them).
+    pub maglev_tables: BTreeMap<u32, MaglevTable>,
 }
 
 impl MapContents {
@@ -116,4 +125,10 @@ pub enum MapOp {
     DeleteBackend6(u32),
     UpsertSourceRange6(SourceRange6),
     DeleteSourceRange6(SourceRange6),
+    /// A whole table at its first position, into a part of the pool no
+    /// index entry points at (the planner's guarantee).
+    WriteMaglevTable(u32, MaglevTable),
+    /// Switches a frontend to a written table (one atomic hash update).
+    UpsertMaglevRef(u32, MaglevRef),
+    DeleteMaglevRef(u32),
 }

@@ -1,19 +1,20 @@
 //! Model → desired map contents, with stable ids; in full or per frontend.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hashbrown::HashMap;
 use proxy_common::{
     AffinityMember, BackendValue, SVC_FLAG_AFFINITY, SVC_FLAG_DRAINING, SVC_FLAG_HAS_ENDPOINTS,
-    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, Service6Key, ServiceKey,
-    ServiceValue, SlotKey,
+    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_MAGLEV, SVC_FLAG_MASQUERADE, SVC_FLAG_SOURCE_RANGES, Service6Key,
+    ServiceKey, ServiceValue, SlotKey,
 };
 
 use super::family::{Family, V4, V6};
 use super::ids::IdTable;
+use super::maglev_pool::{LbConfig, MaglevPool, add_maglev, forget_maglev};
 use super::maps::MapContents;
-use crate::model::{Frontend, FrontendKey, Model};
+use crate::model::{Frontend, FrontendKey, LbAlgorithm, Model};
 
 /// Owns the id tables: service ids per map key, backend ids per (ip, port,
 /// proto) (a backend value is exactly that triple), one set per address
@@ -23,11 +24,18 @@ use crate::model::{Frontend, FrontendKey, Model};
 ///
 /// It also keeps the last desired contents, so that [`Planner::update`] can
 /// rewrite only the entries of the frontends that changed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Planner {
     v4: Tables<V4>,
     v6: Tables<V6>,
     desired: MapContents,
+    maglev: MaglevPool,
+}
+
+impl Default for Planner {
+    fn default() -> Self {
+        Self::with_lb(LbConfig::random())
+    }
 }
 
 /// One family's ids and references.
@@ -64,6 +72,10 @@ pub struct Touched {
     pub source_ranges: BTreeSet<super::maps::SourceRange>,
     pub source_ranges6: BTreeSet<super::maps::SourceRange6>,
     pub affinity: BTreeSet<AffinityMember>,
+    /// Service ids whose Maglev index entry may have changed.
+    pub maglev: BTreeSet<u32>,
+    /// Tables (first position) given a number no frontend used: to write.
+    pub maglev_tables: BTreeSet<u32>,
 }
 
 impl Planner {
@@ -71,14 +83,38 @@ impl Planner {
         Self::default()
     }
 
+    /// A planner balancing as `lb` says (`Planner::new`: slots only,
+    /// unless a Service asks for Maglev).
+    pub fn with_lb(lb: LbConfig) -> Self {
+        Self {
+            v4: Tables::default(),
+            v6: Tables::default(),
+            desired: MapContents::default(),
+            maglev: MaglevPool::new(lb),
+        }
+    }
+
     /// Rebuilds the id tables from maps read back from the kernel (after an
     /// agent restart), so the next `desired` keeps every id and slot as is.
     pub fn restore(applied: &MapContents) -> Self {
+        Self::restore_with(applied, LbConfig::random())
+    }
+
+    /// [`Planner::restore`] with a balancing configuration; Maglev tables
+    /// whose contents are still wanted are kept where they are.
+    pub fn restore_with(applied: &MapContents, lb: LbConfig) -> Self {
         Self {
             v4: Tables::restore(&applied.services, &applied.backends),
             v6: Tables::restore(&applied.services6, &applied.backends6),
             desired: MapContents::default(),
+            maglev: MaglevPool::restore(lb, applied.maglev.values()),
         }
+    }
+
+    /// Frontends left on their slots in the last plan or update because
+    /// the Maglev pool had no free table (`--maglev-max-tables`).
+    pub fn maglev_exhausted(&self) -> usize {
+        self.maglev.exhausted
     }
 
     pub fn service_id(&self, key: &ServiceKey) -> Option<u32> {
@@ -110,14 +146,18 @@ impl Planner {
         self.desired = MapContents::default();
         self.v4.start_full();
         self.v6.start_full();
+        self.maglev.start_full();
         // Allocation follows model order (frontends by ip:port/proto, backends by
         // ip:port), so ids are deterministic for a given history of models.
         for fe in model.frontends.values() {
-            self.v4.add_frontend(&mut self.desired, fe, None);
-            self.v6.add_frontend(&mut self.desired, fe, None);
+            self.v4
+                .add_frontend(&mut self.desired, fe, &mut self.maglev, None);
+            self.v6
+                .add_frontend(&mut self.desired, fe, &mut self.maglev, None);
         }
         self.v4.end_full(&mut self.desired);
         self.v6.end_full(&mut self.desired);
+        self.maglev.end_full();
     }
 
     /// Rewrites the entries of the `changed` frontends (as [`Planner::desired`]
@@ -137,12 +177,12 @@ impl Planner {
     ) -> (Touched, MapContents) {
         self.v4.start_round();
         self.v6.start_round();
+        self.maglev.start_round();
         let mut notes = Notes::default();
         for key in changed {
-            self.v4
-                .update_key(&mut self.desired, model, key, &mut notes);
-            self.v6
-                .update_key(&mut self.desired, model, key, &mut notes);
+            let (desired, pool) = (&mut self.desired, &mut self.maglev);
+            self.v4.update_key(desired, model, key, pool, &mut notes);
+            self.v6.update_key(desired, model, key, pool, &mut notes);
         }
         (notes.touched, notes.before)
     }
@@ -191,6 +231,7 @@ impl<F: Family> Tables<F> {
         desired: &mut MapContents,
         model: &Model,
         key: &FrontendKey,
+        pool: &mut MaglevPool,
         notes: &mut Notes,
     ) {
         let Some(skey) = F::key(key) else { return };
@@ -199,12 +240,13 @@ impl<F: Family> Tables<F> {
         if let Some(old) = old {
             F::services(&mut notes.before).insert(skey, old);
             forget_service_entries(desired, old.service_id, notes);
+            forget_maglev(desired, old.service_id, pool, notes);
         }
         let old_backends = self.frontend_backends.remove(&skey).unwrap_or_default();
         // Added before the old ones are dropped, so a backend the frontend
         // keeps never loses its id.
         match (model.frontends.get(key), old) {
-            (Some(fe), _) => self.add_frontend(desired, fe, Some(notes)),
+            (Some(fe), _) => self.add_frontend(desired, fe, pool, Some(notes)),
             // Gone from the model: the frontend drains (see `draining`).
             (None, Some(old)) => {
                 F::services(desired).insert(skey, draining(old.service_id));
@@ -223,6 +265,7 @@ impl<F: Family> Tables<F> {
         &mut self,
         desired: &mut MapContents,
         fe: &Frontend,
+        pool: &mut MaglevPool,
         mut notes: Option<&mut Notes>,
     ) {
         let Some(skey) = F::key(&fe.key) else { return };
@@ -250,12 +293,13 @@ impl<F: Family> Tables<F> {
         let Some(service_id) = self.services.get_or_alloc(&skey) else {
             return;
         };
-        let mut ids: Vec<u32> = fe
+        let mut members: Vec<(IpAddr, u16, u32)> = fe
             .active_backends()
             .into_iter()
-            .filter_map(|b| self.backends.get(&F::backend(fe, b)?))
+            .filter_map(|b| Some((b.ip, b.port, self.backends.get(&F::backend(fe, b)?)?)))
             .collect();
-        ids.truncate(usize::from(u16::MAX));
+        members.truncate(usize::from(u16::MAX));
+        let ids: Vec<u32> = members.iter().map(|m| m.2).collect();
         for (slot, id) in (0u32..).zip(&ids) {
             let slot_key = SlotKey { service_id, slot };
             desired.slots.insert(slot_key, *id);
@@ -285,12 +329,19 @@ impl<F: Family> Tables<F> {
                 F::touched_ranges(&mut notes.touched).insert(range);
             }
         }
+        let mut flags = flags_of(fe);
+        if pool.config.algorithm(fe) == LbAlgorithm::Maglev
+            && !members.is_empty()
+            && add_maglev(desired, service_id, &members, pool, notes)
+        {
+            flags |= SVC_FLAG_MAGLEV;
+        }
         F::services(desired).insert(
             skey,
             ServiceValue {
                 service_id,
                 backend_count,
-                flags: flags_of(fe),
+                flags,
             },
         );
     }
@@ -383,9 +434,9 @@ fn forget_service_entries(desired: &mut MapContents, service_id: u32, notes: &mu
 
 /// What an incremental update touched, and what those keys held before.
 #[derive(Default)]
-struct Notes {
-    touched: Touched,
-    before: MapContents,
+pub(super) struct Notes {
+    pub(super) touched: Touched,
+    pub(super) before: MapContents,
 }
 
 /// A deleted frontend keeps its entry, without endpoints, until the next

@@ -756,3 +756,5 @@ fn applied_frontends(maps: &MapContents) -> impl Iterator<Item = FrontendKey> + 
         scope: Default::default(),
     })
 }
+
+mod maglev;

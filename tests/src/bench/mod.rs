@@ -12,6 +12,7 @@ pub mod contenders;
 pub mod cpu;
 pub mod http;
 pub mod load;
+pub mod maglev;
 pub mod packet_cost;
 mod plan;
 pub mod report;
@@ -118,6 +119,7 @@ pub struct Results {
     pub nodeport_cost: Option<packet_cost::NodePortCost>,
     /// The pod paths in IPv6 and, beside it, IPv4 on the same two services.
     pub packet_cost_by_family: Option<[packet_cost::PacketCost; 2]>,
+    pub maglev: Option<maglev::MaglevFigures>,
 }
 
 fn topology() -> Result<Topology> {

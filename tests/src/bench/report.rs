@@ -311,6 +311,13 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
         );
         let _ = writeln!(md, "\nXDP/TC: {:.2}", n.xdp_ns / n.tc_ns);
     }
+    if let Some(f) = &results.maglev {
+        let _ = writeln!(md, "\n## Maglev against random\n\n```");
+        for line in super::maglev::lines(f) {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md, "```");
+    }
     md
 }
 

@@ -1,5 +1,5 @@
 //! `cargo xtask bench` runs this. Usage:
-//!   vipr-bench VIPR_BIN OUT_DIR (--quick | --full | --packets-only | --smoke)
+//!   vipr-bench VIPR_BIN OUT_DIR (--quick | --full | --packets-only | --smoke | --maglev-only)
 //! Prints every sample as it lands; writes OUT_DIR/benchmarks.{json,md} and plots.
 //! Exits non-zero, after writing what it has, when a contender failed.
 use std::path::PathBuf;
@@ -9,10 +9,18 @@ use vipr_tests::bench::{self, Plan, Results, contenders::Contender, packet_cost}
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: vipr-bench VIPR_BIN OUT_DIR (--quick|--full|--packets-only|--smoke)";
+    let usage =
+        "usage: vipr-bench VIPR_BIN OUT_DIR (--quick|--full|--packets-only|--smoke|--maglev-only)";
     let vipr = PathBuf::from(args.next().context(usage)?);
     let out_dir = PathBuf::from(args.next().context(usage)?);
     let mode = args.next().unwrap_or_else(|| "--quick".into());
+    if mode == "--maglev-only" {
+        let maglev = bench::maglev::measure(3)?;
+        bench::maglev::lines(&maglev)
+            .iter()
+            .for_each(|line| println!("{line}"));
+        return Ok(());
+    }
     let (plan, connections) = match mode.as_str() {
         "--quick" => (Plan::quick(), true),
         "--full" => (Plan::full(), true),
@@ -100,6 +108,12 @@ fn main() -> anyhow::Result<()> {
         nodeport.xdp_ns / nodeport.tc_ns
     );
     results.nodeport_cost = Some(nodeport);
+    println!("\nMaglev against random (medians of 3 rounds):");
+    let maglev = bench::maglev::measure(3)?;
+    bench::maglev::lines(&maglev)
+        .iter()
+        .for_each(|line| println!("{line}"));
+    results.maglev = Some(maglev);
     bench::report::write_all(&results, &out_dir)?;
     println!(
         "\nwrote {}/benchmarks.md, benchmarks.json and plots",

@@ -172,3 +172,50 @@ fn invalid_update_keeps_last_good_version_until_deleted() {
     assert_eq!(errors.len(), 2);
     assert!(m.frontends.is_empty() && m.stale.is_empty());
 }
+
+#[test]
+fn the_lb_algorithm_annotation_reaches_every_frontend_and_a_bad_value_keeps_the_last() {
+    let annotated = |value: &str| {
+        svc(&format!(
+            "metadata:
+  name: web
+  namespace: default
+  annotations: {{vipr.io/lb-algorithm: {value}}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  ports: [{{name: http, port: 80, targetPort: http, nodePort: 30080}}]"
+        ))
+    };
+    let opts = ModelOptions {
+        nodeport_addresses: vec![ip("172.30.0.1").into()],
+        ..ModelOptions::default()
+    };
+    let mut builder = ModelBuilder::new(opts);
+    let slices = [web_slice("web-a", 8080, "[{addresses: [10.0.0.1]}]")];
+    let (m, errors) = builder.update(&[annotated("maglev")], &slices);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        m.frontends.len(),
+        3,
+        "cluster IP, NodePort inside and outside"
+    );
+    assert!(
+        m.frontends
+            .values()
+            .all(|fe| fe.policy.lb_algorithm == Some(crate::model::LbAlgorithm::Maglev))
+    );
+    // An unknown value: the error names the annotation; Maglev stays.
+    let (m, errors) = builder.update(&[annotated("round-robin")], &slices);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].to_string(),
+        "Service default/web: metadata.annotations[vipr.io/lb-algorithm]: \
+         \"round-robin\" is neither maglev nor random"
+    );
+    assert!(
+        m.frontends
+            .values()
+            .all(|fe| fe.policy.lb_algorithm == Some(crate::model::LbAlgorithm::Maglev))
+    );
+}
