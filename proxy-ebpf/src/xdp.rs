@@ -17,6 +17,7 @@ use proxy_common::{CT_FLAG_SNAT, Counter, CtValue, IPPROTO_UDP, SCOPE_EXTERNAL};
 
 use crate::{
     decide::{self, Decision},
+    dsr,
     maps::count,
     parse::{ETH_LEN, Flow, TCP_CSUM_OFF, UDP_CSUM_OFF, is_ipv6, parse_flow, ptr_at},
     xdp6,
@@ -44,6 +45,10 @@ fn serve4(ctx: &XdpContext) -> u32 {
         // Malformed and non-IP frames: the TC program counts and decides.
         return XDP_PASS;
     };
+    // Not decided here: the TC program adds the DSR option (`dsr.rs`).
+    if dsr::left_to_tc(flow.proto, flow.tcp_flags) {
+        return XDP_PASS;
+    }
     let decision = decide::from_outside(&flow, SCOPE_EXTERNAL);
     let local_source = decision.leaves_with_a_local_source();
     let (entry, counter, unmasquerade) = match decision {

@@ -236,6 +236,7 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
             "packets_external6",
             "packets_xdp6",
             "packets_icmp_error",
+            "packets_dsr",
         ]
         .into_iter()
         .map(|name| stage(executable(name)?, name))
