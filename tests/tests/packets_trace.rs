@@ -11,7 +11,9 @@ use proxy_common::{
     programs::{FROM_EXTERNAL, FROM_POD, TRACE_HOST},
     wire_addr, wire_addr6,
 };
-use vipr::datapath::{LoadOptions, TraceFlow, TraceInput, load_trace_copy, run_trace};
+use vipr::datapath::{
+    LoadOptions, TraceAffinity, TraceFlow, TraceInput, load_trace_copy, run_trace,
+};
 use vipr_tests::packet::*;
 use vipr_tests::packet6::*;
 
@@ -88,10 +90,10 @@ fn a_trace_chooses_as_the_live_programs_do_and_changes_nothing_live() {
             program: FROM_EXTERNAL,
             frame: &frame,
             flow: TraceFlow::V4(forward_key(tuple)),
-            affinity: Some(AffinityKey {
+            affinity: Some(TraceAffinity::V4(AffinityKey {
                 service_id: 1,
                 client_addr: wire_addr(CLIENT),
-            }),
+            })),
             ifindex: None,
         };
         let traced = run_trace(h.pin_dir(), &input).expect("trace");
