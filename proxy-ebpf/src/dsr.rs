@@ -4,7 +4,8 @@
 //! Ingress node: instead of masquerading, the flow keeps the client's
 //! address; the packets that open it (a TCP SYN, every UDP datagram) carry
 //! the frontend in an 8-byte IPv4 option (`DSR_OPTION_TYPE`). Everything
-//! leaves by FIB redirect, as masqueraded packets do.
+//! leaves by FIB redirect, as masqueraded packets do (XDP: `XDP_TX`, the
+//! option written directly, `add_option4_xdp`).
 //!
 //! Endpoint's node: a packet with the option records both conntrack
 //! entries of the flow as if the flow had been translated here, so the
@@ -18,7 +19,8 @@
 //! ARCHITECTURE.md, "Direct server return").
 use aya_ebpf::{
     bindings::{BPF_ANY, bpf_adj_room_mode::BPF_ADJ_ROOM_NET},
-    programs::TcContext,
+    helpers::bpf_xdp_adjust_head,
+    programs::{TcContext, XdpContext},
 };
 use proxy_common::{
     BACKEND_FLAG_LOCAL, CT_FLAG_DSR, CT_FORWARD, Counter, DSR_OPTION_LEN, DSR_OPTION_TYPE,
@@ -30,7 +32,8 @@ use crate::{
     decide::Decision,
     family::{Family, V4},
     maps::lb_mode,
-    parse::{ETH_LEN, Flow, IP_CSUM_OFF, TCP_FLAG_ACK, TCP_FLAG_SYN},
+    parse::{ETH_LEN, Flow, IP_CSUM_OFF, ptr_at},
+    xdp::csum_update,
 };
 
 /// An IPv4 header without options.
@@ -122,16 +125,6 @@ fn opens<F: Family>(flow: &Flow<F>) -> bool {
     flow.is_tcp_syn() || flow.proto == IPPROTO_UDP
 }
 
-/// XDP leaves a DSR mode's opening packets to TC, which adds the option:
-/// decided there once (XDP would have recorded the flow already). A
-/// subprogram of two scalars: inlined, or handed the flow, the compiler
-/// spilled undefined bytes of it, which the verifier refuses.
-#[inline(never)]
-pub fn left_to_tc(proto: u8, tcp_flags: u8) -> bool {
-    let syn = proto == IPPROTO_TCP && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    lb_mode() != LB_MODE_SNAT && covers(proto) && (syn || proto == IPPROTO_UDP)
-}
-
 /// Adds the DSR option carrying `frontend` (wire order) to a translated
 /// IPv4 packet without options, fixing the header length, total length and
 /// header checksum. The L4 checksum does not cover the IP header's length.
@@ -156,6 +149,70 @@ pub fn add_option4(ctx: &TcContext, frontend: (u32, u16)) -> Result<(), i64> {
     ctx.l3_csum_replace(IP_CSUM_OFF, 0, addr as u64, WORD32)?;
     ctx.store(VERSION_IHL_OFF, &VERSION_IHL_WITH_OPTION, 0)?;
     ctx.store(TOT_LEN_OFF, &new_len, 0)
+}
+
+/// The XDP twin of [`add_option4`], written directly: the frame grows at
+/// its head and its Ethernet and IPv4 headers move up by the option's
+/// length. `false`: no headroom (the frame is left as it was) or a frame
+/// too short to hold the headers (it is not: parsed before).
+#[inline(never)]
+pub fn add_option4_xdp(ctx: &XdpContext, addr: u32, port: u16) -> bool {
+    let grow = i32::from(DSR_OPTION_LEN);
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
+        return false;
+    }
+    let Some(head) = ptr_at::<[u8; OPTION_OFF + DSR_OPTION_LEN as usize]>(ctx, 0) else {
+        return false;
+    };
+    let head = head as *mut u8;
+    let len = usize::from(DSR_OPTION_LEN);
+    let port = port.to_ne_bytes();
+    let addr = addr.to_ne_bytes();
+    let option = [
+        DSR_OPTION_TYPE,
+        DSR_OPTION_LEN,
+        port[0],
+        port[1],
+        addr[0],
+        addr[1],
+        addr[2],
+        addr[3],
+    ];
+    // Checked above: the frame holds both headers and the option's room.
+    unsafe {
+        // Upwards, one byte at a time: the two ranges overlap.
+        for i in 0..OPTION_OFF {
+            *head.add(i) = *head.add(i + len);
+        }
+        for (i, byte) in option.iter().enumerate() {
+            *head.add(OPTION_OFF + i) = *byte;
+        }
+        let ip = head.add(ETH_LEN);
+        let tos = *ip.add(TOS_OFF - ETH_LEN);
+        let tot_len_at = ip.add(TOT_LEN_OFF - ETH_LEN);
+        let tot_len = u16::from_be_bytes([*tot_len_at, *tot_len_at.add(1)]);
+        let new_len = tot_len + u16::from(DSR_OPTION_LEN);
+        let check_at = head.add(IP_CSUM_OFF);
+        let mut check = u16::from_be_bytes([*check_at, *check_at.add(1)]);
+        check = csum_update(
+            check,
+            u16::from_be_bytes([VERSION_IHL_PLAIN, tos]),
+            u16::from_be_bytes([VERSION_IHL_WITH_OPTION, tos]),
+        );
+        check = csum_update(check, tot_len, new_len);
+        // The option's words were zero before (absent).
+        for pair in option.chunks_exact(2) {
+            check = csum_update(check, 0, u16::from_be_bytes([pair[0], pair[1]]));
+        }
+        *ip = VERSION_IHL_WITH_OPTION;
+        let new_len = new_len.to_be_bytes();
+        *tot_len_at = new_len[0];
+        *tot_len_at.add(1) = new_len[1];
+        let check = check.to_be_bytes();
+        *check_at = check[0];
+        *check_at.add(1) = check[1];
+    }
+    true
 }
 
 /// Endpoint's node: the frontend a packet's DSR option carries, if it has

@@ -161,27 +161,45 @@ fn dsr_replies_leave_the_endpoints_node_straight_for_the_client() {
                 "proto {proto}: every flow answered by node2"
             );
         }
-        // The requests crossed node1 with the client's address, the
-        // opening ones carrying the frontend in the DSR option.
-        let forwarded: Vec<&Frame> = seen1
+        // The requests reached node2 with the client's address, the
+        // opening ones carrying the frontend in the DSR option. (node1's
+        // capture sees what TC forwards, not what XDP_TX sends.)
+        let arrived: Vec<&Frame> = seen2
+            .iter()
+            .filter(|f| !f.outgoing && f.src() == CLIENT_IP && f.dst() == WEB2)
+            .collect();
+        let option = |port: u16| {
+            let mut option = vec![proxy_common::DSR_OPTION_TYPE, proxy_common::DSR_OPTION_LEN];
+            option.extend_from_slice(&port.to_be_bytes());
+            option.extend_from_slice(&NODE_IPS[0].octets());
+            option
+        };
+        for (proto, port) in [(IPPROTO_TCP, DSR_TCP), (IPPROTO_UDP, DSR_UDP)] {
+            let with_option = arrived
+                .iter()
+                .filter(|f| f.proto() == proto && f.ip_options() == option(port).as_slice())
+                .count();
+            assert!(
+                with_option >= FLOWS,
+                "proto {proto}: {with_option} with the option"
+            );
+        }
+        let forwarded_by_tc = seen1
             .iter()
             .filter(|f| f.outgoing && f.src() == CLIENT_IP && f.dst() == WEB2)
-            .collect();
-        assert!(!forwarded.is_empty(), "node1 forwarded the requests");
-        let mut option = vec![proxy_common::DSR_OPTION_TYPE, proxy_common::DSR_OPTION_LEN];
-        option.extend_from_slice(&DSR_TCP.to_be_bytes());
-        option.extend_from_slice(&NODE_IPS[0].octets());
-        assert!(
-            forwarded
-                .iter()
-                .any(|f| f.ip_options() == option.as_slice()),
-            "a SYN with the DSR option"
-        );
+            .count();
+        let xdp_sent = c
+            .counter("node1", Counter::XdpTransmitted)
+            .expect("counter");
+        match xdp {
+            "off" => assert!(forwarded_by_tc >= 2 * FLOWS, "{forwarded_by_tc}"),
+            _ => assert!(xdp_sent >= (2 * FLOWS) as u64, "xdp_transmitted {xdp_sent}"),
+        }
         eprintln!(
-            "captured: node1 {} frames ({} forwarded to web-2, 0 replies), node2 {} frames",
+            "captured: node1 {} frames ({forwarded_by_tc} forwarded by TC, xdp_transmitted {xdp_sent}, 0 replies), node2 {} frames ({} requests arrived from the client)",
             seen1.len(),
-            forwarded.len(),
-            seen2.len()
+            seen2.len(),
+            arrived.len()
         );
     }
 }

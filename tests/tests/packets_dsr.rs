@@ -287,59 +287,115 @@ fn an_snat_node_ignores_the_option() {
     assert_eq!(run.counted, vec![("pass_not_translated", 1)]);
 }
 
-/// In a namespace with routes: the TC path redirects DSR packets to node2
-/// itself (with the option on the SYN), and XDP leaves the opening packets
-/// to TC but sends the rest of the flow on with `XDP_TX`.
+/// In a namespace with routes: XDP and TC both send DSR packets to node2
+/// themselves (`XDP_TX`, redirect), the opening ones with the option.
 #[test]
-fn dsr_packets_are_forwarded_by_tc_and_established_ones_by_xdp() {
+fn dsr_packets_are_forwarded_by_xdp_and_by_tc() {
     let ns = FibNamespace::new();
     netns::run_in(ns.name(), || {
+        let forwarded = |frame: Vec<u8>| {
+            let mut frame = frame;
+            frame[0..6].copy_from_slice(&NEXT_HOP_NODE2);
+            frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+            frame[14 + 8] -= 1;
+            fix_ip_checksum(&mut frame);
+            frame
+        };
         let mut h = ingress(LbMode::Dsr);
         let syn = tcp(client(40_000), 7, true, false, b"");
+        let syn_out = forwarded(with_dsr_option(
+            &tcp(to_pod(40_000), 7, true, false, b""),
+            (NODE, NODE_PORT),
+        ));
         let xdp = h.run_xdp(&syn).unwrap();
-        assert_eq!(xdp.verdict, XDP_PASS, "the option is TC's to add");
-        assert_eq!(xdp.counted, vec![]);
-        assert_eq!(xdp.output, syn);
+        assert_eq!(xdp.verdict, XDP_TX);
+        assert_eq!(
+            xdp.counted,
+            vec![
+                ("dnat_new", 1),
+                ("xdp_transmitted", 1),
+                ("dsr_option_added", 1)
+            ]
+        );
+        assert_eq!(checksum_errors(&xdp.output), Vec::<String>::new());
+        assert_eq!(xdp.output, syn_out);
 
+        // The same SYN again, through TC: a new connection on the tuple.
         let run = h.run_on_ext0(FROM_EXTERNAL, &syn).unwrap();
         assert_eq!(run.verdict, TC_ACT_REDIRECT);
         assert_eq!(
             run.counted,
             vec![
-                ("dnat_new", 1),
+                ("dnat_reselected", 1),
                 ("tc_redirected", 1),
                 ("dsr_option_added", 1)
             ]
         );
-        let mut expected =
-            with_dsr_option(&tcp(to_pod(40_000), 7, true, false, b""), (NODE, NODE_PORT));
-        expected[0..6].copy_from_slice(&NEXT_HOP_NODE2);
-        expected[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-        expected[14 + 8] -= 1;
-        fix_ip_checksum(&mut expected);
-        assert_eq!(run.output, expected);
+        assert_eq!(run.output, syn_out);
 
         let data = tcp(client(40_000), 8, false, true, b"GET");
+        let data_out = forwarded(tcp(to_pod(40_000), 8, false, true, b"GET"));
         let xdp = h.run_xdp(&data).unwrap();
         assert_eq!(xdp.verdict, XDP_TX);
         assert_eq!(
             xdp.counted,
             vec![("dnat_established", 1), ("xdp_transmitted", 1)]
         );
-        let mut expected = tcp(to_pod(40_000), 8, false, true, b"GET");
-        expected[0..6].copy_from_slice(&NEXT_HOP_NODE2);
-        expected[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-        expected[14 + 8] -= 1;
-        fix_ip_checksum(&mut expected);
-        assert_eq!(xdp.output, expected);
-
+        assert_eq!(xdp.output, data_out);
         let run = h.run_on_ext0(FROM_EXTERNAL, &data).unwrap();
         assert_eq!(run.verdict, TC_ACT_REDIRECT);
         assert_eq!(
             run.counted,
             vec![("dnat_established", 1), ("tc_redirected", 1)]
         );
-        assert_eq!(run.output, expected);
+        assert_eq!(run.output, data_out);
+
+        // UDP: every datagram, by either path.
+        for (i, payload) in [&b"query"[..], b"again"].into_iter().enumerate() {
+            let out = forwarded(with_dsr_option(
+                &udp(to_pod(5_300), payload),
+                (NODE, NODE_PORT),
+            ));
+            let verdict = if i == 0 {
+                "dnat_new"
+            } else {
+                "dnat_established"
+            };
+            let xdp = h.run_xdp(&udp(client(5_300), payload)).unwrap();
+            assert_eq!(xdp.verdict, XDP_TX);
+            assert_eq!(
+                xdp.counted,
+                vec![
+                    (verdict, 1),
+                    ("xdp_transmitted", 1),
+                    ("dsr_option_added", 1)
+                ]
+            );
+            assert_eq!(xdp.output, out);
+            let run = h
+                .run_on_ext0(FROM_EXTERNAL, &udp(client(5_300), payload))
+                .unwrap();
+            assert_eq!(run.verdict, TC_ACT_REDIRECT);
+            assert_eq!(run.output, out);
+        }
+
+        // No route to the endpoint's node: XDP leaves the opening packet
+        // untouched to TC, which adds the option and gives it to the stack.
+        let mut h = node(NODE, LbMode::Dsr);
+        let unrouted = Ipv4Addr::new(10, 244, 9, 11);
+        let key = ServiceKey::scoped(NODE, NODE_PORT, IPPROTO_TCP, SCOPE_EXTERNAL);
+        let backend = (1, BackendValue::new(unrouted, 8080, IPPROTO_TCP));
+        h.add_frontend(
+            1,
+            key,
+            SVC_FLAG_MASQUERADE | SVC_FLAG_HAS_ENDPOINTS,
+            &[backend],
+        )
+        .unwrap();
+        let xdp = h.run_xdp(&syn).unwrap();
+        assert_eq!(xdp.verdict, XDP_PASS);
+        assert_eq!(xdp.counted, vec![("xdp_to_stack", 1)]);
+        assert_eq!(xdp.output, syn);
     })
     .expect("run in namespace");
 }
