@@ -105,4 +105,14 @@ counters! {
     // A Maglev frontend's table has no backend at the flow's position
     // (its index entry points outside `VIPR_MAGLEV`, or at a hole).
     DropMaglevPosition => "drop_maglev_position",
+    // DSR (`--lb-mode dsr|hybrid`), ingress node: a packet opening a flow to
+    // another node's endpoint left with the client's address and the
+    // frontend in an IPv4 option (`dsr.rs`).
+    DsrOptionAdded => "dsr_option_added",
+    // DSR, ingress node: the option could not be added (no room to grow
+    // the packet): dropped, the client retransmits.
+    DropDsrOptionFailed => "drop_dsr_option_failed",
+    // DSR, endpoint's node: the frontend of a flow was learnt from the
+    // option; the endpoint's replies leave for the client from it.
+    DsrFrontendLearnt => "dsr_frontend_learnt",
 }

@@ -79,7 +79,25 @@ pub mod globals {
     /// `u8`: 1 in the trace copy `vipr trace` runs, which writes
     /// `VIPR_TRACE_RECORD`; 0 in the live programs.
     pub const TRACE: &str = "TRACE";
+    /// `u8`: `LB_MODE_SNAT`, `LB_MODE_DSR` or `LB_MODE_HYBRID`: how
+    /// external flows to another node's endpoint reach it.
+    pub const LB_MODE: &str = "LB_MODE";
 }
+
+/// `--lb-mode snat`: external flows to another node's endpoint are
+/// masqueraded behind this node (the default).
+pub const LB_MODE_SNAT: u8 = 0;
+/// `--lb-mode dsr`: they keep the client's address, and the frontend
+/// travels in an IPv4 option; the endpoint's node answers the client itself.
+pub const LB_MODE_DSR: u8 = 1;
+/// `--lb-mode hybrid`: DSR for TCP, masquerade for UDP.
+pub const LB_MODE_HYBRID: u8 = 2;
+
+/// The IPv4 option DSR carries the frontend in: copied into fragments
+/// (0x80), class 0, number 26; 8 bytes: type, length, port, address
+/// (Cilium's layout, so a capture reads the same).
+pub const DSR_OPTION_TYPE: u8 = 0x9a;
+pub const DSR_OPTION_LEN: u8 = 8;
 
 #[cfg(test)]
 mod layout_tests;

@@ -294,6 +294,11 @@ pub const CT_FLAG_REPLIED: u8 = 1 << 1;
 pub const CT_FLAG_FIN: u8 = 1 << 2;
 /// A TCP RST went this entry's way: the connection is over.
 pub const CT_FLAG_RST: u8 = 1 << 3;
+/// Direct server return: on the ingress node, a forward entry whose
+/// packets keep the client's address (the replies never come back this
+/// way); on the endpoint's node, both entries of a flow learnt from the
+/// DSR option, the reverse one restoring the frontend as the replies' source.
+pub const CT_FLAG_DSR: u8 = 1 << 4;
 
 /// An IPv6 address as its 16 wire bytes, in four native `u32` words.
 pub type Addr6 = [u32; 4];

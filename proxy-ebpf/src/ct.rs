@@ -37,7 +37,7 @@ pub enum RecordError {
 
 /// `CtValue::last_seen` of now.
 #[inline(always)]
-fn now_seconds() -> u32 {
+pub fn now_seconds() -> u32 {
     (unsafe { bpf_ktime_get_coarse_ns() } / NANOS_PER_SECOND) as u32
 }
 
@@ -118,11 +118,23 @@ pub fn record<F: Family>(
     backend_addr: F::Addr,
     backend_port: u16,
 ) -> Result<(), RecordError> {
+    record_flagged(flow, backend_id, backend_addr, backend_port, 0)
+}
+
+/// [`record`] with `flags` on the forward entry (`CT_FLAG_DSR`).
+#[inline(always)]
+pub fn record_flagged<F: Family>(
+    flow: &Flow<F>,
+    backend_id: u32,
+    backend_addr: F::Addr,
+    backend_port: u16,
+    flags: u8,
+) -> Result<(), RecordError> {
     let now = now_seconds();
     let forward = F::ct_entry(
         backend_id,
         (backend_addr, backend_port),
-        closing_marks(flow),
+        flags | closing_marks(flow),
         now,
     );
     let forward_key = forward_key(flow);

@@ -10,6 +10,7 @@ use proxy_common::{
 use crate::{
     affinity,
     ct::{self, RecordError},
+    dsr,
     family::{Family, V4},
     lb::{choose_backend_id, flow_hash, lookup_backend, lookup_service, source_allowed},
     maps::{KeyRoom, count, node_ipv4},
@@ -150,6 +151,10 @@ pub fn to_service<F: Family>(flow: &Flow<F>, scope: u8) -> Decision<F> {
         }
         Err(reason) => return Decision::Drop(reason),
     };
+    // Where it would be masqueraded, `--lb-mode dsr|hybrid` may keep the client.
+    if dsr::applies(flow, scope, &backend) {
+        return dsr::forwarded(flow, backend_id, &backend, outcome);
+    }
     masqueraded(flow, backend_id, &backend, node, outcome)
 }
 

@@ -49,6 +49,9 @@ pub trait Family: Copy + 'static {
     /// Room for the keys of lookups too large for the TC path's stack
     /// (`KeyRoom`); IPv4's keys are 8 bytes and need none.
     type Keys: Default;
+    /// Whether `--lb-mode dsr|hybrid` applies to this family's external
+    /// flows (`dsr.rs`); the others stay masqueraded.
+    const SERVES_DSR: bool;
 
     fn services() -> &'static HashMap<Self::ServiceKey, ServiceValue>;
     fn backends() -> &'static HashMap<u32, Self::Backend>;
@@ -153,6 +156,7 @@ pub trait Family: Copy + 'static {
 }
 
 impl Family for V4 {
+    const SERVES_DSR: bool = true;
     type Addr = u32;
     type ServiceKey = ServiceKey;
     type Backend = BackendValue;
@@ -338,6 +342,7 @@ impl Family for V4 {
 }
 
 impl Family for V6 {
+    const SERVES_DSR: bool = false;
     type Addr = Addr6;
     type ServiceKey = Service6Key;
     type Backend = Backend6Value;

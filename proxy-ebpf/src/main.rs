@@ -12,6 +12,8 @@ mod ct;
 #[cfg(target_arch = "bpf")]
 mod decide;
 #[cfg(target_arch = "bpf")]
+mod dsr;
+#[cfg(target_arch = "bpf")]
 mod family;
 #[cfg(target_arch = "bpf")]
 mod fwd;

@@ -98,6 +98,15 @@ pub fn node_ipv6() -> [u32; 4] {
     unsafe { core::ptr::read_volatile(&NODE_IPV6) }
 }
 
+/// `LB_MODE_SNAT`, `LB_MODE_DSR` or `LB_MODE_HYBRID` (see `dsr.rs`).
+#[unsafe(no_mangle)]
+static LB_MODE: u8 = 0;
+
+#[inline(always)]
+pub fn lb_mode() -> u8 {
+    unsafe { core::ptr::read_volatile(&LB_MODE) }
+}
+
 /// Seed of the backend-choice hash, set by the agent at load time so that
 /// flow placement cannot be predicted from outside.
 #[unsafe(no_mangle)]

@@ -16,6 +16,7 @@ use proxy_common::{CT_FLAG_SNAT, Counter, Ct6Value, IPPROTO_TCP, SCOPE_EXTERNAL}
 
 use crate::{
     decide::{self, Decision},
+    dsr::{self, Way},
     family::{Family, V6},
     fwd,
     icmp_error::{self, Towards},
@@ -262,12 +263,32 @@ fn from_external4(ctx: &TcContext) -> i32 {
         }
         Err(reason) => return verdict(reason),
     };
+    // A DSR flow's packet from an ingress node, for a local endpoint.
+    if let Some(frontend) = dsr::option4(ctx, &flow) {
+        return verdict(dsr::learn4(&flow, frontend));
+    }
     let decision = decide::from_outside(&flow, SCOPE_EXTERNAL);
     let local_source = decision.leaves_with_a_local_source();
+    let way = dsr::way(&flow, &decision);
     match apply(ctx, &flow, decision) {
         PASS if local_source => fwd::redirect_to_egress(ctx).unwrap_or(PASS),
+        PASS if way != Way::NotDsr => forward_dsr4(ctx, &flow, way),
         action => action,
     }
+}
+
+/// A translated DSR packet: with the frontend in its option if it opens
+/// the flow, then to its egress. The stack forwards what the FIB cannot
+/// (it keeps the client's address: no martian).
+#[inline(always)]
+fn forward_dsr4(ctx: &TcContext, flow: &Flow, way: Way) -> i32 {
+    if way == Way::WithOption {
+        if dsr::add_option4(ctx, (flow.dst_addr, flow.dst_port)).is_err() {
+            return verdict(Counter::DropDsrOptionFailed);
+        }
+        count(Counter::DsrOptionAdded);
+    }
+    fwd::redirect_to_egress(ctx).unwrap_or(PASS)
 }
 
 #[classifier]

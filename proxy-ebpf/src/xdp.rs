@@ -13,10 +13,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-use proxy_common::{CT_FLAG_SNAT, Counter, CtValue, IPPROTO_UDP, SCOPE_EXTERNAL};
+use proxy_common::{CT_FLAG_SNAT, Counter, CtValue, DSR_OPTION_LEN, IPPROTO_UDP, SCOPE_EXTERNAL};
 
 use crate::{
     decide::{self, Decision},
+    dsr::{self, Way},
     maps::count,
     parse::{ETH_LEN, Flow, TCP_CSUM_OFF, UDP_CSUM_OFF, is_ipv6, parse_flow, ptr_at},
     xdp6,
@@ -46,6 +47,8 @@ fn serve4(ctx: &XdpContext) -> u32 {
     };
     let decision = decide::from_outside(&flow, SCOPE_EXTERNAL);
     let local_source = decision.leaves_with_a_local_source();
+    // A packet opening a DSR flow grows by the option (`dsr.rs`).
+    let with_option = dsr::way(&flow, &decision) == Way::WithOption;
     let (entry, counter, unmasquerade) = match decision {
         // Passes are counted once, by the TC program that sees them next.
         Decision::Pass(_) | Decision::Refuse | Decision::RestoreSource(_) => return XDP_PASS,
@@ -64,11 +67,17 @@ fn serve4(ctx: &XdpContext) -> u32 {
     } else {
         (flow.src_addr, entry.nat_addr)
     };
-    let hop = next_hop(ctx, src, dst);
-    if hop.is_none() && local_source {
+    let grow = if with_option {
+        u16::from(DSR_OPTION_LEN)
+    } else {
+        0
+    };
+    let hop = next_hop(ctx, src, dst, grow);
+    if hop.is_none() && (local_source || with_option) {
         // Translated, the stack would take it for a martian. Untouched, the
         // TC program finds the flow in conntrack and redirects it itself
-        // (and counts the translation).
+        // (and counts the translation); a DSR packet, TC adds the option to
+        // (and gives the stack what the FIB cannot route).
         count(Counter::XdpToStack);
         return XDP_PASS;
     }
@@ -82,6 +91,13 @@ fn serve4(ctx: &XdpContext) -> u32 {
     if rewritten.is_none() {
         count(Counter::DropRewriteFailed);
         return XDP_DROP;
+    }
+    if with_option {
+        if !dsr::add_option4_xdp(ctx, flow.dst_addr, flow.dst_port) {
+            count(Counter::DropDsrOptionFailed);
+            return XDP_DROP;
+        }
+        count(Counter::DsrOptionAdded);
     }
     match hop {
         Some(hop) => transmit(ctx, &hop),
@@ -195,8 +211,9 @@ unsafe fn rewrite_l4<const UDP: bool>(
 /// that veth's peer may not take XDP frames (it needs XDP or NAPI, which
 /// vipr does not control), and the TC programs pass them. An expiring TTL
 /// goes to the stack too, which answers with ICMP.
+/// `grow`: bytes the frame is about to grow by, for the MTU check.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, src: u32, dst: u32) -> Option<FibParams> {
+fn next_hop(ctx: &XdpContext, src: u32, dst: u32, grow: u16) -> Option<FibParams> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)?;
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let mut params: FibParams = unsafe { core::mem::zeroed() };
@@ -206,7 +223,7 @@ fn next_hop(ctx: &XdpContext, src: u32, dst: u32) -> Option<FibParams> {
         }
         params.family = AF_INET;
         params.l4_protocol = *(&raw const (*ip).proto as *const u8);
-        params.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
+        params.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len) + grow;
         params.__bindgen_anon_2.tos = (*ip).tos;
         params.__bindgen_anon_3.ipv4_src = src;
         params.__bindgen_anon_4.ipv4_dst = dst;

@@ -21,7 +21,7 @@ use crate::healthcheck::HealthChecks;
 pub use crate::socket_lb::SocketLbConfig;
 use crate::{
     datapath::{
-        AttachMode, Attacher, ConntrackTable, DatapathError, InterfaceSelector, KernelMaps,
+        AttachMode, Attacher, ConntrackTable, DatapathError, InterfaceSelector, KernelMaps, LbMode,
         LoadOptions, MapSizes, SocketLbScope, XdpMode, attach_xdp, detach_xdp, load_probed,
     },
     healthz::Health,
@@ -104,6 +104,8 @@ pub struct ExternalConfig {
     /// default: the first address of each family on the external interfaces.
     pub node_ip: Vec<IpAddr>,
     pub xdp: XdpMode,
+    /// `--lb-mode`: masquerade or DSR to other nodes' endpoints.
+    pub lb_mode: LbMode,
 }
 
 impl ExternalConfig {
@@ -113,6 +115,7 @@ impl ExternalConfig {
             nodeport_cidrs: Vec::new(),
             node_ip: Vec::new(),
             xdp: XdpMode::Off,
+            lb_mode: LbMode::Snat,
         }
     }
 }
@@ -236,7 +239,7 @@ pub fn run(
     let (nodeport_addresses, node_ip) =
         node_addresses(&config.external, external_selector.as_ref())?;
     if external_selector.is_some() {
-        info!(?nodeport_addresses, ?node_ip, xdp = ?config.external.xdp, "external traffic");
+        info!(?nodeport_addresses, ?node_ip, xdp = ?config.external.xdp, lb_mode = ?config.external.lb_mode, "external traffic");
     }
     let mut load_options = LoadOptions::new(&config.pin_dir);
     load_options.node_ipv4 = node_ip.ipv4;
@@ -245,6 +248,7 @@ pub fn run(
     load_options.sizes = config.map_sizes;
     // The same on every node: a flow hashes to the same table position.
     load_options.hash_seed = config.lb.flow_hash_seed();
+    load_options.lb_mode = config.external.lb_mode;
     load_options.socket_lb = config.socket_lb.scope.unwrap_or(SocketLbScope::Host);
     // Logs the kernel's features and the chosen fallbacks; fails naming a missing essential.
     let (mut datapath, features) = load_probed(&load_options)?;

@@ -12,7 +12,7 @@ use vipr::{
     agent::{self, AgentConfig, ConntrackConfig, ExternalConfig, SocketLbConfig, SourceConfig},
     cli::{Output, commands},
     conntrack::CtTimeouts,
-    datapath::{AttachMode, MapSizes, SocketLbScope, XdpMode},
+    datapath::{AttachMode, LbMode, MapSizes, SocketLbScope, XdpMode},
     healthz::{self, Health},
     http, inspect,
     metrics::Metrics,
@@ -101,6 +101,14 @@ enum Command {
         /// drivers reconfigure their queues.
         #[arg(long, value_enum, default_value = "off")]
         xdp: XdpMode,
+        /// How external traffic under externalTrafficPolicy Cluster reaches
+        /// an endpoint on another node: `snat` masquerades it behind this
+        /// node; `dsr` keeps the client's address and carries the frontend
+        /// in an IPv4 option, so the endpoint's node answers the client
+        /// directly (IPv4; IPv6 stays masqueraded); `hybrid`: DSR for TCP,
+        /// masquerade for UDP. Every node must run the same mode.
+        #[arg(long, value_enum, default_value = "snat")]
+        lb_mode: LbMode,
         /// Capacity of the services map (frontends: ClusterIP, NodePort per
         /// node address, LoadBalancer and external IPs, each port).
         #[arg(long, default_value_t = MapSizes::default().services)]
@@ -331,6 +339,7 @@ async fn cli() -> anyhow::Result<()> {
             nodeport_addresses,
             node_ip,
             xdp,
+            lb_mode,
             max_services,
             max_backends,
             max_slots,
@@ -387,6 +396,7 @@ async fn cli() -> anyhow::Result<()> {
                     nodeport_cidrs: nodeport_addresses,
                     node_ip,
                     xdp,
+                    lb_mode,
                 },
                 map_sizes: MapSizes {
                     services: max_services,

@@ -2,6 +2,7 @@
 //! namespace topologies with real servers for end-to-end tests and the demo.
 pub mod apiserver;
 pub mod bench;
+pub mod capture;
 pub mod cgroup;
 pub mod churn;
 pub mod container;

@@ -138,6 +138,24 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     out
 }
 
+/// `frame` (IPv4 without options) as the DSR ingress node sends it on: the
+/// DSR option carrying `frontend` after the IPv4 header, the header length,
+/// total length and header checksum to match. Built by hand, so it checks
+/// the kernel's incremental updates.
+pub fn with_dsr_option(frame: &[u8], frontend: (Ipv4Addr, u16)) -> Vec<u8> {
+    assert_eq!(frame[14], 0x45, "an IPv4 header without options");
+    let mut out = frame[..34].to_vec();
+    out.extend_from_slice(&[proxy_common::DSR_OPTION_TYPE, proxy_common::DSR_OPTION_LEN]);
+    out.extend_from_slice(&frontend.1.to_be_bytes());
+    out.extend_from_slice(&frontend.0.octets());
+    out.extend_from_slice(&frame[34..]);
+    out[14] = 0x47;
+    let total = u16::from_be_bytes([out[16], out[17]]) + u16::from(proxy_common::DSR_OPTION_LEN);
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ip_checksum(&mut out);
+    out
+}
+
 /// Recomputes the IPv4 header checksum after a test mangled the header
 /// (by hand: the header may be one no parser accepts, such as ihl < 5).
 pub fn fix_ip_checksum(frame: &mut [u8]) {

@@ -237,6 +237,7 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
             "packets_xdp6",
             "packets_icmp_error",
             "packets_maglev",
+            "packets_dsr",
         ]
         .into_iter()
         .map(|name| stage(executable(name)?, name))

@@ -124,6 +124,15 @@ pub fn explain(counter: Counter) -> &'static str {
         Counter::RevNatIcmpError => {
             "An ICMP/ICMPv6 error (unreachable, packet too big, time exceeded, parameter problem) about a translated flow: the packet it quotes, and its outer addresses, were turned back into the client's view of the flow, as conntrack's RELATED translation does."
         }
+        Counter::DsrOptionAdded => {
+            "TC external ingress, `--lb-mode dsr|hybrid`: a packet opening a flow to another node's endpoint (a TCP SYN, or a UDP datagram) got the DSR IPv4 option carrying the frontend, kept the client's address and was sent on to that node."
+        }
+        Counter::DropDsrOptionFailed => {
+            "Dropped: the DSR option could not be added to a packet opening a flow to another node's endpoint (the kernel refused to grow the packet); the client retransmits."
+        }
+        Counter::DsrFrontendLearnt => {
+            "TC external ingress: a packet with the DSR option from another node's vipr, for an endpoint here; the flow and its frontend were recorded, so the endpoint's replies leave for the client from the frontend. Passed on to the endpoint."
+        }
         Counter::DropNoScratch => {
             "Dropped: the IPv6 path found no per-CPU scratch entry for its flow or lookup keys (the one-entry per-CPU arrays always have it: a kernel or load fault)."
         }

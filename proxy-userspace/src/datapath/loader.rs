@@ -36,7 +36,35 @@ pub struct LoadOptions {
     pub node_ipv6: Option<std::net::Ipv6Addr>,
     /// Which sockets the cgroup hooks translate (when they are attached).
     pub socket_lb: super::SocketLbScope,
+    /// How external flows reach another node's endpoint (`--lb-mode`).
+    pub lb_mode: LbMode,
     pub sizes: MapSizes,
+}
+
+/// `--lb-mode`: how external flows under externalTrafficPolicy Cluster
+/// reach an endpoint on another node (Cilium's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbMode {
+    /// Masqueraded behind this node; the replies come back through it.
+    #[default]
+    Snat,
+    /// Direct server return: the client's address kept, the frontend
+    /// carried to the endpoint's node in an IPv4 option; the replies go
+    /// from there straight to the client. IPv6 flows stay masqueraded.
+    Dsr,
+    /// DSR for TCP, masquerade for UDP.
+    Hybrid,
+}
+
+impl LbMode {
+    /// The kernel programs' `LB_MODE` global.
+    pub fn global(self) -> u8 {
+        match self {
+            LbMode::Snat => proxy_common::LB_MODE_SNAT,
+            LbMode::Dsr => proxy_common::LB_MODE_DSR,
+            LbMode::Hybrid => proxy_common::LB_MODE_HYBRID,
+        }
+    }
 }
 
 /// Capacity of the maps that grow with the cluster. Hash maps preallocate,
@@ -91,6 +119,7 @@ impl LoadOptions {
             node_ipv4: None,
             node_ipv6: None,
             socket_lb: super::SocketLbScope::Host,
+            lb_mode: LbMode::Snat,
             sizes: MapSizes::default(),
         }
     }
@@ -159,6 +188,7 @@ pub(super) struct Globals {
     node_ipv6: proxy_common::Addr6,
     netns_cookie: u64,
     socket_lb_scope: u8,
+    lb_mode: u8,
 }
 
 impl Globals {
@@ -172,6 +202,7 @@ impl Globals {
             netns_cookie: super::netns_cookie()
                 .map_err(|e| DatapathError::MissingFeatures(format!("SO_NETNS_COOKIE ({e})")))?,
             socket_lb_scope: options.socket_lb.global(),
+            lb_mode: options.lb_mode.global(),
         })
     }
 
@@ -186,6 +217,7 @@ impl Globals {
             .override_global(globals::NODE_IPV6, &self.node_ipv6, true)
             .override_global(globals::NETNS_COOKIE, &self.netns_cookie, true)
             .override_global(globals::SOCKET_LB_SCOPE, &self.socket_lb_scope, true)
+            .override_global(globals::LB_MODE, &self.lb_mode, true)
             .map_max_entries(maps::SERVICES, sizes.services)
             .map_max_entries(maps::BACKENDS, sizes.backends)
             .map_max_entries(maps::SLOTS, sizes.slots)

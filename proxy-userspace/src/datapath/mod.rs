@@ -30,7 +30,9 @@ pub use fake::FakeMaps;
 pub use interfaces::{InterfaceSelector, all_interfaces, ip_addresses};
 pub use kernel::{KernelMaps, read_counters, source_range_of, source_range6_of};
 pub use links::parent_device;
-pub use loader::{Datapath, LoadOptions, MAP_DIR, MapSizes, OBJECT, cleanup_pins, load_trace_copy};
+pub use loader::{
+    Datapath, LbMode, LoadOptions, MAP_DIR, MapSizes, OBJECT, cleanup_pins, load_trace_copy,
+};
 pub use namespaces::{namespaces_in, run_in_each};
 pub use probe::{
     KernelFeatures, XdpSupport, load_probed, program_figures, report as features_report,
