@@ -10,6 +10,7 @@
 //! written. Nothing here asserts on timing.
 pub mod contenders;
 pub mod cpu;
+pub mod dsr_cost;
 pub mod http;
 pub mod load;
 pub mod maglev;
@@ -120,6 +121,8 @@ pub struct Results {
     /// The pod paths in IPv6 and, beside it, IPv4 on the same two services.
     pub packet_cost_by_family: Option<[packet_cost::PacketCost; 2]>,
     pub maglev: Option<maglev::MaglevFigures>,
+    /// XDP NodePort to a remote endpoint: DSR against masquerade.
+    pub dsr_cost: Option<dsr_cost::DsrCost>,
 }
 
 fn topology() -> Result<Topology> {

@@ -311,6 +311,19 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
         );
         let _ = writeln!(md, "\nXDP/TC: {:.2}", n.xdp_ns / n.tc_ns);
     }
+    if let Some(d) = &results.dsr_cost {
+        let _ = writeln!(md, "\n## XDP NodePort: DSR against SNAT\n");
+        let _ = writeln!(
+            md,
+            "A NodePort flow to an endpoint on another node through `vipr_xdp_external`, one run per packet, \
+             FIB lookup and `XDP_TX` included: `--lb-mode dsr` (the opening packet grows by the option) \
+             against `snat` (a source port claimed). Packets/s are per core, from ns/packet.\n\n```"
+        );
+        for line in d.lines() {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md, "```");
+    }
     if let Some(f) = &results.maglev {
         let _ = writeln!(md, "\n## Maglev against random\n\n```");
         for line in super::maglev::lines(f) {

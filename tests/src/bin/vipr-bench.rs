@@ -108,6 +108,10 @@ fn main() -> anyhow::Result<()> {
         nodeport.xdp_ns / nodeport.tc_ns
     );
     results.nodeport_cost = Some(nodeport);
+    println!("\nXDP NodePort to a remote endpoint, DSR against SNAT (median of 5 rounds):");
+    let dsr = vipr_tests::netns::run_in(fib.name(), || bench::dsr_cost::measure(5))??;
+    dsr.lines().iter().for_each(|line| println!("{line}"));
+    results.dsr_cost = Some(dsr);
     println!("\nMaglev against random (medians of 3 rounds):");
     let maglev = bench::maglev::measure(3)?;
     bench::maglev::lines(&maglev)
