@@ -5,11 +5,11 @@
 use std::net::Ipv4Addr;
 
 use proxy_common::{
-    BackendValue, CT_FLAG_DSR, CtKey, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL,
+    BackendValue, CT_FLAG_DSR, CT_FLAG_REPLIED, CtKey, IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL,
     SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE, ServiceKey,
     programs::{FROM_EXTERNAL, TO_EXTERNAL},
 };
-use vipr::datapath::LbMode;
+use vipr::{conntrack::FlowState, datapath::LbMode};
 use vipr_tests::{netns, packet::*};
 
 /// The ingress node (the frontend's address) and the endpoint's node.
@@ -100,6 +100,11 @@ fn a_tcp_syn_keeps_the_client_address_and_carries_the_frontend_later_segments_do
     let entry = h.conntrack.get(&key, 0).expect("forward entry");
     assert_eq!(entry.flags & CT_FLAG_DSR, CT_FLAG_DSR);
     assert_eq!(entry.flags & proxy_common::CT_FLAG_SNAT, 0);
+    let reverse = h.conntrack.get(&key.partner(&entry), 0).ok();
+    assert_eq!(
+        FlowState::of(&key, &entry, reverse.as_ref()),
+        FlowState::Opening
+    );
 
     // Data segments: translated only, same size.
     let data = tcp(client(40_000), 8, false, true, b"GET / HTTP/1.1\r\n");
@@ -108,6 +113,14 @@ fn a_tcp_syn_keeps_the_client_address_and_carries_the_frontend_later_segments_do
     assert_eq!(
         run.output,
         tcp(to_pod(40_000), 8, false, true, b"GET / HTTP/1.1\r\n")
+    );
+    // The client's ACK proves the handshake: no reply ever comes this way,
+    // yet the sweep must keep the flow as established, not opening (60 s).
+    let entry = h.conntrack.get(&key, 0).expect("forward entry");
+    assert_eq!(entry.flags & CT_FLAG_REPLIED, CT_FLAG_REPLIED);
+    assert_eq!(
+        FlowState::of(&key, &entry, reverse.as_ref()),
+        FlowState::Established
     );
 
     // A retransmitted SYN carries the option again.

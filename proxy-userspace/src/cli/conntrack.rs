@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use proxy_common::{CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FORWARD, IPPROTO_TCP};
+use proxy_common::{CT_FLAG_DSR, CT_FORWARD};
 use serde::Serialize;
 
 use super::services::protocol_name;
-use crate::conntrack::Tracked;
+use crate::conntrack::{FlowState, Tracked};
 use crate::names::NameIndex;
 
 #[derive(Clone, Debug, Serialize)]
@@ -23,6 +23,10 @@ pub struct FlowRow {
     pub snat: Option<String>,
     /// TCP: opening, established, closing or closed; UDP: unreplied or replied.
     pub state: String,
+    /// Forwarded by direct server return: the ingress node's entry (the
+    /// endpoint answers the client directly) or the entry the endpoint's
+    /// node learnt from the DSR option.
+    pub dsr: bool,
     /// Seconds since a packet last used the flow (either direction).
     pub idle_seconds: u32,
 }
@@ -34,26 +38,6 @@ pub struct FlowFilter {
     pub service: Option<String>,
     /// An endpoint's address, with or without `:port`.
     pub backend: Option<String>,
-}
-
-fn state<K: Tracked>(key: &K, forward: &K::Value, reverse: Option<&K::Value>) -> &'static str {
-    let forward_flags = K::flags(forward);
-    let reverse_flags = reverse.map_or(0, K::flags);
-    let replied = reverse_flags & CT_FLAG_REPLIED != 0;
-    if key.proto() != IPPROTO_TCP {
-        return if replied { "replied" } else { "unreplied" };
-    }
-    let both = forward_flags | reverse_flags;
-    let fins = [forward_flags, reverse_flags]
-        .iter()
-        .filter(|f| *f & CT_FLAG_FIN != 0)
-        .count();
-    match () {
-        _ if both & CT_FLAG_RST != 0 || fins == 2 => "closed",
-        _ if fins == 1 => "closing",
-        _ if replied => "established",
-        _ => "opening",
-    }
 }
 
 /// The Service a frontend belongs to, from the name index.
@@ -101,7 +85,8 @@ pub fn rows<K: Tracked>(
                 frontend: ends.frontend.to_string(),
                 backend: ends.backend.to_string(),
                 snat: ends.snat.map(|s| s.to_string()),
-                state: state(key, value, reverse).into(),
+                state: FlowState::of(key, value, reverse).name().into(),
+                dsr: K::flags(value) & CT_FLAG_DSR != 0,
                 idle_seconds: now.saturating_sub(last_seen),
                 protocol,
             };
@@ -123,7 +108,7 @@ pub const HEADER: [&str; 7] = [
     "frontend",
     "service",
     "backend",
-    "snat",
+    "snat / dsr",
     "state / idle",
 ];
 
@@ -138,7 +123,11 @@ pub fn cells(row: &FlowRow) -> Vec<String> {
             row.service.clone()
         },
         row.backend.clone(),
-        row.snat.clone().unwrap_or_else(|| "-".into()),
+        match (&row.snat, row.dsr) {
+            (Some(snat), _) => snat.clone(),
+            (None, true) => "dsr".into(),
+            (None, false) => "-".into(),
+        },
         format!("{} / {}s", row.state, row.idle_seconds),
     ]
 }

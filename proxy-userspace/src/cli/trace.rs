@@ -10,9 +10,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use proxy_common::{
-    Affinity6Key, AffinityKey, CT_FLAG_SNAT, CT_FORWARD, Counter, Ct6Key, CtKey, IPPROTO_TCP,
-    IPPROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service6Key, ServiceKey, ServiceValue,
-    TRACE_FRONTEND_IPV6, host_addr, host_addr6, programs, wire_addr, wire_addr6,
+    Affinity6Key, AffinityKey, CT_FLAG_DSR, CT_FLAG_SNAT, CT_FORWARD, Counter, Ct6Key, CtKey,
+    IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service6Key, ServiceKey,
+    ServiceValue, TRACE_FRONTEND_IPV6, host_addr, host_addr6, programs, wire_addr, wire_addr6,
 };
 use serde::Serialize;
 
@@ -122,6 +122,9 @@ pub struct TraceReport {
     /// The node address and port a new masqueraded flow leaves with. The
     /// port is the one free in the trace's scratch table: the live one may differ.
     pub masquerade: Option<String>,
+    /// The flow goes by direct server return (`--lb-mode dsr|hybrid`): it
+    /// keeps the client's address and the endpoint answers the client directly.
+    pub dsr: bool,
     /// Counters the packet moved (in the trace copy's own counters).
     pub counted: Vec<&'static str>,
     /// pass, drop, redirect, tx, ...
@@ -509,6 +512,7 @@ fn report(
         conntrack_entries: run.conntrack_before.len() + run.conntrack6_before.len(),
         chosen,
         masquerade,
+        dsr: goes_by_dsr(run),
         counted: run.counted.iter().map(|(c, _)| c.name()).collect(),
         verdict: verdict_label(from, program, run),
         output: view(&run.frame_out),
@@ -530,6 +534,19 @@ fn followed_endpoint(run: &TraceRun, backend_id: u32) -> Option<(IpAddr, u16)> {
             .find(|(_, v)| v.backend_id == backend_id)?;
         Some((host_addr6(v.nat_addr).into(), u16::from_be(v.nat_port)))
     })
+}
+
+/// Whether the traced flow's forward entry, new or live, is a DSR one.
+fn goes_by_dsr(run: &TraceRun) -> bool {
+    let forward_dsr =
+        |direction: u8, flags: u8| direction == CT_FORWARD && flags & CT_FLAG_DSR != 0;
+    run.conntrack_after
+        .iter()
+        .any(|(k, v)| forward_dsr(k.direction, v.flags))
+        || run
+            .conntrack6_after
+            .iter()
+            .any(|(k, v)| forward_dsr(k.direction, v.flags))
 }
 
 /// The node address and port a new masqueraded flow leaves with: its new

@@ -115,6 +115,12 @@ pub fn render(report: &TraceReport) -> String {
     if let Some(masquerade) = &report.masquerade {
         line("masquerade", format!("as {masquerade}"));
     }
+    if report.dsr {
+        line(
+            "dsr",
+            "keeps the client's address; the endpoint answers it directly".into(),
+        );
+    }
     line("counted", report.counted.join(", "));
     line("verdict", report.verdict.clone());
     if let Some(output) = &report.output {

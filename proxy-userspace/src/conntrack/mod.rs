@@ -12,8 +12,8 @@ use std::{collections::HashMap, hash::Hash, net::SocketAddr, time::Duration};
 pub use sweeper::Sweeper;
 
 use proxy_common::{
-    CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, Ct6Key, Ct6Value, CtKey,
-    CtValue, IPPROTO_TCP,
+    CT_FLAG_DSR, CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, Ct6Key,
+    Ct6Value, CtKey, CtValue, IPPROTO_TCP,
 };
 
 /// A conntrack key of either family, with what the sweep reads of its value.
@@ -109,6 +109,60 @@ impl Default for CtTimeouts {
 /// one alone for an instant.
 const ORPHAN_GRACE_SECONDS: u32 = 2;
 
+/// Where a tracked flow stands, from the kernel's notes on its entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowState {
+    /// TCP without a reply yet.
+    Opening,
+    /// TCP answered and not closing.
+    Established,
+    /// TCP with a FIN one way.
+    Closing { replied: bool },
+    /// TCP after a RST, or a FIN each way.
+    Closed,
+    /// Other protocols, with or without replies.
+    Datagrams { replied: bool },
+}
+
+impl FlowState {
+    /// The state of the flow of a forward entry and, if there is one, its
+    /// reverse entry.
+    pub fn of<K: Tracked>(key: &K, forward: &K::Value, reverse: Option<&K::Value>) -> Self {
+        let forward_flags = K::flags(forward);
+        let reverse_flags = reverse.map_or(0, K::flags);
+        // A DSR ingress node never sees a reply: the kernel marks its forward
+        // entry replied when the client acknowledges the server's SYN-ACK.
+        let replied = (forward_flags | reverse_flags) & CT_FLAG_REPLIED != 0;
+        if key.proto() != IPPROTO_TCP {
+            return Self::Datagrams { replied };
+        }
+        let reset = (forward_flags | reverse_flags) & CT_FLAG_RST != 0;
+        let fins =
+            (forward_flags & CT_FLAG_FIN != 0) as u8 + (reverse_flags & CT_FLAG_FIN != 0) as u8;
+        // A DSR flow passes a node one way only (the client's packets at the
+        // ingress node, the endpoint's at its own): one FIN is all it sees.
+        let one_way = forward_flags & CT_FLAG_DSR != 0;
+        match () {
+            _ if reset || fins == 2 || (one_way && fins == 1) => Self::Closed,
+            _ if fins == 1 => Self::Closing { replied },
+            _ if replied => Self::Established,
+            _ => Self::Opening,
+        }
+    }
+
+    /// What `vipr conntrack list` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Opening => "opening",
+            Self::Established => "established",
+            Self::Closing { .. } => "closing",
+            Self::Closed => "closed",
+            Self::Datagrams { replied: true } => "replied",
+            Self::Datagrams { replied: false } => "unreplied",
+        }
+    }
+}
+
 impl CtTimeouts {
     /// The silence allowed to the flow of a forward entry and, if there is
     /// one, its reverse entry.
@@ -118,20 +172,13 @@ impl CtTimeouts {
         forward: &K::Value,
         reverse: Option<&K::Value>,
     ) -> Duration {
-        let reverse_flags = reverse.map_or(0, K::flags);
-        let forward_flags = K::flags(forward);
-        let replied = reverse_flags & CT_FLAG_REPLIED != 0;
-        if key.proto() != IPPROTO_TCP {
-            return if replied { self.udp_stream } else { self.udp };
-        }
-        let reset = (forward_flags | reverse_flags) & CT_FLAG_RST != 0;
-        let fin_both_ways = forward_flags & reverse_flags & CT_FLAG_FIN != 0;
-        if reset || fin_both_ways {
-            self.tcp_closed
-        } else if replied {
-            self.tcp_established
-        } else {
-            self.tcp_opening
+        match FlowState::of(key, forward, reverse) {
+            FlowState::Datagrams { replied: true } => self.udp_stream,
+            FlowState::Datagrams { replied: false } => self.udp,
+            FlowState::Closed => self.tcp_closed,
+            // Half-closed: the other side may still send for long.
+            FlowState::Established | FlowState::Closing { replied: true } => self.tcp_established,
+            FlowState::Opening | FlowState::Closing { replied: false } => self.tcp_opening,
         }
     }
 }
@@ -258,6 +305,30 @@ mod tests {
         assert_eq!(sweep_at(&closed, 10).len(), 2);
         let (fk, fv, rk, mut rv) = flow(IPPROTO_TCP, 1001);
         rv.flags = CT_FLAG_REPLIED | CT_FLAG_RST;
+        assert_eq!(sweep_at(&table(&[(fk, fv, rk, rv)]), 10).len(), 2);
+    }
+
+    #[test]
+    fn a_dsr_flow_the_client_acknowledged_is_established_without_a_reply() {
+        let (fk, mut fv, rk, rv) = flow(IPPROTO_TCP, 1000);
+        fv.flags = CT_FLAG_DSR;
+        let syn_only = table(&[(fk, fv, rk, rv)]);
+        assert_eq!(FlowState::of(&fk, &fv, Some(&rv)), FlowState::Opening);
+        assert_eq!(sweep_at(&syn_only, 60).len(), 2);
+        fv.flags |= CT_FLAG_REPLIED;
+        let acknowledged = table(&[(fk, fv, rk, rv)]);
+        assert_eq!(FlowState::of(&fk, &fv, Some(&rv)), FlowState::Established);
+        assert!(sweep_at(&acknowledged, 5 * 3600).is_empty());
+        // Each node sees one side's FIN only: the ingress node the client's,
+        // the endpoint's node the endpoint's (on its reverse entry).
+        fv.flags |= CT_FLAG_FIN;
+        let client_closed = table(&[(fk, fv, rk, rv)]);
+        assert_eq!(FlowState::of(&fk, &fv, Some(&rv)), FlowState::Closed);
+        assert_eq!(sweep_at(&client_closed, 10).len(), 2);
+        let (fk, mut fv, rk, mut rv) = flow(IPPROTO_TCP, 1001);
+        fv.flags = CT_FLAG_DSR;
+        rv.flags = CT_FLAG_REPLIED | CT_FLAG_FIN;
+        assert_eq!(FlowState::of(&fk, &fv, Some(&rv)), FlowState::Closed);
         assert_eq!(sweep_at(&table(&[(fk, fv, rk, rv)]), 10).len(), 2);
     }
 
