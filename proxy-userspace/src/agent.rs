@@ -3,7 +3,7 @@
 //! Each tick: attach to pod interfaces that appeared, forget the ones that
 //! went, and let the sync loop take the source's changes to the maps.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::{
@@ -351,6 +351,7 @@ pub fn run(
                     Vec::new()
                 }),
                 maps: map_fill(config, sync.syncer().applied(), conntrack.live_entries()),
+                maglev_frontends_on_slots: sync.syncer().maglev_exhausted() as u64,
                 interfaces: vec![
                     ("pod", attacher.attached().count()),
                     ("external", external_attacher.attached().count()),
@@ -402,6 +403,12 @@ fn write_names(config: &AgentConfig, names: &ModelNames<'_>) {
     }
 }
 
+/// Distinct tables the Maglev index points at (frontends share tables).
+fn maglev_tables_in_use(applied: &MapContents) -> usize {
+    let firsts: BTreeSet<u32> = applied.maglev.values().map(|r| r.first).collect();
+    firsts.len()
+}
+
 /// Fill levels of the maps that grow with the cluster.
 fn map_fill(config: &AgentConfig, applied: &MapContents, conntrack: Option<u64>) -> Vec<MapFill> {
     let sizes = config.map_sizes;
@@ -414,6 +421,13 @@ fn map_fill(config: &AgentConfig, applied: &MapContents, conntrack: Option<u64>)
         fill(maps::SERVICES, applied.services.len(), sizes.services),
         fill(maps::BACKENDS, applied.backends.len(), sizes.backends),
         fill(maps::SLOTS, applied.slots.len(), sizes.slots),
+        // In positions: tables the index points at × their size, of the
+        // preallocated pool.
+        fill(
+            proxy_common::MAGLEV,
+            maglev_tables_in_use(applied) * sizes.maglev_table_size as usize,
+            sizes.maglev_positions(),
+        ),
     ];
     if let Some(entries) = conntrack {
         maps.push(MapFill {

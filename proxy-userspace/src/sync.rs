@@ -81,6 +81,11 @@ impl<M: ServiceMaps> Syncer<M> {
             .unwrap_or_else(|| self.planner.current())
     }
 
+    /// Frontends that wanted Maglev and got no table in the last sync.
+    pub fn maglev_exhausted(&self) -> usize {
+        self.planner.maglev_exhausted()
+    }
+
     /// Map writes done since the start.
     pub fn writes(&self) -> u64 {
         self.writes
@@ -147,21 +152,31 @@ impl<M: ServiceMaps> Syncer<M> {
     }
 
     /// Writes `ops` in order. Returns how many failed.
+    ///
+    /// Fence: an index entry is never switched to a Maglev table whose
+    /// write failed (it would send new flows by a half-written table); the
+    /// frontend keeps its entry or its slots, and the read-back that follows
+    /// a failure has the next sync write both again.
     fn write(&mut self, ops: &[MapOp]) -> Result<usize, DatapathError> {
+        let tables_end = ops
+            .iter()
+            .rposition(|op| matches!(op, MapOp::WriteMaglevTable(..)))
+            .map_or(0, |last| last + 1);
+        let (tables, rest) = ops.split_at(tables_end);
         let mut failed_ops = 0;
-        // The read-back copy, if any, is not kept in step op by op: a
-        // failure reads it back again, success drops it.
-        let Self { maps, writes, .. } = self;
-        maps.apply_all(ops, &mut |op, result| match result {
-            Ok(()) => *writes += 1,
-            Err(error) => {
-                // One line, not one per op: a full map fails them by the million.
-                if failed_ops == 0 {
-                    tracing::warn!(%error, ?op, "map write failed (a full map? see --max-*); will retry on the next sync");
-                }
-                failed_ops += 1;
-            }
-        });
+        let mut unwritten = BTreeSet::new();
+        self.write_run(tables, &mut failed_ops, &mut unwritten);
+        if unwritten.is_empty() {
+            self.write_run(rest, &mut failed_ops, &mut unwritten);
+        } else {
+            let fenced: Vec<MapOp> = rest
+                .iter()
+                .filter(|op| !matches!(op, MapOp::UpsertMaglevRef(_, r) if unwritten.contains(&r.first)))
+                .cloned()
+                .collect();
+            failed_ops += rest.len() - fenced.len();
+            self.write_run(&fenced, &mut failed_ops, &mut unwritten);
+        }
         if failed_ops > 1 {
             tracing::warn!(failed_ops, "map writes failed in this sync");
         }
@@ -169,6 +184,26 @@ impl<M: ServiceMaps> Syncer<M> {
             self.applied = Some(self.maps.dump()?);
         }
         Ok(failed_ops)
+    }
+
+    /// Applies `ops`, counting failures and noting Maglev tables not written.
+    fn write_run(&mut self, ops: &[MapOp], failed_ops: &mut usize, unwritten: &mut BTreeSet<u32>) {
+        // The read-back copy, if any, is not kept in step op by op: a
+        // failure reads it back again, success drops it.
+        let Self { maps, writes, .. } = self;
+        maps.apply_all(ops, &mut |op, result| match result {
+            Ok(()) => *writes += 1,
+            Err(error) => {
+                // One line, not one per op: a full map fails them by the million.
+                if *failed_ops == 0 {
+                    tracing::warn!(%error, ?op, "map write failed (a full map? see --max-*); will retry on the next sync");
+                }
+                if let MapOp::WriteMaglevTable(first, _) = op {
+                    unwritten.insert(*first);
+                }
+                *failed_ops += 1;
+            }
+        });
     }
 }
 
@@ -516,6 +551,102 @@ endpoints: [{addresses: [10.244.1.11]}]
         assert!(full.full && full.ops > 0, "{full:?}");
         assert_eq!(sync.syncer().maps.contents, *sync.syncer().applied());
         assert!(!sync.syncer().maps.contents.services.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every Maglev index entry points at a table written with its digest.
+    fn index_points_at_written_tables(maps: &MapContents) -> bool {
+        maps.maglev.values().all(|r| {
+            maps.maglev_tables
+                .get(&r.first)
+                .is_some_and(|t| t.digest == r.digest && t.ids.len() == r.size as usize)
+        })
+    }
+
+    #[test]
+    fn no_index_entry_switches_to_a_table_whose_write_failed() {
+        let dir = std::env::temp_dir().join(format!("vipr-sync-fence-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("web.yaml"), SERVICE).expect("write");
+        let mut source = Source::Manifests(ManifestDir::new(&dir));
+        let lb = LbConfig::checked(crate::plan::LbDefault::Maglev, 251, 16, 7).expect("config");
+        let mut maps = FakeMaps::default();
+        maps.fail_tables = true;
+        let syncer = Syncer::restore_with(maps, lb).expect("restore");
+        let mut sync = SyncLoop::new(
+            ModelBuilder::new(ModelOptions::default()),
+            syncer,
+            Periods::default(),
+        );
+        let health = Health::new(Duration::from_secs(20));
+        let t0 = Instant::now();
+        let first = sync.step(&mut source, t0, &health).expect("first sync");
+        assert!(first.failed_ops >= 2, "the table and its switch: {first:?}");
+        let held = &sync.syncer().maps.contents;
+        assert!(
+            held.maglev.is_empty(),
+            "switched to an unwritten table: {held:?}"
+        );
+        assert!(!held.services.is_empty(), "the rest is written");
+
+        // Once the pool takes writes, the next sync writes both.
+        sync.syncer_mut().maps.fail_tables = false;
+        let later = t0 + Periods::default().sync;
+        let second = sync.step(&mut source, later, &health).expect("second sync");
+        assert_eq!(second.failed_ops, 0, "{second:?}");
+        let held = &sync.syncer().maps.contents;
+        assert_eq!(held.maglev.len(), 1, "{held:?}");
+        assert!(index_points_at_written_tables(held), "{held:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_table_changed_behind_the_agents_back_is_unhooked_then_rewritten() {
+        let dir = std::env::temp_dir().join(format!("vipr-sync-readback-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("web.yaml"), SERVICE).expect("write");
+        let mut source = Source::Manifests(ManifestDir::new(&dir));
+        let lb = LbConfig::checked(crate::plan::LbDefault::Maglev, 251, 16, 7).expect("config");
+        let syncer = Syncer::restore_with(FakeMaps::default(), lb).expect("restore");
+        let periods = Periods::default();
+        let mut sync = SyncLoop::new(ModelBuilder::new(ModelOptions::default()), syncer, periods);
+        let health = Health::new(Duration::from_secs(20));
+        let t0 = Instant::now();
+        sync.step(&mut source, t0, &health).expect("first sync");
+        assert!(index_points_at_written_tables(&sync.syncer().maps.contents));
+
+        // A table position overwritten behind the agent's back.
+        let maps = &mut sync.syncer_mut().maps;
+        let table = maps
+            .contents
+            .maglev_tables
+            .values_mut()
+            .next()
+            .expect("a table");
+        let mut ids = table.ids.to_vec();
+        ids[0] = ids[0].wrapping_add(1);
+        table.ids = ids.into();
+        let written_before = maps.log.len();
+
+        let full = sync
+            .step(&mut source, t0 + periods.full_resync, &health)
+            .expect("full resync");
+        assert!(full.full, "{full:?}");
+        let maps = &sync.syncer().maps;
+        let ops = &maps.log[written_before..];
+        let position = |wanted: fn(&MapOp) -> bool| ops.iter().position(wanted);
+        let unhooked = position(|op| matches!(op, MapOp::DeleteMaglevRef(_)));
+        let rewritten = position(|op| matches!(op, MapOp::WriteMaglevTable(..)));
+        let switched = position(|op| matches!(op, MapOp::UpsertMaglevRef(..)));
+        assert!(
+            unhooked < rewritten && rewritten < switched && unhooked.is_some(),
+            "unhook, write, switch: {ops:?}"
+        );
+        assert!(
+            index_points_at_written_tables(&maps.contents),
+            "{:?}",
+            maps.contents
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

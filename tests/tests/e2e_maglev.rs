@@ -20,10 +20,13 @@ use vipr_tests::{
     demo::wait_until,
     echo::{self, EchoServer, TcpSession},
     external::*,
+    metrics::Metrics,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The agent's default --metrics-bind-address port, in each node's netns.
+const METRICS_PORT: u16 = 10_249;
 const NODE_PORT: u16 = 30_090;
 /// Every pod serves a second endpoint on this port, under its own name.
 const SECOND_PORT: u16 = 8081;
@@ -81,6 +84,33 @@ fn held_and_new_flows_keep_their_endpoint_when_another_one_leaves() {
     }
 }
 
+/// node1's /metrics: the pool's positions in use (whole tables of the
+/// default 1,021 positions), of 4,096 tables; no frontend on its slots.
+fn pool_is_reported(c: &ExternalCluster) -> Result<()> {
+    const TABLE: f64 = 1021.0;
+    let pool = [("map", proxy_common::MAGLEV)];
+    let ns = c.topology.netns("node1")?;
+    let reported = || -> Result<Metrics> {
+        let (status, text) = vipr_tests::demo::http_get(&ns, METRICS_PORT, "/metrics")?;
+        ensure!(status == 200, "/metrics answered {status}");
+        Metrics::parse(&text)
+    };
+    // The loop refreshes these once a second.
+    ensure!(
+        wait_until(APPLY_TIMEOUT, || reported().is_ok_and(|m| m
+            .get("vipr_map_entries", &pool)
+            .is_ok_and(|n| n > 0.0))),
+        "the Maglev pool is never reported in use"
+    );
+    let m = reported()?;
+    let used = m.get("vipr_map_entries", &pool)?;
+    ensure!(used % TABLE == 0.0, "{used} positions: not whole tables");
+    ensure!(m.get("vipr_map_capacity", &pool)? == 4096.0 * TABLE);
+    ensure!(m.get("vipr_maglev_frontends_on_slots", &[])? == 0.0);
+    eprintln!("Maglev pool in use: {} tables", used / TABLE);
+    Ok(())
+}
+
 /// The endpoint a new flow from `CLIENT_IP:port` to node1's NodePort gets.
 fn traced_choice(c: &ExternalCluster, port: u16) -> Result<String> {
     let r = c.vipr_json(
@@ -136,6 +166,7 @@ fn scale_down(c: &mut ExternalCluster) -> Result<()> {
         "{SESSIONS} connections on only {serving:?}"
     );
     let before = traced_choices(c)?;
+    pool_is_reported(c)?;
 
     // web-2's second endpoint leaves the slice (its server stays up).
     c.write_manifest("scale.yaml", &manifest(&PODS[..1]))?;

@@ -51,7 +51,7 @@ fn pins_of_another_layout_are_refused_naming_the_map_and_the_way_out() {
 fn a_maglev_pool_of_another_size_is_dropped_with_its_index_one_of_this_size_kept() {
     use proxy_common::MaglevRef;
     use vipr::datapath::{KernelMaps, ServiceMaps};
-    use vipr::plan::MapOp;
+    use vipr::plan::{MaglevTable, MapOp, maglev::digest};
 
     let pins = Pins(PathBuf::from(format!(
         "/sys/fs/bpf/vipr-pins-maglev-{}",
@@ -60,21 +60,45 @@ fn a_maglev_pool_of_another_size_is_dropped_with_its_index_one_of_this_size_kept
     let mut options = LoadOptions::new(&pins.0);
     options.sizes.maglev_tables = 4;
     options.sizes.maglev_table_size = 251;
+    let ids: Vec<u32> = (0..251).map(|i| i % 7 + 1).collect();
+    let table = MaglevTable {
+        digest: digest(&ids),
+        ids: ids.into(),
+    };
     let entry = MaglevRef {
         first: 251,
         size: 251,
-        digest: 1,
+        digest: table.digest,
     };
     let index_after_load = |options: &LoadOptions| {
         let mut datapath = Datapath::load(options).expect("load (needs root)");
         let mut maps = KernelMaps::take(&mut datapath).unwrap();
         let index = maps.dump().unwrap().maglev;
+        maps.apply(&MapOp::WriteMaglevTable(entry.first, table.clone()))
+            .unwrap();
         maps.apply(&MapOp::UpsertMaglevRef(7, entry)).unwrap();
         index
     };
     assert!(index_after_load(&options).is_empty());
-    // A restart with the same sizes keeps the tables and their index.
+    // A restart with the same sizes keeps the tables and their index; the
+    // index is read back with the digest of the table as the kernel holds it.
     assert_eq!(index_after_load(&options).get(&7), Some(&entry));
+    // A position changed behind the agent's back shows in the digest, so
+    // the next full sync writes the table again.
+    {
+        let mut pool: aya::maps::Array<_, u32> = aya::maps::Array::try_from(aya::maps::Map::Array(
+            aya::maps::MapData::from_pin(pins.0.join("maps").join(proxy_common::MAGLEV)).unwrap(),
+        ))
+        .unwrap();
+        pool.set(entry.first + 3, 99, 0).unwrap();
+        let mut datapath = Datapath::load(&options).expect("load");
+        let maps = KernelMaps::take(&mut datapath).unwrap();
+        let held = maps.dump().unwrap().maglev[&7];
+        let mut changed = table.ids.to_vec();
+        changed[3] = 99;
+        assert_eq!(held.digest, digest(&changed));
+        assert_ne!(held.digest, entry.digest);
+    }
     // Another table size: the old tables cannot serve; both maps start anew.
     options.sizes.maglev_table_size = 509;
     assert!(index_after_load(&options).is_empty());

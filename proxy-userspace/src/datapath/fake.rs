@@ -12,6 +12,8 @@ pub struct FakeMaps {
     pub log: Vec<MapOp>,
     /// Fail the attempt with this index (0-based, counting every call).
     pub fail_at: Option<usize>,
+    /// Fail every Maglev table write (a pool the kernel refuses).
+    pub fail_tables: bool,
     attempts: usize,
 }
 
@@ -19,7 +21,8 @@ impl ServiceMaps for FakeMaps {
     fn apply(&mut self, op: &MapOp) -> Result<(), DatapathError> {
         let attempt = self.attempts;
         self.attempts += 1;
-        if self.fail_at == Some(attempt) {
+        let table = matches!(op, MapOp::WriteMaglevTable(..));
+        if self.fail_at == Some(attempt) || (table && self.fail_tables) {
             return Err(DatapathError::MissingMap("injected failure"));
         }
         apply_op(&mut self.contents, op);
@@ -27,7 +30,17 @@ impl ServiceMaps for FakeMaps {
         Ok(())
     }
 
+    /// As the kernel's read-back: index entries carry the digest of the
+    /// table they point at as held (none: one no plan has), tables are not
+    /// listed.
     fn dump(&self) -> Result<MapContents, DatapathError> {
-        Ok(self.contents.clone())
+        let mut contents = self.contents.clone();
+        let tables = std::mem::take(&mut contents.maglev_tables);
+        for r in contents.maglev.values_mut() {
+            r.digest = tables
+                .get(&r.first)
+                .map_or(!r.digest, |t| crate::plan::maglev::digest(&t.ids));
+        }
+        Ok(contents)
     }
 }

@@ -3,7 +3,10 @@ use aya::maps::{Array, HashMap, MapData};
 use proxy_common::{MAGLEV, MAGLEV_INDEX, MaglevRef};
 
 use super::{Datapath, DatapathError, kernel::take, sys};
-use crate::plan::maps::{MaglevTable, MapContents};
+use crate::plan::{
+    maglev,
+    maps::{MaglevTable, MapContents},
+};
 
 pub(super) struct MaglevMaps {
     pool: Array<MapData, u32>,
@@ -51,14 +54,40 @@ impl MaglevMaps {
         self.index.remove(&service_id)
     }
 
-    /// The index entries; the tables are not read back (their digests in
-    /// the entries stand for them).
+    /// The index entries, each with the digest of the table it points at
+    /// as the kernel holds it: a table changed behind the agent's back (or
+    /// left half-written) then differs from the plan's and is written again.
     pub(super) fn dump(&self, contents: &mut MapContents) -> Result<(), DatapathError> {
+        let mut read: std::collections::HashMap<(u32, u32), u64> = Default::default();
         for entry in self.index.iter() {
-            let (service_id, r) = entry.map_err(map_err(MAGLEV_INDEX))?;
+            let (service_id, mut r) = entry.map_err(map_err(MAGLEV_INDEX))?;
+            let held = *read
+                .entry((r.first, r.size))
+                .or_insert_with(|| self.held_digest(&r));
+            r.digest = held;
             contents.maglev.insert(service_id, r);
         }
         Ok(())
+    }
+
+    /// The digest of the `r.size` positions at `r.first`; one no plan
+    /// matches (`!r.digest`) when they cannot be read.
+    fn held_digest(&self, r: &MaglevRef) -> u64 {
+        let mut ids = vec![0u32; r.size as usize];
+        let read = sys::lookup_array_batch(&self.pool, r.first, &mut ids).or_else(|_| {
+            // No batch lookups on arrays here: one position at a time.
+            for (position, id) in (r.first..).zip(ids.iter_mut()) {
+                *id = self.pool.get(&position, 0)?;
+            }
+            Ok::<(), aya::maps::MapError>(())
+        });
+        match read {
+            Ok(()) => maglev::digest(&ids),
+            Err(error) => {
+                tracing::debug!(%error, first = r.first, "a Maglev table could not be read back");
+                !r.digest
+            }
+        }
     }
 
     pub(super) fn index(&self) -> &HashMap<MapData, u32, MaglevRef> {

@@ -140,3 +140,64 @@ fn batch<K: Pod, V: Pod>(
     }
     Ok(())
 }
+
+/// Reads `out.len()` consecutive elements of `map` from index `first`, in
+/// as few system calls as the kernel allows (BPF_MAP_LOOKUP_BATCH).
+pub fn lookup_array_batch<V: Pod>(
+    map: &Array<MapData, V>,
+    first: u32,
+    out: &mut [V],
+) -> std::io::Result<()> {
+    let mut done = 0usize;
+    while done < out.len() {
+        let start = first
+            .checked_add(u32::try_from(done).map_err(|_| std::io::ErrorKind::InvalidInput)?)
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        let rest = &mut out[done..];
+        let wanted = u32::try_from(rest.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        let mut keys = vec![0u32; rest.len()];
+        // The kernel resumes *after* the key in `in_batch`; none: from 0.
+        let resume_after = start.wrapping_sub(1);
+        let mut next = 0u32;
+        // SAFETY: as in `batch`, all-zero bytes are a valid bpf_attr.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.batch.map_fd = map.map().fd().as_fd().as_raw_fd() as u32;
+        attr.batch.in_batch = if start == 0 {
+            0
+        } else {
+            &resume_after as *const u32 as u64
+        };
+        attr.batch.out_batch = &mut next as *mut u32 as u64;
+        attr.batch.keys = keys.as_mut_ptr() as u64;
+        attr.batch.values = rest.as_mut_ptr() as u64;
+        attr.batch.count = wanted;
+        // SAFETY: the kernel reads one key (4 bytes, an array's key size)
+        // from `in_batch`, writes one to `out_batch`, and at most `count`
+        // keys and values into `keys` and `rest`, which hold `count` u32s
+        // and `count` values of the map's value size (checked by aya's
+        // Array at construction); all live across the call. It writes the
+        // number it read back into `attr.batch.count`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                bpf_cmd::BPF_MAP_LOOKUP_BATCH as libc::c_long,
+                &mut attr as *mut bpf_attr,
+                std::mem::size_of::<bpf_attr>() as libc::c_uint,
+            )
+        };
+        // SAFETY: reading the integer field the kernel wrote.
+        let read = unsafe { attr.batch.count } as usize;
+        if rc < 0 {
+            let error = std::io::Error::last_os_error();
+            // ENOENT: the end of the array came within this batch.
+            if error.raw_os_error() != Some(libc::ENOENT) || read == 0 {
+                return Err(error);
+            }
+        }
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        done += read.min(rest.len());
+    }
+    Ok(())
+}

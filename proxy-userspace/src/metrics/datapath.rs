@@ -29,6 +29,8 @@ pub struct DatapathSnapshot {
     pub interfaces: Vec<(&'static str, usize)>,
     /// (interface, XDP mode) of each external interface with XDP.
     pub xdp: Vec<(String, &'static str)>,
+    /// Frontends that want Maglev but got no table (the pool is full).
+    pub maglev_frontends_on_slots: u64,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +42,7 @@ pub struct DatapathMetrics {
     map_write_failures: Counter,
     interfaces: Family<Labels, Gauge>,
     xdp: Family<Labels, Gauge>,
+    maglev_on_slots: Gauge,
 }
 
 fn label(name: &'static str, value: impl Into<String>) -> Labels {
@@ -87,6 +90,12 @@ impl DatapathMetrics {
             "1 for each external interface with XDP, labelled with its mode",
             self.xdp.clone(),
         );
+        vipr.register(
+            "maglev_frontends_on_slots",
+            "Frontends that want Maglev but hold no table, as the pool is full \
+             (--maglev-max-tables); they choose by slot, which differs between nodes",
+            self.maglev_on_slots.clone(),
+        );
     }
 
     pub fn update(&self, snapshot: &DatapathSnapshot) {
@@ -116,6 +125,8 @@ impl DatapathMetrics {
                 .get_or_create(&label("role", role))
                 .set(gauge_value(count));
         }
+        self.maglev_on_slots
+            .set(gauge_value(snapshot.maglev_frontends_on_slots));
         // Interfaces come and go: the set is rebuilt, not accumulated.
         self.xdp.clear();
         for (interface, mode) in &snapshot.xdp {

@@ -164,6 +164,7 @@ fn snapshot(new_flows: u64, truncated: u64) -> DatapathSnapshot {
         }],
         interfaces: vec![("pod", 2)],
         xdp: vec![("eth1".into(), "native")],
+        maglev_frontends_on_slots: 4,
     }
 }
 
@@ -180,6 +181,7 @@ fn datapath_counters_mirror_the_kernel_and_xdp_follows_interfaces() {
         "vipr_map_capacity{map=\"services\"} 65536",
         "vipr_attached_interfaces{role=\"pod\"} 2",
         "vipr_xdp_attached{interface=\"eth1\",mode=\"native\"} 1",
+        "vipr_maglev_frontends_on_slots 4",
     ] {
         assert!(text.contains(expected), "{expected} missing:\n{text}");
     }

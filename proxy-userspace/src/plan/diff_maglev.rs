@@ -3,22 +3,39 @@
 //! services stop reading them. See `diff` for the phases.
 use std::collections::BTreeSet;
 
-use super::maps::{MapContents, MapOp};
+use super::maps::{MaglevTable, MapContents, MapOp};
 use super::planner::Touched;
 
 /// Tables `desired` points at that `applied` does not hold: a table is
 /// known written when an applied index entry names its place and digest
-/// (the kernel's tables are not read back).
+/// (read back from the kernel, or as last written).
+///
+/// The planner writes a changed table only where no index entry points.
+/// After a failed write or a change behind the agent's back, the kernel's
+/// index may still point where a table is to be written: such entries are
+/// deleted first (their frontends use their slots meanwhile, which always
+/// exist), so no flow reads a table being written; the index upserts that
+/// follow the writes point them where the plan wants.
 pub(super) fn table_writes(applied: &MapContents, desired: &MapContents, ops: &mut Vec<MapOp>) {
     let written: BTreeSet<(u32, u64)> = applied
         .maglev
         .values()
         .map(|r| (r.first, r.digest))
         .collect();
-    for (&first, table) in &desired.maglev_tables {
-        if !written.contains(&(first, table.digest)) {
-            ops.push(MapOp::WriteMaglevTable(first, table.clone()));
+    let to_write: Vec<(u32, &MaglevTable)> = desired
+        .maglev_tables
+        .iter()
+        .filter(|(first, table)| !written.contains(&(**first, table.digest)))
+        .map(|(first, table)| (*first, table))
+        .collect();
+    let overwritten: BTreeSet<u32> = to_write.iter().map(|(first, _)| *first).collect();
+    for (service_id, r) in &applied.maglev {
+        if overwritten.contains(&r.first) {
+            ops.push(MapOp::DeleteMaglevRef(*service_id));
         }
+    }
+    for (first, table) in to_write {
+        ops.push(MapOp::WriteMaglevTable(first, table.clone()));
     }
 }
 
