@@ -521,6 +521,51 @@ impl Harness {
     }
 }
 
+/// A node's NodePort under externalTrafficPolicy Cluster (masqueraded)
+/// whose one endpoint runs on another node: where the XDP, DSR and
+/// forward-cost tests start.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteNodePort {
+    /// The node's address: the NodePort's frontend.
+    pub node: Ipv4Addr,
+    pub node_port: u16,
+    /// The endpoint on the other node.
+    pub endpoint: (Ipv4Addr, u16),
+}
+
+impl RemoteNodePort {
+    /// Programs loaded with `node_ipv4` set to the node and `adjust` applied,
+    /// and one frontend per protocol of `protos` (service and backend ids
+    /// 1, 2, … in that order).
+    pub fn harness(
+        &self,
+        protos: &[u8],
+        adjust: impl FnOnce(&mut LoadOptions),
+    ) -> anyhow::Result<Harness> {
+        let mut h = Harness::with_options(|o| {
+            o.node_ipv4 = Some(self.node);
+            adjust(o);
+        })?;
+        for (id, proto) in (1..).zip(protos) {
+            let key = proxy_common::ServiceKey::scoped(
+                self.node,
+                self.node_port,
+                *proto,
+                proxy_common::SCOPE_EXTERNAL,
+            );
+            let (ip, port) = self.endpoint;
+            let backend = (id, BackendValue::new(ip, port, *proto));
+            h.add_frontend(
+                id,
+                key,
+                proxy_common::SVC_FLAG_MASQUERADE | proxy_common::SVC_FLAG_HAS_ENDPOINTS,
+                &[backend],
+            )?;
+        }
+        Ok(h)
+    }
+}
+
 impl Harness {
     /// The bpffs directory the programs and maps are pinned under.
     pub fn pin_dir(&self) -> &std::path::Path {

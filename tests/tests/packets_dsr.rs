@@ -31,19 +31,13 @@ fn node(address: Ipv4Addr, mode: LbMode) -> Harness {
 /// The ingress node: NodePort `NODE_PORT` (TCP and UDP) under
 /// externalTrafficPolicy Cluster, its one endpoint on node2.
 fn ingress(mode: LbMode) -> Harness {
-    let mut h = node(NODE, mode);
-    for (id, proto) in [(1, IPPROTO_TCP), (2, IPPROTO_UDP)] {
-        let key = ServiceKey::scoped(NODE, NODE_PORT, proto, SCOPE_EXTERNAL);
-        let backend = (id, BackendValue::new(REMOTE_POD, 8080, proto));
-        h.add_frontend(
-            id,
-            key,
-            SVC_FLAG_MASQUERADE | SVC_FLAG_HAS_ENDPOINTS,
-            &[backend],
-        )
-        .unwrap();
+    RemoteNodePort {
+        node: NODE,
+        node_port: NODE_PORT,
+        endpoint: (REMOTE_POD, 8080),
     }
-    h
+    .harness(&[IPPROTO_TCP, IPPROTO_UDP], |o| o.lb_mode = mode)
+    .expect("load programs (needs root)")
 }
 
 fn client(port: u16) -> Tuple {

@@ -21,17 +21,13 @@ fn in_fib_namespace(test: impl FnOnce() + Send) {
 }
 
 fn harness() -> Harness {
-    let mut h = Harness::with_options(|o| o.node_ipv4 = Some(NODE)).expect("load (needs root)");
-    let key = ServiceKey::scoped(NODE, NODE_PORT, IPPROTO_TCP, SCOPE_EXTERNAL);
-    let backend = (1, BackendValue::new(REMOTE_POD, 8080, IPPROTO_TCP));
-    h.add_frontend(
-        1,
-        key,
-        SVC_FLAG_MASQUERADE | SVC_FLAG_HAS_ENDPOINTS,
-        &[backend],
-    )
-    .unwrap();
-    h
+    RemoteNodePort {
+        node: NODE,
+        node_port: NODE_PORT,
+        endpoint: (REMOTE_POD, 8080),
+    }
+    .harness(&[IPPROTO_TCP], |_| {})
+    .expect("load (needs root)")
 }
 
 fn addresses(frame: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {

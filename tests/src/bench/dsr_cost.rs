@@ -6,13 +6,10 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, ensure};
-use proxy_common::{
-    BackendValue, IPPROTO_TCP, SCOPE_EXTERNAL, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE,
-    ServiceKey,
-};
+use proxy_common::IPPROTO_TCP;
 use vipr::datapath::LbMode;
 
-use crate::packet::{Harness, Tuple, tcp};
+use crate::packet::{RemoteNodePort, Tuple, tcp};
 
 const FLOWS: u16 = 1_000;
 const NODE: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
@@ -78,18 +75,12 @@ pub fn measure(rounds: usize) -> Result<DsrCost> {
 /// A fresh datapath in `mode`; `FLOWS` SYNs, then one ACK of each flow:
 /// the mean ns of each.
 fn per_packet(mode: LbMode) -> Result<(f64, f64)> {
-    let mut h = Harness::with_options(|o| {
-        o.node_ipv4 = Some(NODE);
-        o.lb_mode = mode;
-    })?;
-    let key = ServiceKey::scoped(NODE, NODE_PORT, IPPROTO_TCP, SCOPE_EXTERNAL);
-    let backend = (1, BackendValue::new(REMOTE_POD, 8080, IPPROTO_TCP));
-    h.add_frontend(
-        1,
-        key,
-        SVC_FLAG_MASQUERADE | SVC_FLAG_HAS_ENDPOINTS,
-        &[backend],
-    )?;
+    let mut h = RemoteNodePort {
+        node: NODE,
+        node_port: NODE_PORT,
+        endpoint: (REMOTE_POD, 8080),
+    }
+    .harness(&[IPPROTO_TCP], |o| o.lb_mode = mode)?;
     let mut opened = vec![("dnat_new", 1), ("xdp_transmitted", 1)];
     if mode == LbMode::Dsr {
         opened.push(("dsr_option_added", 1));

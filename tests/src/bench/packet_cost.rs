@@ -256,17 +256,13 @@ pub struct NodePortCost {
 /// A masqueraded NodePort flow to a remote endpoint, every run a new client
 /// port; must run inside a [`crate::packet::FibNamespace`] so XDP can forward.
 pub fn nodeport_xdp_vs_tc(rounds: usize) -> Result<NodePortCost> {
-    use proxy_common::{
-        BackendValue, SCOPE_EXTERNAL, SVC_FLAG_HAS_ENDPOINTS, SVC_FLAG_MASQUERADE, ServiceKey,
-    };
     let node = Ipv4Addr::new(172, 30, 0, 1);
     let client = Ipv4Addr::new(198, 51, 100, 7);
-    let backend = (
-        1,
-        BackendValue::new(Ipv4Addr::new(10, 244, 2, 11), 8080, IPPROTO_TCP),
-    );
-    let key = ServiceKey::scoped(node, 30_080, IPPROTO_TCP, SCOPE_EXTERNAL);
-    let flags = SVC_FLAG_MASQUERADE | SVC_FLAG_HAS_ENDPOINTS;
+    let nodeport = crate::packet::RemoteNodePort {
+        node,
+        node_port: 30_080,
+        endpoint: (Ipv4Addr::new(10, 244, 2, 11), 8080),
+    };
     let (mut xdp, mut tc, mut xdp_once, mut tc_once) = (vec![], vec![], vec![], vec![]);
     let other = tcp(
         Tuple {
@@ -280,11 +276,9 @@ pub fn nodeport_xdp_vs_tc(rounds: usize) -> Result<NodePortCost> {
     );
     for _ in 0..rounds {
         // Fresh maps per round, so conntrack never fills up across rounds.
-        let mut h = Harness::with_options(|o| o.node_ipv4 = Some(node))?;
-        h.add_frontend(1, key, flags, &[backend])?;
+        let mut h = nodeport.harness(&[IPPROTO_TCP], |_| {})?;
         // TC gets its own maps, so both paths do exactly the same new-flow work.
-        let mut tc_h = Harness::with_options(|o| o.node_ipv4 = Some(node))?;
-        tc_h.add_frontend(1, key, flags, &[backend])?;
+        let mut tc_h = nodeport.harness(&[IPPROTO_TCP], |_| {})?;
         let (mut sums, mut once) = ([0.0; 2], [0.0; 2]);
         // Fewer flows than the masquerade port range holds, by far.
         for i in 0..NODEPORT_FLOWS {
