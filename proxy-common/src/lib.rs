@@ -117,7 +117,7 @@ pub const DSR6_HEADER_LEN: u8 = 4 + DSR6_OPTION_LEN;
 pub const DSR6_HEADER_LEN_FIELD: u8 = DSR6_HEADER_LEN / 8 - 1;
 /// IANA's number of the Destination Options header.
 pub const IPPROTO_DSTOPTS: u8 = 60;
-const _: () = assert!(DSR6_HEADER_LEN % 8 == 0);
+const _: () = assert!(DSR6_HEADER_LEN.is_multiple_of(8));
 
 #[cfg(test)]
 mod layout_tests;
