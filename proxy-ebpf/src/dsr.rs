@@ -1,5 +1,6 @@
-//! Direct server return (`--lb-mode dsr|hybrid`) for external IPv4 flows
-//! whose endpoint runs on another node.
+//! Direct server return (`--lb-mode dsr|hybrid`) for external flows whose
+//! endpoint runs on another node: the decision and conntrack for both
+//! families, the IPv4 option here (IPv6's extension header: `dsr6.rs`).
 //!
 //! Ingress node: instead of masquerading, the flow keeps the client's
 //! address; the packets that open it (a TCP SYN, every UDP datagram) carry
