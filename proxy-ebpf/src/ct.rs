@@ -7,13 +7,13 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
 use proxy_common::{
-    CT_FLAG_FIN, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, CT_REVERSE, SNAT_PORT_COUNT,
-    SNAT_PORT_FIRST,
+    CT_FLAG_DSR, CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, CT_REVERSE,
+    IPPROTO_TCP, SNAT_PORT_COUNT, SNAT_PORT_FIRST,
 };
 
 use crate::{
     family::Family,
-    parse::{Flow, TCP_FLAG_FIN, TCP_FLAG_RST},
+    parse::{Flow, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
 };
 
 /// Ports tried for a masqueraded flow before giving up. Closed flows hold
@@ -54,6 +54,21 @@ fn closing_marks<F: Family>(flow: &Flow<F>) -> u8 {
     marks
 }
 
+/// What a packet of `flow` tells about an entry with `flags` beyond its
+/// closing marks: the ingress node of a DSR flow never sees a reply, so
+/// the client's first ACK without SYN (the handshake done) marks its
+/// forward entry `CT_FLAG_REPLIED`, which the sweep reads as established.
+#[inline(always)]
+fn dsr_marks<F: Family>(flags: u8, flow: &Flow<F>) -> u8 {
+    let handshake_done =
+        flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_ACK;
+    if flags & CT_FLAG_DSR != 0 && handshake_done {
+        CT_FLAG_REPLIED
+    } else {
+        0
+    }
+}
+
 #[inline(always)]
 pub fn forward_key<F: Family>(flow: &Flow<F>) -> F::CtKey {
     F::ct_key(
@@ -88,7 +103,7 @@ pub fn lookup_for<F: Family>(key: &F::CtKey, flow: &Flow<F>, extra: u8) -> Optio
         if *last_seen != now {
             *last_seen = now;
         }
-        let flags = *entry_flags | closing_marks(flow) | extra;
+        let flags = *entry_flags | closing_marks(flow) | dsr_marks(*entry_flags, flow) | extra;
         if *entry_flags != flags {
             *entry_flags = flags;
         }

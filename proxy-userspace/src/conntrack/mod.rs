@@ -12,8 +12,8 @@ use std::{collections::HashMap, hash::Hash, net::SocketAddr, time::Duration};
 pub use sweeper::Sweeper;
 
 use proxy_common::{
-    CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, Ct6Key, Ct6Value, CtKey,
-    CtValue, IPPROTO_TCP,
+    CT_FLAG_DSR, CT_FLAG_FIN, CT_FLAG_REPLIED, CT_FLAG_RST, CT_FLAG_SNAT, CT_FORWARD, Ct6Key,
+    Ct6Value, CtKey, CtValue, IPPROTO_TCP,
 };
 
 /// A conntrack key of either family, with what the sweep reads of its value.
@@ -109,6 +109,19 @@ impl Default for CtTimeouts {
 /// one alone for an instant.
 const ORPHAN_GRACE_SECONDS: u32 = 2;
 
+/// Whether a flow has been answered: its reverse entry saw a reply, or, on
+/// a DSR flow's ingress node (which never sees one), the kernel marked its
+/// forward entry when the client's ACK completed the handshake.
+pub fn replied<K: Tracked>(forward: &K::Value, reverse: Option<&K::Value>) -> bool {
+    let forward_flags = K::flags(forward);
+    let dsr_mark = if forward_flags & CT_FLAG_DSR != 0 {
+        forward_flags
+    } else {
+        0
+    };
+    (reverse.map_or(0, K::flags) | dsr_mark) & CT_FLAG_REPLIED != 0
+}
+
 impl CtTimeouts {
     /// The silence allowed to the flow of a forward entry and, if there is
     /// one, its reverse entry.
@@ -120,7 +133,7 @@ impl CtTimeouts {
     ) -> Duration {
         let reverse_flags = reverse.map_or(0, K::flags);
         let forward_flags = K::flags(forward);
-        let replied = reverse_flags & CT_FLAG_REPLIED != 0;
+        let replied = replied::<K>(forward, reverse);
         if key.proto() != IPPROTO_TCP {
             return if replied { self.udp_stream } else { self.udp };
         }
@@ -243,6 +256,20 @@ mod tests {
         assert!(sweep_at(&t, 59).is_empty());
         let gone = sweep_at(&t, 60);
         assert!(gone.contains(&fk) && gone.contains(&rk));
+    }
+
+    #[test]
+    fn a_dsr_ingress_flow_is_established_by_its_forward_entry_alone() {
+        // The ingress node's DSR entry: no reply ever, the client's ACK
+        // marks the forward entry instead.
+        let (fk, mut fv, rk, rv) = flow(IPPROTO_TCP, 1000);
+        fv.flags = CT_FLAG_DSR;
+        assert_eq!(sweep_at(&table(&[(fk, fv, rk, rv)]), 60).len(), 2);
+        fv.flags |= CT_FLAG_REPLIED;
+        assert!(sweep_at(&table(&[(fk, fv, rk, rv)]), 3600).is_empty());
+        // Only a DSR entry's own mark counts.
+        fv.flags = CT_FLAG_REPLIED;
+        assert_eq!(sweep_at(&table(&[(fk, fv, rk, rv)]), 60).len(), 2);
     }
 
     #[test]
