@@ -28,6 +28,7 @@ use crate::{
         IPV6_SRC_OFF, IPV6_VERSION, flowinfo,
     },
     programs::{Decided6, Kind, decide_from_external6},
+    wire,
     xdp::csum_update,
 };
 
@@ -93,9 +94,10 @@ fn parse_into(ctx: &XdpContext, out: &mut Flow<V6>) -> bool {
         },
         _ => return false,
     };
+    // Word loads (`wire.rs`): `ip` was checked for the whole fixed header.
     unsafe {
-        out.src_addr = core::ptr::read_unaligned(ip.add(IPV6_SRC_OFF) as *const Addr6);
-        out.dst_addr = core::ptr::read_unaligned(ip.add(IPV6_DST_OFF) as *const Addr6);
+        out.src_addr = wire::load_addr6(ip.add(IPV6_SRC_OFF));
+        out.dst_addr = wire::load_addr6(ip.add(IPV6_DST_OFF));
     }
     out.src_port = u16::from_ne_bytes([ports[0], ports[1]]);
     out.dst_port = u16::from_ne_bytes([ports[2], ports[3]]);
