@@ -4,7 +4,8 @@
 //! interface the frame came in on. Frames with extension headers, and
 //! whatever XDP cannot finish, go on to the stack and the TC programs,
 //! which serve them in full. As on the TC path, the flow and decision live
-//! in the per-CPU scratch entry, not on the stack.
+//! in the per-CPU scratch entry, not on the stack. A packet opening a DSR
+//! flow gets the frontend's extension header here too (`dsr6.rs`).
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
