@@ -126,12 +126,19 @@ pub fn add_header_xdp(ctx: &XdpContext, flow: &Flow<V6>) -> bool {
     true
 }
 
+/// Endpoint's node: whether a packet may carry our header (L4 right after
+/// 24 bytes of extension headers): one compare for every other packet,
+/// before any call.
+#[inline(always)]
+pub fn may_carry_header(flow: &Flow<V6>) -> bool {
+    flow.l4_off == HEADER_OFF + HEADER_LEN
+}
+
 /// Endpoint's node: the frontend a packet's header carries, if it has
-/// exactly ours (the first and only extension header: `parse_flow6` found
-/// L4 right after 24 bytes of it).
+/// exactly ours (the first and only extension header).
 #[inline(always)]
 fn frontend(ctx: &TcContext, flow: &Flow<V6>) -> Option<(Addr6, u16)> {
-    if flow.l4_off != HEADER_OFF + HEADER_LEN || lb_mode() == LB_MODE_SNAT {
+    if !may_carry_header(flow) || lb_mode() == LB_MODE_SNAT {
         return None;
     }
     let first: u8 = ctx.load(NEXT_HEADER_OFF).ok()?;

@@ -84,6 +84,7 @@ fn serve6(ctx: &TcContext, origin: Origin) -> i32 {
     }
     // A DSR flow's packet from an ingress node, for a local endpoint.
     if origin == Origin::External
+        && dsr6::may_carry_header(&scratch.flow)
         && let Some(learnt) = dsr6::learnt(ctx, &scratch.flow)
     {
         return verdict(learnt);
