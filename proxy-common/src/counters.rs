@@ -107,7 +107,8 @@ counters! {
     DropMaglevPosition => "drop_maglev_position",
     // DSR (`--lb-mode dsr|hybrid`), ingress node: a packet opening a flow to
     // another node's endpoint left with the client's address and the
-    // frontend in an IPv4 option (`dsr.rs`).
+    // frontend in an IPv4 option or IPv6 destination options header
+    // (`dsr.rs`, `dsr6.rs`).
     DsrOptionAdded => "dsr_option_added",
     // DSR, ingress node: the option could not be added (no room to grow
     // the packet): dropped, the client retransmits.

@@ -88,7 +88,8 @@ pub mod globals {
 /// masqueraded behind this node (the default).
 pub const LB_MODE_SNAT: u8 = 0;
 /// `--lb-mode dsr`: they keep the client's address, and the frontend
-/// travels in an IPv4 option; the endpoint's node answers the client itself.
+/// travels in an IPv4 option or an IPv6 destination options header; the
+/// endpoint's node answers the client itself.
 pub const LB_MODE_DSR: u8 = 1;
 /// `--lb-mode hybrid`: DSR for TCP, masquerade for UDP.
 pub const LB_MODE_HYBRID: u8 = 2;
@@ -98,6 +99,25 @@ pub const LB_MODE_HYBRID: u8 = 2;
 /// (Cilium's layout, so a capture reads the same).
 pub const DSR_OPTION_TYPE: u8 = 0x9a;
 pub const DSR_OPTION_LEN: u8 = 8;
+
+/// IPv6 DSR: the frontend travels in a Destination Options extension
+/// header right after the fixed header (IPv6 has no header options). Its
+/// one option's type: the top two bits 00 (a node that does not know it
+/// skips it), bit 0x20 clear (it does not change en route); Cilium's
+/// number, so a capture reads the same.
+pub const DSR6_OPTION_TYPE: u8 = 0x1b;
+/// The option's data: the frontend's 16-byte address, its 2-byte port and
+/// 2 zero bytes, so that the header ends on an 8-byte boundary (padding
+/// inside the option's data, no PadN option).
+pub const DSR6_OPTION_LEN: u8 = 20;
+/// The whole extension header: next header, length, option type, option
+/// length, then the option's data.
+pub const DSR6_HEADER_LEN: u8 = 4 + DSR6_OPTION_LEN;
+/// The header's length field: in 8-byte units beyond the first 8.
+pub const DSR6_HEADER_LEN_FIELD: u8 = DSR6_HEADER_LEN / 8 - 1;
+/// IANA's number of the Destination Options header.
+pub const IPPROTO_DSTOPTS: u8 = 60;
+const _: () = assert!(DSR6_HEADER_LEN.is_multiple_of(8));
 
 #[cfg(test)]
 mod layout_tests;

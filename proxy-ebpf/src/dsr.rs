@@ -1,5 +1,6 @@
-//! Direct server return (`--lb-mode dsr|hybrid`) for external IPv4 flows
-//! whose endpoint runs on another node.
+//! Direct server return (`--lb-mode dsr|hybrid`) for external flows whose
+//! endpoint runs on another node: the decision and conntrack for both
+//! families, the IPv4 option here (IPv6's extension header: `dsr6.rs`).
 //!
 //! Ingress node: instead of masquerading, the flow keeps the client's
 //! address; the packets that open it (a TCP SYN, every UDP datagram) carry
@@ -36,10 +37,8 @@ use crate::{
     xdp::csum_update,
 };
 
-/// An IPv4 header without options.
-const IPV4_PLAIN_HDR_LEN: usize = 20;
 /// Where the option goes: right after the plain header.
-const OPTION_OFF: usize = ETH_LEN + IPV4_PLAIN_HDR_LEN;
+const OPTION_OFF: usize = V4::PLAIN_L4_OFF;
 const VERSION_IHL_OFF: usize = ETH_LEN;
 const TOS_OFF: usize = ETH_LEN + 1;
 const TOT_LEN_OFF: usize = ETH_LEN + 2;
@@ -62,15 +61,16 @@ fn covers(proto: u8) -> bool {
 
 /// Whether a new flow that would be masqueraded (externalTrafficPolicy
 /// Cluster, an endpoint on another node, or a hairpin) goes by DSR
-/// instead: an external frontend, not a hairpin, and room in the IPv4
-/// header (no options yet).
+/// instead: an external frontend, not a hairpin, and a bare fixed header
+/// (no IPv4 options, no IPv6 extension headers yet: ours goes first and
+/// alone, which is how the endpoint's node recognises it).
 #[inline(always)]
 pub fn applies<F: Family>(flow: &Flow<F>, scope: u8, backend: &F::Backend) -> bool {
     F::SERVES_DSR
         && scope == SCOPE_EXTERNAL
         && F::backend_flags(backend) & BACKEND_FLAG_LOCAL == 0
         && F::backend_addr(backend) != flow.src_addr
-        && flow.l4_off == ETH_LEN + IPV4_PLAIN_HDR_LEN
+        && flow.l4_off == F::PLAIN_L4_OFF
         && covers(flow.proto)
 }
 
@@ -107,14 +107,21 @@ pub enum Way {
 #[inline(always)]
 pub fn way<F: Family>(flow: &Flow<F>, decision: &Decision<F>) -> Way {
     match decision {
-        Decision::Translate(entry, _) if F::entry_flags(entry) & CT_FLAG_DSR != 0 => {
-            if opens(flow) {
-                Way::WithOption
-            } else {
-                Way::Plain
-            }
-        }
+        Decision::Translate(entry, _) => way_flagged(flow, F::entry_flags(entry)),
         _ => Way::NotDsr,
+    }
+}
+
+/// [`way`] of a translated packet whose entry has `flags` (the IPv6 path
+/// passes the decision on in pieces, not as a `Decision`).
+#[inline(always)]
+pub fn way_flagged<F: Family>(flow: &Flow<F>, flags: u8) -> Way {
+    if flags & CT_FLAG_DSR == 0 {
+        Way::NotDsr
+    } else if opens(flow) {
+        Way::WithOption
+    } else {
+        Way::Plain
     }
 }
 

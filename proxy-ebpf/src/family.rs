@@ -17,7 +17,8 @@ use crate::{
     maps::{self, KeyRoom, Keys6},
     nat::{self, Side},
     nat6,
-    parse::Flow,
+    parse::{ETH_LEN, Flow, IPV4_MIN_HDR_LEN},
+    parse6::IPV6_HDR_LEN,
     programs, reject, reject6, trace,
 };
 
@@ -52,6 +53,9 @@ pub trait Family: Copy + 'static {
     /// Whether `--lb-mode dsr|hybrid` applies to this family's external
     /// flows (`dsr.rs`); the others stay masqueraded.
     const SERVES_DSR: bool;
+    /// Where TCP or UDP starts in a frame whose IP header carries nothing
+    /// beyond its fixed part (no IPv4 options, no IPv6 extension headers).
+    const PLAIN_L4_OFF: usize;
 
     fn services() -> &'static HashMap<Self::ServiceKey, ServiceValue>;
     fn backends() -> &'static HashMap<u32, Self::Backend>;
@@ -157,6 +161,7 @@ pub trait Family: Copy + 'static {
 
 impl Family for V4 {
     const SERVES_DSR: bool = true;
+    const PLAIN_L4_OFF: usize = ETH_LEN + IPV4_MIN_HDR_LEN;
     type Addr = u32;
     type ServiceKey = ServiceKey;
     type Backend = BackendValue;
@@ -342,7 +347,8 @@ impl Family for V4 {
 }
 
 impl Family for V6 {
-    const SERVES_DSR: bool = false;
+    const SERVES_DSR: bool = true;
+    const PLAIN_L4_OFF: usize = ETH_LEN + IPV6_HDR_LEN;
     type Addr = Addr6;
     type ServiceKey = Service6Key;
     type Backend = Backend6Value;

@@ -14,6 +14,8 @@ mod decide;
 #[cfg(target_arch = "bpf")]
 mod dsr;
 #[cfg(target_arch = "bpf")]
+mod dsr6;
+#[cfg(target_arch = "bpf")]
 mod family;
 #[cfg(target_arch = "bpf")]
 mod fwd;

@@ -13,7 +13,7 @@ use crate::{
 pub const ETH_LEN: usize = size_of::<EthHdr>();
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
-const IPV4_MIN_HDR_LEN: usize = size_of::<Ipv4Hdr>();
+pub const IPV4_MIN_HDR_LEN: usize = size_of::<Ipv4Hdr>();
 /// "More fragments" flag and fragment offset bits of `frags`.
 const IP_MF_AND_OFFSET: u16 = 0x3fff;
 pub const TCP_FLAG_FIN: u8 = 0x01;

@@ -17,6 +17,7 @@ use proxy_common::{CT_FLAG_SNAT, Counter, Ct6Value, IPPROTO_TCP, SCOPE_EXTERNAL}
 use crate::{
     decide::{self, Decision},
     dsr::{self, Way},
+    dsr6,
     family::{Family, V6},
     fwd,
     icmp_error::{self, Towards},
@@ -81,6 +82,13 @@ fn serve6(ctx: &TcContext, origin: Origin) -> i32 {
         }
         return verdict(reason);
     }
+    // A DSR flow's packet from an ingress node, for a local endpoint.
+    if origin == Origin::External
+        && dsr6::may_carry_header(&scratch.flow)
+        && let Some(learnt) = dsr6::learnt(ctx, &scratch.flow)
+    {
+        return verdict(learnt);
+    }
     match origin {
         Origin::Pod => decide_from_pod6(&scratch.flow, &mut scratch.decided),
         Origin::External => decide_from_external6(&scratch.flow, &mut scratch.decided),
@@ -95,6 +103,10 @@ fn serve6(ctx: &TcContext, origin: Origin) -> i32 {
             PASS if origin == Origin::External && decided.local_source => {
                 fwd::redirect_to_egress6(ctx).unwrap_or(PASS)
             }
+            PASS if origin == Origin::External => match decided.way(flow) {
+                Way::NotDsr => PASS,
+                way => forward_dsr6(ctx, flow, way),
+            },
             action => action,
         },
     }
@@ -127,6 +139,17 @@ pub(crate) struct Decided6 {
     /// `Decision::leaves_with_a_local_source`.
     pub(crate) local_source: bool,
     pub(crate) entry: Ct6Value,
+}
+
+impl Decided6 {
+    /// `dsr::way` of the decision.
+    #[inline(always)]
+    pub(crate) fn way(&self, flow: &Flow<V6>) -> Way {
+        match self.kind {
+            Kind::Translate => dsr::way_flagged(flow, self.entry.flags),
+            _ => Way::NotDsr,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -289,6 +312,20 @@ fn forward_dsr4(ctx: &TcContext, flow: &Flow, way: Way) -> i32 {
         count(Counter::DsrOptionAdded);
     }
     fwd::redirect_to_egress(ctx).unwrap_or(PASS)
+}
+
+/// [`forward_dsr4`] for IPv6: the frontend in an extension header
+/// (`dsr6.rs`). A subprogram called from `serve6` once `apply6` has
+/// returned, so its frame never stacks on the decision's.
+#[inline(never)]
+fn forward_dsr6(ctx: &TcContext, flow: &Flow<V6>, way: Way) -> i32 {
+    if way == Way::WithOption {
+        if dsr6::add_header(ctx, flow).is_err() {
+            return verdict(Counter::DropDsrOptionFailed);
+        }
+        count(Counter::DsrOptionAdded);
+    }
+    fwd::redirect_to_egress6(ctx).unwrap_or(PASS)
 }
 
 #[classifier]

@@ -4,7 +4,8 @@
 //! interface the frame came in on. Frames with extension headers, and
 //! whatever XDP cannot finish, go on to the stack and the TC programs,
 //! which serve them in full. As on the TC path, the flow and decision live
-//! in the per-CPU scratch entry, not on the stack.
+//! in the per-CPU scratch entry, not on the stack. A packet opening a DSR
+//! flow gets the frontend's extension header here too (`dsr6.rs`).
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
@@ -14,9 +15,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use network_types::eth::EthHdr;
-use proxy_common::{Addr6, CT_FLAG_SNAT, Counter, IPPROTO_TCP, IPPROTO_UDP};
+use proxy_common::{Addr6, CT_FLAG_SNAT, Counter, DSR6_HEADER_LEN, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
+    dsr::Way,
+    dsr6,
     family::V6,
     fwd::AF_INET6,
     maps::{SCRATCH6, count},
@@ -26,6 +29,7 @@ use crate::{
         IPV6_SRC_OFF, IPV6_VERSION, flowinfo,
     },
     programs::{Decided6, Kind, decide_from_external6},
+    wire,
     xdp::csum_update,
 };
 
@@ -91,9 +95,10 @@ fn parse_into(ctx: &XdpContext, out: &mut Flow<V6>) -> bool {
         },
         _ => return false,
     };
+    // Word loads (`wire.rs`): `ip` was checked for the whole fixed header.
     unsafe {
-        out.src_addr = core::ptr::read_unaligned(ip.add(IPV6_SRC_OFF) as *const Addr6);
-        out.dst_addr = core::ptr::read_unaligned(ip.add(IPV6_DST_OFF) as *const Addr6);
+        out.src_addr = wire::load_addr6(ip.add(IPV6_SRC_OFF));
+        out.dst_addr = wire::load_addr6(ip.add(IPV6_DST_OFF));
     }
     out.src_port = u16::from_ne_bytes([ports[0], ports[1]]);
     out.dst_port = u16::from_ne_bytes([ports[2], ports[3]]);
@@ -116,9 +121,15 @@ fn carry_out(ctx: &XdpContext, flow: &Flow<V6>, decided: &Decided6, unmasquerade
     } else {
         (&flow.src_addr, &entry.nat_addr)
     };
+    // A packet opening a DSR flow grows by the frontend's header (`dsr6.rs`).
+    let with_header = decided.way(flow) == Way::WithOption;
+    let grow = if with_header { DSR6_HEADER_LEN } else { 0 };
     let mut hop: FibParams = unsafe { core::mem::zeroed() };
-    let routed = next_hop(ctx, flow.proto, src, dst, &mut hop);
-    if !routed && decided.local_source {
+    let routed = next_hop(ctx, flow.proto, src, dst, grow, &mut hop);
+    if !routed && (decided.local_source || with_header) {
+        // Translated, the stack would take it for a martian; a DSR packet,
+        // TC adds the header to (and gives the stack what the FIB cannot
+        // route). Untouched, TC finds the flow in conntrack.
         count(Counter::XdpToStack);
         return XDP_PASS;
     }
@@ -137,6 +148,13 @@ fn carry_out(ctx: &XdpContext, flow: &Flow<V6>, decided: &Decided6, unmasquerade
     if rewritten.is_none() {
         count(Counter::DropRewriteFailed);
         return XDP_DROP;
+    }
+    if with_header {
+        if !dsr6::add_header_xdp(ctx, flow) {
+            count(Counter::DropDsrOptionFailed);
+            return XDP_DROP;
+        }
+        count(Counter::DsrOptionAdded);
     }
     if routed {
         transmit(ctx, &hop)
@@ -208,8 +226,16 @@ unsafe fn rewrite_l4<const UDP: bool>(
 
 /// Whether the FIB resolves the next hop completely, back out of the
 /// interface the frame came in on (see `xdp::next_hop`); fills `params`.
+/// `grow`: bytes the frame is about to grow by, for the MTU check.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, proto: u8, src: &Addr6, dst: &Addr6, params: &mut FibParams) -> bool {
+fn next_hop(
+    ctx: &XdpContext,
+    proto: u8,
+    src: &Addr6,
+    dst: &Addr6,
+    grow: u8,
+    params: &mut FibParams,
+) -> bool {
     let Some(ip) = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, ETH_LEN) else {
         return false;
     };
@@ -222,7 +248,9 @@ fn next_hop(ctx: &XdpContext, proto: u8, src: &Addr6, dst: &Addr6, params: &mut 
     let payload_len = u16::from_be_bytes([ip[IPV6_PAYLOAD_LEN_OFF], ip[IPV6_PAYLOAD_LEN_OFF + 1]]);
     params.family = AF_INET6;
     params.l4_protocol = proto;
-    params.__bindgen_anon_1.tot_len = payload_len.saturating_add(IPV6_HDR_LEN as u16);
+    params.__bindgen_anon_1.tot_len = payload_len
+        .saturating_add(IPV6_HDR_LEN as u16)
+        .saturating_add(u16::from(grow));
     params.__bindgen_anon_2.flowinfo = flowinfo([ip[0], ip[1], ip[2], ip[3]]);
     params.__bindgen_anon_3.ipv6_src = *src;
     params.__bindgen_anon_4.ipv6_dst = *dst;

@@ -104,8 +104,8 @@ enum Command {
         /// How external traffic under externalTrafficPolicy Cluster reaches
         /// an endpoint on another node: `snat` masquerades it behind this
         /// node; `dsr` keeps the client's address and carries the frontend
-        /// in an IPv4 option, so the endpoint's node answers the client
-        /// directly (IPv4; IPv6 stays masqueraded); `hybrid`: DSR for TCP,
+        /// in an IPv4 option (IPv6: a destination options header), so the
+        /// endpoint's node answers the client directly; `hybrid`: DSR for TCP,
         /// masquerade for UDP. Every node must run the same mode.
         #[arg(long, value_enum, default_value = "snat")]
         lb_mode: LbMode,

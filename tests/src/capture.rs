@@ -2,9 +2,10 @@
 //! `AF_PACKET` socket for every protocol on every interface of the
 //! namespace, read on a thread of its own until stopped. Frames the
 //! namespace only overhears (addressed to another host's MAC) are left out:
-//! what is kept went through the node, in or out.
+//! what is kept went through the node, in or out. IPv4 frames by default;
+//! [`Capture::start_ipv6`] keeps IPv6 ones instead.
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     sync::{
         Arc,
@@ -29,8 +30,18 @@ const PACKET_OTHERHOST: u8 = 3;
 /// `sll_pkttype` of a frame the namespace sent (`PACKET_OUTGOING`).
 const PACKET_OUTGOING: u8 = 4;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 const ETH_LEN: usize = 14;
-/// Bytes kept of each frame: Ethernet, IPv4 with options, the L4 ports.
+const IPV4_MIN_LEN: usize = 20;
+const IPV6_LEN: usize = 40;
+/// IPv6 extension headers counted in 8-byte units past the first 8:
+/// hop-by-hop, routing, destination options.
+const IPV6_EXT_8: [u8; 3] = [0, 43, 60];
+const IPV6_DEST_OPTIONS: u8 = 60;
+/// Extension headers walked to the L4 header.
+const IPV6_EXT_MAX: usize = 4;
+/// Bytes kept of each frame: Ethernet, IPv4 with options (or IPv6 with a
+/// few extension headers), the L4 ports.
 const SNAP_LEN: usize = 128;
 /// How often the reader looks at its stop flag (100 ms).
 const POLL_TIMEVAL: libc::timeval = libc::timeval {
@@ -38,7 +49,8 @@ const POLL_TIMEVAL: libc::timeval = libc::timeval {
     tv_usec: 100_000,
 };
 
-/// One IPv4 frame seen in the namespace.
+/// One IPv4 (or, from [`Capture::start_ipv6`], IPv6) frame seen in the
+/// namespace. The IPv4 accessors read IPv4 frames, the `*6` ones IPv6.
 #[derive(Clone, Debug)]
 pub struct Frame {
     /// Whether the namespace sent it (else it received it).
@@ -71,14 +83,61 @@ impl Frame {
     }
     /// (source, destination) ports of a TCP or UDP frame.
     pub fn ports(&self) -> Option<(u16, u16)> {
-        let l4 = self.l4();
-        (l4.len() >= 4).then(|| {
-            (
-                u16::from_be_bytes([l4[0], l4[1]]),
-                u16::from_be_bytes([l4[2], l4[3]]),
-            )
-        })
+        ports_of(self.l4())
     }
+
+    pub fn src6(&self) -> Ipv6Addr {
+        addr6(&self.ip()[8..24])
+    }
+    pub fn dst6(&self) -> Ipv6Addr {
+        addr6(&self.ip()[24..40])
+    }
+    /// The upper-layer protocol and where its header starts in the IPv6
+    /// packet, past the extension headers (as far as the snapshot goes).
+    fn l4_6(&self) -> (u8, usize) {
+        let ip = self.ip();
+        let (mut next, mut off) = (ip[6], IPV6_LEN);
+        for _ in 0..IPV6_EXT_MAX {
+            if !IPV6_EXT_8.contains(&next) || ip.len() < off + 2 {
+                break;
+            }
+            (next, off) = (ip[off], off + (usize::from(ip[off + 1]) + 1) * 8);
+        }
+        (next, off)
+    }
+    /// The upper-layer protocol of an IPv6 frame.
+    pub fn proto6(&self) -> u8 {
+        self.l4_6().0
+    }
+    /// (source, destination) ports of an IPv6 TCP or UDP frame.
+    pub fn ports6(&self) -> Option<(u16, u16)> {
+        let (_, off) = self.l4_6();
+        self.ip().get(off..).and_then(ports_of)
+    }
+    /// The destination options header right after the fixed IPv6 header,
+    /// whole, if there is one.
+    pub fn dest_options6(&self) -> Option<&[u8]> {
+        let ip = self.ip();
+        if ip[6] != IPV6_DEST_OPTIONS || ip.len() < IPV6_LEN + 2 {
+            return None;
+        }
+        let len = (usize::from(ip[IPV6_LEN + 1]) + 1) * 8;
+        ip.get(IPV6_LEN..IPV6_LEN + len)
+    }
+}
+
+fn ports_of(l4: &[u8]) -> Option<(u16, u16)> {
+    (l4.len() >= 4).then(|| {
+        (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
+    })
+}
+
+fn addr6(bytes: &[u8]) -> Ipv6Addr {
+    let octets: [u8; 16] = bytes.try_into().expect("16 bytes");
+    Ipv6Addr::from(octets)
 }
 
 /// A capture running in a namespace; [`Capture::stop`] returns its frames.
@@ -88,8 +147,18 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Starts capturing in `netns`; returns once the socket is open.
+    /// Starts capturing IPv4 frames in `netns`; returns once the socket is open.
     pub fn start(netns_name: &str) -> Result<Self> {
+        Self::start_for(netns_name, ETHERTYPE_IPV4, ETH_LEN + IPV4_MIN_LEN)
+    }
+
+    /// As [`Capture::start`], for IPv6 frames.
+    pub fn start_ipv6(netns_name: &str) -> Result<Self> {
+        Self::start_for(netns_name, ETHERTYPE_IPV6, ETH_LEN + IPV6_LEN)
+    }
+
+    /// Frames of `ethertype`, at least `min_len` bytes long.
+    fn start_for(netns_name: &str, ethertype: [u8; 2], min_len: usize) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let flag = stop.clone();
@@ -126,9 +195,7 @@ impl Capture {
                 };
                 let Some(from) = from else { continue };
                 let frame = &buf[..len];
-                if from.pkttype() == PACKET_OTHERHOST
-                    || len < ETH_LEN + 20
-                    || frame[12..14] != ETHERTYPE_IPV4
+                if from.pkttype() == PACKET_OTHERHOST || len < min_len || frame[12..14] != ethertype
                 {
                     continue;
                 }

@@ -238,6 +238,7 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
             "packets_icmp_error",
             "packets_maglev",
             "packets_dsr",
+            "packets_dsr6",
         ]
         .into_iter()
         .map(|name| stage(executable(name)?, name))

@@ -125,7 +125,7 @@ pub fn explain(counter: Counter) -> &'static str {
             "An ICMP/ICMPv6 error (unreachable, packet too big, time exceeded, parameter problem) about a translated flow: the packet it quotes, and its outer addresses, were turned back into the client's view of the flow, as conntrack's RELATED translation does."
         }
         Counter::DsrOptionAdded => {
-            "TC external ingress, `--lb-mode dsr|hybrid`: a packet opening a flow to another node's endpoint (a TCP SYN, or a UDP datagram) got the DSR IPv4 option carrying the frontend, kept the client's address and was sent on to that node."
+            "TC external ingress, `--lb-mode dsr|hybrid`: a packet opening a flow to another node's endpoint (a TCP SYN, or a UDP datagram) got the DSR IPv4 option (IPv6: destination options header) carrying the frontend, kept the client's address and was sent on to that node."
         }
         Counter::DropDsrOptionFailed => {
             "Dropped: the DSR option could not be added to a packet opening a flow to another node's endpoint (the kernel refused to grow the packet); the client retransmits."

@@ -49,8 +49,9 @@ pub enum LbMode {
     #[default]
     Snat,
     /// Direct server return: the client's address kept, the frontend
-    /// carried to the endpoint's node in an IPv4 option; the replies go
-    /// from there straight to the client. IPv6 flows stay masqueraded.
+    /// carried to the endpoint's node in an IPv4 option (IPv6: a
+    /// destination options header); the replies go from there straight to
+    /// the client.
     Dsr,
     /// DSR for TCP, masquerade for UDP.
     Hybrid,
