@@ -426,6 +426,51 @@ impl ExternalCluster {
     }
 
     /// A packet counter of the agent on `node`, summed over CPUs.
+    /// `vipr conntrack list` on both nodes shows a held connection from
+    /// `client` to `frontend` (answered by `serving`, on node2) as a DSR
+    /// flow, established on both (node1 never sees a reply: the client's
+    /// ACK tells), and `vipr trace` on node1 says a new flow goes by DSR.
+    pub fn tools_show_dsr(
+        &self,
+        frontend: std::net::SocketAddr,
+        client: std::net::IpAddr,
+        serving: &str,
+    ) -> Result<()> {
+        let mut session = crate::echo::TcpSession::connect(
+            &self.client,
+            frontend,
+            std::time::Duration::from_secs(2),
+        )?;
+        anyhow::ensure!(session.request()? == serving);
+        let held = session.local_addr().to_string();
+        for node in ["node1", "node2"] {
+            let rows = self.vipr_json(node, &["conntrack", "list"])?;
+            let row = rows
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["client"] == held.as_str())
+                .with_context(|| format!("{node}: no row for {held}: {rows:#}"))?;
+            anyhow::ensure!(row["dsr"] == true, "{node}: {row:#}");
+            anyhow::ensure!(row["state"] == "established", "{node}: {row:#}");
+            anyhow::ensure!(row["snat"].is_null(), "{node}: {row:#}");
+        }
+        let traced = self.vipr_json(
+            "node1",
+            &[
+                "trace",
+                &std::net::SocketAddr::new(client, 41_000).to_string(),
+                &format!("{frontend}/tcp"),
+                "--from",
+                "external",
+            ],
+        )?;
+        anyhow::ensure!(traced["dsr"] == true, "{traced:#}");
+        anyhow::ensure!(traced["masquerade"].is_null(), "{traced:#}");
+        anyhow::ensure!(session.request()? == serving);
+        Ok(())
+    }
+
     pub fn counter(&self, node: &str, counter: proxy_common::Counter) -> Result<u64> {
         let (_, pins, _, _) = self
             .agents

@@ -14,7 +14,7 @@ use proxy_common::{Counter, IPPROTO_TCP, IPPROTO_UDP};
 use vipr_tests::{
     capture::{Capture, Frame},
     demo::wait_until,
-    echo::{TcpSession, tcp_request_full, udp_request},
+    echo::{tcp_request_full, udp_request},
     external::*,
 };
 
@@ -201,44 +201,8 @@ fn dsr_replies_leave_the_endpoints_node_straight_for_the_client() {
             seen2.len(),
             arrived.len()
         );
-        if let Err(e) = tools_show_dsr(&c, tcp_frontend) {
+        if let Err(e) = c.tools_show_dsr(tcp_frontend, CLIENT_IP.into(), "web-2") {
             panic!("--xdp {xdp}: {e:?}\n{}", c.logs());
         }
     }
-}
-
-/// `vipr conntrack list` on both nodes shows a held DSR connection as
-/// established (node1 never sees a reply: the client's ACK tells), and
-/// `vipr trace` says a new flow goes by DSR.
-fn tools_show_dsr(c: &ExternalCluster, frontend: SocketAddr) -> anyhow::Result<()> {
-    use anyhow::{Context, ensure};
-    let mut session = TcpSession::connect(&c.client, frontend, TIMEOUT)?;
-    ensure!(session.request()? == "web-2");
-    let client = session.local_addr().to_string();
-    for node in ["node1", "node2"] {
-        let rows = c.vipr_json(node, &["conntrack", "list"])?;
-        let row = rows
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["client"] == client.as_str())
-            .with_context(|| format!("{node}: no row for {client}: {rows:#}"))?;
-        ensure!(row["dsr"] == true, "{node}: {row:#}");
-        ensure!(row["state"] == "established", "{node}: {row:#}");
-        ensure!(row["snat"].is_null(), "{node}: {row:#}");
-    }
-    let traced = c.vipr_json(
-        "node1",
-        &[
-            "trace",
-            &format!("{CLIENT_IP}:41000"),
-            &format!("{frontend}/tcp"),
-            "--from",
-            "external",
-        ],
-    )?;
-    ensure!(traced["dsr"] == true, "{traced:#}");
-    ensure!(traced["masquerade"].is_null(), "{traced:#}");
-    ensure!(session.request()? == "web-2");
-    Ok(())
 }

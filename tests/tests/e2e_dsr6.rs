@@ -228,5 +228,5 @@ fn dsr6(c: &mut ExternalCluster) -> Result<()> {
         seen2.len(),
         arrived.len()
     );
-    Ok(())
+    c.tools_show_dsr(tcp_frontend, CLIENT_IP6.into(), "web-2")
 }
