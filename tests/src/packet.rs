@@ -566,6 +566,33 @@ impl RemoteNodePort {
     }
 }
 
+/// What a frame sent by XDP and by TC should count: XDP's, then TC's
+/// (`None`: TC's not checked).
+pub struct SentBy<'a> {
+    pub xdp: &'a [(&'static str, u64)],
+    pub tc: Option<&'a [(&'static str, u64)]>,
+}
+
+impl Harness {
+    /// `frame` through XDP, then again through TC on `ext0` (in a
+    /// namespace whose FIB routes it): XDP must transmit and TC redirect
+    /// exactly `expected`, each counting what `counted` says.
+    pub fn sent_alike(&mut self, frame: &[u8], expected: &[u8], counted: SentBy) {
+        let xdp = self.run_xdp(frame).expect("XDP run");
+        assert_eq!(xdp.verdict, XDP_TX, "XDP: {:?}", xdp.counted);
+        assert_eq!(xdp.counted, counted.xdp, "XDP");
+        assert_eq!(xdp.output, expected, "XDP's frame");
+        let tc = self
+            .run_on_ext0(proxy_common::programs::FROM_EXTERNAL, frame)
+            .expect("TC run");
+        assert_eq!(tc.verdict, TC_ACT_REDIRECT, "TC: {:?}", tc.counted);
+        if let Some(tc_counted) = counted.tc {
+            assert_eq!(tc.counted, tc_counted, "TC");
+        }
+        assert_eq!(tc.output, expected, "TC's frame");
+    }
+}
+
 impl Harness {
     /// The bpffs directory the programs and maps are pinned under.
     pub fn pin_dir(&self) -> &std::path::Path {

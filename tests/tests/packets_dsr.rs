@@ -314,48 +314,35 @@ fn dsr_packets_are_forwarded_by_xdp_and_by_tc() {
             &tcp(to_pod(40_000), 7, true, false, b""),
             (NODE, NODE_PORT),
         ));
-        let xdp = h.run_xdp(&syn).unwrap();
-        assert_eq!(xdp.verdict, XDP_TX);
-        assert_eq!(
-            xdp.counted,
-            vec![
-                ("dnat_new", 1),
-                ("xdp_transmitted", 1),
-                ("dsr_option_added", 1)
-            ]
+        assert_eq!(checksum_errors(&syn_out), Vec::<String>::new());
+        // The same SYN through TC after XDP: a new connection on the tuple.
+        h.sent_alike(
+            &syn,
+            &syn_out,
+            SentBy {
+                xdp: &[
+                    ("dnat_new", 1),
+                    ("xdp_transmitted", 1),
+                    ("dsr_option_added", 1),
+                ],
+                tc: Some(&[
+                    ("dnat_reselected", 1),
+                    ("tc_redirected", 1),
+                    ("dsr_option_added", 1),
+                ]),
+            },
         );
-        assert_eq!(checksum_errors(&xdp.output), Vec::<String>::new());
-        assert_eq!(xdp.output, syn_out);
-
-        // The same SYN again, through TC: a new connection on the tuple.
-        let run = h.run_on_ext0(FROM_EXTERNAL, &syn).unwrap();
-        assert_eq!(run.verdict, TC_ACT_REDIRECT);
-        assert_eq!(
-            run.counted,
-            vec![
-                ("dnat_reselected", 1),
-                ("tc_redirected", 1),
-                ("dsr_option_added", 1)
-            ]
-        );
-        assert_eq!(run.output, syn_out);
 
         let data = tcp(client(40_000), 8, false, true, b"GET");
         let data_out = forwarded(tcp(to_pod(40_000), 8, false, true, b"GET"));
-        let xdp = h.run_xdp(&data).unwrap();
-        assert_eq!(xdp.verdict, XDP_TX);
-        assert_eq!(
-            xdp.counted,
-            vec![("dnat_established", 1), ("xdp_transmitted", 1)]
+        h.sent_alike(
+            &data,
+            &data_out,
+            SentBy {
+                xdp: &[("dnat_established", 1), ("xdp_transmitted", 1)],
+                tc: Some(&[("dnat_established", 1), ("tc_redirected", 1)]),
+            },
         );
-        assert_eq!(xdp.output, data_out);
-        let run = h.run_on_ext0(FROM_EXTERNAL, &data).unwrap();
-        assert_eq!(run.verdict, TC_ACT_REDIRECT);
-        assert_eq!(
-            run.counted,
-            vec![("dnat_established", 1), ("tc_redirected", 1)]
-        );
-        assert_eq!(run.output, data_out);
 
         // UDP: every datagram, by either path.
         for (i, payload) in [&b"query"[..], b"again"].into_iter().enumerate() {
@@ -368,22 +355,19 @@ fn dsr_packets_are_forwarded_by_xdp_and_by_tc() {
             } else {
                 "dnat_established"
             };
-            let xdp = h.run_xdp(&udp(client(5_300), payload)).unwrap();
-            assert_eq!(xdp.verdict, XDP_TX);
-            assert_eq!(
-                xdp.counted,
-                vec![
-                    (verdict, 1),
-                    ("xdp_transmitted", 1),
-                    ("dsr_option_added", 1)
-                ]
+            let xdp_counted = [
+                (verdict, 1),
+                ("xdp_transmitted", 1),
+                ("dsr_option_added", 1),
+            ];
+            h.sent_alike(
+                &udp(client(5_300), payload),
+                &out,
+                SentBy {
+                    xdp: &xdp_counted,
+                    tc: None,
+                },
             );
-            assert_eq!(xdp.output, out);
-            let run = h
-                .run_on_ext0(FROM_EXTERNAL, &udp(client(5_300), payload))
-                .unwrap();
-            assert_eq!(run.verdict, TC_ACT_REDIRECT);
-            assert_eq!(run.output, out);
         }
 
         // No route to the endpoint's node: XDP leaves the opening packet
