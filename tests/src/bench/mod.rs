@@ -123,6 +123,8 @@ pub struct Results {
     pub maglev: Option<maglev::MaglevFigures>,
     /// XDP NodePort to a remote endpoint: DSR against masquerade.
     pub dsr_cost: Option<dsr_cost::DsrCost>,
+    /// The same in IPv6.
+    pub dsr_cost6: Option<dsr_cost::DsrCost>,
 }
 
 fn topology() -> Result<Topology> {

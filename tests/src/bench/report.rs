@@ -322,6 +322,12 @@ pub fn markdown(results: &Results, plots: &[(&str, &str)]) -> String {
         for line in d.lines() {
             let _ = writeln!(md, "{line}");
         }
+        if let Some(d6) = &results.dsr_cost6 {
+            let _ = writeln!(md, "\nIPv6 (the DSR header: 24 bytes):");
+            for line in d6.lines() {
+                let _ = writeln!(md, "{line}");
+            }
+        }
         let _ = writeln!(md, "```");
     }
     if let Some(f) = &results.maglev {

@@ -108,10 +108,15 @@ fn main() -> anyhow::Result<()> {
         nodeport.xdp_ns / nodeport.tc_ns
     );
     results.nodeport_cost = Some(nodeport);
+    use bench::dsr_cost::Family;
     println!("\nXDP NodePort to a remote endpoint, DSR against SNAT (median of 5 rounds):");
-    let dsr = vipr_tests::netns::run_in(fib.name(), || bench::dsr_cost::measure(5))??;
+    let dsr = vipr_tests::netns::run_in(fib.name(), || bench::dsr_cost::measure(5, Family::V4))??;
     dsr.lines().iter().for_each(|line| println!("{line}"));
     results.dsr_cost = Some(dsr);
+    println!("\nThe same in IPv6 (the DSR header: 24 bytes):");
+    let dsr6 = vipr_tests::netns::run_in(fib.name(), || bench::dsr_cost::measure(5, Family::V6))??;
+    dsr6.lines().iter().for_each(|line| println!("{line}"));
+    results.dsr_cost6 = Some(dsr6);
     println!("\nMaglev against random (medians of 3 rounds):");
     let maglev = bench::maglev::measure(3)?;
     bench::maglev::lines(&maglev)
