@@ -154,9 +154,10 @@ impl<M: ServiceMaps> Syncer<M> {
     /// Writes `ops` in order. Returns how many failed.
     ///
     /// Fence: an index entry is never switched to a Maglev table whose
-    /// write failed (it would send new flows by a half-written table); the
-    /// frontend keeps its entry or its slots, and the read-back that follows
-    /// a failure has the next sync write both again.
+    /// write failed (it would send new flows by a half-written table). The
+    /// entry is deleted instead: its old table may name backends this sync
+    /// deletes, while the frontend's slots are up to date. The read-back
+    /// that follows a failure has the next sync write both again.
     fn write(&mut self, ops: &[MapOp]) -> Result<usize, DatapathError> {
         let tables_end = ops
             .iter()
@@ -169,12 +170,18 @@ impl<M: ServiceMaps> Syncer<M> {
         if unwritten.is_empty() {
             self.write_run(rest, &mut failed_ops, &mut unwritten);
         } else {
+            let mut fenced_ops = 0;
             let fenced: Vec<MapOp> = rest
                 .iter()
-                .filter(|op| !matches!(op, MapOp::UpsertMaglevRef(_, r) if unwritten.contains(&r.first)))
-                .cloned()
+                .map(|op| match op {
+                    MapOp::UpsertMaglevRef(id, r) if unwritten.contains(&r.first) => {
+                        fenced_ops += 1;
+                        MapOp::DeleteMaglevRef(*id)
+                    }
+                    other => other.clone(),
+                })
                 .collect();
-            failed_ops += rest.len() - fenced.len();
+            failed_ops += fenced_ops;
             self.write_run(&fenced, &mut failed_ops, &mut unwritten);
         }
         if failed_ops > 1 {
@@ -597,6 +604,26 @@ endpoints: [{addresses: [10.244.1.11]}]
         let held = &sync.syncer().maps.contents;
         assert_eq!(held.maglev.len(), 1, "{held:?}");
         assert!(index_points_at_written_tables(held), "{held:?}");
+
+        // The endpoint is replaced and the new table cannot be written: the
+        // frontend must not stay on its old table, whose backend is deleted.
+        std::fs::write(
+            dir.join("web.yaml"),
+            SERVICE.replace("10.244.1.11", "10.244.1.12"),
+        )
+        .expect("write");
+        sync.syncer_mut().maps.fail_tables = true;
+        let third = sync
+            .step(&mut source, later + Periods::default().sync, &health)
+            .expect("third sync");
+        assert!(third.failed_ops >= 2, "{third:?}");
+        let held = &sync.syncer().maps.contents;
+        assert!(held.maglev.is_empty(), "left on its old table: {held:?}");
+        assert_eq!(
+            crate::plan::check_consistency(held),
+            Vec::<String>::new(),
+            "{held:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

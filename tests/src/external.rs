@@ -425,7 +425,6 @@ impl ExternalCluster {
             .collect()
     }
 
-    /// A packet counter of the agent on `node`, summed over CPUs.
     /// `vipr conntrack list` on both nodes shows a held connection from
     /// `client` to `frontend` (answered by `serving`, on node2) as a DSR
     /// flow, established on both (node1 never sees a reply: the client's
@@ -471,6 +470,7 @@ impl ExternalCluster {
         Ok(())
     }
 
+    /// A packet counter of the agent on `node`, summed over CPUs.
     pub fn counter(&self, node: &str, counter: proxy_common::Counter) -> Result<u64> {
         let (_, pins, _, _) = self
             .agents

@@ -275,8 +275,8 @@ fn kept_enough(
     Ok(())
 }
 
-/// node1's /metrics: the pool's positions in use (whole tables of the
-/// default 1,021 positions), of 4,096 tables; no frontend on its slots.
+/// node1's /metrics: the pool's positions in use (tables of the default
+/// 1,021 positions), of 4,096 tables; no frontend on its slots.
 fn pool_is_reported(c: &ExternalCluster) -> Result<()> {
     const TABLE: f64 = 1021.0;
     let pool = [("map", proxy_common::MAGLEV)];
@@ -295,7 +295,9 @@ fn pool_is_reported(c: &ExternalCluster) -> Result<()> {
     );
     let m = reported()?;
     let used = m.get("vipr_map_entries", &pool)?;
-    ensure!(used % TABLE == 0.0, "{used} positions: not whole tables");
+    // At least this Service's two tables (one per family; other Services
+    // of the cluster may hold more).
+    ensure!(used >= 2.0 * TABLE, "{used} positions in use");
     ensure!(m.get("vipr_map_capacity", &pool)? == 4096.0 * TABLE);
     ensure!(m.get("vipr_maglev_frontends_on_slots", &[])? == 0.0);
     eprintln!("Maglev pool in use: {} tables", used / TABLE);

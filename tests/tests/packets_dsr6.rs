@@ -385,6 +385,10 @@ fn other_destination_options_and_snat_nodes_learn_nothing() {
             f
         }),
     ];
+    // Our exact option, in a hop-by-hop header of the same 24 bytes.
+    let mut hop_by_hop = ours.clone();
+    hop_by_hop[NEXT_HEADER_AT] = 0;
+    not_ours.push(("in a hop-by-hop header", hop_by_hop));
     // Our option with another option length (the header still 24 bytes).
     let mut wrong_len = ours.clone();
     wrong_len[L4_AT + 3] = 18;

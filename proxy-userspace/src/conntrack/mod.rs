@@ -140,10 +140,13 @@ impl FlowState {
         let fins =
             (forward_flags & CT_FLAG_FIN != 0) as u8 + (reverse_flags & CT_FLAG_FIN != 0) as u8;
         // A DSR flow passes a node one way only (the client's packets at the
-        // ingress node, the endpoint's at its own): one FIN is all it sees.
+        // ingress node, the endpoint's at its own): one FIN is all it sees,
+        // so it is kept as a closing flow that was never answered (60 s of
+        // silence: long enough for a half-close, not the 6 h of an answered one).
         let one_way = forward_flags & CT_FLAG_DSR != 0;
         match () {
-            _ if reset || fins == 2 || (one_way && fins == 1) => Self::Closed,
+            _ if reset || fins == 2 => Self::Closed,
+            _ if fins == 1 && one_way => Self::Closing { replied: false },
             _ if fins == 1 => Self::Closing { replied },
             _ if replied => Self::Established,
             _ => Self::Opening,
@@ -320,16 +323,21 @@ mod tests {
         assert_eq!(FlowState::of(&fk, &fv, Some(&rv)), FlowState::Established);
         assert!(sweep_at(&acknowledged, 5 * 3600).is_empty());
         // Each node sees one side's FIN only: the ingress node the client's,
-        // the endpoint's node the endpoint's (on its reverse entry).
+        // the endpoint's node the endpoint's (on its reverse entry). Kept
+        // for a half-close, not for the 6 h of an answered flow.
+        let closing = FlowState::Closing { replied: false };
         fv.flags |= CT_FLAG_FIN;
         let client_closed = table(&[(fk, fv, rk, rv)]);
-        assert_eq!(FlowState::of(&fk, &fv, Some(&rv)), FlowState::Closed);
-        assert_eq!(sweep_at(&client_closed, 10).len(), 2);
+        assert_eq!(FlowState::of(&fk, &fv, Some(&rv)), closing);
+        assert!(sweep_at(&client_closed, 59).is_empty());
+        assert_eq!(sweep_at(&client_closed, 60).len(), 2);
         let (fk, mut fv, rk, mut rv) = flow(IPPROTO_TCP, 1001);
         fv.flags = CT_FLAG_DSR;
         rv.flags = CT_FLAG_REPLIED | CT_FLAG_FIN;
+        assert_eq!(FlowState::of(&fk, &fv, Some(&rv)), closing);
+        assert_eq!(sweep_at(&table(&[(fk, fv, rk, rv)]), 60).len(), 2);
+        rv.flags |= CT_FLAG_RST;
         assert_eq!(FlowState::of(&fk, &fv, Some(&rv)), FlowState::Closed);
-        assert_eq!(sweep_at(&table(&[(fk, fv, rk, rv)]), 10).len(), 2);
     }
 
     #[test]

@@ -73,6 +73,14 @@ impl MaglevMaps {
     /// The digest of the `r.size` positions at `r.first`; one no plan
     /// matches (`!r.digest`) when they cannot be read.
     fn held_digest(&self, r: &MaglevRef) -> u64 {
+        // An entry naming positions past the pool holds no table (and the
+        // kernel's array walk would wrap around to position 0).
+        if r.first
+            .checked_add(r.size)
+            .is_none_or(|end| end > self.pool.len())
+        {
+            return !r.digest;
+        }
         let mut ids = vec![0u32; r.size as usize];
         let read = sys::lookup_array_batch(&self.pool, r.first, &mut ids).or_else(|_| {
             // No batch lookups on arrays here: one position at a time.
