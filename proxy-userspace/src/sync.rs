@@ -561,6 +561,39 @@ endpoints: [{addresses: [10.244.1.11]}]
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A manifests directory holding `SERVICE`, removed when dropped (also
+    /// when the test fails).
+    struct ManifestsDir(std::path::PathBuf);
+
+    impl ManifestsDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("vipr-sync-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            std::fs::write(dir.join("web.yaml"), SERVICE).expect("write");
+            Self(dir)
+        }
+    }
+
+    impl Drop for ManifestsDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A sync loop over `SERVICE` with Maglev for every frontend (M = 251).
+    fn maglev_loop(tag: &str, maps: FakeMaps) -> (ManifestsDir, Source, SyncLoop<FakeMaps>) {
+        let dir = ManifestsDir::new(tag);
+        let source = Source::Manifests(ManifestDir::new(&dir.0));
+        let lb = LbConfig::checked(crate::plan::LbDefault::Maglev, 251, 16, 7).expect("config");
+        let syncer = Syncer::restore_with(maps, lb).expect("restore");
+        let sync = SyncLoop::new(
+            ModelBuilder::new(ModelOptions::default()),
+            syncer,
+            Periods::default(),
+        );
+        (dir, source, sync)
+    }
+
     /// Every Maglev index entry points at a table written with its digest.
     fn index_points_at_written_tables(maps: &MapContents) -> bool {
         maps.maglev.values().all(|r| {
@@ -572,19 +605,9 @@ endpoints: [{addresses: [10.244.1.11]}]
 
     #[test]
     fn no_index_entry_switches_to_a_table_whose_write_failed() {
-        let dir = std::env::temp_dir().join(format!("vipr-sync-fence-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("web.yaml"), SERVICE).expect("write");
-        let mut source = Source::Manifests(ManifestDir::new(&dir));
-        let lb = LbConfig::checked(crate::plan::LbDefault::Maglev, 251, 16, 7).expect("config");
         let mut maps = FakeMaps::default();
         maps.fail_tables = true;
-        let syncer = Syncer::restore_with(maps, lb).expect("restore");
-        let mut sync = SyncLoop::new(
-            ModelBuilder::new(ModelOptions::default()),
-            syncer,
-            Periods::default(),
-        );
+        let (dir, mut source, mut sync) = maglev_loop("fence", maps);
         let health = Health::new(Duration::from_secs(20));
         let t0 = Instant::now();
         let first = sync.step(&mut source, t0, &health).expect("first sync");
@@ -608,7 +631,7 @@ endpoints: [{addresses: [10.244.1.11]}]
         // The endpoint is replaced and the new table cannot be written: the
         // frontend must not stay on its old table, whose backend is deleted.
         std::fs::write(
-            dir.join("web.yaml"),
+            dir.0.join("web.yaml"),
             SERVICE.replace("10.244.1.11", "10.244.1.12"),
         )
         .expect("write");
@@ -624,19 +647,12 @@ endpoints: [{addresses: [10.244.1.11]}]
             Vec::<String>::new(),
             "{held:?}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_table_changed_behind_the_agents_back_is_unhooked_then_rewritten() {
-        let dir = std::env::temp_dir().join(format!("vipr-sync-readback-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("web.yaml"), SERVICE).expect("write");
-        let mut source = Source::Manifests(ManifestDir::new(&dir));
-        let lb = LbConfig::checked(crate::plan::LbDefault::Maglev, 251, 16, 7).expect("config");
-        let syncer = Syncer::restore_with(FakeMaps::default(), lb).expect("restore");
+        let (_dir, mut source, mut sync) = maglev_loop("readback", FakeMaps::default());
         let periods = Periods::default();
-        let mut sync = SyncLoop::new(ModelBuilder::new(ModelOptions::default()), syncer, periods);
         let health = Health::new(Duration::from_secs(20));
         let t0 = Instant::now();
         sync.step(&mut source, t0, &health).expect("first sync");
@@ -674,7 +690,6 @@ endpoints: [{addresses: [10.244.1.11]}]
             "{:?}",
             maps.contents
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
