@@ -136,8 +136,8 @@ pub fn to_service<F: Family>(flow: &Flow<F>, scope: u8) -> Decision<F> {
         }
         Err(no_backend) => return no_backend,
     };
-    let node = match F::snat_source(flow, &service, &backend) {
-        Ok(Some(node)) => node,
+    let masquerade_source = match F::snat_source(flow, &service, &backend) {
+        Ok(Some(node)) => Ok(node),
         Ok(None) => {
             let (addr, port) = (F::backend_addr(&backend), F::backend_port(&backend));
             match ct::record(flow, backend_id, addr, port) {
@@ -149,13 +149,17 @@ pub fn to_service<F: Family>(flow: &Flow<F>, scope: u8) -> Decision<F> {
             }
             return Decision::Translate(F::ct_entry(backend_id, (addr, port), 0, 0), outcome);
         }
-        Err(reason) => return Decision::Drop(reason),
+        Err(reason) => Err(reason),
     };
-    // Where it would be masqueraded, `--lb-mode dsr|hybrid` may keep the client.
+    // Where it would be masqueraded, `--lb-mode dsr|hybrid` may keep the
+    // client, and needs no node address of the flow's family to.
     if dsr::applies(flow, scope, &backend) {
         return dsr::forwarded(flow, backend_id, &backend, outcome);
     }
-    masqueraded(flow, backend_id, &backend, node, outcome)
+    match masquerade_source {
+        Ok(node) => masqueraded(flow, backend_id, &backend, node, outcome),
+        Err(reason) => Decision::Drop(reason),
+    }
 }
 
 /// IPv4: the source a new flow to `backend` leaves with instead of its own.

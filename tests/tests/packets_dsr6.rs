@@ -263,6 +263,45 @@ fn hybrid_mode_sends_tcp_by_dsr_and_masquerades_udp() {
     assert_eq!(run.output.len(), udp6(to_pod(5_300), b"q").len());
 }
 
+/// A node with no IPv6 address of its own (a LoadBalancer address routed
+/// to it) cannot masquerade an IPv6 flow, but DSR needs no node address.
+#[test]
+fn without_a_node_ipv6_address_dsr_still_carries_what_masquerade_cannot() {
+    let lb = Ipv6Addr::new(0xfd00, 0x40, 0, 0, 0, 0, 0, 0x40);
+    let h = Harness::with_options(|o| {
+        o.node_ipv6 = None;
+        o.lb_mode = LbMode::Hybrid;
+    })
+    .expect("load programs (needs root)");
+    let mut m = Maps6::open(&h).unwrap();
+    for (id, proto) in [(1, IPPROTO_TCP), (2, IPPROTO_UDP)] {
+        let key = Service6Key::scoped(lb, 80, proto, SCOPE_EXTERNAL);
+        let to = (id, Backend6Value::new(REMOTE_POD, POD_PORT, proto));
+        m.add_frontend(id, key, SVC_FLAG_MASQUERADE | SVC_FLAG_HAS_ENDPOINTS, &[to])
+            .unwrap();
+    }
+    let mut h = h;
+    let to_lb = Tuple6 {
+        src: (CLIENT, 40_000),
+        dst: (lb, 80),
+    };
+    let run = h
+        .run(FROM_EXTERNAL, &tcp6(to_lb, 7, true, false, b""))
+        .unwrap();
+    assert_eq!(run.counted, vec![("dnat_new", 1), ("dsr_option_added", 1)]);
+    assert_eq!(source(&run.output), (CLIENT, 40_000));
+    assert_eq!(addr_at(&run.output, DST_AT), REMOTE_POD);
+    assert_eq!(
+        &run.output[L4_AT..L4_AT + HEADER],
+        dsr_header(IPPROTO_TCP, (lb, 80), DSR6_OPTION_TYPE).as_slice()
+    );
+
+    // Hybrid masquerades UDP, which needs the address this node lacks.
+    let run = h.run(FROM_EXTERNAL, &udp6(to_lb, b"q")).unwrap();
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    assert_eq!(run.counted, vec![("drop_snat_ports_exhausted", 1)]);
+}
+
 #[test]
 fn snat_mode_and_what_dsr_cannot_carry_stay_masqueraded() {
     // The default: no header, masqueraded.
