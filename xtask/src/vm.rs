@@ -6,7 +6,7 @@
 //! The guest's exit code comes back as a marker line on the serial console.
 use super::setup::run_checked as checked;
 use std::{
-    io::{BufRead as _, BufReader},
+    io::Read as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -67,7 +67,17 @@ const RESTART_TEST: &str = "agents_restart_and_upgrade_under_load_with_clsact";
 
 /// A guest that has not finished by then is stuck.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// A guest silent for this long is stuck: every section prints, and each
+/// is bounded by `SECTION_LIMIT_S`.
+const STALL_TIMEOUT: Duration = Duration::from_secs(6 * 60);
+/// A section (one test binary) that has not finished by then is stuck: the
+/// slowest takes about 60 s under TCG.
+const SECTION_LIMIT_S: u32 = 240;
+/// The restart test's agents take 5-30 s to restart under TCG.
+const RESTART_LIMIT_S: u32 = 600;
 const EXIT_MARKER: &str = "VIPR-VM-EXIT=";
+/// The guest's last line before its exit code: the sections that failed.
+const FAILED_MARKER: &str = "== failed sections: ";
 
 /// /init of the guest's initramfs: load the 9p modules, mount the host's root
 /// read-only with private /run (tmpfs, also TMPDIR), proc, sys and bpffs on top, run the script given
@@ -122,6 +132,8 @@ struct Outcome {
     elapsed: Duration,
     /// `feature …` and `program …` lines of `vipr features`.
     figures: Vec<String>,
+    /// The guest's list of failed sections, when it got that far.
+    failed_sections: Option<String>,
 }
 
 pub fn run(root: &Path, kernel: &str, with_restart: bool) -> anyhow::Result<()> {
@@ -154,6 +166,9 @@ pub fn run(root: &Path, kernel: &str, with_restart: bool) -> anyhow::Result<()> 
             "-- {}: {verdict} in {:.0?}",
             outcome.kernel, outcome.elapsed
         );
+        if let Some(list) = outcome.failed_sections.as_deref().filter(|l| !l.is_empty()) {
+            println!("   failed sections: {list}");
+        }
         // Present essentials in one line; what varies in full.
         let (present, varying): (Vec<&String>, Vec<&String>) =
             outcome.figures.iter().partition(|f| f.ends_with(": yes"));
@@ -397,18 +412,29 @@ ip link set lo up
 # The socket hooks attach to a cgroup2 group.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || {{ echo "vm: mounting cgroup2 failed"; exit 91; }}
 rc=0
-echo "== vipr features"
-{vipr} features || rc=1
-{packets}echo "== end-to-end ({e2e_filters})"
-{e2e} --test-threads=1 --exact {e2e_filters} || rc=1
-echo "== socket load balancing ({socket_filters})"
-{e2e_socket} --test-threads=1 --exact {socket_filters} || rc=1
+failed=""
+# One section per test binary, each bounded: a hang names its section (the
+# console shows its last test) and the other sections still run.
+section() {{
+    limit=$1 name=$2; shift 2
+    echo "== $name"
+    timeout -k 10 "$limit" "$@"
+    code=$?
+    [ $code -eq 0 ] && return
+    echo
+    [ $code -eq 124 ] && echo "== $name: timed out after $limit s"
+    failed="$failed, $name"
+    rc=1
+}}
+section {SECTION_LIMIT_S} "vipr features" {vipr} features
+{packets}section {SECTION_LIMIT_S} "end-to-end ({e2e_filters})" {e2e} --test-threads=1 --exact {e2e_filters}
+section {SECTION_LIMIT_S} "socket load balancing ({socket_filters})" {e2e_socket} --test-threads=1 --exact {socket_filters}
 # Only where clsact is what the kernel has (no TCX), and only when asked:
 # minutes under TCG, where an agent takes 5-30 s to restart.
 case "{with_restart} $(uname -r)" in "true 6.1."*)
-    echo "== restarts and an upgrade under load ({RESTART_TEST})"
-    {e2e_restart} --test-threads=1 --exact --nocapture {RESTART_TEST} || rc=1
+    section {RESTART_LIMIT_S} "restarts and an upgrade under load ({RESTART_TEST})" {e2e_restart} --test-threads=1 --exact --nocapture {RESTART_TEST}
 esac
+echo "{FAILED_MARKER}${{failed#, }}"
 exit $rc
 "#,
         vipr = payload.vipr.display(),
@@ -421,7 +447,7 @@ exit $rc
             .packets
             .iter()
             .map(|p| format!(
-                "echo \"== packet tests: {0}\"\n{0} --test-threads=1 || rc=1\n",
+                "section {SECTION_LIMIT_S} \"packet tests: {0}\" {0} --test-threads=1\n",
                 p.display()
             ))
             .collect::<String>(),
@@ -474,40 +500,58 @@ fn boot(
         .spawn()
         .context("starting qemu-system-x86_64")?;
     let stdout = qemu.stdout.take().context("qemu stdout")?;
-    // Lines come through a channel so that a wedged guest cannot block us.
-    let (tx, rx) = std::sync::mpsc::channel();
+    // Output comes through a channel so that a wedged guest cannot block us;
+    // in chunks, so that a line still unfinished when it wedges (libtest's
+    // `test name ... ` before the verdict) can be shown.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
-        for console_line in BufReader::new(stdout).lines() {
-            if tx.send(console_line.unwrap_or_default()).is_err() {
+        let mut stdout = stdout;
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
                 break;
             }
         }
     });
     let deadline = started + GUEST_TIMEOUT;
-    let mut exit = None;
-    let mut figures = Vec::new();
+    let mut console = Console::default();
+    let mut pending = Vec::new();
     loop {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let text = match rx.recv_timeout(wait) {
-            Ok(text) => text,
+        let now = Instant::now();
+        let wait = deadline.saturating_duration_since(now).min(STALL_TIMEOUT);
+        let chunk = match rx.recv_timeout(wait) {
+            Ok(chunk) => chunk,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                println!("[{}] timed out after {GUEST_TIMEOUT:?}", line.name);
+                let why = if Instant::now() >= deadline {
+                    format!("not finished after {GUEST_TIMEOUT:?}")
+                } else {
+                    format!("no console output for {STALL_TIMEOUT:?}")
+                };
+                let unfinished = String::from_utf8_lossy(&pending);
+                let stuck = format!(
+                    "stuck ({why}) in section {:?}, at {:?}",
+                    console.section,
+                    unfinished.trim()
+                );
+                println!("[{}] {stuck}", line.name);
+                console.stuck = Some(stuck);
                 qemu.kill()?;
                 break;
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let text = text.trim_end_matches('\r');
-        println!("[{}] {text}", line.name);
-        if let Some(code) = text.strip_prefix(EXIT_MARKER) {
-            exit = code.trim().parse::<i32>().ok();
-        } else if text.starts_with("feature ") || text.starts_with("program ") {
-            figures.push(text.to_string());
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let raw: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&raw);
+            let text = text.trim_end_matches(['\n', '\r']);
+            println!("[{}] {text}", line.name);
+            console.saw(text);
         }
     }
     let status = qemu.wait()?;
-    let passed = exit == Some(0);
-    if exit.is_none() {
+    let passed = console.exit == Some(0);
+    if console.exit.is_none() {
         println!(
             "[{}] guest ended without an exit code (qemu: {status})",
             line.name
@@ -517,8 +561,34 @@ fn boot(
         kernel: label,
         passed,
         elapsed: started.elapsed(),
-        figures,
+        figures: console.figures,
+        failed_sections: console.failed_sections.or(console.stuck),
     })
+}
+
+/// What the host keeps of the guest's console lines.
+#[derive(Default)]
+struct Console {
+    exit: Option<i32>,
+    figures: Vec<String>,
+    failed_sections: Option<String>,
+    /// The last `== section` header: where a stuck guest was.
+    section: String,
+    stuck: Option<String>,
+}
+
+impl Console {
+    fn saw(&mut self, text: &str) {
+        if let Some(code) = text.strip_prefix(EXIT_MARKER) {
+            self.exit = code.trim().parse::<i32>().ok();
+        } else if let Some(list) = text.strip_prefix(FAILED_MARKER) {
+            self.failed_sections = Some(list.to_string());
+        } else if let Some(section) = text.strip_prefix("== ") {
+            self.section = section.to_string();
+        } else if text.starts_with("feature ") || text.starts_with("program ") {
+            self.figures.push(text.to_string());
+        }
+    }
 }
 
 /// The host kernel's figures, for comparison with the guests'.
@@ -537,5 +607,6 @@ fn host_figures(payload: &Payload) -> anyhow::Result<Outcome> {
             .filter(|l| l.starts_with("feature ") || l.starts_with("program "))
             .map(String::from)
             .collect(),
+        failed_sections: None,
     })
 }
