@@ -561,6 +561,49 @@ endpoints: [{addresses: [10.244.1.11]}]
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[test]
+    fn after_a_failed_write_the_next_sync_writes_only_what_is_missing() {
+        let periods = Periods {
+            min_sync: Duration::from_secs(1),
+            sync: Duration::from_secs(10),
+            full_resync: Duration::from_secs(100),
+        };
+        let health = Health::new(Duration::from_secs(20));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let sync_loop = |tag: &str, maps: FakeMaps| {
+            let dir = ManifestsDir::new(tag);
+            let source = Source::Manifests(ManifestDir::new(&dir.0));
+            let syncer = Syncer::restore(maps).expect("restore");
+            let builder = ModelBuilder::new(ModelOptions::default());
+            (dir, source, SyncLoop::new(builder, syncer, periods))
+        };
+        // What an unfailing sync leaves in the maps.
+        let (_whole_dir, mut source, mut whole) = sync_loop("whole", FakeMaps::default());
+        whole.step(&mut source, at(0), &health).expect("sync");
+        let expected = whole.syncer().maps.contents.clone();
+
+        let mut maps = FakeMaps::default();
+        maps.fail_at = Some(1);
+        let (_dir, mut source, mut sync) = sync_loop("retry", maps);
+        let first = sync.step(&mut source, at(0), &health).expect("first sync");
+        assert_eq!(first.failed_ops, 1, "{first:?}");
+        assert_ne!(sync.syncer().maps.contents, expected);
+        assert_eq!(
+            sync.syncer().applied(),
+            &sync.syncer().maps.contents,
+            "what the maps hold is read back"
+        );
+        let written = sync.syncer().maps.log.len();
+
+        let retry = sync.step(&mut source, at(11), &health).expect("retry");
+        assert_eq!((retry.ops, retry.failed_ops), (1, 0), "{retry:?}");
+        assert_eq!(sync.syncer().maps.log.len(), written + 1);
+        assert_eq!(sync.syncer().maps.contents, expected);
+        let settled = sync.step(&mut source, at(22), &health).expect("periodic");
+        assert_eq!(settled.ops, 0, "{settled:?}");
+    }
+
     /// A manifests directory holding `SERVICE`, removed when dropped (also
     /// when the test fails).
     struct ManifestsDir(std::path::PathBuf);
