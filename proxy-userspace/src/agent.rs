@@ -351,7 +351,7 @@ pub fn run(
                     Vec::new()
                 }),
                 maps: map_fill(config, sync.syncer().applied(), conntrack.live_entries()),
-                maglev_frontends_on_slots: sync.syncer().maglev_exhausted() as u64,
+                maglev_frontends_on_slots: sync.syncer().maglev_frontends_on_slots() as u64,
                 interfaces: vec![
                     ("pod", attacher.attached().count()),
                     ("external", external_attacher.attached().count()),

@@ -81,9 +81,18 @@ impl<M: ServiceMaps> Syncer<M> {
             .unwrap_or_else(|| self.planner.current())
     }
 
-    /// Frontends that wanted Maglev and got no table in the last sync.
-    pub fn maglev_exhausted(&self) -> usize {
-        self.planner.maglev_exhausted()
+    /// Frontends that want Maglev but choose by slot for now: left without
+    /// a table by a full pool, or unhooked because their table's write
+    /// failed (the next sync writes both again).
+    pub fn maglev_frontends_on_slots(&self) -> usize {
+        let unhooked = self.applied.as_ref().map_or(0, |applied| {
+            let wanted = &self.planner.current().maglev;
+            wanted
+                .keys()
+                .filter(|id| !applied.maglev.contains_key(id))
+                .count()
+        });
+        self.planner.maglev_exhausted() + unhooked
     }
 
     /// Map writes done since the start.
@@ -661,6 +670,7 @@ endpoints: [{addresses: [10.244.1.11]}]
             "switched to an unwritten table: {held:?}"
         );
         assert!(!held.services.is_empty(), "the rest is written");
+        assert_eq!(sync.syncer().maglev_frontends_on_slots(), 1, "the metric");
 
         // Once the pool takes writes, the next sync writes both.
         sync.syncer_mut().maps.fail_tables = false;
@@ -670,6 +680,7 @@ endpoints: [{addresses: [10.244.1.11]}]
         let held = &sync.syncer().maps.contents;
         assert_eq!(held.maglev.len(), 1, "{held:?}");
         assert!(index_points_at_written_tables(held), "{held:?}");
+        assert_eq!(sync.syncer().maglev_frontends_on_slots(), 0);
 
         // The endpoint is replaced and the new table cannot be written: the
         // frontend must not stay on its old table, whose backend is deleted.

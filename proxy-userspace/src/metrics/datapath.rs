@@ -92,8 +92,9 @@ impl DatapathMetrics {
         );
         vipr.register(
             "maglev_frontends_on_slots",
-            "Frontends that want Maglev but hold no table, as the pool is full \
-             (--maglev-max-tables); they choose by slot, which differs between nodes",
+            "Frontends that want Maglev but choose by slot, which differs between nodes: \
+             left without a table by a full pool (--maglev-max-tables), or until a failed \
+             table write is retried",
             self.maglev_on_slots.clone(),
         );
     }
