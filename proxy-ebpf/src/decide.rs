@@ -151,8 +151,9 @@ pub fn to_service<F: Family>(flow: &Flow<F>, scope: u8) -> Decision<F> {
         }
         Err(reason) => Err(reason),
     };
-    // Where it would be masqueraded, `--lb-mode dsr|hybrid` may keep the
-    // client, and needs no node address of the flow's family to.
+    // Where it would be masqueraded (or could not be, for want of a node
+    // address of the flow's family), `--lb-mode dsr|hybrid` may keep the
+    // client: DSR needs no node address.
     if dsr::applies(flow, scope, &backend) {
         return dsr::forwarded(flow, backend_id, &backend, outcome);
     }

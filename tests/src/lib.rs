@@ -24,9 +24,10 @@ pub fn vipr_bin() -> std::path::PathBuf {
     built_vipr("VIPR_BIN", "debug", "build it")
 }
 
-/// The release build of `vipr`: `VIPR_BIN_ALT` (set by `cargo xtask test`),
-/// else the workspace's release build. The restart test switches to it as
-/// "another build"; the churn test measures the agent's CPU with it.
+/// A release build of `vipr`: `VIPR_BIN_ALT` (set by `cargo xtask test` to
+/// the image's static musl build), else the workspace's release build. The
+/// restart test switches to it as "another build"; the churn test measures
+/// the agent's CPU with it.
 pub fn vipr_release_bin() -> std::path::PathBuf {
     built_vipr(
         "VIPR_BIN_ALT",

@@ -22,6 +22,11 @@ const BIN_PATH: &str = "usr/local/bin/vipr";
 /// in-cluster config always carries one, so the image works without them.
 const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
 
+/// The static release `vipr` the image holds, once [`build`] has run.
+pub fn release_binary(root: &Path) -> PathBuf {
+    root.join("target").join(TARGET).join("release/vipr")
+}
+
 /// Builds the image archive into `out` (`vipr.oci.tar`) and returns its path.
 pub fn build(root: &Path, out: &Path) -> anyhow::Result<PathBuf> {
     let started = Instant::now();

@@ -65,21 +65,22 @@ const SOCKET_TESTS: [&str; 3] = [
 /// kernel before 6.6 has instead of TCX).
 const RESTART_TEST: &str = "agents_restart_and_upgrade_under_load_with_clsact";
 
-/// A guest that has not finished by then is stuck.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-/// A guest silent for this long is stuck: every section prints, and each
-/// is bounded by `SECTION_LIMIT_S`.
-const STALL_TIMEOUT: Duration = Duration::from_secs(6 * 60);
 /// A section (one test binary) that has not finished by then is stuck: the
 /// slowest takes about 60 s under TCG.
-const SECTION_LIMIT_S: u32 = 240;
-/// The restart test's agents take 5-30 s to restart under TCG.
-const RESTART_LIMIT_S: u32 = 600;
+const SECTION_LIMIT_S: u64 = 240;
+/// The restart test's agents take 5-30 s to restart under TCG, and it
+/// prints nothing until it ends.
+const RESTART_LIMIT_S: u64 = 600;
+/// What `timeout -k` waits between its TERM and its KILL.
+const KILL_AFTER_S: u64 = 10;
+/// A whole guest normally takes 6-8 minutes; one stuck section (run twice)
+/// comes on top of this.
+const GUEST_BUDGET: Duration = Duration::from_secs(15 * 60);
 const EXIT_MARKER: &str = "VIPR-VM-EXIT=";
-/// The guest's last lines before its exit code: the sections that were
-/// stuck once (and ran again), and those that failed.
-const RETRIED_MARKER: &str = "== sections stuck once: ";
-const FAILED_MARKER: &str = "== failed sections: ";
+/// The guest's line for a section that was stuck (and runs once more).
+const STUCK_MARKER: &str = "vm: stuck: ";
+/// The guest's line for a section that failed.
+const FAILED_MARKER: &str = "vm: failed: ";
 
 /// /init of the guest's initramfs: load the 9p modules, mount the host's root
 /// read-only with private /run (tmpfs, also TMPDIR), proc, sys and bpffs on top, run the script given
@@ -137,8 +138,8 @@ struct Outcome {
     /// What went wrong or was retried: failed sections, sections stuck
     /// once, where a stuck guest was.
     notes: Vec<String>,
-    /// The guest stopped answering (no exit code): worth one more boot.
-    stuck: bool,
+    /// The guest fell silent (no exit code): worth one more boot.
+    stalled: bool,
 }
 
 pub fn run(root: &Path, kernel: &str, with_restart: bool) -> anyhow::Result<()> {
@@ -153,8 +154,7 @@ pub fn run(root: &Path, kernel: &str, with_restart: bool) -> anyhow::Result<()> 
     };
     let started = Instant::now();
     install_packages()?;
-    let mut payload = build_payload(root)?;
-    payload.with_restart = with_restart;
+    let payload = build_payload(root, with_restart)?;
     let work = root.join("target/vm");
     let mut outcomes = Vec::new();
     if kernel == "all" {
@@ -215,9 +215,15 @@ fn package_installed(package: &str) -> bool {
 }
 
 /// Builds the agent and the kernel-facing test binaries on the host.
-fn build_payload(root: &Path) -> anyhow::Result<Payload> {
+fn build_payload(root: &Path, with_restart: bool) -> anyhow::Result<Payload> {
     super::build_agent(root)?;
-    super::cargo(root, &["build", "--release", "-p", "proxy-userspace"])?;
+    // Only the restart test upgrades the agents to another build.
+    let release = if with_restart {
+        super::cargo(root, &["build", "--release", "-p", "proxy-userspace"])?;
+        root.join("target/release/vipr")
+    } else {
+        root.join("target/debug/vipr")
+    };
     let out = Command::new(super::env_cargo())
         .current_dir(root)
         .args([
@@ -249,7 +255,7 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
     };
     Ok(Payload {
         vipr: stage(root.join("target/debug/vipr"), "vipr")?,
-        vipr_release: stage(root.join("target/release/vipr"), "vipr-release")?,
+        vipr_release: stage(release, "vipr-release")?,
         packets: [
             "packets",
             "packets_xdp",
@@ -269,7 +275,7 @@ fn build_payload(root: &Path) -> anyhow::Result<Payload> {
         e2e: stage(executable("e2e")?, "e2e")?,
         e2e_socket: stage(executable("e2e_socket")?, "e2e_socket")?,
         e2e_restart: stage(executable("e2e_restart")?, "e2e_restart")?,
-        with_restart: false,
+        with_restart,
     })
 }
 
@@ -420,27 +426,29 @@ ip link set lo up
 # The socket hooks attach to a cgroup2 group.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || {{ echo "vm: mounting cgroup2 failed"; exit 91; }}
 rc=0
-failed=""
-retried=""
 # One section per test binary, each bounded: a stuck one names itself (the
 # console shows its last test) and the other sections still run. A stuck
 # section runs once more, and the summary says so; a failed one does not.
 section() {{
     limit=$1 name=$2; shift 2
     echo "== $name"
-    timeout -k 10 "$limit" "$@"
+    start=$(date +%s)
+    timeout -k {KILL_AFTER_S} "$limit" "$@"
     code=$?
-    if [ $code -eq 124 ] || [ $code -eq 137 ]; then
+    # 124: stopped by TERM; 137 after the limit: by timeout's KILL (before
+    # it, something else killed it: a failure, not stuck).
+    if [ $code -eq 124 ] || {{ [ $code -eq 137 ] && [ $(($(date +%s) - start)) -ge "$limit" ]; }}; then
         echo
-        echo "vm: $name stuck after $limit s, once more"
-        retried="$retried, $name"
-        timeout -k 10 "$limit" "$@"
+        echo "{STUCK_MARKER}$name (after $limit s; once more)"
+        # What the killed tests could not remove would be in the way.
+        ip -all netns delete 2>/dev/null
+        rm -rf /sys/fs/bpf/vipr-* 2>/dev/null
+        timeout -k {KILL_AFTER_S} "$limit" "$@"
         code=$?
     fi
     [ $code -eq 0 ] && return
     echo
-    echo "vm: $name failed (exit $code)"
-    failed="$failed, $name"
+    echo "{FAILED_MARKER}$name (exit $code)"
     rc=1
 }}
 section {SECTION_LIMIT_S} "vipr features" {vipr} features
@@ -451,8 +459,6 @@ section {SECTION_LIMIT_S} "socket load balancing ({socket_filters})" {e2e_socket
 case "{with_restart} $(uname -r)" in "true 6.1."*)
     section {RESTART_LIMIT_S} "restarts and an upgrade under load ({RESTART_TEST})" {e2e_restart} --test-threads=1 --exact --nocapture {RESTART_TEST}
 esac
-echo "{RETRIED_MARKER}${{retried#, }}"
-echo "{FAILED_MARKER}${{failed#, }}"
 exit $rc
 "#,
         vipr = payload.vipr.display(),
@@ -474,8 +480,9 @@ exit $rc
     )
 }
 
-/// [`boot`], and once more if the guest was stuck: under emulation a guest
-/// has wedged once in many runs. The summary keeps what the first one said.
+/// [`boot`], and once more if the guest fell silent: under emulation a
+/// guest has wedged once in many runs. The summary keeps what the first
+/// one said.
 fn boot_until_unstuck(
     root: &Path,
     work: &Path,
@@ -484,10 +491,10 @@ fn boot_until_unstuck(
     payload: &Payload,
 ) -> anyhow::Result<Outcome> {
     let first = boot(root, work, line, image, payload)?;
-    if !first.stuck {
+    if !first.stalled {
         return Ok(first);
     }
-    println!("[{}] was stuck; booting it once more", line.name);
+    println!("[{}] was silent; booting it once more", line.name);
     let mut second = boot(root, work, line, image, payload)?;
     second
         .notes
@@ -547,47 +554,60 @@ fn boot(
     std::thread::spawn(move || {
         let mut stdout = stdout;
         let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = stdout.read(&mut buf) {
-            if tx.send(buf[..n].to_vec()).is_err() {
-                break;
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
             }
         }
     });
-    let deadline = started + GUEST_TIMEOUT;
+    // Silence longer than the longest section (plus timeout's KILL) means
+    // the guest itself is stuck: each section prints when it ends.
+    let longest = if payload.with_restart {
+        RESTART_LIMIT_S
+    } else {
+        SECTION_LIMIT_S
+    };
+    let stall = Duration::from_secs(longest + KILL_AFTER_S + 50);
+    let budget = GUEST_BUDGET + 2 * Duration::from_secs(longest + KILL_AFTER_S);
+    let deadline = started + budget;
     let mut console = Console::default();
     let mut pending = Vec::new();
     loop {
         let now = Instant::now();
-        let wait = deadline.saturating_duration_since(now).min(STALL_TIMEOUT);
-        let chunk = match rx.recv_timeout(wait) {
-            Ok(chunk) => chunk,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let why = if Instant::now() >= deadline {
-                    format!("not finished after {GUEST_TIMEOUT:?}")
-                } else {
-                    format!("no console output for {STALL_TIMEOUT:?}")
-                };
-                let unfinished = String::from_utf8_lossy(&pending);
-                let stuck = format!(
-                    "stuck ({why}) in section {:?}, at {:?}",
-                    console.section,
-                    unfinished.trim()
-                );
-                println!("[{}] {stuck}", line.name);
-                console.stuck = Some(stuck);
-                qemu.kill()?;
+        let silent = match rx.recv_timeout(deadline.saturating_duration_since(now).min(stall)) {
+            Ok(chunk) if now < deadline => {
+                pending.extend_from_slice(&chunk);
+                console.take_lines(&mut pending, line.name);
+                continue;
+            }
+            Ok(_) => false,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Instant::now() < deadline,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if console.exit.is_none() {
+                    console.stuck =
+                        Some(console.where_it_was("ended without an exit code", &pending));
+                }
                 break;
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        pending.extend_from_slice(&chunk);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let raw: Vec<u8> = pending.drain(..=end).collect();
-            let text = String::from_utf8_lossy(&raw);
-            let text = text.trim_end_matches(['\n', '\r']);
-            println!("[{}] {text}", line.name);
-            console.saw(text);
-        }
+        let what = if silent {
+            format!("stuck (silent for {stall:?})")
+        } else {
+            format!("stuck (not finished after {budget:?})")
+        };
+        let stuck = console.where_it_was(&what, &pending);
+        println!("[{}] {stuck}", line.name);
+        console.stuck = Some(stuck);
+        console.stalled = silent;
+        qemu.kill()?;
+        break;
     }
     let status = qemu.wait()?;
     let passed = console.exit == Some(0);
@@ -601,21 +621,8 @@ fn boot(
         kernel: label,
         passed,
         elapsed: started.elapsed(),
-        stuck: console.stuck.is_some(),
-        notes: [
-            console.stuck,
-            console
-                .retried_sections
-                .filter(|l| !l.is_empty())
-                .map(|l| format!("stuck once and run again: {l}")),
-            console
-                .failed_sections
-                .filter(|l| !l.is_empty())
-                .map(|l| format!("failed sections: {l}")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        stalled: console.stalled,
+        notes: console.notes.into_iter().chain(console.stuck).collect(),
         figures: console.figures,
     })
 }
@@ -625,21 +632,50 @@ fn boot(
 struct Console {
     exit: Option<i32>,
     figures: Vec<String>,
-    failed_sections: Option<String>,
-    retried_sections: Option<String>,
+    /// Sections stuck once, sections failed, as they happened.
+    notes: Vec<String>,
     /// The last `== section` header: where a stuck guest was.
     section: String,
     stuck: Option<String>,
+    stalled: bool,
 }
 
+/// A line this long without its end is printed as it is.
+const LONGEST_LINE: usize = 64 * 1024;
+
 impl Console {
+    /// Prints and notes each complete line of `pending`, leaving the rest.
+    fn take_lines(&mut self, pending: &mut Vec<u8>, kernel: &str) {
+        while let Some(end) = pending
+            .iter()
+            .position(|&b| b == b'\n')
+            .or((pending.len() > LONGEST_LINE).then(|| pending.len() - 1))
+        {
+            let raw: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&raw);
+            let text = text.trim_end_matches(['\n', '\r']);
+            println!("[{kernel}] {text}");
+            self.saw(text);
+        }
+    }
+
+    /// What happened to a guest that gave no exit code, and where it was.
+    fn where_it_was(&self, what: &str, pending: &[u8]) -> String {
+        let unfinished = String::from_utf8_lossy(pending);
+        format!(
+            "{what} in section {:?}, at {:?}",
+            self.section,
+            unfinished.trim()
+        )
+    }
+
     fn saw(&mut self, text: &str) {
         if let Some(code) = text.strip_prefix(EXIT_MARKER) {
             self.exit = code.trim().parse::<i32>().ok();
-        } else if let Some(list) = text.strip_prefix(FAILED_MARKER) {
-            self.failed_sections = Some(list.to_string());
-        } else if let Some(list) = text.strip_prefix(RETRIED_MARKER) {
-            self.retried_sections = Some(list.to_string());
+        } else if let Some(section) = text.strip_prefix(FAILED_MARKER) {
+            self.notes.push(format!("failed: {section}"));
+        } else if let Some(section) = text.strip_prefix(STUCK_MARKER) {
+            self.notes.push(format!("stuck: {section}"));
         } else if let Some(section) = text.strip_prefix("== ") {
             self.section = section.to_string();
         } else if text.starts_with("feature ") || text.starts_with("program ") {
@@ -665,6 +701,6 @@ fn host_figures(payload: &Payload) -> anyhow::Result<Outcome> {
             .map(String::from)
             .collect(),
         notes: Vec::new(),
-        stuck: false,
+        stalled: false,
     })
 }
