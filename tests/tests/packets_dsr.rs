@@ -170,6 +170,32 @@ fn hybrid_mode_sends_tcp_by_dsr_and_masquerades_udp() {
     assert_eq!(run.output.len(), udp(to_pod(5_300), b"q").len());
 }
 
+/// A node without an IPv4 address of its own cannot masquerade, but DSR
+/// needs no node address (the IPv6 twin is in packets_dsr6).
+#[test]
+fn without_a_node_address_dsr_still_carries_what_masquerade_cannot() {
+    let mut h = RemoteNodePort {
+        node: NODE,
+        node_port: NODE_PORT,
+        endpoint: (REMOTE_POD, 8080),
+    }
+    .harness(&[IPPROTO_TCP, IPPROTO_UDP], |o| {
+        o.lb_mode = LbMode::Hybrid;
+        o.node_ipv4 = None;
+    })
+    .expect("load programs (needs root)");
+    let run = h
+        .run(FROM_EXTERNAL, &tcp(client(40_000), 7, true, false, b""))
+        .unwrap();
+    assert_eq!(run.counted, vec![("dnat_new", 1), ("dsr_option_added", 1)]);
+    assert_eq!(source(&run.output), (CLIENT, 40_000));
+
+    // Hybrid masquerades UDP, which needs the address this node lacks.
+    let run = h.run(FROM_EXTERNAL, &udp(client(5_300), b"q")).unwrap();
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    assert_eq!(run.counted, vec![("drop_snat_ports_exhausted", 1)]);
+}
+
 #[test]
 fn snat_mode_and_what_dsr_cannot_carry_stay_masqueraded() {
     // The default: no option, masqueraded.
