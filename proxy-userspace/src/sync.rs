@@ -580,21 +580,16 @@ endpoints: [{addresses: [10.244.1.11]}]
         let health = Health::new(Duration::from_secs(20));
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let sync_loop = |tag: &str, maps: FakeMaps| {
-            let dir = ManifestsDir::new(tag);
-            let source = Source::Manifests(ManifestDir::new(&dir.0));
-            let syncer = Syncer::restore(maps).expect("restore");
-            let builder = ModelBuilder::new(ModelOptions::default());
-            (dir, source, SyncLoop::new(builder, syncer, periods))
-        };
+        let random = LbConfig::random();
         // What an unfailing sync leaves in the maps.
-        let (_whole_dir, mut source, mut whole) = sync_loop("whole", FakeMaps::default());
+        let (_whole_dir, mut source, mut whole) =
+            sync_loop("whole", FakeMaps::default(), random, periods);
         whole.step(&mut source, at(0), &health).expect("sync");
         let expected = whole.syncer().maps.contents.clone();
 
         let mut maps = FakeMaps::default();
         maps.fail_at = Some(1);
-        let (_dir, mut source, mut sync) = sync_loop("retry", maps);
+        let (_dir, mut source, mut sync) = sync_loop("retry", maps, random, periods);
         let first = sync.step(&mut source, at(0), &health).expect("first sync");
         assert_eq!(first.failed_ops, 1, "{first:?}");
         assert_ne!(sync.syncer().maps.contents, expected);
@@ -632,18 +627,24 @@ endpoints: [{addresses: [10.244.1.11]}]
         }
     }
 
-    /// A sync loop over `SERVICE` with Maglev for every frontend (M = 251).
-    fn maglev_loop(tag: &str, maps: FakeMaps) -> (ManifestsDir, Source, SyncLoop<FakeMaps>) {
+    /// A sync loop over `SERVICE` on `maps`.
+    fn sync_loop(
+        tag: &str,
+        maps: FakeMaps,
+        lb: LbConfig,
+        periods: Periods,
+    ) -> (ManifestsDir, Source, SyncLoop<FakeMaps>) {
         let dir = ManifestsDir::new(tag);
         let source = Source::Manifests(ManifestDir::new(&dir.0));
-        let lb = LbConfig::checked(crate::plan::LbDefault::Maglev, 251, 16, 7).expect("config");
         let syncer = Syncer::restore_with(maps, lb).expect("restore");
-        let sync = SyncLoop::new(
-            ModelBuilder::new(ModelOptions::default()),
-            syncer,
-            Periods::default(),
-        );
-        (dir, source, sync)
+        let builder = ModelBuilder::new(ModelOptions::default());
+        (dir, source, SyncLoop::new(builder, syncer, periods))
+    }
+
+    /// A sync loop over `SERVICE` with Maglev for every frontend (M = 251).
+    fn maglev_loop(tag: &str, maps: FakeMaps) -> (ManifestsDir, Source, SyncLoop<FakeMaps>) {
+        let lb = LbConfig::checked(crate::plan::LbDefault::Maglev, 251, 16, 7).expect("config");
+        sync_loop(tag, maps, lb, Periods::default())
     }
 
     /// Every Maglev index entry points at a table written with its digest.
